@@ -1,0 +1,161 @@
+"""The normalization registry: one name in, one ``nn.Module`` out, channel count first.
+
+Every entry is a builder ``builder(num_channels, **options)``. The options a user may set are the
+builder's keyword parameters; anything else is rejected with the list of valid ones. Models also
+pass *context* (``cond_channels``, ``style_dim``) that only conditional norms take, so context is
+filtered to what each builder accepts instead of being validated.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from torch import nn
+from torch.nn import functional as F
+
+from segbench.errors import SegbenchError, invalid_choice
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that can also normalize with the batch's statistics in eval mode.
+
+    ``eval_stats="batch"`` reproduces what a TF1 graph does when ``is_training`` stays true at
+    test time; it is a diagnostic, not a recommendation.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, eval_stats: str = "running"):
+        if eval_stats not in ("running", "batch"):
+            raise invalid_choice("norm.eval_stats", eval_stats, ["running", "batch"])
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.eval_stats = eval_stats
+
+    def forward(self, x):
+        if not self.training and self.eval_stats == "batch":
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", eval_stats={self.eval_stats}"
+
+
+def _none(num_channels: int) -> nn.Module:
+    return nn.Identity()
+
+
+def _batch(num_channels: int, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
+           track_running_stats: bool = True, eval_stats: str = "running") -> nn.Module:
+    return BatchNorm2d(num_channels, eps, momentum, affine, track_running_stats, eval_stats)
+
+
+def _syncbatch(num_channels: int, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
+               track_running_stats: bool = True, eval_stats: str = "running") -> nn.Module:
+    from segbench.nn.syncbn import SyncBatchNorm
+
+    return SyncBatchNorm(num_channels, eps, momentum, affine, track_running_stats, eval_stats)
+
+
+def _instance(num_channels: int, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    # affine defaults to True: a norm slot that silently drops its scale and shift is a surprise.
+    return nn.InstanceNorm2d(num_channels, eps=eps, affine=affine, track_running_stats=False)
+
+
+def _group(num_channels: int, num_groups: int | None = 8, group_size: int | None = None,
+           eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    if group_size is not None:
+        if num_channels % group_size:
+            raise SegbenchError(f"norm.group_size={group_size} does not divide a layer's "
+                                f"{num_channels} channels; pick a divisor of {num_channels}")
+        num_groups = num_channels // group_size
+    if not num_groups or num_groups < 1:
+        raise SegbenchError(f"norm.num_groups={num_groups} must be a positive integer")
+    if num_channels % num_groups:
+        raise SegbenchError(f"norm.num_groups={num_groups} does not divide a layer's {num_channels} "
+                            f"channels; pick a divisor of {num_channels} or set norm.group_size")
+    return nn.GroupNorm(num_groups, num_channels, eps=eps, affine=affine)
+
+
+def _layer(num_channels: int, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    # One group over (C, H, W) per sample, with per-channel scale and shift as in conv LayerNorm.
+    return nn.GroupNorm(1, num_channels, eps=eps, affine=affine)
+
+
+def _batchrenorm(num_channels: int, momentum: float = 0.01, eps: float = 1e-5, affine: bool = True,
+                 r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 0) -> nn.Module:
+    from segbench.nn.batchrenorm import BatchRenorm2d
+
+    return BatchRenorm2d(num_channels, eps, momentum, affine, r_max, d_max, warmup_steps)
+
+
+def _adain(num_channels: int, style_dim: int = 64, eps: float = 1e-5) -> nn.Module:
+    from segbench.nn.conditional import AdaIN
+
+    return AdaIN(num_channels, style_dim=style_dim, eps=eps)
+
+
+def _spade(num_channels: int, cond_channels: int = 1, inner: str = "batch", hidden: int = 128,
+           kernel: int = 3, eps: float = 1e-5) -> nn.Module:
+    from segbench.nn.conditional import SPADE
+
+    return SPADE(num_channels, cond_channels, inner=inner, hidden=hidden, kernel=kernel, eps=eps)
+
+
+NORMS: dict[str, Callable[..., nn.Module]] = {
+    "none": _none,
+    "batch": _batch,
+    "syncbatch": _syncbatch,
+    "instance": _instance,
+    "group": _group,
+    "layer": _layer,
+    "batchrenorm": _batchrenorm,
+    "adain": _adain,
+    "spade": _spade,
+}
+
+ALIASES = {"identity": "none", "bn": "batch", "batchnorm": "batch", "syncbn": "syncbatch",
+           "syncbatchnorm": "syncbatch", "in": "instance", "instancenorm": "instance",
+           "gn": "group", "groupnorm": "group", "ln": "layer", "layernorm": "layer",
+           "brn": "batchrenorm"}
+
+CONDITIONAL_NORMS = frozenset({"adain", "spade"})
+
+# Keys a model passes to every builder; only conditional norms take them.
+CONTEXT_KEYS = frozenset({"cond_channels", "style_dim"})
+
+
+def canonical_norm_name(name: str) -> str:
+    """``"Group_Norm"`` -> ``"group"``; unknown names raise with the full list."""
+    key = str(name).lower().replace("_", "").replace("-", "")
+    key = ALIASES.get(key, key)
+    if key not in NORMS:
+        raise invalid_choice("norm", name, NORMS)
+    return key
+
+
+def norm_options(name: str) -> dict[str, object]:
+    """The options a norm takes, with their defaults (context keys excluded)."""
+    params = inspect.signature(NORMS[canonical_norm_name(name)]).parameters
+    return {k: p.default for k, p in list(params.items())[1:] if k not in CONTEXT_KEYS}
+
+
+def build_norm(name: str, num_channels: int, *, context: dict | None = None, **options) -> nn.Module:
+    """Build norm ``name`` for ``num_channels`` channels.
+
+    Args:
+        name: a registered name or alias (see ``NORMS``).
+        num_channels: channels of the feature map it normalizes.
+        context: what the model knows and conditional norms need (``cond_channels``,
+            ``style_dim``); ignored by norms that do not take it.
+        **options: the norm's own options; an unknown one raises ``SegbenchError``.
+    """
+    key = canonical_norm_name(name)
+    valid = norm_options(key)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        choices = ", ".join(valid) or "(none)"
+        raise SegbenchError(f"norm '{key}' takes no option {unknown[0]!r}; its options: {choices}")
+    builder = NORMS[key]
+    accepted = inspect.signature(builder).parameters
+    extra = {k: v for k, v in (context or {}).items() if k in accepted and k not in options}
+    return builder(num_channels, **options, **extra)

@@ -1,0 +1,62 @@
+"""Batch norm with statistics over every DDP rank, on CPU (gloo) as well as GPU.
+
+torch's ``nn.SyncBatchNorm`` refuses CPU tensors. This module all-reduces the per-channel
+sum, sum of squares and count with ``torch.distributed.nn.functional.all_reduce``, which is
+differentiable, so gradients flow back through the reduction to every rank. On CUDA the trainer
+swaps it for torch's fused ``nn.SyncBatchNorm`` (see ``segbench.train.distributed``); both give
+the same numbers. Outside a process group it is ``BatchNorm2d`` and says so once.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch.distributed.nn.functional import all_reduce
+
+from segbench.nn.norms import BatchNorm2d
+
+_warned_single_process = False
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class SyncBatchNorm(BatchNorm2d):
+    """``BatchNorm2d`` whose training statistics span all ranks of the default process group."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or _world_size() == 1:
+            if self.training:
+                _warn_single_process()
+            return super().forward(x)
+        c = x.shape[1]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])  # (2C + 1,)
+        total = all_reduce(local, op=dist.ReduceOp.SUM)
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c:2 * c] / n - mean * mean).clamp_min(0)  # biased, as BN normalizes with
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum
+                if momentum is None:  # cumulative average, as nn.BatchNorm2d does
+                    momentum = 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), momentum)
+        shape = (1, -1, 1, 1)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def _warn_single_process() -> None:
+    global _warned_single_process
+    if not _warned_single_process:
+        _warned_single_process = True
+        warnings.warn("norm=syncbatch outside a multi-process run: it behaves as norm=batch",
+                      stacklevel=3)
