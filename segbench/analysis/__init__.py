@@ -1,0 +1,1 @@
+"""Reading runs back: comparisons, BN diagnostics and benchmarks."""

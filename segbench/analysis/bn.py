@@ -1,0 +1,76 @@
+"""Batch-norm statistics tools used by the trainer and by ``segbench diagnose``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
+    """Every BN-like layer that keeps running statistics (batch, syncbatch, batch renorm, SPADE's inner)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], device) -> int:
+    """Precise BN (Wu & Johnson 2021): exact average of batch statistics over the given batches.
+
+    Weights are untouched. With ``momentum=None`` torch keeps a cumulative average, so after K
+    batches the running statistics are the mean of K batch statistics, not an EMA dominated by
+    the last few. Returns the number of batches used (0 when the model has no BN).
+    """
+    layers = [m for _, m in bn_layers(model)]
+    if not layers:
+        return 0
+    saved = [(m.momentum, m.training) for m in layers]
+    was_training = model.training
+    model.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    count = 0
+    for images in batches:
+        model(images.to(device))
+        count += 1
+    for m, (momentum, training) in zip(layers, saved):
+        m.momentum = momentum
+        m.train(training)
+    model.train(was_training)
+    return count
+
+
+def train_mode(model: nn.Module, freeze_bn: bool = False) -> nn.Module:
+    """``model.train()``; with ``freeze_bn`` BN layers stay in eval mode.
+
+    Frozen BN normalizes with its running statistics and stops updating them, so the last part
+    of training adapts the weights to the statistics that evaluation will use.
+    """
+    model.train()
+    if freeze_bn:
+        for _, m in bn_layers(model):
+            m.eval()
+    return model
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module):
+    """Inside the block BN layers normalize with each batch's own statistics and update nothing."""
+    layers = [m for _, m in bn_layers(model)]
+    saved = [(m.training, m.momentum) for m in layers]
+    snapshots = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
+    try:
+        for m in layers:
+            m.train()
+        yield model
+    finally:
+        for m, (training, momentum), (mean, var, count) in zip(layers, saved, snapshots):
+            m.train(training)
+            m.momentum = momentum
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)

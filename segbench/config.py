@@ -1,0 +1,86 @@
+"""Composing segbench's Hydra config outside ``@hydra.main``, and one-line errors for bad overrides."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from segbench.errors import SegbenchError, invalid_choice
+
+CONFIG_MODULE = "segbench.configs"
+GROUPS = ("model", "norm", "data", "loss", "optim", "trainer", "experiment")
+
+
+def group_options(group: str) -> list[str]:
+    """The choices shipped for a config group (``norm`` -> ``["adain", "batch", ...]``)."""
+    folder = resources.files(CONFIG_MODULE).joinpath(*group.split("/"))
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()):
+    """The full config for these overrides (no sweeps), as ``segbench train`` would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=False)
+
+
+def validate_overrides(overrides: list[str]) -> None:
+    """Reject bad group choices and unknown keys before Hydra starts, with one line each.
+
+    Sweep overrides (``norm=none,batch``) are checked value by value.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise SegbenchError(f"cannot parse the overrides: {_first_line(err)}") from None
+    plain = []
+    for override in parsed:
+        key = override.get_key_element()
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        if key in GROUPS or key.lstrip("+") in GROUPS:
+            group = key.lstrip("+")
+            for value in values:
+                if value not in group_options(group) and not (group == "experiment" and value == "null"):
+                    raise invalid_choice(group, value, group_options(group))
+        if not key.startswith("hydra"):
+            plain.append(f"{key}={values[0]}")
+    try:
+        cfg = compose(plain)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise SegbenchError(_explain(err, plain)) from None
+    # Options of a norm are checked by the registry; check them here too, before a long sweep starts.
+    from segbench.nn.norms import norm_options
+
+    known = set(norm_options(cfg.norm.name)) | {"name", "cond_channels"}
+    unknown = sorted(set(cfg.norm) - known)
+    if unknown:
+        raise SegbenchError(f"norm '{cfg.norm.name}' takes no option {unknown[0]!r}; its options: "
+                            f"{', '.join(sorted(known - {'name'}))}")
+
+
+def _first_line(err: Exception) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+def _explain(err: Exception, overrides: list[str]) -> str:
+    """Turn Hydra's 'Key not in struct' into 'norm.foo is not an option of norm=group; valid: ...'."""
+    message = _first_line(err)
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if f"'{key}'" in str(err) or key.split(".")[-1] in message:
+            group, _, name = key.rpartition(".")
+            if group:
+                try:
+                    section = compose([o for o in overrides if o != item]).get(group.split(".")[0])
+                    valid = ", ".join(sorted(section.keys())) if hasattr(section, "keys") else ""
+                    return f"{key} is not an option of '{group}'; its options: {valid}"
+                except Exception:  # noqa: BLE001 - fall back to Hydra's own first line
+                    break
+    return f"bad override: {message}"

@@ -1,0 +1,111 @@
+"""What every segbench dataset shares: crop/pad, albumentations augmentation, seeded sampling.
+
+A dataset subclass implements ``load(i) -> (image HWC, labels HW, extra)`` and
+``finish(image, labels, extra) -> (image HWC float32, target)``; this base applies the same
+geometric transform to image and mask in between, so the padding label is the one the loss
+and the metrics ignore.
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from segbench.errors import invalid_choice
+
+
+def subject_split(subjects: list[str], split: str, val_fraction: float, seed: int) -> set[str]:
+    """Hold out ``val_fraction`` of the subjects (at least one) for validation, by a seeded shuffle."""
+    if split not in ("train", "val"):
+        raise invalid_choice("split", split, ["train", "val"])
+    order = sorted(subjects)
+    np.random.default_rng(seed).shuffle(order)
+    n_val = max(1, int(round(len(order) * val_fraction))) if len(order) > 1 else 0
+    return set(order[:n_val]) if split == "val" else set(order[n_val:])
+
+
+def build_transform(size, augment: bool, pad_label: int, random_crop: bool = False, scale=(0.9, 1.1),
+                    rotate: float = 10.0):
+    """Pad to ``size``, crop to it (random when augmenting and ``random_crop``), then augment."""
+    import albumentations as A
+    import cv2
+
+    steps = []
+    if size is not None:
+        h, w = size
+        steps.append(A.PadIfNeeded(h, w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=pad_label))
+        steps.append(A.RandomCrop(h, w) if augment and random_crop else A.CenterCrop(h, w))
+    if augment:
+        steps += [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(scale=scale, rotate=(-rotate, rotate), translate_percent=(-0.05, 0.05),
+                     border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=pad_label, p=0.5),
+            A.RandomBrightnessContrast(0.1, 0.1, brightness_by_max=False, p=0.5),
+        ]
+    return A.Compose(steps)
+
+
+class SegmentationDataset(Dataset, ABC):
+    """Base class; items are an index or ``(index, seed)`` so augmentation replays exactly on resume."""
+
+    target_kind = "multilabel"  # or "multiclass": (H, W) int64 with ``ignore_index`` 255
+
+    def __init__(self, size, augment: bool, pad_label: int, random_crop: bool = False):
+        self.size, self.augment = size, augment
+        self.transform = build_transform(size, augment, pad_label, random_crop)
+
+    @abstractmethod
+    def load(self, i: int):
+        """Sample ``i`` before augmentation: (image (H, W, C), labels (H, W), extra for ``finish``)."""
+
+    @abstractmethod
+    def finish(self, image, labels, extra):
+        """Augmented sample -> (image (H, W, C) float32, target array)."""
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image, labels, extra = self.load(index)
+        if seed is not None:
+            self.transform.set_random_seed(seed)
+        out = self.transform(image=image, mask=labels)
+        image, target = self.finish(out["image"], out["mask"], extra)
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        return image, torch.from_numpy(np.ascontiguousarray(target))  # (C, H, W), target
+
+
+class StepBatchSampler(Sampler[list]):
+    """Batches of ``(index, seed)`` for steps ``start .. stop - 1``, a pure function of (seed, step).
+
+    Each epoch is a seeded permutation (incomplete last batch dropped), so step ``s`` always sees
+    the same images with the same augmentation: a resumed run continues the same curve. Under
+    DDP each rank takes its own slice of every global batch.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start: int, stop: int,
+                 rank: int = 0, world_size: int = 1):
+        global_batch = batch_size * world_size
+        if num_items < global_batch:
+            from segbench.errors import SegbenchError
+
+            raise SegbenchError(f"data.batch_size={batch_size} x {world_size} rank(s) is more than the "
+                                f"{num_items} training samples; lower data.batch_size")
+        self.n, self.batch, self.seed = num_items, batch_size, seed
+        self.start, self.stop, self.rank, self.world = start, stop, rank, world_size
+        self.steps_per_epoch = num_items // global_batch
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list]:
+        perm, perm_epoch = None, -1
+        for step in range(self.start, self.stop):
+            epoch, k = divmod(step, self.steps_per_epoch)
+            if epoch != perm_epoch:
+                perm, perm_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.n), epoch
+            lo = (k * self.world + self.rank) * self.batch
+            yield [(int(i), zlib.crc32(f"{self.seed}/{step}/{i}".encode())) for i in perm[lo:lo + self.batch]]

@@ -1,0 +1,93 @@
+"""torch.distributed glue: torchrun's environment in, a device and a rank out.
+
+``torchrun --nproc_per_node=N -m segbench train ...`` sets RANK/WORLD_SIZE/LOCAL_RANK; this module
+starts the process group (NCCL on GPU, gloo on CPU), wraps the model in DDP and reduces metric
+sums. Without torchrun everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from segbench.errors import SegbenchError, invalid_choice
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    if preference not in DEVICES:
+        raise invalid_choice("trainer.device", preference, DEVICES)
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise SegbenchError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def setup(preference: str) -> DistContext:
+    """Join torchrun's process group when there is one."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(preference, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=5))
+    return DistContext(rank, world, local_rank, device)
+
+
+def use_torch_syncbn(model: nn.Module) -> nn.Module:
+    """Swap segbench's SyncBatchNorm for torch's fused CUDA one, keeping parameters and statistics."""
+    from segbench.nn.syncbn import SyncBatchNorm
+
+    for name, child in model.named_children():
+        if isinstance(child, SyncBatchNorm):
+            fused = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats)
+            fused.load_state_dict(child.state_dict())
+            setattr(model, name, fused.to(child.running_mean.device))
+        else:
+            use_torch_syncbn(child)
+    return model
+
+
+def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+    if ctx.world_size == 1:
+        return model
+    if ctx.device.type == "cuda":
+        model = use_torch_syncbn(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index])
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum a tensor over ranks (a copy; the input is left alone)."""
+    if ctx.world_size == 1:
+        return tensor
+    out = tensor.clone()
+    device_tensor = out.to(ctx.device) if ctx.device.type == "cuda" else out
+    dist.all_reduce(device_tensor)
+    return device_tensor.to(tensor.device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

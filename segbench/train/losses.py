@@ -1,0 +1,74 @@
+"""Losses: sigmoid cross-entropy (the first question's), Dice, both, and softmax cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from segbench.errors import SegbenchError, invalid_choice
+
+IGNORE_INDEX = 255
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - mean over samples and channels of (2|P∩T| + s) / (|P| + |T| + s), P = sigmoid(logits)."""
+    prob = torch.sigmoid(logits)
+    dims = (2, 3)
+    inter = (prob * target).sum(dims)
+    total = prob.sum(dims) + target.sum(dims)
+    return 1 - ((2 * inter + smooth) / (total + smooth)).mean()
+
+
+class MultilabelLoss(nn.Module):
+    """``bce``, ``dice`` or ``bce_dice`` on (N, K, H, W) logits against float masks."""
+
+    def __init__(self, kind: str = "bce", dice_weight: float = 1.0, pos_weight: float | None = None):
+        super().__init__()
+        self.kind, self.dice_weight = kind, dice_weight
+        self.pos_weight = None if pos_weight is None else torch.tensor(float(pos_weight))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = logits.new_zeros(())
+        if self.kind in ("bce", "bce_dice"):
+            pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+            loss = loss + F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)  # mean over pixels
+        if self.kind in ("dice", "bce_dice"):
+            loss = loss + self.dice_weight * soft_dice_loss(logits, target)
+        return loss
+
+
+class SoftmaxCrossEntropy(nn.Module):
+    """Softmax cross-entropy over classes; ``reduction="sum"`` is the original FCN recipe's."""
+
+    def __init__(self, class_weights: list[float] | None = None, reduction: str = "mean",
+                 ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise invalid_choice("loss.reduction", reduction, ["mean", "sum"])
+        weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("weight", weight, persistent=False)
+        self.reduction, self.ignore_index = reduction, ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction)
+
+
+LOSSES = {"bce": "multilabel", "dice": "multilabel", "bce_dice": "multilabel", "ce": "multiclass"}
+
+
+def build_loss(name: str, target_kind: str, **options) -> nn.Module:
+    """Build loss ``name`` and check that it fits the dataset's targets."""
+    if name not in LOSSES:
+        raise invalid_choice("loss", name, LOSSES)
+    if LOSSES[name] != target_kind:
+        fitting = [k for k, v in LOSSES.items() if v == target_kind]
+        raise SegbenchError(f"loss={name} needs {LOSSES[name]} targets but the data gives {target_kind} "
+                            f"ones; use one of: {', '.join(fitting)}")
+    try:
+        if name == "ce":
+            return SoftmaxCrossEntropy(**options)
+        return MultilabelLoss(name, **options)
+    except TypeError as err:
+        raise SegbenchError(f"loss={name}: {err}") from None

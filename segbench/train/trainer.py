@@ -1,0 +1,179 @@
+"""The training loop: ``train(cfg, run_dir) -> metrics``, kept apart from Hydra so tests call it directly."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from segbench.analysis.bn import recompute_bn_stats, train_mode
+from segbench.data import build_datasets
+from segbench.data.common import StepBatchSampler
+from segbench.errors import SegbenchError
+from segbench.io import write_json
+from segbench.models import build_model
+from segbench.train import distributed
+from segbench.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from segbench.train.evaluate import evaluate, overlay, val_loader
+from segbench.train.losses import build_loss
+from segbench.train.optim import build_optimizer, build_scheduler, training_steps
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def train_step(model, images, target, loss_fn, optimizer) -> torch.Tensor:
+    """One optimisation step; returns the detached loss. ``segbench bench`` times exactly this."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(images), target)
+    if not torch.isfinite(loss):
+        return loss.detach()  # the caller stops before any update reaches the weights
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_from_config(cfg: DictConfig, in_channels: int, num_outputs: int, modalities=None):
+    """Build ``cfg.model`` with the norm slot filled from ``cfg.norm``."""
+    model_opts = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
+    norm_opts = {k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k not in ("name", "cond_channels")}
+    cond = cfg.norm.get("cond_channels")
+    if cond is not None:
+        cond = [modalities.index(c) if isinstance(c, str) and modalities and c in modalities else c for c in cond]
+        bad = [c for c in cond if not isinstance(c, int)]
+        if bad:
+            raise SegbenchError(f"norm.cond_channels names {bad[0]!r}; use channel indices or one of: "
+                                f"{', '.join(modalities or [])}")
+    return build_model(cfg.model.name, in_channels, num_outputs, norm=cfg.norm.name,
+                       norm_options=norm_opts, cond_channels=cond, **model_opts)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train ``cfg`` and write TensorBoard events, checkpoints and metrics.json under ``run_dir``."""
+    run_dir = Path(run_dir)
+    ctx = distributed.setup(cfg.trainer.device)
+    if cfg.trainer.get("threads"):
+        torch.set_num_threads(int(cfg.trainer.threads))
+    seed_everything(int(cfg.seed))
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    train_set, val_set = build_datasets(data_cfg)
+    modalities = list(getattr(train_set, "modalities", []) or [])
+    model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities).to(ctx.device)
+    loss_opts = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k != "name"}
+    loss_fn = build_loss(cfg.loss.name, train_set.target_kind, **loss_opts).to(ctx.device)
+    batch = int(cfg.data.batch_size)
+    total_steps = training_steps(OmegaConf.to_container(cfg.trainer), len(train_set), batch * ctx.world_size)
+    optimizer = build_optimizer(model.parameters(), OmegaConf.to_container(cfg.optim), batch * ctx.world_size)
+    scheduler = build_scheduler(optimizer, OmegaConf.to_container(cfg.optim), total_steps)
+
+    start, best = 0, {}
+    resume_from = resolve_resume(cfg.trainer.resume, run_dir)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, best = int(state["step"]), dict(state["best"])
+    net = distributed.wrap(model, ctx)
+
+    writer = None
+    if ctx.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a killed run logged after its last checkpoint, so the curve continues cleanly.
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start if start else None)
+    sampler = StepBatchSampler(len(train_set), batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
+    workers = int(cfg.data.num_workers)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
+                        pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+    vloader = val_loader(val_set, int(cfg.data.get("val_batch_size", batch)), workers, ctx)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_dir = run_dir / "checkpoints"
+    main_metric = "dice" if train_set.target_kind == "multilabel" else "miou"
+    freeze_at = cfg.trainer.get("freeze_bn_after")
+    freeze_step = total_steps if freeze_at is None else int(total_steps * float(freeze_at))
+
+    progress = _progress(cfg, ctx, start, total_steps)
+    train_time, images_seen, last_val = 0.0, 0, {}
+    tick = time.perf_counter()
+    for step, (images, target) in enumerate(loader, start=start):
+        images, target = images.to(ctx.device, non_blocking=True), target.to(ctx.device, non_blocking=True)
+        train_mode(net, freeze_bn=step >= freeze_step)
+        loss = train_step(net, images, target, loss_fn, optimizer)
+        loss_value = float(distributed.all_reduce_sum(loss.cpu().double().view(1), ctx)[0]) / ctx.world_size
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss became {loss_value} at step {step + 1}; stopped before updating the "
+                                   f"weights; last good checkpoint: {ckpt_dir / 'last.pt'}")
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        done = step + 1
+        now = time.perf_counter()
+        train_time += now - tick
+        images_seen += len(images) * ctx.world_size
+        if writer:
+            writer.add_scalar("train/loss", loss_value, done)
+            writer.add_scalar("lr", lr, done)
+            writer.add_scalar("train/images_seen", done * batch * ctx.world_size, done)
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(train_time, 1e-9):.1f}")
+        if done % int(cfg.trainer.val_every) == 0 or done == total_steps:
+            last_val = _validate(cfg, model, net, train_set, vloader, val_set, loss_fn, ctx, writer, done)
+            if ctx.is_main and last_val[main_metric] >= best.get(main_metric, -math.inf):
+                best = {**last_val, "step": done}
+                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config)
+        if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps):
+            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config)
+        tick = time.perf_counter()
+    progress.close()
+
+    metrics = {
+        "final": last_val, "best": best, "main_metric": main_metric, "steps": total_steps,
+        "images_per_s": images_seen / train_time if train_time else None,
+        "global_batch_size": batch * ctx.world_size, "world_size": ctx.world_size,
+        "norm": cfg.norm.name, "model": cfg.model.name, "batch_size": batch, "seed": int(cfg.seed),
+        "train_samples": len(train_set), "val_samples": len(val_set),
+    }
+    if ctx.is_main:
+        writer.close()
+        write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _validate(cfg, model, net, train_set, vloader, val_set, loss_fn, ctx, writer, step) -> dict:
+    k = int(cfg.trainer.get("precise_bn_batches") or 0)
+    if k:
+        batches = (images for images, _ in itertools.islice(
+            DataLoader(train_set, batch_size=int(cfg.data.batch_size), shuffle=True), k))
+        recompute_bn_stats(model, batches, ctx.device)
+    net.eval()
+    results, first = evaluate(net, vloader, loss_fn, val_set, ctx)
+    if writer:
+        for name, value in results.items():
+            writer.add_scalar(f"val/{name}", value, step)
+        if first is not None and cfg.trainer.log_images:
+            writer.add_images("val/overlay", overlay(*first, val_set.target_kind, int(cfg.trainer.log_images)), step)
+    return results
+
+
+def _progress(cfg, ctx, start: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                disable=not (cfg.trainer.progress and ctx.is_main), leave=False)
