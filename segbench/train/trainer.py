@@ -98,7 +98,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events a killed run logged after its last checkpoint, so the curve continues cleanly.
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start if start else None)
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
     sampler = StepBatchSampler(len(train_set), batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
     workers = int(cfg.data.num_workers)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,

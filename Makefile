@@ -1,0 +1,47 @@
+# segbench: `make demo` runs the first question's BN vs no-BN comparison; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PHANTOM := data/brain_phantom
+DEMO_RUNS := runs/demo
+DEMO_REPORT := reports/demo
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo data test test-all bench reproduce clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install segbench with its test extras
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch and torchvision first, pinned: these versions install from this machine's disk.
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+data: $(PHANTOM)/.complete ## write the brain-MRI phantom (BraTS layout) to data/brain_phantom
+
+$(PHANTOM)/.complete: $(STAMP)
+	$(BIN)/segbench make-data brain-phantom --out $(PHANTOM)
+	touch $@
+
+demo: $(STAMP) data ## no-BN vs BN on the brain phantom, then curves.png and summary.md
+	rm -rf $(DEMO_RUNS)
+	$(BIN)/segbench train -m experiment=seed_bn_vs_nobn norm=none,batch trainer.progress=false hydra.sweep.dir=$(DEMO_RUNS)
+	$(BIN)/segbench compare $(DEMO_RUNS) --out $(DEMO_REPORT)
+	@echo "report: $(DEMO_REPORT)/summary.md and $(DEMO_REPORT)/curves.png; TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_RUNS)"
+
+test: $(STAMP) ## fast tests (slow ones excluded)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: $(STAMP) ## every test, slow ones included
+	$(BIN)/python -m pytest
+
+bench: $(STAMP) ## training images/s vs a bare loop, loader images/s, images/s per norm
+	$(BIN)/segbench bench
+
+clean: ## remove runs, reports and generated data (keeps .venv)
+	rm -rf runs reports outputs multirun $(PHANTOM)

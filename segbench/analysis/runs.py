@@ -1,0 +1,65 @@
+"""Finding finished runs on disk and reading them back (config, overrides, TensorBoard scalars)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segbench.errors import SegbenchError
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict
+    config: dict
+    overrides: dict[str, str]
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def scalar(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.scalars.get(tag, (np.zeros(0), np.zeros(0)))
+
+
+def _read_yaml(path: Path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else None
+
+
+def read_scalars(tb_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every scalar series in a TensorBoard folder, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags().get("scalars", []):
+        events = acc.Scalars(tag)
+        out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
+    return out
+
+
+def load_run(path: Path) -> Run:
+    metrics = json.loads((path / "metrics.json").read_text())
+    config = _read_yaml(path / ".hydra" / "config.yaml") or {}
+    overrides = {}
+    for item in _read_yaml(path / ".hydra" / "overrides.yaml") or []:
+        key, _, value = str(item).partition("=")
+        overrides[key.lstrip("+")] = value
+    return Run(path, metrics, config, overrides, read_scalars(path / "tb"))
+
+
+def find_runs(paths: list[str]) -> list[Run]:
+    """Runs named directly, or every finished run (holding metrics.json) below a sweep folder."""
+    found: list[Path] = []
+    for item in paths:
+        base = Path(item)
+        if not base.exists():
+            raise SegbenchError(f"{item!r} does not exist; pass run directories or sweep folders")
+        found += sorted({p.parent for p in base.rglob("metrics.json")}) if not (base / "metrics.json").exists() else [base]
+    if not found:
+        raise SegbenchError(f"no finished runs (folders with metrics.json) under: {' '.join(paths)}")
+    return [load_run(p) for p in dict.fromkeys(found)]

@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny brain phantom and the real config, shrunk to run in seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segbench.config import compose
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_brats(tmp_path_factory):
+    """Four 2 mm phantom subjects in the BraTS layout."""
+    from segbench.data.brain_phantom import PhantomConfig, write_brain_phantom
+
+    return write_brain_phantom(tmp_path_factory.mktemp("brats"), PhantomConfig(subjects=4, seed=3))
+
+
+TINY = ["model.width=4", "model.depth=3", "data.size=[48,48]", "data.batch_size=4", "data.val_batch_size=8",
+        "trainer.max_steps=3", "trainer.val_every=3", "trainer.checkpoint_every=1", "trainer.progress=false",
+        "trainer.device=cpu", "trainer.log_images=2", "data.augment=true"]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_brats):
+    """``make_cfg(*overrides)``: the shipped config on the tiny phantom with a tiny model."""
+    def make_cfg(*overrides):
+        return compose([f"data.root={tiny_brats}", *TINY, *overrides])
+    return make_cfg

@@ -1,0 +1,89 @@
+"""The command line: one-line errors with exit code 2, and runs from any directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TINY
+
+
+def segbench(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "segbench", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_unknown_norm_lists_valid_names():
+    assert_one_line_error(segbench("train", "norm=nosuch"), "norm='nosuch'", "batch", "group", "spade")
+
+
+def test_unknown_norm_in_a_sweep_is_caught_before_launch():
+    assert_one_line_error(segbench("train", "-m", "norm=batch,nosuch"), "nosuch")
+
+
+def test_group_count_that_does_not_divide_the_width(tiny_brats):
+    result = segbench("train", f"data.root={tiny_brats}", "norm=group", "norm.num_groups=7", "model.width=8",
+                      "trainer.device=cpu")
+    assert_one_line_error(result, "num_groups=7", "8 channels")
+
+
+def test_option_the_norm_does_not_take():
+    assert_one_line_error(segbench("train", "norm=instance", "norm.num_groups=2"), "num_groups", "eps", "affine")
+
+
+def test_missing_data_folder_says_how_to_make_it(tmp_path):
+    result = segbench("train", f"data.root={tmp_path / 'absent'}", "trainer.device=cpu")
+    assert_one_line_error(result, "absent", "segbench make-data brain-phantom")
+
+
+def test_bad_device_value():
+    assert_one_line_error(segbench("train", "trainer.device=tpu"), "tpu", "auto", "cpu", "cuda")
+
+
+def test_modality_shape_mismatch_names_subject_and_shapes(tmp_path, tiny_brats):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    root = tmp_path / "brats"
+    shutil.copytree(tiny_brats, root)
+    subject = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.int16), np.eye(4)), subject / f"{subject.name}_t2.nii.gz")
+    result = segbench("train", f"data.root={root}", "trainer.device=cpu")
+    assert_one_line_error(result, subject.name, "(10, 10, 10)")
+
+
+def test_unknown_command():
+    result = segbench("nosuch")
+    assert result.returncode == 2 and "train" in result.stderr
+
+
+def test_train_runs_from_any_directory(tmp_path, tiny_brats):
+    result = segbench("train", f"data.root={tiny_brats}", *TINY, f"hydra.run.dir={tmp_path / 'run'}",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_make_data_writes_brats_layout(tmp_path):
+    result = segbench("make-data", "brain-phantom", "--out", str(tmp_path / "p"), "--subjects", "1")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in (tmp_path / "p" / "BraTS2021_00000").iterdir())
+    assert names == [f"BraTS2021_00000_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2")]
+
+
+@pytest.mark.parametrize("args", [["make-data", "nosuch", "--out", "x"], ["make-data", "brain-phantom"]])
+def test_make_data_bad_arguments(args):
+    assert segbench(*args).returncode == 2

@@ -1,0 +1,114 @@
+"""Every model with every norm: shapes, gradients, checkpoints, eval determinism; FCN geometry."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from segbench.errors import SegbenchError
+from segbench.models import MODELS, build_model
+from segbench.nn import NORMS, build_norm
+
+# Tiny widths; SPADE's hidden width shrunk so FCN's padded 100-pixel border stays cheap.
+MODEL_KW = {"resunet": {"width": 8, "depth": 3}, "fcn8s": {"width": 0.125}, "fcn16s": {"width": 0.125},
+            "fcn32s": {"width": 0.125}}
+NORM_KW = {"spade": {"hidden": 8}, "group": {"num_groups": 4}}
+SIZE = {"resunet": (32, 40), "fcn8s": (37, 45), "fcn16s": (37, 45), "fcn32s": (37, 45)}
+
+
+def make(model, norm):
+    torch.manual_seed(0)
+    return build_model(model, 3, 2, norm=norm, norm_options=NORM_KW.get(norm), **MODEL_KW[model])
+
+
+@pytest.mark.filterwarnings("ignore:norm=syncbatch outside")
+@pytest.mark.parametrize("norm", sorted(NORMS))
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_with_every_norm(model, norm):
+    net = make(model, norm).train()
+    x = torch.randn(2, 3, *SIZE[model])
+    y = net(x)
+    assert y.shape == (2, 2, *SIZE[model])
+    (y - 1).square().mean().backward()  # not y**2: FCN starts at exactly zero output
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+    net.eval()
+    with torch.no_grad():
+        first, second = net(x), net(x)
+    assert torch.isfinite(first).all()
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    clone = make(model, norm)
+    clone.load_state_dict(torch.load(buffer, weights_only=True))
+    clone.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), first)
+
+
+@pytest.mark.parametrize("model", ["fcn8s", "fcn16s", "fcn32s"])
+@pytest.mark.parametrize("size", [(97, 131), (1, 1), (64, 64), (33, 250)])
+def test_fcn_output_matches_input_size(model, size):
+    net = build_model(model, 3, 21, norm="none", width=0.0625).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, *size)).shape == (1, 21, *size)
+
+
+def test_fcn8s_parameter_count_matches_the_original():
+    net = build_model("fcn8s", 3, 21, norm="none", width=1)
+    conv = lambda cin, cout, k, bias=True: cin * cout * k * k + (cout if bias else 0)  # noqa: E731
+    vgg = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+           (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    expected = sum(conv(a, b, 3) for a, b in vgg)
+    expected += conv(512, 4096, 7) + conv(4096, 4096, 1)  # fc6, fc7
+    expected += conv(4096, 21, 1) + conv(512, 21, 1) + conv(256, 21, 1)  # score_fr, score_pool4, score_pool3
+    expected += 2 * conv(21, 21, 4, bias=False) + conv(21, 21, 16, bias=False)  # upscore2, upscore_pool4, upscore8
+    assert sum(p.numel() for p in net.parameters()) == expected == 134_489_759
+
+
+def test_fcn_upsamplers_start_bilinear():
+    net = build_model("fcn32s", 3, 2, norm="none", width=0.0625)
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 2, 8, 8)
+    up = net.upscore_final(ramp)
+    interior = up[0, 0, 40, 40:200]
+    assert torch.all(interior[1:] - interior[:-1] >= -1e-5)  # monotone ramp, no checkerboard
+
+
+def test_resunet_rejects_sizes_its_depth_cannot_halve():
+    net = build_model("resunet", 1, 1, norm="none", width=4, depth=4)
+    with pytest.raises(SegbenchError, match="97x131 is not divisible by 8"):
+        net(torch.randn(1, 1, 97, 131))
+
+
+def test_unknown_norm_lists_every_valid_name():
+    with pytest.raises(SegbenchError) as err:
+        build_norm("nosuch", 8)
+    for name in NORMS:
+        assert name in str(err.value)
+
+
+def test_unknown_norm_option_lists_the_valid_ones():
+    with pytest.raises(SegbenchError, match="takes no option 'num_groups'.*eps, affine"):
+        build_norm("instance", 8, num_groups=2)
+
+
+def test_group_count_that_does_not_divide_names_both_numbers():
+    with pytest.raises(SegbenchError, match="num_groups=7 does not divide a layer's 16 channels"):
+        build_model("resunet", 1, 1, norm="group", norm_options={"num_groups": 7}, width=16)
+
+
+@pytest.mark.parametrize("alias,name", [("GN", "group"), ("group_norm", "group"), ("BatchNorm", "batch")])
+def test_norm_names_are_normalised(alias, name):
+    assert type(build_norm(alias, 8)) is type(build_norm(name, 8))
+
+
+def test_conditional_norm_pays_nothing_when_unused():
+    assert build_model("resunet", 2, 1, norm="batch", width=4, depth=2).conditioner is None
+    spade = build_model("resunet", 2, 1, norm="spade", cond_channels=[1], width=4, depth=2)
+    assert spade.conditioner.out_channels == 1
