@@ -1,0 +1,115 @@
+"""``segbench bench``: training images/s of segbench's step against a bare PyTorch loop, measured
+side by side in one process, the data pipeline's images/s alone, and images/s per norm.
+
+Prints one JSON object. Timings alternate between the two loops in rounds so that a noisy,
+shared machine slows both alike; the ratio is the figure to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import torch
+from torch.nn import functional as F
+
+from segbench.models import build_model
+from segbench.nn import NORMS
+from segbench.train.losses import MultilabelLoss
+from segbench.train.trainer import train_step
+
+
+def _bare_step(model, images, target, optimizer):
+    """What a researcher's own script does: nothing segbench-specific."""
+    optimizer.zero_grad()
+    loss = F.binary_cross_entropy_with_logits(model(images), target)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def _time(fn, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - start
+
+
+def _model(norm: str, in_channels: int, width: int, depth: int):
+    torch.manual_seed(0)
+    options = {"hidden": 32} if norm == "spade" else None
+    return build_model("resunet", in_channels, 1, norm=norm, norm_options=options, width=width, depth=depth)
+
+
+def trainer_vs_bare(batch: int, size, steps: int, rounds: int, width: int, depth: int) -> dict:
+    images = torch.randn(batch, 4, *size)
+    target = (torch.rand(batch, 1, *size) > 0.9).float()
+    ours, bare = _model("batch", 4, width, depth), _model("batch", 4, width, depth)
+    opt_ours, opt_bare = torch.optim.Adam(ours.parameters()), torch.optim.Adam(bare.parameters())
+    loss_fn = MultilabelLoss("bce")
+    ours_step = lambda: float(train_step(ours, images, target, loss_fn, opt_ours))  # noqa: E731
+    bare_step = lambda: _bare_step(bare, images, target, opt_bare).item()  # noqa: E731
+    ours_step(), bare_step()  # warm-up
+    t_ours = t_bare = 0.0
+    for _ in range(rounds):
+        t_ours += _time(ours_step, steps)
+        t_bare += _time(bare_step, steps)
+    n = batch * steps * rounds
+    return {"segbench_images_per_s": n / t_ours, "bare_loop_images_per_s": n / t_bare,
+            "ratio_segbench_over_bare": t_bare / t_ours}
+
+
+def loader_throughput(root: str, batch: int, batches: int, workers: int) -> float:
+    from torch.utils.data import DataLoader
+
+    from segbench.data.brats import BratsSlices
+    from segbench.data.common import StepBatchSampler
+
+    dataset = BratsSlices(root, "train")
+    sampler = StepBatchSampler(len(dataset), batch, 0, 0, batches)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers)
+    start = time.perf_counter()
+    count = sum(len(images) for images, _ in loader)
+    return count / (time.perf_counter() - start)
+
+
+def per_norm(batch: int, size, steps: int, width: int, depth: int) -> dict:
+    images = torch.randn(batch, 4, *size)
+    target = (torch.rand(batch, 1, *size) > 0.9).float()
+    out = {}
+    warnings.filterwarnings("ignore", message="norm=syncbatch outside")
+    for norm in sorted(NORMS):
+        model = _model(norm, 4, width, depth)
+        opt = torch.optim.Adam(model.parameters())
+        step = lambda: train_step(model, images, target, MultilabelLoss("bce"), opt)  # noqa: E731
+        step()
+        out[norm] = batch * steps / _time(step, steps)
+    base = out["batch"]
+    return {"images_per_s": out, "relative_to_batch": {k: v / base for k, v in out.items()}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="segbench bench")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, nargs=2, default=[96, 112])
+    parser.add_argument("--steps", type=int, default=5, help="steps per timing round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--data", default="data/brain_phantom", help="BraTS folder for the loader figure")
+    parser.add_argument("--workers", type=int, default=0, help="loader workers (the data config's default is 0)")
+    parser.add_argument("--skip-norms", action="store_true")
+    args = parser.parse_args(argv)
+    size = tuple(args.size)
+    report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+              "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
+    report["train_step"] = trainer_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth)
+    loader = loader_throughput(args.data, args.batch_size, 50, args.workers)
+    report["loader"] = {"images_per_s": loader, "workers": args.workers,
+                        "ratio_loader_over_training": loader / report["train_step"]["segbench_images_per_s"]}
+    if not args.skip_norms:
+        report["per_norm"] = per_norm(args.batch_size, size, args.steps, args.width, args.depth)
+    print(json.dumps(report, indent=2))
+    return report
