@@ -27,5 +27,8 @@ TINY = ["model.width=4", "model.depth=3", "data.size=[48,48]", "data.batch_size=
 def tiny_cfg(tiny_brats):
     """``make_cfg(*overrides)``: the shipped config on the tiny phantom with a tiny model."""
     def make_cfg(*overrides):
-        return compose([f"data.root={tiny_brats}", *TINY, *overrides])
+        base = TINY
+        if any(o.startswith("model=") for o in overrides):  # another model: drop the ResUNet's shape
+            base = [o for o in TINY if not o.startswith("model.")]
+        return compose([f"data.root={tiny_brats}", *base, *overrides])
     return make_cfg

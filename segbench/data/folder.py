@@ -1,0 +1,98 @@
+"""Plain 2D image/mask folders (e.g. Kaggle's LGG brain-MRI set): PNG, JPEG or TIFF pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segbench.data.common import SegmentationDataset, subject_split
+from segbench.errors import SegbenchError, invalid_choice
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+LAYOUTS = ("suffix", "parallel")
+
+
+def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs: ``x.tif`` + ``x_mask.tif`` ("suffix"), or ``images/x`` + ``masks/x`` ("parallel")."""
+    if layout not in LAYOUTS:
+        raise invalid_choice("data.layout", layout, LAYOUTS)
+    if not root.is_dir():
+        raise SegbenchError(f"data.root={str(root)!r} does not exist; see data/README.md for image/mask folders")
+    pairs = []
+    if layout == "suffix":
+        files = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in EXTENSIONS]
+        masks = {p for p in files if p.stem.endswith(mask_suffix)}
+        for image in (p for p in files if p not in masks):
+            mask = image.with_name(image.stem + mask_suffix + image.suffix)
+            if mask not in masks:
+                raise SegbenchError(f"{image} has no mask {mask.name}")
+            pairs.append((image, mask))
+    else:
+        for image in (p for p in sorted((root / "images").rglob("*")) if p.suffix.lower() in EXTENSIONS):
+            rel = image.relative_to(root / "images")
+            candidates = [m for m in (root / "masks" / rel.parent).glob(rel.stem + ".*") if m.suffix.lower() in EXTENSIONS]
+            if not candidates:
+                raise SegbenchError(f"{image} has no mask in {root / 'masks' / rel.parent}")
+            pairs.append((image, candidates[0]))
+    if not pairs:
+        raise SegbenchError(f"no image/mask pairs under {root} (layout={layout})")
+    return pairs
+
+
+class ImageMaskFolder(SegmentationDataset):
+    """Image/mask pairs with a train/val split by subject (the file's parent folder) or by file.
+
+    Args:
+        root: the folder.
+        layout: "suffix" (``*_mask.*`` next to each image, as Kaggle LGG) or "parallel" (images/, masks/).
+        classes: mask value -> class index; None is binary (any non-zero value is foreground,
+            one sigmoid output). With more than two classes the targets are class indices for ``loss=ce``.
+        size: (H, W) images are centre-cropped or padded to.
+        split_by: "folder" keeps each subject folder on one side of the split; "file" splits files.
+    """
+
+    def __init__(self, root: str, split: str = "train", layout: str = "suffix", mask_suffix: str = "_mask",
+                 classes: dict | None = None, size=(128, 128), augment: bool = True, val_fraction: float = 0.2,
+                 split_by: str = "folder", seed: int = 0):
+        pairs = find_pairs(Path(root), layout, mask_suffix)
+        key = (lambda p: str(p[0].parent)) if split_by == "folder" else (lambda p: str(p[0]))
+        if split_by == "folder" and len({key(p) for p in pairs}) < 2:
+            key = lambda p: str(p[0])  # noqa: E731 - one folder: split files instead
+        chosen = subject_split(sorted({key(p) for p in pairs}), split, val_fraction, seed)
+        self.pairs = [p for p in pairs if key(p) in chosen]
+        self.classes = {int(k): int(v) for k, v in (classes or {}).items()}
+        multiclass = max(self.classes.values(), default=0) > 1  # class indices beyond 0/1
+        self.target_kind = "multiclass" if multiclass else "multilabel"
+        self.num_outputs = max(self.classes.values()) + 1 if multiclass else 1
+        self.class_names = tuple(str(i) for i in range(self.num_outputs)) if multiclass else ("foreground",)
+        first = np.asarray(Image.open(self.pairs[0][0])) if self.pairs else np.zeros((1, 1))
+        self.in_channels = 1 if first.ndim == 2 else first.shape[2]
+        super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, i: int):
+        image_path, mask_path = self.pairs[i]
+        image = np.asarray(Image.open(image_path))
+        mask = np.asarray(Image.open(mask_path))
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        if image.shape[:2] != mask.shape:
+            raise SegbenchError(f"{image_path} is {image.shape[:2]} but its mask {mask_path.name} is {mask.shape}")
+        if image.ndim == 2:
+            image = image[..., None]
+        return image, mask, None
+
+    def finish(self, image, mask, extra):
+        image = image.astype(np.float32)
+        image = (image - image.mean()) / (image.std() + 1e-6)  # per-image z-score: file formats differ in range
+        if self.target_kind == "multilabel":
+            fg = np.isin(mask, [k for k, v in self.classes.items() if v > 0]) if self.classes else mask > 0
+            return image, fg[None].astype(np.float32)
+        lut = np.full(256, 255, np.int64)
+        for value, cls in self.classes.items():
+            lut[value] = cls
+        return image, lut[mask.astype(np.uint8)]

@@ -1,0 +1,64 @@
+"""PASCAL VOC 2012 segmentation through torchvision's own readers (never downloading)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segbench.data.common import SegmentationDataset
+from segbench.data.voc_phantom import BORDER, VOC_CLASSES
+from segbench.errors import SegbenchError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+class VOCSegmentationData(SegmentationDataset):
+    """VOC 2012 (``root/VOCdevkit/VOC2012``), optionally with SBD's extra training images.
+
+    Args:
+        root: the folder holding ``VOCdevkit`` (the real data or ``segbench make-data voc-phantom``).
+        split: "train" or "val" (the VOC image sets of those names).
+        size: training crop (H, W); images are padded with label 255 where smaller. Validation
+            uses whole images when ``val_whole_images`` (then use a validation batch of 1).
+        sbd_root: folder of the SBD release (``img/``, ``cls/``, ``train_noval.txt``); adds its
+            training images, as the FCN paper does.
+        augment: flips, a small affine and brightness/contrast (training only).
+    """
+
+    target_kind = "multiclass"
+    in_channels = 3
+
+    def __init__(self, root: str, split: str = "train", size=(256, 256), augment: bool = True,
+                 sbd_root: str | None = None, val_whole_images: bool = True, year: str = "2012"):
+        from torchvision.datasets import SBDataset, VOCSegmentation
+
+        base = Path(root) / "VOCdevkit" / f"VOC{year}"
+        if not base.is_dir():
+            raise SegbenchError(f"data.root={root!r} has no VOCdevkit/VOC{year}; make a phantom with "
+                                f"'segbench make-data voc-phantom --out {root}' or see data/README.md")
+        self.parts = [VOCSegmentation(str(root), year=year, image_set=split, download=False)]
+        if sbd_root and split == "train":
+            if not Path(sbd_root).is_dir():
+                raise SegbenchError(f"data.sbd_root={sbd_root!r} does not exist (see data/README.md)")
+            self.parts.append(SBDataset(str(sbd_root), image_set="train_noval", mode="segmentation", download=False))
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        train = split == "train"
+        crop = tuple(size) if (train or not val_whole_images) else None
+        super().__init__(size=crop, augment=augment and train, pad_label=BORDER, random_crop=True)
+
+    num_outputs = len(VOC_CLASSES)
+    class_names = VOC_CLASSES
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def load(self, i: int):
+        part = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        image, mask = self.parts[part][i - int(self.offsets[part])]
+        return np.asarray(image.convert("RGB")), np.asarray(mask, dtype=np.uint8), None
+
+    def finish(self, image, labels, extra):
+        image = (image.astype(np.float32) / 255 - IMAGENET_MEAN) / IMAGENET_STD
+        return image, labels.astype(np.int64)
