@@ -6,7 +6,9 @@ User errors print one line and exit with code 2; nothing here shows a traceback 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 from segbench.errors import SegbenchError
 
@@ -49,6 +51,13 @@ def _train(argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-")]
     validate_overrides(overrides)
     from segbench.train.app import hydra_main
+
+    rank = int(os.environ.get("RANK", 0))
+    if rank > 0:
+        # Under torchrun only rank 0 owns the run directory; the others keep Hydra's files apart.
+        scratch = os.path.join(tempfile.gettempdir(), f"segbench-rank{rank}-{os.getpid()}")
+        argv = [*argv, f"hydra.run.dir={scratch}", "hydra.output_subdir=null",
+                "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
     sys.argv = ["segbench train", *argv]
     hydra_main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,9 @@ def hydra_main(cfg: DictConfig) -> float:
     """Train one run; the return value (best validation metric) is what Hydra sweepers optimise."""
     from segbench.train.trainer import TrainingDiverged, train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    _share_cores(cfg, hydra_cfg)
     try:
         metrics = train(cfg, run_dir)
     except SegbenchError as err:
@@ -30,5 +33,15 @@ def hydra_main(cfg: DictConfig) -> float:
         from segbench.train.distributed import teardown
 
         teardown()
-    print(f"run directory: {run_dir}")
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"run directory: {run_dir}")
     return float(metrics["best"].get(metrics["main_metric"], float("nan")))
+
+
+def _share_cores(cfg: DictConfig, hydra_cfg) -> None:
+    """Under the joblib launcher, give each of the n_jobs parallel runs its share of the cores."""
+    n_jobs = hydra_cfg.launcher.get("n_jobs") if "launcher" in hydra_cfg else None
+    if cfg.trainer.get("threads") is None and n_jobs and n_jobs > 0:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(n_jobs)))

@@ -43,7 +43,12 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
 
 
 def setup(preference: str) -> DistContext:
-    """Join torchrun's process group when there is one."""
+    """Join torchrun's (or a multi-task SLURM job's) process group when there is one."""
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+        # A SLURM job with one task per GPU (hydra/launcher=slurm): submitit derives torch's variables.
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export()
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     device = resolve_device(preference, local_rank)
@@ -86,6 +91,15 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     device_tensor = out.to(ctx.device) if ctx.device.type == "cuda" else out
     dist.all_reduce(device_tensor)
     return device_tensor.to(tensor.device)
+
+
+def shared_run_dir(run_dir, ctx: DistContext):
+    """Rank 0's run directory on every rank, so that all ranks resume from the same checkpoint."""
+    if ctx.world_size == 1:
+        return run_dir
+    holder = [str(run_dir)]
+    dist.broadcast_object_list(holder, src=0)
+    return type(run_dir)(holder[0])
 
 
 def teardown() -> None:

@@ -68,6 +68,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train ``cfg`` and write TensorBoard events, checkpoints and metrics.json under ``run_dir``."""
     run_dir = Path(run_dir)
     ctx = distributed.setup(cfg.trainer.device)
+    run_dir = distributed.shared_run_dir(run_dir, ctx)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
     seed_everything(int(cfg.seed))

@@ -1,0 +1,89 @@
+"""DDP on CPU: syncbatch over 2 ranks x 4 images equals batch over 1 process x 8 images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from segbench.models import build_model
+
+
+def _model(norm):
+    torch.manual_seed(0)
+    return build_model("resunet", 2, 1, norm=norm, width=4, depth=2)
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 2, 16, 16, generator=g), (torch.rand(8, 1, 16, 16, generator=g) > 0.5).float()
+
+
+def _step(model, images, target):
+    """One training step; returns the loss and the first BN layer's statistics and weight grad."""
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images), target)
+    loss.backward()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return loss.detach(), bn.running_mean.clone(), bn.running_var.clone(), conv.weight.grad.clone()
+
+
+def _worker(rank, world, init_file, norm, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    images, target = _data()
+    model = torch.nn.parallel.DistributedDataParallel(_model(norm))
+    loss, mean, var, grad = _step(model, images[4 * rank:4 * rank + 4], target[4 * rank:4 * rank + 4])
+    dist.all_reduce(loss)  # each rank's mean over its 4 images; their average is the 8-image mean
+    if rank == 0:
+        torch.save({"loss": loss / world, "mean": mean, "var": var, "grad": grad}, out)
+    dist.barrier()  # no rank tears gloo down while another still talks to it
+    dist.destroy_process_group()
+
+
+def _two_ranks(tmp_path, norm):
+    out = tmp_path / f"{norm}.pt"
+    mp.spawn(_worker, args=(2, str(tmp_path / f"init-{norm}"), norm, str(out)), nprocs=2, join=True)
+    return torch.load(out, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    images, target = _data()
+    loss, mean, var, grad = _step(_model("batch"), images, target)
+    return {"loss": loss, "mean": mean, "var": var, "grad": grad}
+
+
+def test_syncbatch_on_two_ranks_equals_batch_on_one(tmp_path, single_process):
+    synced = _two_ranks(tmp_path, "syncbatch")
+    for key in ("loss", "mean", "var", "grad"):
+        torch.testing.assert_close(synced[key], single_process[key], atol=1e-5, rtol=1e-4)
+
+
+def test_plain_batch_under_ddp_normalizes_each_rank_alone(tmp_path, single_process):
+    local = _two_ranks(tmp_path, "batch")
+    assert not torch.allclose(local["mean"], single_process["mean"], atol=1e-4)
+    assert not torch.allclose(local["loss"], single_process["loss"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_writes_one_run_directory(tmp_path, tiny_brats):
+    from tests.conftest import TINY
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "segbench", "train", "norm=syncbatch", f"data.root={tiny_brats}", *TINY,
+           "trainer.max_steps=5", "trainer.val_every=5", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_batch_size"] == 8 and metrics["steps"] == 5
