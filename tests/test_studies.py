@@ -1,0 +1,63 @@
+"""Sweeps, comparison reports and BN diagnostics on tiny settings."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from segbench.analysis.diagnose import diagnose
+from segbench.train.trainer import train
+from tests.conftest import TINY
+from tests.test_cli import segbench
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_brats):
+    out = tmp_path_factory.mktemp("sweep")
+    result = segbench("train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", f"data.root={tiny_brats}",
+                      *TINY, "norm=batch,group", "data.batch_size=2,4", "model.width=8", "trainer.max_images=8",
+                      f"hydra.sweep.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_two_norm_two_batch_sweep_compares(sweep):
+    result = segbench("compare", str(sweep))
+    assert result.returncode == 0, result.stderr
+    for name in ("curves.png", "by_batch_size.png", "summary.md", "summary.csv"):
+        assert (sweep / name).stat().st_size > 0
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert sorted((r["norm"], r["batch_size"]) for r in rows) == [("batch", "2"), ("batch", "4"), ("group", "2"), ("group", "4")]
+    assert all(0 <= float(r["best_val_dice"]) <= 1 for r in rows)
+    hparams = list(sweep.rglob("tb/events.out.tfevents.*"))
+    assert len(hparams) >= 4
+
+
+def test_submitit_local_sweep_of_two_runs(tmp_path, tiny_brats):
+    result = segbench("train", "-m", "hydra/launcher=local_jobs", "norm=none,batch", f"data.root={tiny_brats}", *TINY,
+                      "trainer.max_steps=2", "trainer.val_every=2", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(tmp_path.rglob("metrics.json"))) == 2
+
+
+def test_diagnose_names_stale_statistics(tiny_cfg, tmp_path):
+    train(tiny_cfg("norm.momentum=0.0", "trainer.max_steps=12", "trainer.val_every=12"), tmp_path)
+    text = diagnose(str(tmp_path), batches=5)
+    assert "running statistics are stale" in text
+    assert (tmp_path / "diagnose.json").exists() and (tmp_path / "diagnose.md").exists()
+
+
+def test_diagnose_healthy_run_has_a_small_gap(tiny_cfg, tmp_path):
+    import json
+
+    train(tiny_cfg("norm.momentum=null", "trainer.max_steps=12", "trainer.val_every=12"), tmp_path)
+    diagnose(str(tmp_path), batches=30)
+    result = json.loads((tmp_path / "diagnose.json").read_text())
+    assert abs(result["gap_precise_minus_running"]) < 0.1
+    assert "stale" not in " ".join(result["verdict"])
+
+
+def test_diagnose_without_bn_says_so(tiny_cfg, tmp_path):
+    train(tiny_cfg("norm=group", "norm.num_groups=2"), tmp_path)
+    assert "no batch-norm layers" in diagnose(str(tmp_path))
