@@ -71,7 +71,6 @@ def test_plain_batch_under_ddp_normalizes_each_rank_alone(tmp_path, single_proce
     assert not torch.allclose(local["loss"], single_process["loss"], atol=1e-6)
 
 
-@pytest.mark.slow
 def test_torchrun_writes_one_run_directory(tmp_path, tiny_brats):
     from tests.conftest import TINY
 

@@ -104,7 +104,10 @@ def test_group_extremes_are_layer_and_instance(x):
                                atol=1e-5, rtol=1e-5)
 
 
-def test_syncbatch_in_one_process_equals_batch(x):
+def test_syncbatch_in_one_process_equals_batch(x, monkeypatch):
+    from segbench.nn import syncbn
+
+    monkeypatch.setattr(syncbn, "_warned_single_process", False)  # it warns once per process
     sync, plain = build_norm("syncbatch", 6).train(), build_norm("batch", 6).train()
     with pytest.warns(UserWarning, match="behaves as norm=batch"):
         out = sync(x)
