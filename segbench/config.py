@@ -55,6 +55,7 @@ def validate_overrides(overrides: list[str]) -> None:
         cfg = compose(plain)
     except (HydraException, OmegaConfBaseException) as err:
         raise SegbenchError(_explain(err, plain)) from None
+    _check_types(cfg, [o for o in plain if o.split("=", 1)[0].lstrip("+~") not in GROUPS])
     # Options of a norm are checked by the registry; check them here too, before a long sweep starts.
     from segbench.nn.norms import norm_options
 
@@ -63,6 +64,20 @@ def validate_overrides(overrides: list[str]) -> None:
     if unknown:
         raise SegbenchError(f"norm '{cfg.norm.name}' takes no option {unknown[0]!r}; its options: "
                             f"{', '.join(sorted(known - {'name'}))}")
+
+
+def _check_types(cfg, overrides: list[str]) -> None:
+    """A number or a flag given as text (``data.batch_size=abc``) is an error naming the key."""
+    from omegaconf import OmegaConf
+
+    groups = [o for o in (f"{g}={cfg.get(g).get('name')}" for g in ("model", "norm", "loss", "optim")) if "None" not in o]
+    defaults = compose(groups)
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        default, given = OmegaConf.select(defaults, key), OmegaConf.select(cfg, key)
+        for kind in (bool, int, float):
+            if isinstance(default, kind) and isinstance(given, str):
+                raise SegbenchError(f"{key}={given!r} must be of type {kind.__name__} (default {default})")
 
 
 def _first_line(err: Exception) -> str:

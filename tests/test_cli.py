@@ -87,3 +87,14 @@ def test_make_data_writes_brats_layout(tmp_path):
 @pytest.mark.parametrize("args", [["make-data", "nosuch", "--out", "x"], ["make-data", "brain-phantom"]])
 def test_make_data_bad_arguments(args):
     assert segbench(*args).returncode == 2
+
+
+def test_text_where_a_number_belongs():
+    assert_one_line_error(segbench("train", "data.batch_size=abc"), "data.batch_size='abc'", "int")
+
+
+def test_input_size_the_depth_cannot_halve_fails_before_writing(tmp_path, tiny_brats):
+    run = tmp_path / "run"
+    result = segbench("train", f"data.root={tiny_brats}", "data.size=[97,131]", "trainer.device=cpu", f"hydra.run.dir={run}")
+    assert_one_line_error(result, "97x131", "divisible by 8")
+    assert not (run / "tb").exists()

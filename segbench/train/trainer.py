@@ -76,6 +76,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     train_set, val_set = build_datasets(data_cfg)
     modalities = list(getattr(train_set, "modalities", []) or [])
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities).to(ctx.device)
+    if hasattr(model, "check_input_size") and train_set.size:  # fail before anything is written
+        model.check_input_size(*train_set.size)
     loss_opts = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k != "name"}
     loss_fn = build_loss(cfg.loss.name, train_set.target_kind, **loss_opts).to(ctx.device)
     batch = int(cfg.data.batch_size)
