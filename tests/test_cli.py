@@ -98,3 +98,17 @@ def test_input_size_the_depth_cannot_halve_fails_before_writing(tmp_path, tiny_b
     result = segbench("train", f"data.root={tiny_brats}", "data.size=[97,131]", "trainer.device=cpu", f"hydra.run.dir={run}")
     assert_one_line_error(result, "97x131", "divisible by 8")
     assert not (run / "tb").exists()
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "syncbatch", "instance", "group", "layer", "batchrenorm", "adain", "spade"])
+def test_every_norm_trains_from_the_command_line(norm, tiny_brats, tmp_path):
+    options = ["norm.num_groups=2"] if norm == "group" else ["norm.hidden=8"] if norm == "spade" else []
+    result = segbench("train", f"norm={norm}", *options, f"data.root={tiny_brats}", *TINY, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "metrics.json").exists()
+
+
+def test_conditional_norm_on_one_modality(tiny_brats, tmp_path):
+    result = segbench("train", "norm=spade", "norm.hidden=8", "norm.cond_channels=[flair]", "norm.inner=instance",
+                      f"data.root={tiny_brats}", *TINY, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]

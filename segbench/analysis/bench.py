@@ -1,5 +1,6 @@
-"""``segbench bench``: training images/s of segbench's step against a bare PyTorch loop, measured
-side by side in one process, the data pipeline's images/s alone, and images/s per norm.
+"""``segbench bench``: training images/s of segbench against a bare PyTorch loop, measured side by
+side in one process (its step alone, and its whole ``train()`` loop with loader and logging),
+the data pipeline's images/s alone, and images/s per norm.
 
 Prints one JSON object. Timings alternate between the two loops in rounds so that a noisy,
 shared machine slows both alike; the ratio is the figure to quote.
@@ -8,6 +9,7 @@ shared machine slows both alike; the ratio is the figure to quote.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 import warnings
@@ -43,7 +45,8 @@ def _model(norm: str, in_channels: int, width: int, depth: int):
     return build_model("resunet", in_channels, 1, norm=norm, norm_options=options, width=width, depth=depth)
 
 
-def trainer_vs_bare(batch: int, size, steps: int, rounds: int, width: int, depth: int) -> dict:
+def train_step_vs_bare(batch: int, size, steps: int, rounds: int, width: int, depth: int) -> dict:
+    """segbench's ``train_step`` against the bare step, alternating rounds on random in-memory tensors."""
     images = torch.randn(batch, 4, *size)
     target = (torch.rand(batch, 1, *size) > 0.9).float()
     ours, bare = _model("batch", 4, width, depth), _model("batch", 4, width, depth)
@@ -57,8 +60,39 @@ def trainer_vs_bare(batch: int, size, steps: int, rounds: int, width: int, depth
         t_ours += _time(ours_step, steps)
         t_bare += _time(bare_step, steps)
     n = batch * steps * rounds
-    return {"segbench_images_per_s": n / t_ours, "bare_loop_images_per_s": n / t_bare,
-            "ratio_segbench_over_bare": t_bare / t_ours}
+    return {"segbench_step_images_per_s": n / t_ours, "bare_step_images_per_s": n / t_bare,
+            "ratio": t_bare / t_ours}
+
+
+def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int) -> dict:
+    """The whole ``train()`` loop (loader, logging, progress bar) against a bare loop over the same
+    model, batch size and data, pre-loaded into memory. Bare runs before and after; their mean counts."""
+    import tempfile
+
+    from segbench.config import compose
+    from segbench.train.trainer import train
+
+    cfg = compose([f"data.root={root}", f"data.batch_size={batch}", f"model.width={width}", f"model.depth={depth}",
+                   f"trainer.max_steps={steps}", f"trainer.val_every={10 * steps}", "trainer.progress=false",
+                   "trainer.device=cpu", f"trainer.checkpoint_every={10 * steps}", "trainer.log_images=0"])
+    from segbench.data import build_datasets
+    from torch.utils.data import DataLoader
+
+    train_set, _ = build_datasets(dict(cfg.data))
+    batches = list(itertools.islice(DataLoader(train_set, batch_size=batch, shuffle=True), steps))
+
+    def bare() -> float:
+        model = _model("batch", train_set.in_channels, width, depth)
+        opt = torch.optim.Adam(model.parameters())
+        model.train()
+        _bare_step(model, *batches[0], opt).item()  # warm-up, as the trainer's first step is timed too
+        return len(batches) * batch / _time(lambda: [_bare_step(model, x, y, opt).item() for x, y in batches], 1)
+
+    before = bare()
+    with tempfile.TemporaryDirectory() as run_dir:
+        ours = train(cfg, run_dir)["images_per_s"]
+    bare_rate = (before + bare()) / 2
+    return {"trainer_images_per_s": ours, "bare_loop_images_per_s": bare_rate, "ratio_trainer_over_bare": ours / bare_rate}
 
 
 def loader_throughput(root: str, batch: int, batches: int, workers: int) -> float:
@@ -96,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, nargs=2, default=[96, 112])
     parser.add_argument("--steps", type=int, default=5, help="steps per timing round")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--loop-steps", type=int, default=30, help="steps of the whole-trainer comparison")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--data", default="data/brain_phantom", help="BraTS folder for the loader figure")
@@ -105,10 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
     size = tuple(args.size)
     report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size,
               "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
-    report["train_step"] = trainer_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth)
+    report["train_step"] = train_step_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth)
+    report["trainer_loop"] = trainer_vs_bare(args.data, args.batch_size, args.loop_steps, args.width, args.depth)
     loader = loader_throughput(args.data, args.batch_size, 50, args.workers)
     report["loader"] = {"images_per_s": loader, "workers": args.workers,
-                        "ratio_loader_over_training": loader / report["train_step"]["segbench_images_per_s"]}
+                        "ratio_loader_over_training": loader / report["trainer_loop"]["trainer_images_per_s"]}
     if not args.skip_norms:
         report["per_norm"] = per_norm(args.batch_size, size, args.steps, args.width, args.depth)
     print(json.dumps(report, indent=2))

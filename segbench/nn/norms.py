@@ -120,8 +120,10 @@ ALIASES = {"identity": "none", "bn": "batch", "batchnorm": "batch", "syncbn": "s
 
 CONDITIONAL_NORMS = frozenset({"adain", "spade"})
 
-# Keys a model passes to every builder; only conditional norms take them.
+# What a model passes to every builder; only conditional norms take it. ``cond_channels`` is
+# derived from the model's input, so it is never a user option; ``style_dim`` is both.
 CONTEXT_KEYS = frozenset({"cond_channels", "style_dim"})
+DERIVED_KEYS = frozenset({"cond_channels"})
 
 
 def canonical_norm_name(name: str) -> str:
@@ -134,9 +136,9 @@ def canonical_norm_name(name: str) -> str:
 
 
 def norm_options(name: str) -> dict[str, object]:
-    """The options a norm takes, with their defaults (context keys excluded)."""
+    """The options a norm takes, with their defaults (keys the model derives excluded)."""
     params = inspect.signature(NORMS[canonical_norm_name(name)]).parameters
-    return {k: p.default for k, p in list(params.items())[1:] if k not in CONTEXT_KEYS}
+    return {k: p.default for k, p in list(params.items())[1:] if k not in DERIVED_KEYS}
 
 
 def build_norm(name: str, num_channels: int, *, context: dict | None = None, **options) -> nn.Module:

@@ -29,6 +29,7 @@ class NormSlot:
         else:
             self.name, self._factory = canonical_norm_name(norm), None
         self.conditional = self.name in CONDITIONAL_NORMS
+        style_dim = int(self.options.get("style_dim", style_dim))  # AdaIN's option sizes the encoder too
         self.in_channels, self.cond_channels, self.style_dim = in_channels, cond_channels, style_dim
         n_cond = in_channels if cond_channels is None else len(cond_channels)
         self._context = {"cond_channels": n_cond, "style_dim": style_dim}
