@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import json
 import time
 import warnings
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -41,7 +43,7 @@ def _time(fn, steps: int) -> float:
 
 def _model(norm: str, in_channels: int, width: int, depth: int):
     torch.manual_seed(0)
-    options = {"hidden": 32} if norm == "spade" else None
+    options = {"spade": {"hidden": 32}, "group": {"num_groups": math.gcd(8, width)}}.get(norm)
     return build_model("resunet", in_channels, 1, norm=norm, norm_options=options, width=width, depth=depth)
 
 
@@ -64,9 +66,9 @@ def train_step_vs_bare(batch: int, size, steps: int, rounds: int, width: int, de
             "ratio": t_bare / t_ours}
 
 
-def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int) -> dict:
+def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, rounds: int = 3) -> dict:
     """The whole ``train()`` loop (loader, logging, progress bar) against a bare loop over the same
-    model, batch size and data, pre-loaded into memory. Bare runs before and after; their mean counts."""
+    model, batch size and data, pre-loaded into memory; the median of ``rounds`` paired ratios counts."""
     import tempfile
 
     from segbench.config import compose
@@ -88,11 +90,14 @@ def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int) -
         _bare_step(model, *batches[0], opt).item()  # warm-up, as the trainer's first step is timed too
         return len(batches) * batch / _time(lambda: [_bare_step(model, x, y, opt).item() for x, y in batches], 1)
 
-    before = bare()
-    with tempfile.TemporaryDirectory() as run_dir:
-        ours = train(cfg, run_dir)["images_per_s"]
-    bare_rate = (before + bare()) / 2
-    return {"trainer_images_per_s": ours, "bare_loop_images_per_s": bare_rate, "ratio_trainer_over_bare": ours / bare_rate}
+    ours, theirs = [], []
+    for _ in range(rounds):  # alternate, so that a noisy neighbour slows both alike
+        theirs.append(bare())
+        with tempfile.TemporaryDirectory() as run_dir:
+            ours.append(train(cfg, run_dir)["images_per_s"])
+    ratios = sorted(o / t for o, t in zip(ours, theirs))
+    return {"trainer_images_per_s": float(np.median(ours)), "bare_loop_images_per_s": float(np.median(theirs)),
+            "ratio_trainer_over_bare": ratios[len(ratios) // 2], "ratio_per_round": ratios}
 
 
 def loader_throughput(root: str, batch: int, batches: int, workers: int) -> float:
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, nargs=2, default=[96, 112])
     parser.add_argument("--steps", type=int, default=5, help="steps per timing round")
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--loop-steps", type=int, default=30, help="steps of the whole-trainer comparison")
+    parser.add_argument("--loop-steps", type=int, default=40, help="steps of the whole-trainer comparison")
+    parser.add_argument("--loop-rounds", type=int, default=3)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--data", default="data/brain_phantom", help="BraTS folder for the loader figure")
@@ -141,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size,
               "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
     report["train_step"] = train_step_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth)
-    report["trainer_loop"] = trainer_vs_bare(args.data, args.batch_size, args.loop_steps, args.width, args.depth)
+    report["trainer_loop"] = trainer_vs_bare(args.data, args.batch_size, args.loop_steps, args.width, args.depth,
+                                             args.loop_rounds)
     loader = loader_throughput(args.data, args.batch_size, 50, args.workers)
     report["loader"] = {"images_per_s": loader, "workers": args.workers,
                         "ratio_loader_over_training": loader / report["trainer_loop"]["trainer_images_per_s"]}

@@ -128,8 +128,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         scheduler.step()
         done = step + 1
         now = time.perf_counter()
-        train_time += now - tick
-        images_seen += len(images) * ctx.world_size
+        if step > start:  # the first step pays for allocation and warm-up; throughput is steady state
+            train_time += now - tick
+            images_seen += len(images) * ctx.world_size
         if writer:
             writer.add_scalar("train/loss", loss_value, done)
             writer.add_scalar("lr", lr, done)
