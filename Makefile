@@ -46,6 +46,6 @@ bench: $(STAMP) ## training images/s vs a bare loop, loader images/s, images/s p
 clean: ## remove runs, reports and generated data (keeps .venv)
 	rm -rf runs reports outputs multirun $(PHANTOM)
 
-reproduce: $(STAMP) data ## CPU versions of the studies -> reports/REPORT.md (about 25 minutes on 2 cores)
+reproduce: $(STAMP) data ## CPU versions of the studies -> reports/REPORT.md (about 20 minutes on 2 cores)
 	test -f data/voc_phantom/.complete || ($(BIN)/segbench make-data voc-phantom --out data/voc_phantom && touch data/voc_phantom/.complete)
 	$(BIN)/python scripts/reproduce.py --out reports
