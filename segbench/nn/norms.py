@@ -120,9 +120,8 @@ ALIASES = {"identity": "none", "bn": "batch", "batchnorm": "batch", "syncbn": "s
 
 CONDITIONAL_NORMS = frozenset({"adain", "spade"})
 
-# What a model passes to every builder; only conditional norms take it. ``cond_channels`` is
-# derived from the model's input, so it is never a user option; ``style_dim`` is both.
-CONTEXT_KEYS = frozenset({"cond_channels", "style_dim"})
+# Builder arguments the model derives from its input (the count of conditioning channels); they
+# come in through ``context`` and are never user options.
 DERIVED_KEYS = frozenset({"cond_channels"})
 
 

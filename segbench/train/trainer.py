@@ -111,6 +111,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     main_metric = "dice" if train_set.target_kind == "multilabel" else "miou"
     freeze_at = cfg.trainer.get("freeze_bn_after")
+    if freeze_at is not None and not 0 <= float(freeze_at) <= 1:
+        raise SegbenchError(f"trainer.freeze_bn_after={freeze_at} must be a fraction of training between 0 and 1")
     freeze_step = total_steps if freeze_at is None else int(total_steps * float(freeze_at))
 
     progress = _progress(cfg, ctx, start, total_steps)
