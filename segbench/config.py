@@ -90,7 +90,7 @@ def _explain(err: Exception, overrides: list[str]) -> str:
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
         if f"'{key}'" in str(err) or key.split(".")[-1] in message:
-            group, _, name = key.rpartition(".")
+            group = key.rpartition(".")[0]
             if group:
                 try:
                     section = compose([o for o in overrides if o != item]).get(group.split(".")[0])

@@ -23,12 +23,12 @@ from segbench.errors import SegbenchError
 from segbench.io import write_json, write_text
 from segbench.train.distributed import DistContext
 from segbench.train.evaluate import evaluate
+from segbench.train.metrics import MAIN_METRIC
 
 
 def _load(run_dir: Path, checkpoint: str):
     from segbench.data import build_datasets
-    from segbench.train.losses import build_loss
-    from segbench.train.trainer import model_from_config
+    from segbench.train.trainer import loss_from_config, model_from_config
 
     path = run_dir / "checkpoints" / checkpoint
     if not path.is_file():
@@ -38,8 +38,7 @@ def _load(run_dir: Path, checkpoint: str):
     train_set, val_set = build_datasets(OmegaConf.to_container(cfg.data))
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, list(getattr(train_set, "modalities", [])))
     model.load_state_dict(state["model"])
-    loss_opts = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k != "name"}
-    return cfg, model.eval(), train_set, val_set, build_loss(cfg.loss.name, train_set.target_kind, **loss_opts)
+    return cfg, model.eval(), train_set, val_set, loss_from_config(cfg, train_set.target_kind)
 
 
 def layer_divergence(model, reference) -> list[dict]:
@@ -101,7 +100,7 @@ def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt") -> st
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     vbatch = int(cfg.data.get("val_batch_size", cfg.data.batch_size))
     vloader = DataLoader(val_set, batch_size=vbatch, shuffle=False)
-    metric = "dice" if train_set.target_kind == "multilabel" else "miou"
+    metric = MAIN_METRIC[train_set.target_kind]
     running = evaluate(model, vloader, loss_fn, val_set, ctx)[0][metric]
     with batch_statistics(model):
         batch = evaluate(model, vloader, loss_fn, val_set, ctx)[0][metric]

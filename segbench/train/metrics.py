@@ -32,7 +32,6 @@ class DiceScore:
             out.update({f"dice_{n}": float(d) for n, d in zip(self.names, dice)})
         return out
 
-    main_metric = "dice"
 
 
 class ConfusionMatrix:
@@ -66,7 +65,10 @@ class ConfusionMatrix:
         out.update({f"iou_{name}": float(v) for name, v, p in zip(self.names, iou, present) if p})
         return out
 
-    main_metric = "miou"
+
+
+# The validation metric that picks best.pt and that sweepers and reports compare.
+MAIN_METRIC = {"multilabel": "dice", "multiclass": "miou"}
 
 
 def build_metric(target_kind: str, names: tuple[str, ...]):

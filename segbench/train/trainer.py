@@ -21,6 +21,7 @@ from segbench.train import distributed
 from segbench.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from segbench.train.evaluate import evaluate, overlay, val_loader
 from segbench.train.losses import build_loss
+from segbench.train.metrics import MAIN_METRIC
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
 
 
@@ -64,6 +65,12 @@ def model_from_config(cfg: DictConfig, in_channels: int, num_outputs: int, modal
                        norm_options=norm_opts, cond_channels=cond, **model_opts)
 
 
+def loss_from_config(cfg: DictConfig, target_kind: str):
+    """Build ``cfg.loss`` for the dataset's kind of targets."""
+    options = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k != "name"}
+    return build_loss(cfg.loss.name, target_kind, **options)
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train ``cfg`` and write TensorBoard events, checkpoints and metrics.json under ``run_dir``."""
     run_dir = Path(run_dir)
@@ -78,8 +85,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities).to(ctx.device)
     if hasattr(model, "check_input_size") and train_set.size:  # fail before anything is written
         model.check_input_size(*train_set.size)
-    loss_opts = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k != "name"}
-    loss_fn = build_loss(cfg.loss.name, train_set.target_kind, **loss_opts).to(ctx.device)
+    loss_fn = loss_from_config(cfg, train_set.target_kind).to(ctx.device)
     batch = int(cfg.data.batch_size)
     total_steps = training_steps(OmegaConf.to_container(cfg.trainer), len(train_set), batch * ctx.world_size)
     optimizer = build_optimizer(model.parameters(), OmegaConf.to_container(cfg.optim), batch * ctx.world_size)
@@ -109,7 +115,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     vloader = val_loader(val_set, int(cfg.data.get("val_batch_size", batch)), workers, ctx)
     config = OmegaConf.to_container(cfg, resolve=True)
     ckpt_dir = run_dir / "checkpoints"
-    main_metric = "dice" if train_set.target_kind == "multilabel" else "miou"
+    main_metric = MAIN_METRIC[train_set.target_kind]
     freeze_at = cfg.trainer.get("freeze_bn_after")
     if freeze_at is not None and not 0 <= float(freeze_at) <= 1:
         raise SegbenchError(f"trainer.freeze_bn_after={freeze_at} must be a fraction of training between 0 and 1")
