@@ -75,7 +75,7 @@ def test_torchrun_writes_one_run_directory(tmp_path, tiny_brats):
     from tests.conftest import TINY
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "segbench", "train", "norm=syncbatch", f"data.root={tiny_brats}", *TINY,
            "trainer.max_steps=5", "trainer.val_every=5", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
