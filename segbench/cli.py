@@ -17,6 +17,7 @@ USAGE = """segbench <command> [...]
 commands:
   train [OVERRIDES...]     train with Hydra overrides (add -m for a sweep), e.g. norm=group data.batch_size=2
   make-data KIND --out DIR write a phantom dataset: brain-phantom (BraTS layout) or voc-phantom (VOCdevkit)
+  data-stats ROOT          subjects, tumour share, lesions, volumes, per-site intensity of a BraTS-layout folder
   compare RUN_OR_SWEEP...  curves.png, by_batch_size.png, summary.md/.csv from finished runs
   diagnose RUN_DIR         what batch norm did in a run: running vs batch vs recomputed statistics
   bench                    images/s: segbench's training step vs a bare loop, the loader, each norm
@@ -27,7 +28,8 @@ def _make_data(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="segbench make-data")
     parser.add_argument("kind", choices=["brain-phantom", "voc-phantom"])
     parser.add_argument("--out", required=True, help="folder to write (created if missing)")
-    parser.add_argument("--subjects", type=int, default=None, help="brain-phantom: subjects (default 20)")
+    parser.add_argument("--subjects", type=int, default=None, help="brain-phantom: subjects (default 48)")
+    parser.add_argument("--sites", type=int, default=None, help="brain-phantom: simulated sites (default 3)")
     parser.add_argument("--voxel-mm", type=int, default=2, choices=[1, 2], help="brain-phantom: voxel size")
     parser.add_argument("--images", type=int, default=None, help="voc-phantom: images (default 60)")
     parser.add_argument("--seed", type=int, default=0)
@@ -35,9 +37,19 @@ def _make_data(argv: list[str]) -> None:
     if args.kind == "brain-phantom":
         from segbench.data.brain_phantom import PhantomConfig, write_brain_phantom
 
-        cfg = PhantomConfig(subjects=args.subjects or 20, voxel_mm=args.voxel_mm, seed=args.seed)
-        out = write_brain_phantom(args.out, cfg, progress=lambda i, n: print(f"\rsubject {i}/{n}", end="", file=sys.stderr))
-        print(f"\nwrote {cfg.subjects} BraTS-layout subjects to {out}")
+        for name, value in (("--subjects", args.subjects), ("--sites", args.sites)):
+            if value is not None and value < 1:
+                raise SegbenchError(f"{name}={value} must be at least 1")
+        defaults = PhantomConfig()
+        cfg = PhantomConfig(subjects=args.subjects or defaults.subjects, sites=args.sites or defaults.sites,
+                            voxel_mm=args.voxel_mm, seed=args.seed)
+        out, written = write_brain_phantom(
+            args.out, cfg, progress=lambda i, n: print(f"\rsubject {i}/{n}", end="", file=sys.stderr))
+        kept = cfg.subjects - written
+        print(f"\nwrote {written} BraTS-layout subjects to {out}" + (f"; kept {kept} already there" if kept else ""))
+        from segbench.data.stats import data_stats
+
+        print(data_stats(str(out)))
     else:
         from segbench.data.voc_phantom import write_voc_phantom
 
@@ -61,6 +73,16 @@ def _train(argv: list[str]) -> None:
 
     sys.argv = ["segbench train", *argv]
     hydra_main()
+
+
+def _data_stats(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="segbench data-stats")
+    parser.add_argument("root", help="a BraTS-layout folder (real or phantom)")
+    parser.add_argument("--tumor-fraction", type=float, default=0.5, help="as data.tumor_fraction (default 0.5)")
+    args = parser.parse_args(argv)
+    from segbench.data.stats import data_stats
+
+    print(data_stats(args.root, args.tumor_fraction))
 
 
 def _compare(argv: list[str]) -> None:
@@ -92,7 +114,7 @@ def _bench(argv: list[str]) -> None:
     bench_main(argv)
 
 
-COMMANDS = {"train": _train, "make-data": _make_data, "compare": _compare, "diagnose": _diagnose, "bench": _bench}
+COMMANDS = {"train": _train, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "diagnose": _diagnose, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,3 +74,16 @@ def batch_statistics(model: nn.Module):
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(count)
+
+
+@contextlib.contextmanager
+def running_statistics(model: nn.Module):
+    """Inside the block every BN layer in eval mode uses its running statistics, whatever its ``eval_stats``."""
+    layers = [m for _, m in bn_layers(model) if getattr(m, "eval_stats", "running") != "running"]
+    try:
+        for m in layers:
+            m.eval_stats = "running"
+        yield model
+    finally:
+        for m in layers:
+            m.eval_stats = "batch"

@@ -1,23 +1,30 @@
-"""``segbench compare``: group runs by what differs between them, average seeds, plot and tabulate."""
+"""``segbench compare``: arms over seeds, intervals, paired differences, and figures that show them.
+
+An arm is a setting of the overrides that differ between runs (seeds excluded: the seed is the
+replicate). Each run's *result* is its test-split metric of the checkpoint chosen on val; no
+number used for a choice is reported as a result. Arms that differ in one key are compared on
+the seeds they share: the mean paired difference, its 95 % interval, exact paired tests and the
+smallest difference that this many seeds could detect.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from segbench.analysis import stats
 from segbench.analysis.runs import Run, find_runs
 from segbench.io import save_figure, write_text
 
-IGNORED_KEYS = {"seed", "trainer.device", "trainer.progress", "hydra.launcher.n_jobs"}
+# Keys that never define an arm: the replicate, and settings that do not change what is learned.
+IGNORED_KEYS = {"seed", "trainer.device", "trainer.progress", "trainer.threads", "hydra.launcher.n_jobs",
+                "data.num_workers", "trainer.log_images", "hydra.sweep.dir", "hydra.run.dir"}
 LINESTYLES = ["-", "--", ":", "-."]
-
-
-def group_key(run: Run, varying: list[str]) -> tuple:
-    return tuple((k, run.overrides.get(k, _config_value(run, k))) for k in varying)
 
 
 def _config_value(run: Run, dotted: str) -> str:
@@ -28,139 +35,232 @@ def _config_value(run: Run, dotted: str) -> str:
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
-    """Override keys whose values differ between runs (seeds excluded: they are averaged)."""
+    """Override keys whose values differ between runs (seeds excluded: they are replicates)."""
     keys = sorted({k for r in runs for k in r.overrides} - IGNORED_KEYS)
     varying = [k for k in keys if len({r.overrides.get(k, _config_value(r, k)) for r in runs}) > 1]
     return varying or ["norm"]
+
+
+def arm_key(run: Run, varying: list[str]) -> tuple:
+    return tuple((k, run.overrides.get(k, _config_value(run, k))) for k in varying)
 
 
 def _label(key: tuple) -> str:
     return ", ".join(f"{k}={v}" for k, v in key)
 
 
-def _mean_curve(runs: list[Run], tag: str, x_tag: str | None = None):
-    """Mean and spread (min, max) over seeds, on the steps all seeds share."""
-    series = [r.scalar(tag) for r in runs if len(r.scalar(tag)[0])]
-    if not series:
-        return None
-    steps = sorted(set.intersection(*[set(s.tolist()) for s, _ in series]))
-    values = np.array([[dict(zip(s.tolist(), v))[t] for t in steps] for s, v in series])
-    x = np.array(steps, dtype=float)
-    if x_tag:
-        xs, xv = runs[0].scalar(x_tag)
-        lookup = dict(zip(xs.tolist(), xv.tolist()))
-        x = np.array([lookup.get(t, np.nan) for t in steps])
-    return x, values.mean(0), values.min(0), values.max(0)
+def _sort_key(key: tuple):
+    """Numbers as numbers (batch 2 before 16), so tables read in order."""
+    out = []
+    for _, v in key:
+        try:
+            out.append((0, float(v), ""))
+        except ValueError:
+            out.append((1, 0.0, v))
+    return out
 
 
-def _stat(values: list[float]) -> tuple[float, float]:
-    arr = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    return (float(arr.mean()), float(arr.std())) if len(arr) else (float("nan"), float("nan"))
+def result(run: Run, metric: str, checkpoint: str = "best") -> float | None:
+    """The run's test-split ``metric`` for its ``best``-by-val (or ``last``) checkpoint."""
+    value = run.metrics.get("test", {}).get(checkpoint, {}).get(metric)
+    return None if value is None else float(value)
 
 
-def summarize(groups: dict[tuple, list[Run]], metric: str) -> list[dict]:
+def _final_train_loss(run: Run) -> float | None:
+    values = run.scalar("train/loss")[1]
+    return float(np.mean(values[-10:])) if len(values) else None
+
+
+def _train_eval_loss(run: Run) -> float | None:
+    return run.metrics.get("val", {}).get("final", {}).get("train_eval_loss")
+
+
+COLUMNS = (  # (column, how to read it from a run, digits)
+    ("test_{m}", lambda r, m: result(r, m, "best"), 3),
+    ("test_{m}_last", lambda r, m: result(r, m, "last"), 3),
+    ("test_auroc", lambda r, m: result(r, "auroc"), 3),
+    ("test_ap", lambda r, m: result(r, "ap"), 3),
+    ("test_hd95", lambda r, m: result(r, "hd95"), 1),
+    ("val_selection", lambda r, m: r.metrics.get("val", {}).get("best", {}).get(r.metrics.get("main_metric")), 3),
+    ("train_eval_loss", lambda r, m: _train_eval_loss(r), 4),
+    ("final_train_loss", lambda r, m: _final_train_loss(r), 4),
+    ("images_per_s", lambda r, m: r.metrics.get("images_per_s"), 1),
+)
+
+
+def summarize(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
+    """One row per arm: mean and 95 % interval over seeds of every column."""
     rows = []
-    for key, runs in groups.items():
-        final_loss = [float(np.mean(r.scalar("train/loss")[1][-10:])) if len(r.scalar("train/loss")[1]) else None for r in runs]
-        row = {"group": _label(key), "norm": runs[0].metrics.get("norm"), "batch_size": runs[0].metrics.get("global_batch_size"),
-               "seeds": len(runs)}
-        for name, values in (("final_train_loss", final_loss),
-                             (f"best_val_{metric}", [r.metrics.get("best", {}).get(metric) for r in runs]),
-                             (f"final_val_{metric}", [r.metrics.get("final", {}).get(metric) for r in runs]),
-                             ("images_per_s", [r.metrics.get("images_per_s") for r in runs])):
-            row[name], row[f"{name}_std"] = _stat(values)
-        diag = [r.metrics.get("diagnose") for r in runs if r.metrics.get("diagnose")]
-        for name in ("running", "batch", "precise"):
-            if diag:
-                row[f"diag_{name}_{metric}"], _ = _stat([d.get(name) for d in diag])
+    for key in sorted(arms, key=_sort_key):
+        runs = arms[key]
+        row = {"arm": _label(key), "norm": runs[0].metrics.get("norm"),
+               "batch_size": runs[0].metrics.get("global_batch_size"), "seeds": len(runs),
+               "lr": ",".join(sorted({str(r.metrics.get("lr")) for r in runs}))}
+        for name, read, _ in COLUMNS:
+            col = name.format(m=metric)
+            mean, lo, hi = stats.mean_ci([read(r, metric) for r in runs])
+            row[col], row[f"{col}_low"], row[f"{col}_high"] = mean, lo, hi
         rows.append(row)
     return rows
 
 
-def _plot(groups, metric: str, out: Path) -> None:
+def paired_comparisons(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
+    """Every pair of arms that differ in exactly one key, paired on their shared seeds."""
+    keys = sorted(arms, key=_sort_key)
+    out = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            differ = [k for (k, va), (_, vb) in zip(a, b) if va != vb]
+            if len(differ) != 1:
+                continue
+            by_seed = [{r.metrics.get("seed"): result(r, metric) for r in arms[k]} for k in (a, b)]
+            res = stats.paired(*by_seed)
+            res.update({"a": _label(a), "b": _label(b), "differs_in": differ[0],
+                        "same": _label(tuple(kv for kv in a if kv[0] != differ[0]))})
+            out.append(res)
+    return out
+
+
+def _cell(row: dict, col: str, digits: int) -> str:
+    mean, lo, hi = row.get(col), row.get(f"{col}_low"), row.get(f"{col}_high")
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    if lo is None or not np.isfinite(lo):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _resolved(p: dict) -> str:
+    if not (np.isfinite(p["low"]) and np.isfinite(p["high"])):
+        return f"no interval at n={p['n']}"
+    if p["low"] > 0:
+        return "a > b"
+    if p["high"] < 0:
+        return "a < b"
+    return f"not resolved at n={p['n']}"
+
+
+def markdown(rows: list[dict], pairs: list[dict], metric: str) -> str:
+    cols = [(name.format(m=metric), digits) for name, _, digits in COLUMNS]
+    best_value = max((r[f"test_{metric}"] for r in rows if np.isfinite(r[f"test_{metric}"])), default=None)
+    lines = ["| arm | seeds | lr | " + " | ".join(c for c, _ in cols) + " |", "|---" * (3 + len(cols)) + "|"]
+    for row in rows:
+        mark = " **(highest mean)**" if best_value is not None and row[f"test_{metric}"] == best_value and len(rows) > 1 else ""
+        lines.append(f"| {row['arm']}{mark} | {row['seeds']} | {row['lr']} | "
+                     + " | ".join(_cell(row, c, d) for c, d in cols) + " |")
+    if pairs:
+        lines += ["", f"Paired differences a - b of test {metric} (best-by-val checkpoint), on shared seeds:", "",
+                  "| a | b | n | a - b [95% CI] | sign-flip p | Wilcoxon p | detectable (80% power) | resolved |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for p in pairs:
+            ci = "-" if not np.isfinite(p["low"]) else f"[{p['low']:+.3f}, {p['high']:+.3f}]"
+            lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {p['diff']:+.3f} {ci} | {p['p_sign_flip']:.3f} | "
+                         f"{p['p_wilcoxon']:.3f} | {p['detectable']:.3f} | {_resolved(p)} |")
+    return "\n".join(lines)
+
+
+def _ema(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
+    """TensorBoard-style exponential smoothing with its start-up bias removed."""
+    out, acc = np.empty(len(values)), 0.0
+    for i, v in enumerate(values):
+        acc = weight * acc + (1 - weight) * v
+        out[i] = acc / (1 - weight ** (i + 1))
+    return out
+
+
+def _band(runs: list[Run], tag: str, smooth: bool):
+    """Steps all seeds share; mean and 95 % t-interval over seeds (NaN bounds for one seed)."""
+    series = [r.scalar(tag) for r in runs if len(r.scalar(tag)[0])]
+    if not series:
+        return None
+    steps = sorted(set.intersection(*[set(s.tolist()) for s, _ in series]))
+    if not steps:
+        return None
+    values = np.array([[dict(zip(s.tolist(), v))[t] for t in steps] for s, v in series])
+    if smooth:
+        values = np.array([_ema(v) for v in values])
+    ci = np.array([stats.mean_ci(values[:, j]) for j in range(values.shape[1])])
+    return np.array(steps, float), ci[:, 0], ci[:, 1], ci[:, 2]
+
+
+def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    norms = sorted({r.metrics.get("norm") for runs in groups.values() for r in runs})
-    batches = sorted({r.metrics.get("global_batch_size") for runs in groups.values() for r in runs})
+    all_runs = [r for runs in arms.values() for r in runs]
+    norms = sorted({str(r.metrics.get("norm")) for r in all_runs})
+    batches = sorted({r.metrics.get("global_batch_size") for r in all_runs})
     colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(norms)}
     styles = {b: LINESTYLES[i % len(LINESTYLES)] for i, b in enumerate(batches)}
-    fig, axes = plt.subplots(3, 1, figsize=(8, 11))
-    panels = ((axes[0], "train/loss", None, "step", "train loss"),
-              (axes[1], "train/loss", "train/images_seen", "images seen", "train loss"),
-              (axes[2], f"val/{metric}", None, "step", f"val {metric}"))
-    for ax, tag, x_tag, xlabel, ylabel in panels:
-        for key, runs in groups.items():
-            curve = _mean_curve(runs, tag, x_tag)
-            if curve is None:
+    panels = [("train/loss", True, "train loss (per step, batch statistics; EMA 0.9)", True),
+              ("train_eval/loss", False, "train loss in eval mode (fixed training images)", True),
+              ("val/loss", False, "val loss", True),
+              (f"val/{main_metric}", False, f"val {main_metric} (selection metric)", False)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)))
+    for ax, (tag, smooth, title, log) in zip(axes, panels):
+        for key in sorted(arms, key=_sort_key):
+            runs = arms[key]
+            band = _band(runs, tag, smooth)
+            if band is None:
                 continue
-            x, mean, lo, hi = curve
+            x, mean, lo, hi = band
             first = runs[0].metrics
-            style = dict(color=colours[first.get("norm")], linestyle=styles[first.get("global_batch_size")])
-            ax.plot(x, mean, label=_label(key), marker="o" if tag.startswith("val") else None, markersize=3, **style)
-            if len(runs) > 1:
-                ax.fill_between(x, lo, hi, alpha=0.2, color=style["color"])
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+            style = dict(color=colours[str(first.get("norm"))], linestyle=styles[first.get("global_batch_size")])
+            ax.plot(x, mean, label=f"{_label(key)} (n={len(runs)})", marker=None if smooth else "o", markersize=3, **style)
+            if np.isfinite(lo).any():
+                ax.fill_between(x, lo, hi, alpha=0.18, color=style["color"])
+        ax.set_title(title + "; band: 95% CI over seeds", fontsize=9)
+        ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[1].set_yscale("log")
-    axes[0].legend(fontsize=8)
-    axes[0].set_title("train loss (mean over seeds, band: min-max)")
+        if log and ax.lines:
+            ax.set_yscale("log")
+    if axes[0].lines:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(out / "curves.png", fig)
     plt.close(fig)
 
+    if len(batches) < 2:
+        (out / "by_batch_size.png").unlink(missing_ok=True)  # one batch size: nothing to draw
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     for norm in norms:
         points = defaultdict(list)
-        for runs in groups.values():
-            for r in runs:
-                if r.metrics.get("norm") == norm:
-                    points[r.metrics.get("global_batch_size")].append(r.metrics.get("final", {}).get(metric, np.nan))
+        for r in all_runs:
+            if str(r.metrics.get("norm")) == norm:
+                points[r.metrics.get("global_batch_size")].append(result(r, metric))
         xs = sorted(points)
-        means = [np.nanmean(points[b]) for b in xs]
-        stds = [np.nanstd(points[b]) for b in xs]
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=norm, color=colours[norm])
+        ci = np.array([stats.mean_ci(points[b]) for b in xs])
+        yerr = np.nan_to_num(np.abs(ci[:, 1:] - ci[:, :1]).T)
+        ax.errorbar(xs, ci[:, 0], yerr=yerr, marker="o", capsize=3, label=norm, color=colours[norm])
     ax.set_xscale("log", base=2)
     ax.set_xlabel("images per batch")
-    ax.set_ylabel(f"final val {metric}")
-    ax.set_title("validation metric against batch size")
+    ax.set_ylabel(f"test {metric} (best-by-val checkpoint)")
+    ax.set_title("test metric against batch size; bars: 95% CI over seeds", fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
     save_figure(out / "by_batch_size.png", fig)
     plt.close(fig)
 
 
-def _markdown(rows: list[dict], metric: str) -> str:
-    cols = ["group", "norm", "batch_size", "seeds", "final_train_loss", f"best_val_{metric}", f"final_val_{metric}", "images_per_s"]
-    diag_cols = [c for c in rows[0] if c.startswith("diag_")] if rows else []
-    lines = ["| " + " | ".join(cols + diag_cols) + " |", "|" + "---|" * len(cols + diag_cols)]
-    for row in rows:
-        cells = []
-        for c in cols + diag_cols:
-            value = row.get(c)
-            if isinstance(value, float):
-                std = row.get(f"{c}_std")
-                cells.append(f"{value:.4f} ± {std:.4f}" if std is not None and row["seeds"] > 1 else f"{value:.4f}")
-            else:
-                cells.append(str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_hparams(run: Run, metric: str) -> None:
-    """Add an HParams summary to the run's TensorBoard folder (TensorBoard's HParams tab)."""
+def write_hparams(run: Run, metric: str, varying: list[str]) -> None:
+    """TensorBoard's HParams tab: the arm's settings and its results, in ``tb/hparams`` (rewritten each time)."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
-    hp = {k: str(v) for k, v in run.overrides.items()}
-    hp.update({"norm": str(run.metrics.get("norm")), "batch_size": int(run.metrics.get("global_batch_size") or 0)})
-    values = {f"hparam/best_val_{metric}": float(run.metrics.get("best", {}).get(metric, float("nan")))}
+    hp = {k: run.overrides.get(k, _config_value(run, k)) for k in varying if k not in IGNORED_KEYS}
+    hp.update({"norm": str(run.metrics.get("norm")), "batch_size": int(run.metrics.get("global_batch_size") or 0),
+               "seed": int(run.metrics.get("seed", 0))})
+    values = {f"hparam/test_{metric}": result(run, metric), "hparam/test_auroc": result(run, "auroc"),
+              f"hparam/val_{run.metrics.get('main_metric')}":
+                  run.metrics.get("val", {}).get("best", {}).get(run.metrics.get("main_metric"))}
+    values = {k: float(v) for k, v in values.items() if v is not None}
+    folder = run.path / "tb" / "hparams"
+    shutil.rmtree(folder, ignore_errors=True)  # idempotent: a second compare replaces, never adds
     exp, ssi, sei = hparams(hp, values)
-    writer = SummaryWriter(str(run.path / "tb"))
+    writer = SummaryWriter(str(folder))
     for summary in (exp, ssi, sei):
         writer.file_writer.add_summary(summary)
     for tag, value in values.items():
@@ -171,24 +271,40 @@ def write_hparams(run: Run, metric: str) -> None:
 def compare(paths: list[str], out: str | None = None, metric: str | None = None) -> Path:
     """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``."""
     runs = find_runs(paths)
-    metric = metric or runs[0].metrics.get("main_metric", "dice")
+    metric = metric or runs[0].metrics.get("report_metric", "dice")
+    main_metric = runs[0].metrics.get("main_metric", metric)
     varying = varying_keys(runs)
-    groups: dict[tuple, list[Run]] = defaultdict(list)
+    arms: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        groups[group_key(run, varying)].append(run)
+        arms[arm_key(run, varying)].append(run)
     out_dir = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.json").exists()
                                      else Path("compare"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    _plot(groups, metric, out_dir)
-    rows = summarize(groups, metric)
+    _plot(arms, metric, main_metric, out_dir)
+    rows = summarize(arms, metric)
+    pairs = paired_comparisons(arms, metric)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     write_text(out_dir / "summary.csv", buffer.getvalue())
-    header = (f"# segbench comparison\n\n{len(runs)} runs in {len(groups)} groups, varying: {', '.join(varying)}; "
-              f"metric: val/{metric}. Mean ± std over seeds.\n\n![curves](curves.png)\n\n")
-    write_text(out_dir / "summary.md", header + _markdown(rows, metric) + "\n\n" + "\n".join(f"- {r.path}" for r in runs) + "\n")
+    if pairs:
+        buffer = io.StringIO()
+        fields = ["a", "b", "differs_in", "same", "n", "diff", "low", "high", "p_sign_flip", "p_wilcoxon", "detectable"]
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(pairs)
+        write_text(out_dir / "paired.csv", buffer.getvalue())
+    seeds = sorted({r.metrics.get("seed") for r in runs})
+    header = (f"# segbench comparison\n\n{len(runs)} runs in {len(arms)} arms, varying: {', '.join(varying)}; "
+              f"seeds: {', '.join(map(str, seeds))}.\n\n"
+              f"Result: test-split `{metric}` of the checkpoint chosen on val by `{main_metric}`"
+              f"{' (sigmoid threshold also chosen on val)' if metric == 'dice' else ''}; "
+              "cells are mean [95% t-interval over seeds]. `val_selection` is the val number used to choose and is "
+              "not a result. `train_eval_loss`: training images in eval mode, measured alike for every arm.\n\n"
+              "![curves](curves.png)\n\n")
+    write_text(out_dir / "summary.md", header + markdown(rows, pairs, metric) + "\n\n"
+               + "\n".join(f"- {r.path}" for r in runs) + "\n")
     for run in runs:
-        write_hparams(run, metric)
+        write_hparams(run, metric, varying)
     return out_dir

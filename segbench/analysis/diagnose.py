@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from segbench.analysis.bn import batch_statistics, bn_layers, recompute_bn_stats
+from segbench.analysis.bn import batch_statistics, bn_layers, recompute_bn_stats, running_statistics
 from segbench.errors import SegbenchError
 from segbench.io import write_json, write_text
 from segbench.train.distributed import DistContext
@@ -35,7 +35,8 @@ def _load(run_dir: Path, checkpoint: str):
         raise SegbenchError(f"{run_dir} has no checkpoints/{checkpoint}; pass a finished run directory")
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = OmegaConf.create(state["config"])
-    train_set, val_set = build_datasets(OmegaConf.to_container(cfg.data))
+    splits = build_datasets(OmegaConf.to_container(cfg.data))
+    train_set, val_set = splits.train, splits.val
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, list(getattr(train_set, "modalities", [])))
     model.load_state_dict(state["model"])
     return cfg, model.eval(), train_set, val_set, loss_from_config(cfg, train_set.target_kind)
@@ -68,11 +69,15 @@ def batchmate_dependence(model, val_set, batch: int) -> float:
 
 
 def explain(metric: str, running: float, batch: float, precise: float, flips: float, layers: list[dict]) -> list[str]:
-    """The numbers in words. Stale: a metric gap, or statistics that differ by half a sigma on average."""
+    """The numbers in words.
+
+    "Stale" needs the measured gap: eval with running statistics must score worse than with
+    recomputed ones. A statistics shift alone is reported as a shift, not as the cause.
+    """
     lines = []
     shift = sum(r["mean_shift"] for r in layers) / max(len(layers), 1)
     log_var = sum(r["log_var_ratio"] for r in layers) / max(len(layers), 1)
-    if precise - running > 0.05 or shift > 0.5 or log_var > 0.5:
+    if precise - running > 0.05:
         lines.append(f"running statistics are stale: eval {metric} {running:.2f} vs {precise:.2f} with recomputed "
                      f"statistics, which differ by {shift:.2f} sigma in mean and {log_var:.2f} in log variance per "
                      f"layer on average; recompute them (trainer.precise_bn_batches) or check that BN updates run "
@@ -80,6 +85,10 @@ def explain(metric: str, running: float, batch: float, precise: float, flips: fl
     elif abs(precise - running) <= 0.02 and abs(batch - running) <= 0.05:
         lines.append(f"healthy: running, batch and recomputed statistics agree (eval {metric} {running:.2f}, "
                      f"batch {batch:.2f}, precise {precise:.2f})")
+    elif shift > 0.5 or log_var > 0.5:
+        lines.append(f"running statistics differ from recomputed ones ({shift:.2f} sigma in mean, {log_var:.2f} in "
+                     f"log variance per layer) but eval {metric} does not suffer ({running:.2f} vs {precise:.2f} "
+                     f"recomputed): not the cause of a bad result here")
     else:
         lines.append(f"running statistics are close to recomputed ones ({running:.2f} vs {precise:.2f})")
     if batch - max(running, precise) > 0.05:
@@ -99,16 +108,22 @@ def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt") -> st
         return f"{run}: norm={cfg.norm.name} has no batch-norm layers with running statistics; nothing to diagnose"
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     vbatch = int(cfg.data.get("val_batch_size", cfg.data.batch_size))
-    vloader = DataLoader(val_set, batch_size=vbatch, shuffle=False)
     metric = MAIN_METRIC[train_set.target_kind]
-    running = evaluate(model, vloader, loss_fn, val_set, ctx)[0][metric]
+
+    def score(m) -> float:
+        return evaluate(m, val_set, loss_fn, ctx, vbatch, hd95=False)[0][metric]
+
+    # "running" must mean the running statistics even when the run evaluated with batch ones.
+    with running_statistics(model):
+        running = score(model)
     with batch_statistics(model):
-        batch = evaluate(model, vloader, loss_fn, val_set, ctx)[0][metric]
+        batch = score(model)
     precise_model = copy.deepcopy(model)
     loader = DataLoader(train_set, batch_size=int(cfg.data.batch_size), shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     used = recompute_bn_stats(precise_model, (x for x, _ in itertools.islice(loader, batches)), ctx.device)
-    precise = evaluate(precise_model.eval(), vloader, loss_fn, val_set, ctx)[0][metric]
+    with running_statistics(precise_model.eval()):
+        precise = score(precise_model)
     layers = layer_divergence(model, precise_model)
     flips = batchmate_dependence(model, val_set, max(2, int(cfg.data.batch_size)))
     result = {"metric": metric, "running": running, "batch": batch, "precise": precise, "precise_batches": used,

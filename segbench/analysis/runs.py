@@ -49,7 +49,9 @@ def load_run(path: Path) -> Run:
     for item in _read_yaml(path / ".hydra" / "overrides.yaml") or []:
         key, _, value = str(item).partition("=")
         overrides[key.lstrip("+")] = value
-    return Run(path, metrics, config, overrides, read_scalars(path / "tb"))
+    # An lr-grid run keeps its curves in the chosen lr's folder.
+    tb = path / metrics["selected"] / "tb" if metrics.get("selected") else path / "tb"
+    return Run(path, metrics, config, overrides, read_scalars(tb))
 
 
 def find_runs(paths: list[str]) -> list[Run]:
@@ -62,4 +64,12 @@ def find_runs(paths: list[str]) -> list[Run]:
         found += sorted({p.parent for p in base.rglob("metrics.json")}) if not (base / "metrics.json").exists() else [base]
     if not found:
         raise SegbenchError(f"no finished runs (folders with metrics.json) under: {' '.join(paths)}")
-    return [load_run(p) for p in dict.fromkeys(found)]
+    runs = [load_run(p) for p in dict.fromkeys(found)]
+    runs = [r for r in runs if not r.metrics.get("grid_member")]  # lr-grid members count through their run
+    if not runs:
+        raise SegbenchError(f"no finished runs (folders with metrics.json) under: {' '.join(paths)}")
+    if any("test" not in r.metrics for r in runs):
+        old = next(r for r in runs if "test" not in r.metrics)
+        raise SegbenchError(f"{old.path} was trained by an older segbench (no val/test results in metrics.json); "
+                            "train it again to compare")
+    return runs

@@ -1,6 +1,15 @@
-"""Dataset registry: ``data.name`` picks the reader; every reader gives train and val splits."""
+"""Dataset registry: ``data.name`` picks the reader; every reader gives train, val and test splits.
+
+Val is for choosing (the best checkpoint, the threshold, the learning rate); test is only for
+reporting, and no choice is ever made on it.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
 
 from segbench.errors import SegbenchError, invalid_choice
 
@@ -16,7 +25,7 @@ def _brats(split: str, seed: int, **opts):
 def _voc(split: str, seed: int, **opts):
     from segbench.data.voc import VOCSegmentationData
 
-    return VOCSegmentationData(split=split, **opts)
+    return VOCSegmentationData(split=split, seed=seed, **opts)
 
 
 def _folder(split: str, seed: int, **opts):
@@ -28,14 +37,37 @@ def _folder(split: str, seed: int, **opts):
 DATASETS = {"brats": _brats, "voc": _voc, "folder": _folder}
 
 
-def build_datasets(data_cfg: dict):
-    """(train, val) datasets for a ``data`` config group; loader keys are ignored here."""
+@dataclass
+class Splits:
+    """The datasets of one run.
+
+    Attributes:
+        train: augmented training samples.
+        val: for every choice (best checkpoint, threshold, learning rate).
+        test: for the reported results only; None when ``data.test_fraction`` is 0.
+        train_eval: a fixed subset of training samples without augmentation, evaluated like val
+            so that every arm's training loss is measured the same way (eval mode).
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    train_eval: Dataset
+
+
+def build_datasets(data_cfg: dict, train_eval_samples: int = 64) -> Splits:
+    """The splits for a ``data`` config group; loader keys are ignored here."""
     name = data_cfg.get("name")
     if name not in DATASETS:
         raise invalid_choice("data.name", name, DATASETS)
     opts = {k: v for k, v in data_cfg.items() if k not in LOADER_KEYS}
     seed = int(data_cfg.get("split_seed", 0))
     try:
-        return DATASETS[name]("train", seed, **opts), DATASETS[name]("val", seed, **opts)
+        train, val, test = (DATASETS[name](split, seed, **opts) for split in ("train", "val", "test"))
+        plain = DATASETS[name]("train", seed, **{**opts, "augment": False})
     except TypeError as err:  # an option this reader does not take
         raise SegbenchError(f"data={name}: {err}") from None
+    if len(val) == 0:
+        raise SegbenchError(f"data={name}: the validation split is empty; raise data.val_fraction or add data")
+    pick = np.sort(np.random.default_rng(seed).choice(len(plain), min(train_eval_samples, len(plain)), replace=False))
+    return Splits(train, val, test if len(test) else None, Subset(plain, pick.tolist()))

@@ -2,8 +2,11 @@
 
 Tissue maps (grey matter, white matter, CSF = brain mask minus both) come from the MNI152 2009
 templates that nilearn ships inside its package. Each subject gets a smooth random deformation,
-one or more irregular tumours (necrotic core, enhancing rim, oedema), four contrasts derived
-from the tissue maps, a bias field and Rician noise. Everything is drawn from one seed.
+one to three connected gliomas (necrotic core inside an enhancing rim inside oedema) whose
+whole-tumour volume follows a BraTS-like lognormal, and four contrasts derived from the tissue
+maps. Subjects belong to simulated sites: a site's subjects share a protocol (contrast table,
+intensity scale, bias field, noise, blur), so subjects differ the way BraTS' centres do.
+Everything is drawn from one seed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from segbench.io import write_text
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 NECROSIS, OEDEMA, ENHANCING = 1, 2, 4
@@ -36,25 +41,50 @@ class PhantomConfig:
     """How many subjects, at which resolution, and how varied.
 
     Args:
-        subjects: number of subject folders.
+        subjects: number of subject folders (assigned to sites in turn).
+        sites: simulated scanners/protocols; a site's subjects share a contrast table, intensity
+            scale, bias-field strength, noise level and blur, as BraTS' contributing centres do.
         voxel_mm: isotropic voxel size; 2 mm keeps a 2-core CPU fast (1 mm is BraTS' own).
         seed: the same seed writes the same files.
-        max_tumors: each subject gets 1..max_tumors tumours.
-        tumor_radius_mm: range of the tumour (core + rim) radius.
+        max_lesions: each subject gets 1..max_lesions connected lesions.
+        wt_volume_ml: median and log-standard deviation of the whole-tumour volume (lognormal, mL),
+            clipped to ``wt_volume_range_ml``; see data/README.md for where the figures come from.
         deform_mm: amplitude of the smooth random deformation.
-        noise: Rician noise level relative to white matter.
-        bias: strength of the multiplicative bias field.
     """
 
-    subjects: int = 20
+    subjects: int = 48
+    sites: int = 3
     voxel_mm: int = 2
     seed: int = 0
-    max_tumors: int = 2
-    tumor_radius_mm: tuple[float, float] = (8.0, 18.0)
+    max_lesions: int = 3
+    wt_volume_ml: tuple[float, float] = (80.0, 0.6)
+    wt_volume_range_ml: tuple[float, float] = (10.0, 250.0)
     deform_mm: float = 4.0
-    noise: float = 0.03
-    bias: float = 0.25
     prefix: str = "BraTS2021"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One site's acquisition: what differs between BraTS' contributing centres."""
+
+    contrast: dict  # modality -> (7,) tissue signal, the CONTRAST table jittered per site
+    scale: dict  # modality -> overall intensity scale (scanner gain / reconstruction units)
+    bias: float  # strength of the multiplicative bias field
+    noise: float  # Rician noise level relative to white matter
+    blur: float  # Gaussian blur in voxels (slice thickness, reconstruction filter)
+
+
+def site_protocol(cfg: PhantomConfig, site: int) -> Protocol:
+    """The protocol of ``site``, a pure function of (seed, site)."""
+    rng = np.random.default_rng([cfg.seed, 1000 + site])
+    contrast = {m: tuple(np.asarray(CONTRAST[m]) * rng.uniform(0.75, 1.25, 7)) for m in MODALITIES}
+    scale = {m: float(np.exp(rng.uniform(np.log(0.4), np.log(2.5)))) for m in MODALITIES}
+    return Protocol(contrast, scale, bias=float(rng.uniform(0.1, 0.6)), noise=float(rng.uniform(0.01, 0.07)),
+                    blur=float(rng.uniform(0.0, 1.0)))
+
+
+def site_of(index: int, cfg: PhantomConfig) -> int:
+    return index % max(1, cfg.sites)
 
 
 def load_tissue_maps(voxel_mm: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,65 +124,99 @@ def _deform(rng, maps: np.ndarray, amplitude_vox: float) -> np.ndarray:
     return np.stack([ndimage.map_coordinates(m, coords, order=1, mode="nearest") for m in maps])
 
 
+def _lesion_volumes_ml(rng, cfg: PhantomConfig) -> list[float]:
+    """Whole-tumour volume (lognormal, clipped) shared among 1..max_lesions lesions."""
+    median, log_sd = cfg.wt_volume_ml
+    total = float(np.clip(median * np.exp(log_sd * rng.standard_normal()), *cfg.wt_volume_range_ml))
+    n = int(rng.integers(1, cfg.max_lesions + 1))
+    return (total * rng.dirichlet(np.full(n, 2.0))).tolist()
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labelled, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labelled.ravel())[1:]
+    return labelled == (int(np.argmax(sizes)) + 1)
+
+
 def _tumor_labels(rng, brain: np.ndarray, wm: np.ndarray, cfg: PhantomConfig) -> np.ndarray:
-    """Integer label volume with irregular tumours grown from white-matter seeds."""
+    """Label volume with 1..max_lesions connected gliomas: necrosis inside enhancing rim inside oedema.
+
+    Each lesion is a bounded, smoothly perturbed ellipsoid sized to its share of the whole-tumour
+    volume; the perturbation is at most +-20 % of the radius, so a lesion stays one piece, and
+    what the brain mask cuts off is reduced to its largest connected piece.
+    """
     shape = brain.shape
     labels = np.zeros(shape, np.uint8)
-    candidates = np.argwhere(ndimage.binary_erosion(wm > 0.6, iterations=3))
+    candidates = np.argwhere(ndimage.binary_erosion(wm > 0.6, iterations=2))
     if len(candidates) == 0:
         return labels
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    for _ in range(int(rng.integers(1, cfg.max_tumors + 1))):
+    voxel_ml = cfg.voxel_mm ** 3 / 1000.0
+    for volume_ml in _lesion_volumes_ml(rng, cfg):
         center = candidates[rng.integers(len(candidates))]
-        radius = rng.uniform(*cfg.tumor_radius_mm) / cfg.voxel_mm
-        axes = radius * rng.uniform(0.75, 1.25, 3)
+        radius = (3 * volume_ml / voxel_ml / (4 * np.pi)) ** (1 / 3)  # oedema radius in voxels
+        axes = radius * rng.uniform(0.8, 1.2, 3)
         dist = np.sqrt(sum(((g - c) / a) ** 2 for g, c, a in zip(grid, center, axes)))
-        dist *= 1 + 0.25 * _smooth_field(rng, shape, max(3.0, radius / 2))  # irregular outline
-        core = rng.uniform(0.0, 0.55)  # some tumours have no necrotic core
-        oedema = dist < rng.uniform(1.4, 2.0)
-        labels[oedema & (labels == 0)] = OEDEMA
-        labels[dist < 1.0] = ENHANCING
-        labels[dist < core] = NECROSIS
-    labels[brain < 0.5] = 0
+        dist *= 1 + 0.2 * np.tanh(_smooth_field(rng, shape, max(3.0, radius)))  # bounded irregular outline
+        lesion = _largest_component((dist < 1.0) & (brain > 0.5))
+        rim = rng.uniform(0.45, 0.75)  # enhancing tumour's outer radius, relative to the oedema's
+        core = rim * rng.uniform(0.0, 0.7)  # some tumours have no necrotic core
+        labels[lesion & (labels == 0)] = OEDEMA
+        labels[lesion & (dist < rim)] = ENHANCING
+        labels[lesion & (dist < core)] = NECROSIS
     return labels
 
 
-def _contrast(rng, maps: np.ndarray, labels: np.ndarray, modality: str, cfg: PhantomConfig) -> np.ndarray:
-    tissue = np.asarray(CONTRAST[modality], np.float32) * rng.uniform(0.9, 1.1, 7).astype(np.float32)
+def _contrast(rng, maps: np.ndarray, labels: np.ndarray, modality: str, protocol: Protocol) -> np.ndarray:
+    # Subject-level jitter on top of the site's table: patients differ less than protocols do.
+    tissue = np.asarray(protocol.contrast[modality], np.float32) * rng.uniform(0.95, 1.05, 7).astype(np.float32)
     image = np.tensordot(tissue[:4], maps, axes=1)
     for index, label in ((4, NECROSIS), (5, OEDEMA), (6, ENHANCING)):
         part = ndimage.gaussian_filter((labels == label).astype(np.float32), 0.6)
         image = image * (1 - part) + tissue[index] * part
-    bias = np.exp(cfg.bias * _smooth_field(rng, image.shape, 40) / 2)
-    sigma = cfg.noise * tissue[3]
+    if protocol.blur > 0.05:
+        image = ndimage.gaussian_filter(image, protocol.blur)
+    bias = np.exp(protocol.bias * _smooth_field(rng, image.shape, 40) / 2)
+    sigma = protocol.noise * rng.uniform(0.8, 1.2) * tissue[3]
     noisy = np.hypot(image * bias + sigma * rng.standard_normal(image.shape, np.float32),
                      sigma * rng.standard_normal(image.shape, np.float32))
-    return np.where(maps[0] > 0.98, 0, noisy)  # skull-stripped: no signal outside the head
+    gain = protocol.scale[modality] * rng.uniform(0.9, 1.1)
+    return np.where(maps[0] > 0.98, 0, noisy * gain)  # skull-stripped: no signal outside the head
 
 
 def make_subject(index: int, maps: np.ndarray, cfg: PhantomConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Images per modality (int16, white matter near 1000) and the BraTS label volume of one subject."""
+    """Images per modality (int16, white matter near 1000 x the site's scale) and the label volume."""
     rng = np.random.default_rng([cfg.seed, index])
+    protocol = site_protocol(cfg, site_of(index, cfg))
     warped = _deform(rng, maps, cfg.deform_mm / cfg.voxel_mm)
     brain = 1 - warped[0]
     labels = _tumor_labels(rng, brain, warped[3], cfg)
     # The tumour displaces tissue: inside it, the tissue maps give way to the tumour classes.
-    images = {m: (_contrast(rng, warped, labels, m, cfg) * 1000).clip(0, 32767).astype(np.int16)
+    images = {m: (_contrast(rng, warped, labels, m, protocol) * 1000).clip(0, 32767).astype(np.int16)
               for m in MODALITIES}
     return images, labels
 
 
-def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConfig(), progress=None) -> Path:
-    """Write ``cfg.subjects`` BraTS-layout subject folders under ``out``; returns ``out``.
+SITES_FILE = "sites.tsv"  # subject<TAB>site, read by the split (stratified by site) and data-stats
+
+
+def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConfig(), progress=None) -> tuple[Path, int]:
+    """Write ``cfg.subjects`` BraTS-layout subject folders under ``out``.
 
     Each subject folder is written to a temporary name and renamed when complete, so an
-    interrupted run leaves no half-written subject behind.
+    interrupted run leaves no half-written subject behind; subjects already there are kept.
+
+    Returns:
+        ``(out, written)``: the folder and how many subjects this call wrote (the rest existed).
     """
     import nibabel as nib
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     maps, affine = load_tissue_maps(cfg.voxel_mm)
+    written = 0
     for i in range(cfg.subjects):
         sid = f"{cfg.prefix}_{i:05d}"
         if (out / sid).is_dir():
@@ -167,6 +231,9 @@ def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConf
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        written += 1
         if progress:
             progress(i + 1, cfg.subjects)
-    return out
+    rows = "".join(f"{cfg.prefix}_{i:05d}\tsite{site_of(i, cfg)}\n" for i in range(cfg.subjects))
+    write_text(out / SITES_FILE, "subject\tsite\n" + rows)
+    return out, written

@@ -34,6 +34,7 @@ class Volume:
     scale: np.ndarray  # (M,) z = image * scale + shift: the per-volume z-score within the brain
     shift: np.ndarray
     brain_fraction: np.ndarray  # (Z,) share of each slice inside the brain
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (Z, H, W) voxel size in mm, for HD95
 
 
 def _find(folder: Path, subject: str, suffix: str) -> Path:
@@ -54,7 +55,9 @@ def load_volume(folder: Path, modalities: tuple[str, ...]) -> Volume:
 
     subject = folder.name
     seg_path = _find(folder, subject, "seg")
-    seg = np.asarray(nib.load(seg_path).dataobj)
+    seg_img = nib.load(seg_path)
+    seg = np.asarray(seg_img.dataobj)
+    zooms = tuple(float(z) for z in seg_img.header.get_zooms()[:3])
     images, scale, shift = [], [], []
     for modality in modalities:
         path = _find(folder, subject, modality)
@@ -75,12 +78,11 @@ def load_volume(folder: Path, modalities: tuple[str, ...]) -> Volume:
         shift.append(-mean / std)
     images01 = np.stack([_to_axial(v) for v in stacked], axis=1).astype(np.float16)  # (Z, M, H, W)
     return Volume(subject, images01, _to_axial(seg.astype(np.uint8)), np.asarray(scale, np.float32),
-                  np.asarray(shift, np.float32), _to_axial(brain).mean(axis=(1, 2)))
+                  np.asarray(shift, np.float32), _to_axial(brain).mean(axis=(1, 2)), (zooms[2], zooms[1], zooms[0]))
 
 
-@functools.lru_cache(maxsize=4)
-def load_brats(root: str, modalities: tuple[str, ...]) -> tuple[Volume, ...]:
-    """Every subject under ``root``, loaded once per process (train and val share it)."""
+def find_subjects(root: str) -> list[Path]:
+    """Subject folders (``<id>/<id>_seg.nii.gz``) under ``root``, sorted; a clear error when there are none."""
     base = Path(root)
     if not base.is_dir():
         raise SegbenchError(f"data.root={root!r} does not exist; " + MISSING_HELP.format(root=root))
@@ -89,7 +91,44 @@ def load_brats(root: str, modalities: tuple[str, ...]) -> tuple[Volume, ...]:
     if not folders:
         raise SegbenchError(f"data.root={root!r} holds no BraTS subject folders (<id>/<id>_seg.nii.gz); "
                             + MISSING_HELP.format(root=root))
-    return tuple(load_volume(p, modalities) for p in folders)
+    return folders
+
+
+def read_sites(root: str) -> dict[str, str]:
+    """``subject -> site`` from ``root/sites.tsv`` (written by the phantom); empty when there is none."""
+    path = Path(root) / "sites.tsv"
+    if not path.exists():
+        return {}
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    return {r[0]: r[1] for r in rows if len(r) >= 2}
+
+
+def select_slices(has_tumor: np.ndarray, tumor_fraction: float | None, rng) -> np.ndarray:
+    """Indices into ``has_tumor`` so that ``tumor_fraction`` of them hold tumour (None: all of them).
+
+    Whichever kind is scarce is kept whole and the other is subsampled, so the share is honoured
+    whether most slices hold tumour or few do.
+    """
+    tumor, healthy = np.flatnonzero(has_tumor), np.flatnonzero(~has_tumor)
+    if tumor_fraction is None or len(tumor) == 0 or len(healthy) == 0:
+        return np.arange(len(has_tumor))
+    f = float(tumor_fraction)
+    if f >= 1:
+        return tumor
+    if f <= 0:
+        return healthy
+    want_healthy = int(round(len(tumor) * (1 - f) / f))
+    if want_healthy <= len(healthy):
+        healthy = rng.choice(healthy, want_healthy, replace=False)
+    else:
+        tumor = rng.choice(tumor, int(round(len(healthy) * f / (1 - f))), replace=False)
+    return np.sort(np.concatenate([tumor, healthy]))
+
+
+@functools.lru_cache(maxsize=4)
+def load_brats(root: str, modalities: tuple[str, ...]) -> tuple[Volume, ...]:
+    """Every subject under ``root``, loaded once per process (train and val share it)."""
+    return tuple(load_volume(p, modalities) for p in find_subjects(root))
 
 
 def region_masks(labels: np.ndarray, regions: tuple[str, ...]) -> np.ndarray:
@@ -102,11 +141,14 @@ class BratsSlices(SegmentationDataset):
 
     Args:
         root: folder of subject folders.
-        split: "train" or "val" (a subject-level split; no subject is in both).
+        split: "train", "val" or "test" (by subject, stratified by site when ``sites.tsv`` names
+            them; no subject is in two splits). Val and test hold every brain slice of each
+            subject in order, so predictions are put back together into per-subject volumes.
         modalities: input channels, any of t1, t1ce, t2, flair.
         target: "whole_tumor" (one mask) or "regions" (WT, TC, ET).
-        val_fraction: share of subjects held out for validation.
-        tumor_fraction: share of tumour-bearing slices among those used (None: every brain slice).
+        val_fraction: share of subjects held out for validation (model and threshold selection).
+        test_fraction: share of subjects held out for the reported results.
+        tumor_fraction: share of tumour-bearing training slices (None: every brain slice).
         min_brain_fraction: slices with less brain than this are skipped.
         size: (H, W) every slice is centre-cropped or zero-padded to.
         augment: flips, a small affine and intensity changes (training only).
@@ -114,8 +156,8 @@ class BratsSlices(SegmentationDataset):
     """
 
     def __init__(self, root: str, split: str = "train", modalities=MODALITIES, target: str = "whole_tumor",
-                 val_fraction: float = 0.2, tumor_fraction: float | None = 0.5, min_brain_fraction: float = 0.05,
-                 size=(96, 112), augment: bool = True, seed: int = 0):
+                 val_fraction: float = 0.2, test_fraction: float = 0.2, tumor_fraction: float | None = 0.5,
+                 min_brain_fraction: float = 0.05, size=(96, 112), augment: bool = True, seed: int = 0):
         modalities = tuple(modalities)
         for m in modalities:
             if m not in MODALITIES:
@@ -123,23 +165,24 @@ class BratsSlices(SegmentationDataset):
         if target not in TARGETS:
             raise invalid_choice("data.target", target, TARGETS)
         self.modalities, self.regions = modalities, TARGETS[target]
+        if tumor_fraction is not None and not 0 <= float(tumor_fraction) <= 1:
+            raise SegbenchError(f"data.tumor_fraction={tumor_fraction} must be between 0 and 1 (or null: every slice)")
         volumes = load_brats(str(root), modalities)
-        chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed)
+        sites = read_sites(str(root))
+        chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
+                               strata=sites)
         self.volumes = [v for v in volumes if v.subject in chosen]
         rng = np.random.default_rng(seed)
-        self.index = [(i, z) for i, v in enumerate(self.volumes)
-                      for z in self._select_slices(v, tumor_fraction, min_brain_fraction, rng)]
+        self.index = []
+        for i, v in enumerate(self.volumes):
+            brain = np.flatnonzero(v.brain_fraction >= min_brain_fraction)
+            if split == "train":
+                brain = brain[select_slices(v.labels[brain].any(axis=(1, 2)), tumor_fraction, rng)]
+            self.index += [(i, int(z)) for z in brain]
+        # Per sample, the case it belongs to: evaluation puts a case's slices back into one volume.
+        self.cases = [self.volumes[i].subject for i, _ in self.index]
+        self.spacing = self.volumes[0].spacing if self.volumes else (1.0, 1.0, 1.0)
         super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0)
-
-    @staticmethod
-    def _select_slices(volume: Volume, tumor_fraction, min_brain, rng) -> list[int]:
-        brain = np.flatnonzero(volume.brain_fraction >= min_brain)
-        has_tumor = volume.labels[brain].any(axis=(1, 2))
-        tumor, healthy = brain[has_tumor], brain[~has_tumor]
-        if tumor_fraction is None or len(tumor) == 0:
-            return brain.tolist()
-        keep = min(len(healthy), int(round(len(tumor) * (1 - tumor_fraction) / max(tumor_fraction, 1e-6))))
-        return sorted(tumor.tolist() + rng.choice(healthy, keep, replace=False).tolist())
 
     @property
     def in_channels(self) -> int:

@@ -8,6 +8,7 @@ and the metrics ignore.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from abc import ABC, abstractmethod
 from typing import Iterator
@@ -16,17 +17,41 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from segbench.errors import invalid_choice
+from segbench.errors import SegbenchError, invalid_choice
 
 
-def subject_split(subjects: list[str], split: str, val_fraction: float, seed: int) -> set[str]:
-    """Hold out ``val_fraction`` of the subjects (at least one) for validation, by a seeded shuffle."""
-    if split not in ("train", "val"):
-        raise invalid_choice("split", split, ["train", "val"])
-    order = sorted(subjects)
-    np.random.default_rng(seed).shuffle(order)
-    n_val = max(1, int(round(len(order) * val_fraction))) if len(order) > 1 else 0
-    return set(order[:n_val]) if split == "val" else set(order[n_val:])
+SPLITS = ("train", "val", "test")
+
+
+def subject_split(subjects: list[str], split: str, val_fraction: float, seed: int, test_fraction: float = 0.0,
+                  strata: dict[str, str] | None = None) -> set[str]:
+    """The subjects of ``split``: a seeded shuffle, test first, then val, the rest train.
+
+    With ``strata`` (subject -> site) the shuffled subjects are dealt out site by site in turn,
+    so every split holds its share of every site. At least one subject goes to val (and to test
+    when ``test_fraction`` > 0) while at least one is left for training.
+    """
+    if split not in SPLITS:
+        raise invalid_choice("split", split, SPLITS)
+    for name, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        if not 0 <= float(value) < 1:
+            raise SegbenchError(f"{name}={value} must be at least 0 and below 1")
+    if val_fraction + test_fraction >= 1:
+        raise SegbenchError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g} leaves "
+                            "no subject for training; keep the sum below 1")
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[str]] = {}
+    for subject in sorted(subjects):
+        groups.setdefault((strata or {}).get(subject, ""), []).append(subject)
+    for members in groups.values():
+        rng.shuffle(members)
+    order = [m for rnd in itertools.zip_longest(*groups.values()) for m in rnd if m is not None]
+    n = len(order)
+    n_test = max(1, int(round(n * test_fraction))) if test_fraction > 0 and n > 2 else 0
+    n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 and n - n_test > 1 else 0
+    bounds = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, n)}
+    lo, hi = bounds[split]
+    return set(order[lo:hi])
 
 
 def build_transform(size, augment: bool, pad_label: int, random_crop: bool = False, scale=(0.9, 1.1),
@@ -54,6 +79,9 @@ class SegmentationDataset(Dataset, ABC):
     """Base class; items are an index or ``(index, seed)`` so augmentation replays exactly on resume."""
 
     target_kind = "multilabel"  # or "multiclass": (H, W) int64 with ``ignore_index`` 255
+    # Per sample, the case (subject) it belongs to, for per-case metrics; None: every sample is its own.
+    cases: list[str] | None = None
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # (Z, H, W) mm between a case's voxels, for HD95
 
     def __init__(self, size, augment: bool, pad_label: int, random_crop: bool = False):
         self.size, self.augment = size, augment

@@ -42,7 +42,7 @@ def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Pa
 
 
 class ImageMaskFolder(SegmentationDataset):
-    """Image/mask pairs with a train/val split by subject (the file's parent folder) or by file.
+    """Image/mask pairs with a train/val/test split by subject (the file's parent folder) or by file.
 
     Args:
         root: the folder.
@@ -50,18 +50,21 @@ class ImageMaskFolder(SegmentationDataset):
         classes: mask value -> class index; None is binary (any non-zero value is foreground,
             one sigmoid output). With more than two classes the targets are class indices for ``loss=ce``.
         size: (H, W) images are centre-cropped or padded to.
-        split_by: "folder" keeps each subject folder on one side of the split; "file" splits files.
+        split_by: "folder" keeps each subject folder in one split (and scores it as one case);
+            "file" splits files.
+        val_fraction, test_fraction: shares of subjects (or files) for selection and for reporting.
     """
 
     def __init__(self, root: str, split: str = "train", layout: str = "suffix", mask_suffix: str = "_mask",
                  classes: dict | None = None, size=(128, 128), augment: bool = True, val_fraction: float = 0.2,
-                 split_by: str = "folder", seed: int = 0):
+                 test_fraction: float = 0.2, split_by: str = "folder", seed: int = 0):
         pairs = find_pairs(Path(root), layout, mask_suffix)
         key = (lambda p: str(p[0].parent)) if split_by == "folder" else (lambda p: str(p[0]))
         if split_by == "folder" and len({key(p) for p in pairs}) < 2:
             key = lambda p: str(p[0])  # noqa: E731 - one folder: split files instead
-        chosen = subject_split(sorted({key(p) for p in pairs}), split, val_fraction, seed)
+        chosen = subject_split(sorted({key(p) for p in pairs}), split, val_fraction, seed, test_fraction)
         self.pairs = [p for p in pairs if key(p) in chosen]
+        self.cases = [key(p) for p in self.pairs]  # a subject folder's slices make one case
         self.classes = {int(k): int(v) for k, v in (classes or {}).items()}
         multiclass = max(self.classes.values(), default=0) > 1  # class indices beyond 0/1
         self.target_kind = "multiclass" if multiclass else "multilabel"

@@ -19,7 +19,9 @@ class VOCSegmentationData(SegmentationDataset):
 
     Args:
         root: the folder holding ``VOCdevkit`` (the real data or ``segbench make-data voc-phantom``).
-        split: "train" or "val" (the VOC image sets of those names).
+        split: "train" (VOC train minus a held-out share), "val" (that held-out share of VOC train,
+            for selection) or "test" (VOC's own val set, for reporting only).
+        val_fraction: share of VOC train held out for selection.
         size: training crop (H, W); images are padded with label 255 where smaller. Validation
             uses whole images when ``val_whole_images`` (then use a validation batch of 1).
         sbd_root: folder of the SBD release (``img/``, ``cls/``, ``train_noval.txt``); adds its
@@ -31,19 +33,31 @@ class VOCSegmentationData(SegmentationDataset):
     in_channels = 3
 
     def __init__(self, root: str, split: str = "train", size=(256, 256), augment: bool = True,
-                 sbd_root: str | None = None, val_whole_images: bool = True, year: str = "2012"):
+                 sbd_root: str | None = None, val_whole_images: bool = True, year: str = "2012",
+                 val_fraction: float = 0.1, seed: int = 0):
         from torchvision.datasets import SBDataset, VOCSegmentation
 
         base = Path(root) / "VOCdevkit" / f"VOC{year}"
         if not base.is_dir():
             raise SegbenchError(f"data.root={root!r} has no VOCdevkit/VOC{year}; make a phantom with "
                                 f"'segbench make-data voc-phantom --out {root}' or see data/README.md")
-        self.parts = [VOCSegmentation(str(root), year=year, image_set=split, download=False)]
+        if split not in ("train", "val", "test"):
+            raise SegbenchError(f"split={split!r} is not valid; choose one of: train, val, test")
+        if not 0 < float(val_fraction) < 1:
+            raise SegbenchError(f"data.val_fraction={val_fraction} must be between 0 and 1 (a share of VOC train)")
+        self.parts = [VOCSegmentation(str(root), year=year, image_set="val" if split == "test" else "train",
+                                      download=False)]
+        self.keep: list[int] | None = None  # indices into the first part; None: all of it
+        if split != "test":
+            n = len(self.parts[0])
+            held = set(np.random.default_rng(seed).permutation(n)[:max(1, int(round(n * val_fraction)))].tolist())
+            self.keep = [i for i in range(n) if (i in held) == (split == "val")]
         if sbd_root and split == "train":
             if not Path(sbd_root).is_dir():
                 raise SegbenchError(f"data.sbd_root={sbd_root!r} does not exist (see data/README.md)")
             self.parts.append(SBDataset(str(sbd_root), image_set="train_noval", mode="segmentation", download=False))
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        sizes = [len(self.keep) if self.keep is not None else len(self.parts[0])] + [len(p) for p in self.parts[1:]]
+        self.offsets = np.cumsum([0] + sizes)
         train = split == "train"
         crop = tuple(size) if (train or not val_whole_images) else None
         super().__init__(size=crop, augment=augment and train, pad_label=BORDER, random_crop=True)
@@ -56,7 +70,10 @@ class VOCSegmentationData(SegmentationDataset):
 
     def load(self, i: int):
         part = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        image, mask = self.parts[part][i - int(self.offsets[part])]
+        j = i - int(self.offsets[part])
+        if part == 0 and self.keep is not None:
+            j = self.keep[j]
+        image, mask = self.parts[part][j]
         return np.asarray(image.convert("RGB")), np.asarray(mask, dtype=np.uint8), None
 
     def finish(self, image, labels, extra):

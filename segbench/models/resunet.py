@@ -17,13 +17,13 @@ class ResBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int, slot: NormSlot):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=slot.bias)
+        self.conv1 = slot.conv(cin, cout, 3, stride, 1)
         self.norm1 = slot(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=slot.bias)
+        self.conv2 = slot.conv(cout, cout, 3, 1, 1)
         self.norm2 = slot(cout)
         self.project = None
         if stride != 1 or cin != cout:
-            self.project = nn.Conv2d(cin, cout, 1, stride, bias=slot.bias)
+            self.project = slot.conv(cin, cout, 1, stride)
             self.project_norm = slot(cout)
 
     def forward(self, x: torch.Tensor, cond=None) -> torch.Tensor:

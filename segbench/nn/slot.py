@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import zlib
 from typing import Callable
 
+import torch
 from torch import nn
 
 from segbench.nn.conditional import Conditioner
@@ -33,6 +36,20 @@ class NormSlot:
         self.in_channels, self.cond_channels, self.style_dim = in_channels, cond_channels, style_dim
         n_cond = in_channels if cond_channels is None else len(cond_channels)
         self._context = {"cond_channels": n_cond, "style_dim": style_dim}
+        self._built = 0
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        """Draw this layer's initial weights from its own seed, leaving the global stream alone.
+
+        Arms of a comparison differ only in the norm: whether a norm has random parameters, or
+        whether the conv before it has a bias, must not shift the random numbers of any layer
+        the arms share. Each slot-built layer is seeded from (global seed, its order).
+        """
+        self._built += 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(f"{torch.initial_seed()}/slot/{self._built}".encode()))
+            yield
 
     @property
     def bias(self) -> bool:
@@ -40,16 +57,26 @@ class NormSlot:
         return self._factory is not None or self.name == "none"
 
     def __call__(self, num_channels: int) -> nn.Module:
-        if self._factory is not None:
-            return self._factory(num_channels)
-        return build_norm(self.name, num_channels, context=self._context, **self.options)
+        with self._own_rng():
+            if self._factory is not None:
+                return self._factory(num_channels)
+            return build_norm(self.name, num_channels, context=self._context, **self.options)
+
+    def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
+        """The conv in front of a slot norm: biased only when the norm does not re-centre (see ``bias``).
+
+        Its weights come from the same seed whatever the norm, so paired arms start equal.
+        """
+        with self._own_rng():
+            return nn.Conv2d(cin, cout, kernel, stride, padding, bias=self.bias)
 
     def conditioner(self) -> Conditioner | None:
         """The module that turns the model's input into a ``Condition``; None when unconditional."""
         if not self.conditional:
             return None
         style = self.style_dim if self.name == "adain" else None
-        return Conditioner(self.in_channels, self.cond_channels, style)
+        with self._own_rng():
+            return Conditioner(self.in_channels, self.cond_channels, style)
 
 
 def apply_norm(norm: nn.Module, x, cond):

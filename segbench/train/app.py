@@ -15,14 +15,15 @@ from segbench.errors import SegbenchError
 
 @hydra.main(config_path="pkg://segbench.configs", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
-    """Train one run; the return value (best validation metric) is what Hydra sweepers optimise."""
-    from segbench.train.trainer import TrainingDiverged, train
+    """Train one run; the return value (best validation metric, never test) is what Hydra sweepers optimise."""
+    from segbench.train.lr_grid import train_with_lr_grid
+    from segbench.train.trainer import TrainingDiverged
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     _share_cores(cfg, hydra_cfg)
     try:
-        metrics = train(cfg, run_dir)
+        metrics = train_with_lr_grid(cfg, run_dir)
     except SegbenchError as err:
         print(f"segbench: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -35,7 +36,8 @@ def hydra_main(cfg: DictConfig) -> float:
         teardown()
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"run directory: {run_dir}")
-    return float(metrics["best"].get(metrics["main_metric"], float("nan")))
+    # What a sweeper optimises is the val metric: choosing on test would make test a val set.
+    return float(metrics["val"]["best"].get(metrics["main_metric"], float("nan")))
 
 
 def _share_cores(cfg: DictConfig, hydra_cfg) -> None:

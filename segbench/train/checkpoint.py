@@ -10,13 +10,15 @@ from segbench.errors import SegbenchError
 from segbench.io import save_torch
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: dict, config: dict) -> None:
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: dict, config: dict,
+                    last_val: dict | None = None) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "step": step,
         "best": best,
+        "last_val": dict(last_val or {}),  # the latest validation, whose threshold the test uses
         "torch_rng": torch.get_rng_state(),  # dropout; data order and augmentation derive from (seed, step)
         "config": config,
     }

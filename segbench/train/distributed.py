@@ -83,6 +83,15 @@ def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model)
 
 
+def broadcast_object(obj, ctx: DistContext):
+    """Rank 0's ``obj`` on every rank (a no-op on one process)."""
+    if ctx.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum a tensor over ranks (a copy; the input is left alone)."""
     if ctx.world_size == 1:

@@ -1,4 +1,4 @@
-"""Validation: loss and metrics over the whole validation split, and overlays for TensorBoard."""
+"""Evaluation: loss and metrics over a whole split, per case, and overlays for TensorBoard."""
 
 from __future__ import annotations
 
@@ -9,31 +9,58 @@ from segbench.train.distributed import DistContext, all_reduce_sum
 from segbench.train.metrics import build_metric
 
 
-def val_loader(dataset, batch_size: int, num_workers: int, ctx: DistContext) -> DataLoader:
-    """Each rank takes every world_size-th sample: no padding, so reduced sums count each once."""
-    if ctx.world_size > 1:
-        dataset = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+def base_dataset(dataset):
+    """The dataset under any ``Subset`` wrappers (where ``target_kind``, ``cases`` ... live)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def _sample_ids(dataset) -> list[int]:
+    """Indices into the base dataset of each item of ``dataset``, in order."""
+    if isinstance(dataset, Subset):
+        inner = _sample_ids(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    return list(range(len(dataset)))
+
+
+def _rank_share(dataset, ids: list[int], ctx: DistContext) -> list[int]:
+    """Positions this rank evaluates: whole cases, every world_size-th one, so per-case metrics stay whole."""
+    if ctx.world_size == 1:
+        return list(range(len(ids)))
+    cases = getattr(base_dataset(dataset), "cases", None) or [str(i) for i in range(len(base_dataset(dataset)))]
+    order = list(dict.fromkeys(cases[i] for i in ids))
+    owner = {case: k % ctx.world_size for k, case in enumerate(order)}
+    return [p for p, i in enumerate(ids) if owner[cases[i]] == ctx.rank]
 
 
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, dataset, ctx: DistContext) -> tuple[dict[str, float], tuple]:
-    """Metrics over the loader (summed across ranks), and the first batch for overlays.
+def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, num_workers: int = 0,
+             threshold: float = 0.5, hd95: bool = True) -> tuple[dict, tuple | None]:
+    """Loss and metrics of ``model`` over ``dataset`` (summed across ranks), and the first batch.
 
     The caller chooses the mode: eval (running statistics) is what validation means here.
+    ``threshold`` is where sigmoid masks are cut for Dice and HD95; the result also holds the
+    threshold that would have maximised mean per-case Dice on this data (``threshold_tuned``),
+    which only a val split may be used to choose.
     """
-    metric = build_metric(dataset.target_kind, dataset.class_names)
+    base = base_dataset(dataset)
+    metric = build_metric(base, threshold, hd95)
+    ids = _sample_ids(dataset)
+    positions = _rank_share(dataset, ids, ctx)
+    loader = DataLoader(Subset(dataset, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of per-batch loss x batch, images
-    first = None
+    first, seen = None, 0
     for images, target in loader:
         images, target = images.to(ctx.device), target.to(ctx.device)
         logits = model(images)
         loss_sum += torch.tensor([float(loss_fn(logits, target)) * len(images), len(images)], dtype=torch.float64)
-        metric.update(logits, target)
+        metric.update(logits, target, [ids[p] for p in positions[seen:seen + len(images)]])
+        seen += len(images)
         if first is None:
             first = (images.cpu(), target.cpu(), logits.cpu())
     loss_sum = all_reduce_sum(loss_sum, ctx)
-    metric.sums = all_reduce_sum(metric.sums, ctx)
+    metric.load_state([all_reduce_sum(t, ctx) for t in metric.state()])
     results = {"loss": float(loss_sum[0] / max(loss_sum[1], 1)), **metric.compute()}
     return results, first
 

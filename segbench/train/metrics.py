@@ -1,37 +1,213 @@
-"""Validation metrics: Dice per label for sigmoid targets, the FCN paper's four from a confusion matrix."""
+"""Evaluation metrics a segmentation researcher trusts.
+
+Sigmoid (multi-label) targets are scored per case (a BraTS subject: its slices put back into one
+volume) as the BraTS challenge does: Dice per case with "both empty" = 1, averaged over cases;
+HD95 per case in mm. Besides: pooled Dice, soft Dice, and the threshold-free AUROC and average
+precision. Everything but HD95 comes from per-case histograms of the logits, so Dice at *any*
+threshold is known after one pass: the threshold can be chosen on val and applied unchanged on
+test. Softmax targets get the FCN paper's four numbers from a confusion matrix.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 from segbench.train.losses import IGNORE_INDEX
 
+# Logit histogram: bins of 0.1 between -12 and 12 (probabilities 6e-6 .. 1 - 6e-6) plus two
+# overflow bins. A threshold is a bin edge; "predicted positive" means logit >= edge.
+LOGIT_RANGE, BIN_WIDTH = 12.0, 0.1
+N_EDGES = int(round(2 * LOGIT_RANGE / BIN_WIDTH)) + 1
+EDGES = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, N_EDGES)  # edge j is the lower edge of bin j + 1
+N_BINS = N_EDGES + 1
+# Thresholds the val-tuned Dice may pick: probabilities between 0.02 and 0.98.
+TUNABLE = np.flatnonzero(np.abs(EDGES) <= np.log(0.98 / 0.02) + 1e-9)
 
-class DiceScore:
-    """Dice per output channel, from sums accumulated over the whole validation set.
 
-    Global sums (not a mean of per-image Dice) so that empty slices do not dominate and so that
-    DDP ranks can simply add their sums.
+def threshold_to_edge(threshold: float) -> int:
+    """Index of the bin edge nearest to probability ``threshold``."""
+    logit = np.log(threshold / (1 - threshold))
+    return int(np.argmin(np.abs(EDGES - logit)))
+
+
+def edge_to_threshold(edge: int) -> float:
+    return float(1 / (1 + np.exp(-EDGES[edge])))
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing) -> float:
+    """95th-percentile symmetric Hausdorff distance between the surfaces of two masks, in mm.
+
+    Follows MONAI's ``compute_hausdorff_distance(percentile=95)`` (surfaces = mask minus its
+    erosion; the larger of the two directed 95th percentiles) and the BraTS convention for
+    empty masks: both empty = 0, one empty = the volume's diagonal (373.13 mm for 240x240x155).
+    """
+    spacing = np.asarray(spacing, float)[-pred.ndim:]
+    if not pred.any() and not truth.any():
+        return 0.0
+    if not pred.any() or not truth.any():
+        return float(np.sqrt((((np.asarray(pred.shape) * spacing)) ** 2).sum()))
+    # Crop to the union's bounding box (plus one voxel): distances between the two surfaces stay exact.
+    lo = np.maximum(np.argwhere(pred | truth).min(0) - 1, 0)
+    hi = np.argwhere(pred | truth).max(0) + 2
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    pred, truth = pred[box], truth[box]
+    edges_p = pred ^ ndimage.binary_erosion(pred)
+    edges_t = truth ^ ndimage.binary_erosion(truth)
+    to_t = ndimage.distance_transform_edt(~edges_t, sampling=spacing)[edges_p]
+    to_p = ndimage.distance_transform_edt(~edges_p, sampling=spacing)[edges_t]
+    return float(max(np.percentile(to_t, 95), np.percentile(to_p, 95)))
+
+
+def auroc_from_histograms(neg: np.ndarray, pos: np.ndarray) -> float:
+    """Area under the ROC curve of scores binned as ``neg``/``pos`` counts (ascending bins, ties = 1/2)."""
+    n_neg, n_pos = neg.sum(), pos.sum()
+    if n_neg == 0 or n_pos == 0:
+        return float("nan")
+    below = np.cumsum(neg) - neg
+    return float((pos * (below + 0.5 * neg)).sum() / (n_neg * n_pos))
+
+
+def ap_from_histograms(neg: np.ndarray, pos: np.ndarray) -> float:
+    """Average precision as scikit-learn defines it (sum of precision x recall steps), from bins."""
+    n_pos = pos.sum()
+    if n_pos == 0:
+        return float("nan")
+    tp, fp = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])  # descending thresholds
+    seen = (tp + fp) > 0
+    precision = np.where(seen, tp / np.maximum(tp + fp, 1), 0)
+    recall = tp / n_pos
+    steps = np.diff(np.concatenate([[0.0], recall]))
+    return float((steps * precision).sum())
+
+
+class CaseMetrics:
+    """Per-case and pooled metrics for sigmoid outputs, streamed slice by slice.
+
+    Args:
+        names: one name per output channel (e.g. ``("WT",)`` or ``("WT", "TC", "ET")``).
+        case_ids: the case of every sample of the dataset, in dataset order.
+        spacing: (Z, H, W) voxel size in mm, for HD95.
+        threshold: the probability at which masks are cut for Dice and HD95.
+        hd95: compute HD95 (needs each case's masks; a few ms per case).
     """
 
-    def __init__(self, names: tuple[str, ...], threshold: float = 0.5):
-        self.names, self.threshold = names, threshold
-        self.sums = torch.zeros(3, len(names), dtype=torch.float64)  # intersection, |P|, |T|
+    def __init__(self, names: tuple[str, ...], case_ids: list[str], spacing=(1.0, 1.0, 1.0),
+                 threshold: float = 0.5, hd95: bool = True):
+        self.names, self.spacing, self.compute_hd95 = tuple(names), tuple(spacing), hd95
+        self.cases = list(dict.fromkeys(case_ids))
+        position = {c: i for i, c in enumerate(self.cases)}
+        self.case_of = [position[c] for c in case_ids]
+        self.edge = threshold_to_edge(threshold)
+        k, n = len(names), len(self.cases)
+        self.hist = torch.zeros(n, k, 2, N_BINS, dtype=torch.float64)  # (case, channel, neg/pos, bin)
+        self.soft = torch.zeros(n, k, 3, dtype=torch.float64)  # sum p*t, sum p, sum t
+        self.hd = torch.zeros(n, k, dtype=torch.float64)
+        self.seen = torch.zeros(n, dtype=torch.float64)  # 1 for cases this process finished
+        self._open: int | None = None
+        self._slices: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        pred = (torch.sigmoid(logits) > self.threshold).double()
-        target = target.double()
-        dims = (0, 2, 3)
-        self.sums += torch.stack([(pred * target).sum(dims), pred.sum(dims), target.sum(dims)]).cpu()
+    @property
+    def threshold(self) -> float:
+        return edge_to_threshold(self.edge)
 
-    def compute(self) -> dict[str, float]:
-        inter, pred, true = self.sums
-        dice = torch.where(pred + true > 0, 2 * inter / (pred + true).clamp_min(1e-12), torch.ones_like(inter))
-        out = {"dice": float(dice.mean())}
+    def update(self, logits: torch.Tensor, target: torch.Tensor, sample_ids: list[int]) -> None:
+        """Add a batch: ``logits`` and ``target`` (N, K, H, W) for dataset samples ``sample_ids``."""
+        logits, target = logits.detach().float().cpu(), target.detach().cpu() > 0.5
+        bins = ((logits + LOGIT_RANGE) / BIN_WIDTH).floor().long().add(1).clamp(0, N_BINS - 1)
+        prob = torch.sigmoid(logits).double()
+        for j, sample in enumerate(sample_ids):
+            case = self.case_of[sample]
+            if case != self._open:
+                self._close()
+                self._open = case
+            for c in range(len(self.names)):
+                t = target[j, c].flatten()
+                b = bins[j, c].flatten()
+                self.hist[case, c, 0] += torch.bincount(b[~t], minlength=N_BINS).double()
+                self.hist[case, c, 1] += torch.bincount(b[t], minlength=N_BINS).double()
+            p, tt = prob[j], target[j].double()
+            self.soft[case] += torch.stack([(p * tt).sum((1, 2)), p.sum((1, 2)), tt.sum((1, 2))], dim=1)
+            if self.compute_hd95:
+                self._slices.append(((bins[j] > self.edge).numpy(), target[j].numpy()))
+
+    def _close(self) -> None:
+        """The open case is complete: its HD95 per channel, from its stacked slices."""
+        if self._open is None:
+            return
+        if self.compute_hd95 and self._slices:
+            pred = np.stack([s[0] for s in self._slices], axis=1)  # (K, Z, H, W)
+            truth = np.stack([s[1] for s in self._slices], axis=1)
+            for c in range(len(self.names)):
+                self.hd[self._open, c] = hd95(pred[c], truth[c], self.spacing)
+        self.seen[self._open] = 1
+        self._open, self._slices = None, []
+
+    def state(self) -> list[torch.Tensor]:
+        """The sums to add across DDP ranks (each rank owns whole cases)."""
+        self._close()
+        return [self.hist, self.soft, self.hd, self.seen]
+
+    def load_state(self, tensors: list[torch.Tensor]) -> None:
+        self.hist, self.soft, self.hd, self.seen = tensors
+
+    def _dice_at(self, edge: int) -> np.ndarray:
+        """(case, channel) Dice at threshold edge ``edge``; both empty = 1."""
+        h = self.hist.numpy()
+        tp = h[:, :, 1, edge + 1:].sum(-1)
+        fp = h[:, :, 0, edge + 1:].sum(-1)
+        fn = h[:, :, 1, :edge + 1].sum(-1)
+        denom = 2 * tp + fp + fn
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 1.0)
+
+    def per_case_dice_curve(self) -> np.ndarray:
+        """Mean per-case Dice (over cases and channels) at every tunable edge."""
+        h = self.hist.numpy()[self.seen.numpy() > 0]
+        pos_above = np.cumsum(h[:, :, 1, ::-1], -1)[:, :, ::-1]  # pos with bin >= b
+        neg_above = np.cumsum(h[:, :, 0, ::-1], -1)[:, :, ::-1]
+        total_pos = h[:, :, 1].sum(-1, keepdims=True)
+        tp, fp = pos_above[:, :, TUNABLE + 1], neg_above[:, :, TUNABLE + 1]
+        denom = tp + fp + total_pos
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 1.0).mean(axis=(0, 1))
+
+    def compute(self) -> dict:
+        """Scalars (keys below) and ``per_case`` (case -> dice, hd95 per channel)."""
+        self._close()
+        done = self.seen.numpy() > 0
+        dice_cases = self._dice_at(self.edge)[done]  # (cases, K)
+        h = self.hist.numpy()[done].sum(0)  # (K, 2, bins)
+        tp = h[:, 1, self.edge + 1:].sum(-1)
+        pred = h[:, :, self.edge + 1:].sum((1, 2))
+        true = h[:, 1].sum(-1)
+        pooled = np.where(pred + true > 0, 2 * tp / np.maximum(pred + true, 1e-12), 1.0)
+        soft = self.soft.numpy()[done].sum(0)
+        soft_dice = np.where(soft[:, 1] + soft[:, 2] > 0, 2 * soft[:, 0] / np.maximum(soft[:, 1] + soft[:, 2], 1e-12), 1.0)
+        curve = self.per_case_dice_curve()
+        best = int(np.argmax(curve))
+        out = {
+            "dice": float(dice_cases.mean()) if len(dice_cases) else float("nan"),
+            "dice_pooled": float(pooled.mean()),
+            "soft_dice": float(soft_dice.mean()),
+            "auroc": float(np.nanmean([auroc_from_histograms(*h[c]) for c in range(len(self.names))])),
+            "ap": float(np.nanmean([ap_from_histograms(*h[c]) for c in range(len(self.names))])),
+            "dice_tuned": float(curve[best]),
+            "threshold_tuned": edge_to_threshold(int(TUNABLE[best])),
+            "threshold": self.threshold,
+            "cases": int(done.sum()),
+        }
+        if self.compute_hd95:
+            out["hd95"] = float(self.hd.numpy()[done].mean())
         if len(self.names) > 1:
-            out.update({f"dice_{n}": float(d) for n, d in zip(self.names, dice)})
+            for c, name in enumerate(self.names):
+                out[f"dice_{name}"] = float(dice_cases[:, c].mean())
+                if self.compute_hd95:
+                    out[f"hd95_{name}"] = float(self.hd.numpy()[done][:, c].mean())
+        cases = [c for c, d in zip(self.cases, done) if d]
+        out["per_case"] = {case: {"dice": [float(v) for v in dice_cases[i]],
+                                  **({"hd95": [float(v) for v in self.hd.numpy()[done][i]]} if self.compute_hd95 else {})}
+                           for i, case in enumerate(cases)}
         return out
-
 
 
 class ConfusionMatrix:
@@ -41,7 +217,7 @@ class ConfusionMatrix:
         self.names, self.ignore_index = names, ignore_index
         self.sums = torch.zeros(len(names), len(names), dtype=torch.int64)
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, logits: torch.Tensor, target: torch.Tensor, sample_ids=None) -> None:
         n = len(self.names)
         pred = logits.argmax(1).flatten()
         true = target.flatten()
@@ -49,27 +225,44 @@ class ConfusionMatrix:
         idx = true[keep].to(torch.int64) * n + pred[keep]
         self.sums += torch.bincount(idx, minlength=n * n).reshape(n, n).cpu()
 
+    def state(self) -> list[torch.Tensor]:
+        return [self.sums]
+
+    def load_state(self, tensors: list[torch.Tensor]) -> None:
+        (self.sums,) = tensors
+
     def compute(self) -> dict[str, float]:
-        """Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU (Long et al., section 5)."""
+        """Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU (Long et al., section 5).
+
+        As in the FCN paper's code (``score.py``): a class predicted but absent from the truth has
+        IU 0 and counts; only classes absent from both truth and prediction are left out.
+        """
         h = self.sums.double()
         true_per_class, pred_per_class, diag = h.sum(1), h.sum(0), h.diag()
         present = true_per_class > 0
-        iou = diag / (true_per_class + pred_per_class - diag).clamp_min(1)
+        union = true_per_class + pred_per_class - diag
+        scored = union > 0
+        iou = diag / union.clamp_min(1)
         freq = true_per_class / h.sum().clamp_min(1)
         out = {
             "pixel_acc": float(diag.sum() / h.sum().clamp_min(1)),
             "mean_acc": float((diag[present] / true_per_class[present]).mean()) if present.any() else 0.0,
-            "miou": float(iou[present].mean()) if present.any() else 0.0,
+            "miou": float(iou[scored].mean()) if scored.any() else 0.0,
             "fwiou": float((freq * iou).sum()),
         }
-        out.update({f"iou_{name}": float(v) for name, v, p in zip(self.names, iou, present) if p})
+        out.update({f"iou_{name}": float(v) for name, v, s in zip(self.names, iou, scored) if s})
         return out
 
 
+# The validation metric that picks best.pt, the lr and the threshold (val only), and the metric
+# that reports and `segbench compare` call the result (measured on test).
+MAIN_METRIC = {"multilabel": "dice_tuned", "multiclass": "miou"}
+REPORT_METRIC = {"multilabel": "dice", "multiclass": "miou"}
 
-# The validation metric that picks best.pt and that sweepers and reports compare.
-MAIN_METRIC = {"multilabel": "dice", "multiclass": "miou"}
 
-
-def build_metric(target_kind: str, names: tuple[str, ...]):
-    return DiceScore(names) if target_kind == "multilabel" else ConfusionMatrix(names)
+def build_metric(dataset, threshold: float = 0.5, hd95: bool = True):
+    """The metric object for a dataset's kind of targets."""
+    if dataset.target_kind != "multilabel":
+        return ConfusionMatrix(dataset.class_names)
+    cases = dataset.cases if getattr(dataset, "cases", None) is not None else [str(i) for i in range(len(dataset))]
+    return CaseMetrics(dataset.class_names, cases, getattr(dataset, "spacing", (1.0, 1.0, 1.0)), threshold, hd95)

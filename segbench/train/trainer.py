@@ -19,9 +19,9 @@ from segbench.io import write_json
 from segbench.models import build_model
 from segbench.train import distributed
 from segbench.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from segbench.train.evaluate import evaluate, overlay, val_loader
+from segbench.train.evaluate import evaluate, overlay
 from segbench.train.losses import build_loss
-from segbench.train.metrics import MAIN_METRIC
+from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
 
 
@@ -72,7 +72,11 @@ def loss_from_config(cfg: DictConfig, target_kind: str):
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train ``cfg`` and write TensorBoard events, checkpoints and metrics.json under ``run_dir``."""
+    """Train ``cfg`` and write TensorBoard events, checkpoints and metrics.json under ``run_dir``.
+
+    Choices (best checkpoint, sigmoid threshold) are made on val; the test split is evaluated
+    once, at the end, for the last and the best-by-val checkpoint, and is what results report.
+    """
     run_dir = Path(run_dir)
     ctx = distributed.setup(cfg.trainer.device)
     run_dir = distributed.shared_run_dir(run_dir, ctx)
@@ -80,7 +84,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         torch.set_num_threads(int(cfg.trainer.threads))
     seed_everything(int(cfg.seed))
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    train_set, val_set = build_datasets(data_cfg)
+    splits = build_datasets(data_cfg, int(cfg.trainer.get("train_eval_samples", 64)))
+    train_set = splits.train
     modalities = list(getattr(train_set, "modalities", []) or [])
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities).to(ctx.device)
     if hasattr(model, "check_input_size") and train_set.size:  # fail before anything is written
@@ -90,8 +95,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     total_steps = training_steps(OmegaConf.to_container(cfg.trainer), len(train_set), batch * ctx.world_size)
     optimizer = build_optimizer(model.parameters(), OmegaConf.to_container(cfg.optim), batch * ctx.world_size)
     scheduler = build_scheduler(optimizer, OmegaConf.to_container(cfg.optim), total_steps)
+    freeze_at = cfg.trainer.get("freeze_bn_after")
+    if freeze_at is not None and not 0 <= float(freeze_at) <= 1:
+        raise SegbenchError(f"trainer.freeze_bn_after={freeze_at} must be a fraction of training between 0 and 1")
+    freeze_step = total_steps if freeze_at is None else int(total_steps * float(freeze_at))
 
-    start, best = 0, {}
+    start, best, last_val = 0, {}, {}
     resume_from = resolve_resume(cfg.trainer.resume, run_dir)
     if resume_from is not None:
         state = load_checkpoint(resume_from)
@@ -99,7 +108,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
-        start, best = int(state["step"]), dict(state["best"])
+        start, best, last_val = int(state["step"]), dict(state["best"]), dict(state.get("last_val", {}))
     net = distributed.wrap(model, ctx)
 
     writer = None
@@ -112,17 +121,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     workers = int(cfg.data.num_workers)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
                         pin_memory=ctx.device.type == "cuda", persistent_workers=False)
-    vloader = val_loader(val_set, int(cfg.data.get("val_batch_size", batch)), workers, ctx)
+    eval_batch = int(cfg.data.get("val_batch_size", batch))
     config = OmegaConf.to_container(cfg, resolve=True)
     ckpt_dir = run_dir / "checkpoints"
     main_metric = MAIN_METRIC[train_set.target_kind]
-    freeze_at = cfg.trainer.get("freeze_bn_after")
-    if freeze_at is not None and not 0 <= float(freeze_at) <= 1:
-        raise SegbenchError(f"trainer.freeze_bn_after={freeze_at} must be a fraction of training between 0 and 1")
-    freeze_step = total_steps if freeze_at is None else int(total_steps * float(freeze_at))
 
     progress = _progress(cfg, ctx, start, total_steps)
-    train_time, images_seen, last_val = 0.0, 0, {}
+    train_time, images_seen = 0.0, 0
     tick = time.perf_counter()
     for step, (images, target) in enumerate(loader, start=start):
         images, target = images.to(ctx.device, non_blocking=True), target.to(ctx.device, non_blocking=True)
@@ -146,21 +151,25 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         progress.update(1)
         progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(train_time, 1e-9):.1f}")
         if done % int(cfg.trainer.val_every) == 0 or done == total_steps:
-            last_val = _validate(cfg, model, net, train_set, vloader, val_set, loss_fn, ctx, writer, done)
+            last_val = _validate(cfg, model, net, splits, loss_fn, ctx, writer, done, eval_batch)
             if ctx.is_main and last_val[main_metric] >= best.get(main_metric, -math.inf):
                 best = {**last_val, "step": done}
-                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config)
+                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val)
         if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps):
-            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config)
+            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val)
         tick = time.perf_counter()
     progress.close()
 
+    best = distributed.broadcast_object(best, ctx)
+    test = _test(cfg, model, net, splits, loss_fn, ctx, writer, total_steps, eval_batch, last_val, best, ckpt_dir)
     metrics = {
-        "final": last_val, "best": best, "main_metric": main_metric, "steps": total_steps,
-        "images_per_s": images_seen / train_time if train_time else None,
+        "val": {"final": last_val, "best": best}, "test": test,
+        "main_metric": main_metric, "report_metric": REPORT_METRIC[train_set.target_kind],
+        "steps": total_steps, "images_per_s": images_seen / train_time if train_time else None,
         "global_batch_size": batch * ctx.world_size, "world_size": ctx.world_size,
         "norm": cfg.norm.name, "model": cfg.model.name, "batch_size": batch, "seed": int(cfg.seed),
-        "train_samples": len(train_set), "val_samples": len(val_set),
+        "lr": float(cfg.optim.lr), "train_samples": len(train_set), "val_samples": len(splits.val),
+        "test_samples": len(splits.test) if splits.test is not None else 0,
     }
     if ctx.is_main:
         writer.close()
@@ -168,20 +177,53 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     return metrics
 
 
-def _validate(cfg, model, net, train_set, vloader, val_set, loss_fn, ctx, writer, step) -> dict:
+def _scalars(results: dict) -> dict[str, float]:
+    return {k: v for k, v in results.items() if isinstance(v, (int, float))}
+
+
+def _validate(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch) -> dict:
     k = int(cfg.trainer.get("precise_bn_batches") or 0)
     if k:
         batches = (images for images, _ in itertools.islice(
-            DataLoader(train_set, batch_size=int(cfg.data.batch_size), shuffle=True), k))
+            DataLoader(splits.train, batch_size=int(cfg.data.batch_size), shuffle=True), k))
         recompute_bn_stats(model, batches, ctx.device)
     net.eval()
-    results, first = evaluate(net, vloader, loss_fn, val_set, ctx)
+    results, first = evaluate(net, splits.val, loss_fn, ctx, eval_batch, hd95=bool(cfg.trainer.get("val_hd95", True)))
+    results = _scalars(results)
+    # Every arm's fit measured the same way: eval mode, fixed training images, no augmentation.
+    fit, _ = evaluate(net, splits.train_eval, loss_fn, ctx, eval_batch, hd95=False)
+    results["train_eval_loss"] = fit["loss"]
     if writer:
         for name, value in results.items():
-            writer.add_scalar(f"val/{name}", value, step)
+            tag = "train_eval/loss" if name == "train_eval_loss" else f"val/{name}"
+            writer.add_scalar(tag, value, step)
         if first is not None and cfg.trainer.log_images:
-            writer.add_images("val/overlay", overlay(*first, val_set.target_kind, int(cfg.trainer.log_images)), step)
+            kind = splits.train.target_kind
+            writer.add_images("val/overlay", overlay(*first, kind, int(cfg.trainer.log_images)), step)
     return results
+
+
+def _test(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, last_val, best, ckpt_dir) -> dict:
+    """Test-split results of the last and of the best-by-val checkpoint, each at its val-chosen threshold."""
+    if splits.test is None:
+        return {}
+    out = {}
+    for name, val in (("last", last_val), ("best", best)):
+        if name == "best":
+            if not best or best.get("step") == step:
+                out["best"] = {**out["last"], "step": step}
+                break
+            state = load_checkpoint(ckpt_dir / "best.pt") if ctx.is_main else None
+            state = distributed.broadcast_object(state, ctx)
+            model.load_state_dict(state["model"])
+        net.eval()
+        threshold = float(val.get("threshold_tuned", 0.5))
+        results, _ = evaluate(net, splits.test, loss_fn, ctx, eval_batch, threshold=threshold)
+        out[name] = {**results, "step": int(val.get("step", step))}
+        if writer:
+            for key, value in _scalars(results).items():
+                writer.add_scalar(f"test_{name}/{key}", value, step)
+    return out
 
 
 def _progress(cfg, ctx, start: int, total: int):
