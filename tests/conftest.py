@@ -12,10 +12,10 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def tiny_brats(tmp_path_factory):
-    """Four 2 mm phantom subjects in the BraTS layout."""
+    """Six 2 mm phantom subjects (train 4, val 1, test 1) in the BraTS layout."""
     from segbench.data.brain_phantom import PhantomConfig, write_brain_phantom
 
-    return write_brain_phantom(tmp_path_factory.mktemp("brats"), PhantomConfig(subjects=4, seed=3))
+    return write_brain_phantom(tmp_path_factory.mktemp("brats"), PhantomConfig(subjects=6, seed=3))[0]
 
 
 TINY = ["model.width=4", "model.depth=3", "data.size=[48,48]", "data.batch_size=4", "data.val_batch_size=8",

@@ -86,3 +86,26 @@ def test_torchrun_writes_one_run_directory(tmp_path, tiny_brats):
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_batch_size"] == 8 and metrics["steps"] == 5
+
+
+def _offset_worker(rank, world, init_file, offset, out):
+    from segbench.nn.syncbn import SyncBatchNorm
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(2)) + offset
+    y = SyncBatchNorm(3).train()(x[4 * rank:4 * rank + 4])
+    if rank == 0:
+        torch.save(y.detach(), out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("offset", [100.0, 1000.0])
+def test_syncbatch_stays_exact_at_a_large_mean_offset(tmp_path, offset):
+    """Variance from squared deviations, not E[x^2] - E[x]^2: no cancellation at a mean of 1000."""
+    out = tmp_path / "y.pt"
+    mp.spawn(_offset_worker, args=(2, str(tmp_path / "init"), offset, str(out)), nprocs=2, join=True)
+    x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(2)) + offset
+    expected = torch.nn.BatchNorm2d(3).train()(x)[:4].detach()
+    assert (torch.load(out, weights_only=True) - expected).abs().max() < 1e-4

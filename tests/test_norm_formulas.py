@@ -124,7 +124,8 @@ def test_batchrenorm_without_corrections_equals_batch(x):
 
 
 def test_batchrenorm_corrects_toward_running_stats(x):
-    brn = build_norm("batchrenorm", 6, r_max=10.0, d_max=10.0, affine=False).train()
+    brn = build_norm("batchrenorm", 6, r_max=10.0, d_max=10.0, affine=False, hold_steps=0, r_relax_steps=0,
+                     d_relax_steps=0).train()
     brn.running_mean.fill_(0.5)
     brn.running_var.fill_(4.0)
     mean, std = x.mean((0, 2, 3), keepdim=True), torch.sqrt(x.var((0, 2, 3), unbiased=False, keepdim=True) + EPS)
@@ -134,6 +135,30 @@ def test_batchrenorm_corrects_toward_running_stats(x):
     torch.testing.assert_close(out, (x - mean) / std * r + d, atol=1e-5, rtol=1e-5)
     # Unclipped, r and d fold the batch statistics back out: x normalized by the running ones.
     torch.testing.assert_close(out, (x - 0.5) / sigma, atol=1e-4, rtol=1e-4)
+
+
+def test_batchrenorm_follows_the_papers_schedule():
+    """Plain BN while holding, then r_max opens from 1 and d_max from 0 (Ioffe 2017, section 4.1)."""
+    brn = build_norm("batchrenorm", 6, r_max=3.0, d_max=5.0, hold_steps=10, r_relax_steps=40, d_relax_steps=20)
+    limits = {}
+    for step in (0, 10, 20, 30, 50, 100):
+        brn.num_batches_tracked.fill_(step)
+        limits[step] = brn.current_limits()
+    assert limits[0] == limits[10] == (1.0, 0.0)
+    assert limits[20] == pytest.approx((1.5, 2.5)) and limits[30] == pytest.approx((2.0, 5.0))
+    assert limits[50] == limits[100] == (3.0, 5.0)
+
+
+def test_batchrenorm_under_precise_bn_keeps_a_cumulative_average(x):
+    """momentum=None (set by precise BN) means the exact mean of the batches' statistics."""
+    from segbench.analysis.bn import recompute_bn_stats
+
+    model = torch.nn.Sequential(build_norm("batchrenorm", 6))
+    chunks = list(x.split(2))
+    recompute_bn_stats(model, chunks, "cpu")
+    expected = torch.stack([c.mean((0, 2, 3)) for c in chunks]).mean(0)
+    torch.testing.assert_close(model[0].running_mean, expected)
+    assert model[0].momentum == 0.01
 
 
 def test_spade_with_zero_gamma_beta_equals_inner_norm(x):

@@ -29,9 +29,16 @@ def test_two_norm_two_batch_sweep_compares(sweep):
         assert (sweep / name).stat().st_size > 0
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert sorted((r["norm"], r["batch_size"]) for r in rows) == [("batch", "2"), ("batch", "4"), ("group", "2"), ("group", "4")]
-    assert all(0 <= float(r["best_val_dice"]) <= 1 for r in rows)
-    hparams = list(sweep.rglob("tb/events.out.tfevents.*"))
-    assert len(hparams) >= 4
+    assert all(0 <= float(r["test_dice"]) <= 1 for r in rows)
+    pairs = list(csv.DictReader((sweep / "paired.csv").open()))
+    # arms differing in one key: batch vs group at each batch size, 2 vs 4 for each norm
+    assert len(pairs) == 4 and {p["differs_in"] for p in pairs} == {"norm", "data.batch_size"}
+    assert "sign-flip p" in (sweep / "summary.md").read_text()
+    # compare is idempotent: a second run replaces the HParams summaries instead of adding more
+    before = sorted(p.name for p in sweep.rglob("tb/hparams/*"))
+    assert segbench("compare", str(sweep)).returncode == 0
+    after = sorted(p.name for p in sweep.rglob("tb/hparams/*"))
+    assert len(after) == len(before) == 4
 
 
 def test_submitit_local_sweep_of_two_runs(tmp_path, tiny_brats):

@@ -15,16 +15,70 @@ from segbench.train.trainer import TrainingDiverged, train
 def test_run_directory_holds_events_checkpoints_and_metrics(tiny_cfg, tmp_path):
     metrics = train(tiny_cfg(), tmp_path)
     scalars = read_scalars(tmp_path / "tb")
-    assert {"train/loss", "val/loss", "val/dice", "lr"} <= set(scalars)
+    assert {"train/loss", "val/loss", "val/dice", "val/dice_tuned", "val/auroc", "val/ap", "train_eval/loss",
+            "test_last/dice", "test_last/hd95", "lr"} <= set(scalars)
     assert scalars["train/loss"][0].tolist() == [1, 2, 3]
     assert scalars["val/dice"][0].tolist() == [3]
     for name in ("last.pt", "best.pt"):
         state = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
         assert state["step"] == 3 and "model" in state
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["steps"] == 3 and 0 <= saved["best"]["dice"] <= 1 and saved["images_per_s"] > 0
-    assert saved["final"]["dice"] == pytest.approx(metrics["final"]["dice"])
+    assert saved["steps"] == 3 and 0 <= saved["val"]["best"]["dice_tuned"] <= 1 and saved["images_per_s"] > 0
+    assert saved["val"]["final"]["dice"] == pytest.approx(metrics["val"]["final"]["dice"])
+    test = saved["test"]["best"]
+    assert {"dice", "dice_pooled", "soft_dice", "auroc", "ap", "hd95", "per_case"} <= set(test)
+    assert test["threshold"] == pytest.approx(saved["val"]["best"]["threshold_tuned"], abs=0.01)
+    assert len(test["per_case"]) == saved["test"]["best"]["cases"] >= 1
     assert not list(tmp_path.rglob("*.tmp")), "atomic writes leave no temporary files"
+
+
+def test_splits_are_disjoint_by_subject(tiny_cfg):
+    from omegaconf import OmegaConf
+
+    from segbench.data import build_datasets
+
+    splits = build_datasets(OmegaConf.to_container(tiny_cfg().data, resolve=True))
+    subjects = [{v.subject for v in part.volumes} for part in (splits.train, splits.val, splits.test)]
+    assert all(subjects) and not (subjects[0] & subjects[1] or subjects[0] & subjects[2] or subjects[1] & subjects[2])
+
+
+def test_best_checkpoint_is_tested_with_its_own_weights(tiny_cfg, tmp_path):
+    """When the best-by-val step is not the last one, the test numbers of the two differ."""
+    metrics = train(tiny_cfg("trainer.max_steps=6", "trainer.val_every=2", "optim.lr=0.05"), tmp_path)
+    best, last = metrics["test"]["best"], metrics["test"]["last"]
+    assert best["step"] == metrics["val"]["best"]["step"]
+    if best["step"] != 6:
+        assert best["loss"] != last["loss"]
+
+
+def test_lr_grid_keeps_the_lr_that_wins_on_val(tiny_cfg, tmp_path):
+    from segbench.analysis.runs import find_runs
+    from segbench.train.lr_grid import train_with_lr_grid
+
+    metrics = train_with_lr_grid(tiny_cfg("study.lr_grid=[1e-4,1e-2]"), tmp_path)
+    scores = metrics["lr_grid"]
+    assert set(scores) == {"0.0001", "0.01"}
+    assert metrics["lr"] == float(max(scores, key=lambda k: (scores[k], -float(k))))
+    assert metrics["selected"] == f"lr_{metrics['lr']:g}"
+    runs = find_runs([str(tmp_path)])
+    assert len(runs) == 1 and runs[0].path == tmp_path and "train/loss" in runs[0].scalars
+
+
+@pytest.mark.parametrize("other", ["none", "group", "spade", "adain"])
+def test_paired_arms_start_from_the_same_shared_weights(other):
+    """The seed fixes the initial weights of every layer two arms share, whatever the norm is."""
+    from segbench.models import build_model
+
+    def weights(norm):
+        torch.manual_seed(3)
+        model = build_model("resunet", 4, 1, norm=norm, width=8, depth=3)
+        return {k: v for k, v in model.state_dict().items() if "norm" not in k and "conditioner" not in k}
+
+    a, b = weights("batch"), weights(other)
+    shared = set(a) & set(b)
+    assert len(shared) > 10
+    for key in shared:
+        torch.testing.assert_close(a[key], b[key], msg=key)
 
 
 def test_regions_target_logs_one_dice_per_region(tiny_cfg, tmp_path):
@@ -82,9 +136,9 @@ def test_validation_uses_running_statistics(tiny_cfg, tmp_path, monkeypatch):
     seen = []
     real_eval = trainer_module.evaluate
 
-    def spy(net, *args):
+    def spy(net, *args, **kwargs):
         seen.append([m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)])
-        return real_eval(net, *args)
+        return real_eval(net, *args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "evaluate", spy)
     train(tiny_cfg(), tmp_path)

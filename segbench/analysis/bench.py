@@ -80,7 +80,7 @@ def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, r
     from segbench.data import build_datasets
     from torch.utils.data import DataLoader
 
-    train_set, _ = build_datasets(dict(cfg.data))
+    train_set = build_datasets(dict(cfg.data)).train
     batches = list(itertools.islice(DataLoader(train_set, batch_size=batch, shuffle=True), steps))
 
     def bare() -> float:

@@ -20,24 +20,37 @@ class BatchRenorm2d(nn.BatchNorm2d):
         eps: added to the variance.
         momentum: running-statistics update rate (the paper's alpha).
         affine: learn per-channel gamma and beta.
-        r_max, d_max: the clip limits once warm-up is over.
-        warmup_steps: training steps over which the limits open linearly from (1, 0); the paper
-            trains as plain BN first and then relaxes them.
+        momentum: running-statistics update rate (the paper's alpha); None: cumulative average
+            (what precise BN sets while it recomputes the statistics).
+        r_max, d_max: the clip limits once relaxed.
+        hold_steps: training steps as plain BN (limits 1 and 0) while the running statistics settle.
+        r_relax_steps, d_relax_steps: steps after ``hold_steps`` over which r_max opens from 1 and
+            d_max from 0. The paper (section 4.1) holds 5k steps, then opens r_max over 40k and d_max
+            over 25k steps of a 130k-step run; the defaults keep those proportions for short runs.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.01,
-                 affine: bool = True, r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 0):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.01,
+                 affine: bool = True, r_max: float = 3.0, d_max: float = 5.0, hold_steps: int = 20,
+                 r_relax_steps: int = 160, d_relax_steps: int = 100):
         super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
         if r_max < 1 or d_max < 0:
             raise ValueError(f"batch renorm needs r_max >= 1 and d_max >= 0, got {r_max}, {d_max}")
-        self.r_max, self.d_max, self.warmup_steps = float(r_max), float(d_max), int(warmup_steps)
+        if min(hold_steps, r_relax_steps, d_relax_steps) < 0:
+            raise ValueError(f"batch renorm's hold and relax steps must be >= 0, got {hold_steps}, "
+                             f"{r_relax_steps}, {d_relax_steps}")
+        self.r_max, self.d_max = float(r_max), float(d_max)
+        self.hold_steps, self.r_relax_steps, self.d_relax_steps = int(hold_steps), int(r_relax_steps), int(d_relax_steps)
 
     def current_limits(self) -> tuple[float, float]:
-        """(r_max, d_max) after the linear warm-up from (1, 0)."""
-        done = 1.0
-        if self.warmup_steps > 0:
-            done = min(1.0, int(self.num_batches_tracked) / self.warmup_steps)
-        return 1.0 + (self.r_max - 1.0) * done, self.d_max * done
+        """(r_max, d_max) at this step: (1, 0) while holding, then opening linearly to the set limits."""
+        after = int(self.num_batches_tracked) - self.hold_steps
+
+        def opened(steps: int) -> float:
+            if after < 0:
+                return 0.0
+            return 1.0 if steps == 0 else min(1.0, after / steps)
+
+        return 1.0 + (self.r_max - 1.0) * opened(self.r_relax_steps), self.d_max * opened(self.d_relax_steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -52,9 +65,11 @@ class BatchRenorm2d(nn.BatchNorm2d):
             r = (std / running_std).clamp(1.0 / r_max, r_max)
             d = ((mean - self.running_mean) / running_std).clamp(-d_max, d_max)
             n = x.numel() / x.shape[1]
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
             self.num_batches_tracked.add_(1)
+            # momentum=None is a cumulative average, as in torch's BatchNorm (precise BN relies on it).
+            rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else float(self.momentum)
+            self.running_mean.lerp_(mean, rate)
+            self.running_var.lerp_(var * n / max(n - 1, 1), rate)
         shape = (1, -1, 1, 1)
         x_hat = (x - mean.view(shape)) / std.view(shape) * r.view(shape) + d.view(shape)
         if self.affine:
@@ -63,4 +78,5 @@ class BatchRenorm2d(nn.BatchNorm2d):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max}, "
-                f"d_max={self.d_max}, warmup_steps={self.warmup_steps}")
+                f"d_max={self.d_max}, hold_steps={self.hold_steps}, r_relax_steps={self.r_relax_steps}, "
+                f"d_relax_steps={self.d_relax_steps}")

@@ -82,10 +82,11 @@ def _layer(num_channels: int, eps: float = 1e-5, affine: bool = True) -> nn.Modu
 
 
 def _batchrenorm(num_channels: int, momentum: float = 0.01, eps: float = 1e-5, affine: bool = True,
-                 r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 0) -> nn.Module:
+                 r_max: float = 3.0, d_max: float = 5.0, hold_steps: int = 20, r_relax_steps: int = 160,
+                 d_relax_steps: int = 100) -> nn.Module:
     from segbench.nn.batchrenorm import BatchRenorm2d
 
-    return BatchRenorm2d(num_channels, eps, momentum, affine, r_max, d_max, warmup_steps)
+    return BatchRenorm2d(num_channels, eps, momentum, affine, r_max, d_max, hold_steps, r_relax_steps, d_relax_steps)
 
 
 def _adain(num_channels: int, style_dim: int = 64, eps: float = 1e-5) -> nn.Module:

@@ -36,19 +36,20 @@ class NormSlot:
         self.in_channels, self.cond_channels, self.style_dim = in_channels, cond_channels, style_dim
         n_cond = in_channels if cond_channels is None else len(cond_channels)
         self._context = {"cond_channels": n_cond, "style_dim": style_dim}
-        self._built = 0
+        self._built: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def _own_rng(self):
+    def _own_rng(self, kind: str):
         """Draw this layer's initial weights from its own seed, leaving the global stream alone.
 
         Arms of a comparison differ only in the norm: whether a norm has random parameters, or
         whether the conv before it has a bias, must not shift the random numbers of any layer
-        the arms share. Each slot-built layer is seeded from (global seed, its order).
+        the arms share. Each slot-built layer is seeded from (global seed, its kind, its order
+        among layers of that kind), so a conditioner or a norm never shifts the convs' seeds.
         """
-        self._built += 1
+        self._built[kind] = self._built.get(kind, 0) + 1
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(f"{torch.initial_seed()}/slot/{self._built}".encode()))
+            torch.manual_seed(zlib.crc32(f"{torch.initial_seed()}/{kind}/{self._built[kind]}".encode()))
             yield
 
     @property
@@ -57,7 +58,7 @@ class NormSlot:
         return self._factory is not None or self.name == "none"
 
     def __call__(self, num_channels: int) -> nn.Module:
-        with self._own_rng():
+        with self._own_rng("norm"):
             if self._factory is not None:
                 return self._factory(num_channels)
             return build_norm(self.name, num_channels, context=self._context, **self.options)
@@ -67,7 +68,7 @@ class NormSlot:
 
         Its weights come from the same seed whatever the norm, so paired arms start equal.
         """
-        with self._own_rng():
+        with self._own_rng("conv"):
             return nn.Conv2d(cin, cout, kernel, stride, padding, bias=self.bias)
 
     def conditioner(self) -> Conditioner | None:
@@ -75,7 +76,7 @@ class NormSlot:
         if not self.conditional:
             return None
         style = self.style_dim if self.name == "adain" else None
-        with self._own_rng():
+        with self._own_rng("conditioner"):
             return Conditioner(self.in_channels, self.cond_channels, style)
 
 

@@ -187,11 +187,13 @@ def _validate(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch) -
         batches = (images for images, _ in itertools.islice(
             DataLoader(splits.train, batch_size=int(cfg.data.batch_size), shuffle=True), k))
         recompute_bn_stats(model, batches, ctx.device)
+    # Evaluate the bare module: ranks hold different numbers of cases, and DDP's forward would
+    # wait for the others at every batch (it syncs buffers).
     net.eval()
-    results, first = evaluate(net, splits.val, loss_fn, ctx, eval_batch, hd95=bool(cfg.trainer.get("val_hd95", True)))
+    results, first = evaluate(model, splits.val, loss_fn, ctx, eval_batch, hd95=bool(cfg.trainer.get("val_hd95", True)))
     results = _scalars(results)
     # Every arm's fit measured the same way: eval mode, fixed training images, no augmentation.
-    fit, _ = evaluate(net, splits.train_eval, loss_fn, ctx, eval_batch, hd95=False)
+    fit, _ = evaluate(model, splits.train_eval, loss_fn, ctx, eval_batch, hd95=False)
     results["train_eval_loss"] = fit["loss"]
     if writer:
         for name, value in results.items():
@@ -218,7 +220,7 @@ def _test(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, last_
             model.load_state_dict(state["model"])
         net.eval()
         threshold = float(val.get("threshold_tuned", 0.5))
-        results, _ = evaluate(net, splits.test, loss_fn, ctx, eval_batch, threshold=threshold)
+        results, _ = evaluate(model, splits.test, loss_fn, ctx, eval_batch, threshold=threshold)
         out[name] = {**results, "step": int(val.get("step", step))}
         if writer:
             for key, value in _scalars(results).items():
