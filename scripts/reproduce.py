@@ -1,9 +1,11 @@
-"""``make reproduce``: run the CPU-sized studies and write reports/REPORT.md saying what held.
+"""``make reproduce``: the CPU-sized studies, with paired seeds, and a report whose verdicts follow the intervals.
 
-Each claim (shared/context and the literature) is a sweep of one ``configs/experiment`` file,
-compared with ``segbench compare`` and, for the BN pitfall, diagnosed with ``segbench diagnose``.
-The report quotes the measured numbers and says whether each claim held on the phantoms.
-Usage: python scripts/reproduce.py [--out reports] [--quick]
+Each claim (shared/context and the literature) is a sweep of one ``configs/experiment`` file over
+N seeds, compared with ``segbench compare``. Every number called a result is measured on the
+test split, for the checkpoint (and sigmoid threshold) chosen on val. A claim is "held" only when
+the 95 % interval of the paired difference excludes 0 in the claimed direction, "did not hold"
+when it excludes the claimed direction, and "inconclusive at n seeds" otherwise.
+Usage: python scripts/reproduce.py [--out reports] [--seeds 5] [--quick]
 """
 
 from __future__ import annotations
@@ -12,124 +14,181 @@ import argparse
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from segbench.analysis.compare import compare
+from segbench.analysis import stats
+from segbench.analysis.compare import compare, result
 from segbench.analysis.diagnose import diagnose
 from segbench.analysis.runs import find_runs
 from segbench.io import write_text
 
 
-def sweep(name: str, out: Path, *overrides: str):
-    """Run ``experiment=name`` as a sweep, write its comparison, return its runs."""
+def sweep(name: str, out: Path, seeds: list[int], *overrides: str):
+    """Run ``experiment=name`` over ``seeds`` as one sweep (skipped when already complete), compare it."""
     folder = out / "runs" / name
-    cmd = [sys.executable, "-m", "segbench", "train", "-m", f"experiment={name}", "trainer.progress=false",
-           f"hydra.sweep.dir={folder}", *overrides]
-    subprocess.run(cmd, check=True)
+    expected = len(seeds)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if "," in value and not key.startswith(("study.", "hydra")) and "[" not in value:
+            expected *= len(value.split(","))
+    done = list(folder.rglob("metrics.json")) if folder.exists() else []
+    if len([p for p in done if p.parent.parent == folder]) < expected:
+        cmd = [sys.executable, "-m", "segbench", "train", "-m", f"experiment={name}", "trainer.progress=false",
+               f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={folder}", *overrides]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
     compare([str(folder)], str(out / name))
     return find_runs([str(folder)])
 
 
-def metric(runs, norm, key="final", batch=None) -> float:
-    values = [r.metrics[key][r.metrics["main_metric"]] for r in runs
-              if r.metrics["norm"] == norm and (batch is None or r.metrics["global_batch_size"] == batch)]
-    return float(np.mean(values)) if values else float("nan")
+def by_seed(runs, read, **match) -> dict:
+    """``{seed: read(run)}`` over the runs whose metrics match (norm=..., global_batch_size=...)."""
+    return {r.metrics["seed"]: read(r) for r in runs if all(r.metrics.get(k) == v for k, v in match.items())}
 
 
-def final_loss(runs, norm) -> float:
-    return float(np.mean([r.scalars["train/loss"][1][-10:].mean() for r in runs if r.metrics["norm"] == norm]))
+def test_metric(runs) -> str:
+    return runs[0].metrics["report_metric"]
 
 
-def verdict(held: bool) -> str:
-    return "**held**" if held else "**did not hold**"
+def claim_line(text: str, res: dict, direction: int, unit: str = "") -> list[str]:
+    return [f"- {text}: **{stats.verdict(res, direction)}** — difference {stats.describe(res, unit)}."]
 
 
-def claim_bn_slower(out, quick):
-    runs = sweep("seed_bn_vs_nobn", out, "norm=none,batch", *quick)
-    none, bn = final_loss(runs, "none"), final_loss(runs, "batch")
-    return ["## 1. Adding BN made the residual FCN learn slower (first question)", "",
-            f"Final train loss (mean of the last 10 steps): no BN {none:.4f}, BN {bn:.4f}. Best val Dice: no BN "
-            f"{metric(runs, 'none', 'best'):.3f}, BN {metric(runs, 'batch', 'best'):.3f}.",
-            f"BN's training loss higher at the end: {verdict(bn > none)}.", "", "![](seed_bn_vs_nobn/curves.png)", ""]
+def lr_note(runs) -> str:
+    chosen = Counter((r.metrics["norm"], r.metrics.get("lr")) for r in runs)
+    grid = runs[0].metrics.get("lr_grid")
+    if not grid:
+        return f"one learning rate for every arm ({runs[0].metrics.get('lr')})"
+    cells = ", ".join(f"{norm}: lr {lr:g} in {n} of its seeds" for (norm, lr), n in sorted(chosen.items()))
+    return f"per-arm lr grid {sorted(float(k) for k in grid)}, chosen on val per seed ({cells})"
 
 
-def claim_stale_stats(out, quick):
-    runs = sweep("bn_stale_stats", out, *quick)
-    text = diagnose(str(runs[0].path))
-    held = "running statistics are stale" in text
-    return ["## 2. Never-updated BN statistics (the TF1 UPDATE_OPS pitfall)", "", "```", text, "```",
-            f"Eval-mode predictions bad while batch/recomputed statistics are fine, and diagnose names it: {verdict(held)}.", ""]
+def curve_mean(run, tag: str) -> float:
+    values = run.scalar(tag)[1]
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
-def claim_batch_size(out, quick):
-    norms, batches = ["none", "batch", "instance", "group", "layer"], [1, 2, 4, 8, 16]
+def claim_bn_slower(out, seeds, quick):
+    runs = sweep("seed_bn_vs_nobn", out, seeds, "norm=none,batch", "model.width=8", "trainer.max_steps=200",
+                 "trainer.val_every=25", "trainer.val_hd95=false", "study.lr_grid=[3e-4,1e-3,3e-3]", *quick)
+    m = test_metric(runs)
+    slow = stats.paired(by_seed(runs, lambda r: curve_mean(r, "train_eval/loss"), norm="batch"),
+                        by_seed(runs, lambda r: curve_mean(r, "train_eval/loss"), norm="none"))
+    final = stats.paired(by_seed(runs, lambda r: r.metrics["val"]["final"]["train_eval_loss"], norm="batch"),
+                         by_seed(runs, lambda r: r.metrics["val"]["final"]["train_eval_loss"], norm="none"))
+    worse = stats.paired(by_seed(runs, lambda r: result(r, m), norm="batch"),
+                         by_seed(runs, lambda r: result(r, m), norm="none"))
+    return ["## 1. Adding BN made the residual FCN learn slower and predict worse (first question)", "",
+            f"ResUNet width 8, batch 4, 200 steps, sigmoid BCE; {lr_note(runs)}. BN minus no BN, paired by seed:", "",
+            *claim_line("BN learns slower (training loss in eval mode on fixed training images, mean over the "
+                        "validations: the area under the curve)", slow, +1),
+            *claim_line("BN ends with a higher training loss (eval mode, last validation)", final, +1),
+            *claim_line(f"BN predicts worse (test {m}, best-by-val checkpoint, threshold chosen on val)", worse, -1),
+            "", "![](seed_bn_vs_nobn/curves.png)", ""]
+
+
+def claim_stale_stats(out, seeds, quick):
+    runs = sweep("bn_stale_stats", out, seeds, "model.width=8", "trainer.val_hd95=false", *quick)
+    diag = {}
+    for run in runs:
+        diagnose(str(run.path), split="test")
+        diag[run.metrics["seed"]] = __import__("json").loads((run.path / "diagnose.json").read_text())
+    res = stats.paired({s: d["running"] for s, d in diag.items()}, {s: d["precise"] for s, d in diag.items()})
+    named = sum("running statistics are stale" in " ".join(d["verdict"]) for d in diag.values())
+    metric = next(iter(diag.values()))["metric"]
+    return ["## 2. Never-updated BN statistics (the TF1 UPDATE_OPS pitfall, momentum 0)", "",
+            f"`segbench diagnose` on the test split, {metric}: running statistics vs statistics recomputed over "
+            "20 training batches (precise BN), same weights.", "",
+            *claim_line("eval with the never-updated running statistics scores worse than with recomputed ones",
+                        res, -1),
+            f"- diagnose named stale statistics as the cause in {named} of {len(diag)} seeds.", ""]
+
+
+def claim_batch_size(out, seeds, quick):
+    batches = (2, 16)
     extra = ["trainer.max_images=200"] if quick else []
-    runs = sweep("norm_vs_batch_size", out, f"norm={','.join(norms)}", f"data.batch_size={','.join(map(str, batches))}",
-                 "hydra/launcher=parallel", *extra)
-    table = ["| batch | " + " | ".join(norms) + " | BN - GN |", "|---" * (len(norms) + 2) + "|"]
-    for b in batches:
-        cells = [f"{metric(runs, n, batch=b):.3f}" for n in norms]
-        table.append(f"| {b} | " + " | ".join(cells) + f" | {metric(runs, 'batch', batch=b) - metric(runs, 'group', batch=b):+.3f} |")
-    small = np.mean([metric(runs, "batch", batch=b) - metric(runs, "group", batch=b) for b in (1, 2)])
-    large = np.mean([metric(runs, "batch", batch=b) - metric(runs, "group", batch=b) for b in (8, 16)])
+    runs = sweep("norm_vs_batch_size", out, seeds, "norm=batch,group", f"data.batch_size={','.join(map(str, batches))}",
+                 "trainer.val_hd95=false", *extra)
+    m = test_metric(runs)
+    gap = {b: {s: result(bn, m) - result(gn, m)
+               for s, bn in by_seed(runs, lambda r: r, norm="batch", global_batch_size=b).items()
+               for s2, gn in by_seed(runs, lambda r: r, norm="group", global_batch_size=b).items() if s == s2}
+           for b in batches}
+    per_batch = {b: stats.paired(gap[b], {s: 0.0 for s in gap[b]}) for b in batches}
+    trend = stats.paired(gap[batches[0]], gap[batches[-1]])
     return ["## 3. BN falls behind GN at small batches (Wu & He 2018)", "",
-            "Final val Dice at equal images seen (lr scaled by sqrt(batch / 8)):", "", *table, "",
-            f"BN minus GN, mean over batches 1-2: {small:+.3f}; over batches 8-16: {large:+.3f}.",
-            f"BN's deficit against GN larger at small batches: {verdict(small < large)}.",
-            "A Dice of 0.000 means no pixel crossed probability 0.5 yet (under-trained, not broken): compare val/loss "
-            "in the runs' TensorBoard logs.", "",
-            "![](norm_vs_batch_size/by_batch_size.png)", ""]
+            f"ResUNet width 8 at equal images seen (1200), lr scaled by sqrt(batch / 8); test {m}.", "",
+            *[line for b in batches for line in claim_line(f"BN minus GN at batch {b} is below 0", per_batch[b], -1)],
+            *claim_line(f"BN's deficit is larger at batch {batches[0]} than at {batches[-1]} "
+                        f"((BN-GN)@{batches[0]} minus (BN-GN)@{batches[-1]})", trend, -1),
+            "", "![](norm_vs_batch_size/by_batch_size.png)", ""]
 
 
-def learned_objects(runs, norm) -> bool:
-    """Whether any run of ``norm`` reached a non-zero IoU on a class other than background."""
-    return any(v > 0 for r in runs if r.metrics["norm"] == norm
-               for k, v in r.metrics["best"].items() if k.startswith("iou_") and k != "iou_background")
+def learned_objects(run) -> bool:
+    best = run.metrics.get("test", {}).get("best", {})
+    return any(v > 0 for k, v in best.items() if k.startswith("iou_") and k != "iou_background")
 
 
-def claim_fcn(out, quick):
-    runs = sweep("fcn8s_bn", out, "norm=none,batch", *quick)
-    none, bn = metric(runs, "none", "best"), metric(runs, "batch", "best")
-    if not (learned_objects(runs, "none") or learned_objects(runs, "batch")):
-        outcome = ("**inconclusive**: neither net segmented any object class within the CPU budget (from scratch, "
-                   "no ImageNet VGG16 weights); both predict background only. Run experiment=fcn8s_voc with "
-                   "model.backbone_weights on a GPU to test the claim")
+def claim_fcn(out, seeds, quick):
+    runs = sweep("fcn8s_bn", out, seeds, "norm=none,batch", *quick)
+    res = stats.paired(by_seed(runs, lambda r: result(r, "miou"), norm="batch"),
+                       by_seed(runs, lambda r: result(r, "miou"), norm="none"))
+    learned = {n: sum(learned_objects(r) for r in runs if r.metrics["norm"] == n) for n in ("none", "batch")}
+    lines = ["## 4. FCN-8s on (phantom) VOC did badly with BN (third answer)", "",
+             "FCN-8s width 1/8 from scratch (He init), batch 1, SGD momentum 0.99, summed loss, final upsampling "
+             f"fixed bilinear; test mIoU (VOC val split of the phantom). Seeds with any object class found: "
+             f"no BN {learned['none']}/{len(seeds)}, BN {learned['batch']}/{len(seeds)}.", ""]
+    if not any(learned.values()):
+        lines.append(f"- BN worse: **inconclusive at {res['n']} seeds** — neither net segmented any object class "
+                     f"within the CPU budget (difference {stats.describe(res)}); the claim needs experiment=fcn8s_voc "
+                     "with ImageNet VGG16 weights on a GPU.")
     else:
-        outcome = f"BN worse: {verdict(bn < none)}"
-    return ["## 4. FCN-8s on (phantom) VOC did badly with BN, well without (third answer)", "",
-            f"Original recipe (batch 1, SGD momentum 0.99, summed loss), width 1/8: best val mIoU no BN {none:.3f}, "
-            f"BN {bn:.3f}; final train loss no BN {final_loss(runs, 'none'):.3f}, BN {final_loss(runs, 'batch'):.3f}.",
-            f"{outcome}.", "", "![](fcn8s_bn/curves.png)", ""]
+        lines += claim_line("BN gives a lower test mIoU", res, -1)
+    return lines + ["", "![](fcn8s_bn/curves.png)", ""]
 
 
-def claim_conditional(out, quick):
+def claim_conditional(out, seeds, quick):
     norms = ["batch", "instance", "adain", "spade"]
-    runs = sweep("conditional_norms", out, f"norm={','.join(norms)}", *quick)
-    best = {n: metric(runs, n, "best") for n in norms}
-    cells = ", ".join(f"{n} {v:.3f}" for n, v in best.items())
-    held = max(best["adain"], best["spade"]) > best["batch"]
-    return ["## 5. Conditional norms instead of BN (first answer)", "",
-            f"Best val Dice at batch 4: {cells}.", f"A conditional norm beats BN: {verdict(held)}.", "",
-            "![](conditional_norms/curves.png)", ""]
+    runs = sweep("conditional_norms", out, seeds, f"norm={','.join(norms)}", "trainer.val_hd95=false", *quick)
+    m = test_metric(runs)
+    read = lambda r: result(r, m)  # noqa: E731
+    lines = ["## 5. Conditional norms instead of BN (first answer)", "",
+             f"ResUNet width 8, batch 4; test {m}; each norm minus BN, paired by seed (three comparisons, "
+             "no correction for multiplicity: read a single 'held' among them with care).", ""]
+    for norm in norms[1:]:
+        lines += claim_line(f"{norm} beats BN", stats.paired(by_seed(runs, read, norm=norm),
+                                                               by_seed(runs, read, norm="batch")), +1)
+    return lines + ["", "![](conditional_norms/curves.png)", ""]
+
+
+CLAIMS = (claim_bn_slower, claim_stale_stats, claim_batch_size, claim_fcn, claim_conditional)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="reports")
+    parser.add_argument("--seeds", type=int, default=5, help="paired seeds per arm (default 5)")
     parser.add_argument("--quick", action="store_true", help="a few steps per run: checks the pipeline, not the claims")
     args = parser.parse_args()
     out = Path(args.out)
-    quick = ["trainer.max_steps=20", "trainer.val_every=20"] if args.quick else []
+    seeds = list(range(args.seeds))
+    quick = ["trainer.max_steps=10", "trainer.val_every=5"] if args.quick else []
     start = time.time()
     lines = ["# segbench: the claims, measured on the phantoms", "",
-             "CPU versions of `configs/experiment/*`, one seed each; numbers are from this run.", ""]
-    for claim in (claim_bn_slower, claim_stale_stats, claim_batch_size, claim_fcn, claim_conditional):
-        lines += claim(out, quick)
+             f"CPU versions of `configs/experiment/*`, {len(seeds)} paired seeds per arm (seed = data order, "
+             "augmentation and the initial weights the arms share). Results are test-split numbers of the "
+             "checkpoint chosen on val; verdicts follow the 95% t-interval of the paired difference: **held** when it "
+             "excludes 0 on the claimed side, **did not hold** when it excludes the claimed side, **inconclusive** "
+             "otherwise. Sign-flip p-values are exact (with 5 seeds the smallest possible is 0.0625).", ""]
+    for claim in CLAIMS:
+        lines += claim(out, seeds, quick)
         write_text(out / "REPORT.md", "\n".join(lines + ["(in progress)"]))
     minutes = (time.time() - start) / 60
-    lines += [f"Run time: {minutes:.1f} minutes on this machine ({'quick' if args.quick else 'full'} mode)."]
+    lines += [f"Run time: {minutes:.1f} minutes on this machine ({'quick' if args.quick else 'full'} mode, "
+              f"{len(seeds)} seeds)."]
     write_text(out / "REPORT.md", "\n".join(lines) + "\n")
     print(f"wrote {out / 'REPORT.md'} in {minutes:.1f} minutes")
 

@@ -102,10 +102,11 @@ def _diagnose(argv: list[str]) -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--batches", type=int, default=20, help="training batches for precise BN")
     parser.add_argument("--checkpoint", default="last.pt", choices=["last.pt", "best.pt"])
+    parser.add_argument("--split", default="val", choices=["val", "test"], help="which held-out split to score")
     args = parser.parse_args(argv)
     from segbench.analysis.diagnose import diagnose
 
-    print(diagnose(args.run_dir, args.batches, args.checkpoint))
+    print(diagnose(args.run_dir, args.batches, args.checkpoint, args.split))
 
 
 def _bench(argv: list[str]) -> None:

@@ -26,7 +26,7 @@ from segbench.train.evaluate import evaluate
 from segbench.train.metrics import MAIN_METRIC
 
 
-def _load(run_dir: Path, checkpoint: str):
+def _load(run_dir: Path, checkpoint: str, split: str = "val"):
     from segbench.data import build_datasets
     from segbench.train.trainer import loss_from_config, model_from_config
 
@@ -36,7 +36,9 @@ def _load(run_dir: Path, checkpoint: str):
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = OmegaConf.create(state["config"])
     splits = build_datasets(OmegaConf.to_container(cfg.data))
-    train_set, val_set = splits.train, splits.val
+    train_set, val_set = splits.train, splits.test if split == "test" else splits.val
+    if val_set is None:
+        raise SegbenchError(f"{run_dir}: its data has no test split (data.test_fraction=0); use --split val")
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, list(getattr(train_set, "modalities", [])))
     model.load_state_dict(state["model"])
     return cfg, model.eval(), train_set, val_set, loss_from_config(cfg, train_set.target_kind)
@@ -100,10 +102,12 @@ def explain(metric: str, running: float, batch: float, precise: float, flips: fl
     return lines
 
 
-def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt") -> str:
-    """Run the three evaluations, write diagnose.json/.md into the run, and return the report text."""
+def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt", split: str = "val") -> str:
+    """Run the three evaluations on ``split`` (val or test), write diagnose.json/.md into the run, return the text."""
     run = Path(run_dir)
-    cfg, model, train_set, val_set, loss_fn = _load(run, checkpoint)
+    if split not in ("val", "test"):
+        raise SegbenchError(f"split={split!r} is not valid; choose one of: test, val")
+    cfg, model, train_set, val_set, loss_fn = _load(run, checkpoint, split)
     if not bn_layers(model):
         return f"{run}: norm={cfg.norm.name} has no batch-norm layers with running statistics; nothing to diagnose"
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
@@ -126,14 +130,14 @@ def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt") -> st
         precise = score(precise_model)
     layers = layer_divergence(model, precise_model)
     flips = batchmate_dependence(model, val_set, max(2, int(cfg.data.batch_size)))
-    result = {"metric": metric, "running": running, "batch": batch, "precise": precise, "precise_batches": used,
+    result = {"metric": metric, "split": split, "running": running, "batch": batch, "precise": precise, "precise_batches": used,
               "gap_precise_minus_running": precise - running, "gap_batch_minus_running": batch - running,
               "batchmate_flip_fraction": flips, "layers": layers, "verdict": explain(metric, running, batch, precise, flips, layers)}
     write_json(run / "diagnose.json", result)
     worst = sorted(layers, key=lambda r: -r["mean_shift"])[:5]
     text = "\n".join([
         f"# BN diagnosis of {run} ({checkpoint}, norm={cfg.norm.name}, batch {cfg.data.batch_size})", "",
-        f"val {metric}: running statistics {running:.4f} | batch statistics {batch:.4f} | "
+        f"{split} {metric}: running statistics {running:.4f} | batch statistics {batch:.4f} | "
         f"precise BN over {used} batches {precise:.4f}",
         f"gaps: precise - running {precise - running:+.4f}; batch - running {batch - running:+.4f}",
         f"batch-mate dependence: {100 * flips:.2f}% of pixels change", "",
