@@ -28,14 +28,15 @@ $(PHANTOM)/.complete: $(STAMP)
 	$(BIN)/segbench make-data brain-phantom --out $(PHANTOM)
 	touch $@
 
-demo: $(STAMP) data ## no-BN vs BN on the brain phantom, then curves.png and summary.md
+demo: $(STAMP) data ## no-BN vs BN on the brain phantom over 3 paired seeds, then curves.png and summary.md
 	rm -rf $(DEMO_RUNS)
-	$(BIN)/segbench train -m experiment=seed_bn_vs_nobn norm=none,batch trainer.progress=false hydra.sweep.dir=$(DEMO_RUNS)
+	$(BIN)/segbench train -m experiment=seed_bn_vs_nobn norm=none,batch seed=0,1,2 trainer.progress=false \
+		hydra/launcher=parallel hydra.launcher.n_jobs=2 hydra.sweep.dir=$(DEMO_RUNS)
 	$(BIN)/segbench compare $(DEMO_RUNS) --out $(DEMO_REPORT)
 	@echo "report: $(DEMO_REPORT)/summary.md and $(DEMO_REPORT)/curves.png; TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_RUNS)"
 
 test: $(STAMP) ## fast tests (slow ones excluded)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" --durations=10
 
 test-all: $(STAMP) ## every test, slow ones included
 	$(BIN)/python -m pytest
@@ -46,6 +47,6 @@ bench: $(STAMP) ## training images/s vs a bare loop, loader images/s, images/s p
 clean: ## remove runs, reports and generated data (keeps .venv)
 	rm -rf runs reports outputs multirun $(PHANTOM)
 
-reproduce: $(STAMP) data ## CPU versions of the studies -> reports/REPORT.md (about 20 minutes on 2 cores)
+reproduce: $(STAMP) data ## CPU versions of the studies, 5 paired seeds -> reports/REPORT.md (see docs/REPORT.md for its run time)
 	test -f data/voc_phantom/.complete || ($(BIN)/segbench make-data voc-phantom --out data/voc_phantom && touch data/voc_phantom/.complete)
 	$(BIN)/python scripts/reproduce.py --out reports

@@ -112,3 +112,42 @@ def test_conditional_norm_pays_nothing_when_unused():
     assert build_model("resunet", 2, 1, norm="batch", width=4, depth=2).conditioner is None
     spade = build_model("resunet", 2, 1, norm="spade", cond_channels=[1], width=4, depth=2)
     assert spade.conditioner.out_channels == 1
+
+
+def test_spade_map_is_aligned_with_fcns_padded_features():
+    """FCN pads by 100: stage-1 features and the conditioning map must cover the same pixels."""
+    from segbench.models import build_model
+    from segbench.nn.conditional import SPADE
+
+    model = build_model("fcn8s", 3, 21, norm="spade", width=0.0625).eval()
+    seen = []
+    for module in model.modules():
+        if isinstance(module, SPADE):
+            module.register_forward_hook(lambda m, args, out: seen.append((args[0].shape[-2:], args[1])))
+    image = torch.randn(1, 3, 40, 52)
+    with torch.no_grad():
+        model(image)
+    size, cond = seen[0]
+    assert tuple(size) == (40 + 198, 52 + 198)
+    torch.testing.assert_close(cond.image_at(size), torch.nn.functional.pad(image, (99, 99, 99, 99)))
+    deep, _ = seen[-1]
+    assert cond.image_at(deep).shape[-2:] == deep
+
+
+def test_fcn_he_init_keeps_activations_alive_from_scratch():
+    """torch's default init shrinks a 13-conv plain net's activations ~100x; He init keeps their scale."""
+    from segbench.models import build_model
+
+    def pool5_std(init):
+        torch.manual_seed(0)
+        model = build_model("fcn8s", 3, 21, norm="none", width=0.125, init=init).eval()
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            for stage in model.stages:
+                for layer in stage:
+                    x = layer(x)
+                x = torch.nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
+        return float(x.std())
+
+    assert pool5_std("default") < 0.05 and pool5_std("he") > 0.3
+    assert not build_model("fcn8s", 3, 21, width=0.0625).upscore_final.weight.requires_grad  # fixed bilinear

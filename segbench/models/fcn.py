@@ -56,6 +56,9 @@ class ConvNormReLU(nn.Module):
         return F.relu(apply_norm(self.norm, self.conv(x), cond), inplace=True)
 
 
+CONV1_PAD = 100  # the reference nets pad the input by 100 so any image size gives a valid score map
+
+
 class FCN(nn.Module):
     """FCN-``variant``s for ``num_classes`` classes.
 
@@ -94,7 +97,7 @@ class FCN(nn.Module):
         for i, stage in enumerate(VGG16_STAGES):
             layers = []
             for j, c in enumerate(stage):
-                layers.append(ConvNormReLU(cin, scale(c), 3, 100 if (i, j) == (0, 0) else 1, slot))
+                layers.append(ConvNormReLU(cin, scale(c), 3, CONV1_PAD if (i, j) == (0, 0) else 1, slot))
                 cin = scale(c)
             self.stages.append(nn.ModuleList(layers))
         fc = scale(4096)
@@ -133,7 +136,9 @@ class FCN(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        cond = self.conditioner(image) if self.conditioner is not None else None
+        # conv1_1 pads by 100 and its 3x3 kernel takes 1 back: stage-1 features span the image plus
+        # 99 pixels each side, so the conditioning map is padded the same way to stay aligned.
+        cond = self.conditioner(image, pad=CONV1_PAD - 1) if self.conditioner is not None else None
         x, pools = image, []
         for stage in self.stages:
             for layer in stage:

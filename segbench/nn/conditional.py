@@ -21,20 +21,28 @@ class Condition:
     Args:
         image: (N, K, H, W) conditioning map (the chosen input channels).
         style: (N, E) style code from the style encoder, or None.
+        pad: zero padding that puts the map where the model's feature maps see the input. A model
+            that pads its input (FCN's conv1_1 pads by 100) passes how far its first feature map
+            extends beyond the image, so a feature pixel and its map pixel show the same place.
     """
 
-    def __init__(self, image: torch.Tensor, style: torch.Tensor | None = None):
+    def __init__(self, image: torch.Tensor, style: torch.Tensor | None = None, pad: int = 0):
         self.image, self.style = image, style
+        self.base = F.pad(image, (pad, pad, pad, pad)) if pad else image  # (N, K, H + 2 pad, W + 2 pad)
         self._resized: dict[tuple[int, int], torch.Tensor] = {}
 
     def image_at(self, size: tuple[int, int]) -> torch.Tensor:
-        """The map at a feature map's (H, W): area-averaged when shrinking, computed once per size."""
+        """The (padded) map at a feature map's (H, W), computed once per size.
+
+        Area-averaged when the feature map is smaller (what a pooled feature pixel covers),
+        bilinear when it is larger.
+        """
         size = tuple(int(s) for s in size)
-        if size == tuple(self.image.shape[-2:]):
-            return self.image
+        if size == tuple(self.base.shape[-2:]):
+            return self.base
         if size not in self._resized:
-            mode = "area" if size[0] <= self.image.shape[-2] else "bilinear"
-            self._resized[size] = F.interpolate(self.image, size=size, mode=mode)
+            mode = "area" if size[0] <= self.base.shape[-2] else "bilinear"
+            self._resized[size] = F.interpolate(self.base, size=size, mode=mode)
         return self._resized[size]
 
 
@@ -153,6 +161,6 @@ class Conditioner(nn.Module):
     def out_channels(self) -> int:
         return len(self.index)
 
-    def forward(self, x: torch.Tensor) -> Condition:
+    def forward(self, x: torch.Tensor, pad: int = 0) -> Condition:
         image = x if self.all_channels else x.index_select(1, self.index)
-        return Condition(image, self.style(image) if self.style is not None else None)
+        return Condition(image, self.style(image) if self.style is not None else None, pad)
