@@ -1,4 +1,4 @@
-"""Show a few generated phantom slices (four contrasts and the BraTS labels) as one PNG.
+"""Show a few generated phantom slices (four contrasts, the BraTS labels, the site) as one PNG.
 
 Usage: python scripts/render_phantom.py [--data data/brain_phantom] [--out docs/phantom.png]
 """
@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from segbench.data.brats import MODALITIES, load_brats  # noqa: E402
+from segbench.data.brats import MODALITIES, load_brats, read_sites  # noqa: E402
 
 LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (1, 0.2, 0.2, 0.8), (0.2, 0.8, 0.2, 0.5), (0, 0, 0, 0), (1, 1, 0, 0.8)])
 
@@ -26,12 +26,13 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=3)
     args = parser.parse_args()
     volumes = load_brats(args.data, MODALITIES)[: args.subjects]
+    sites = read_sites(args.data)
     fig, axes = plt.subplots(len(volumes), 5, figsize=(12, 2.8 * len(volumes)), squeeze=False)
     for row, volume in zip(axes, volumes):
         z = int(np.argmax((volume.labels > 0).sum(axis=(1, 2))))  # the slice with most tumour
         for ax, m, image in zip(row, MODALITIES, volume.images[z]):
             ax.imshow(image.astype(np.float32), cmap="gray")
-            ax.set_title(f"{volume.subject[-5:]} {m}, z={z}", fontsize=9)
+            ax.set_title(f"{volume.subject[-5:]} ({sites.get(volume.subject, 'site ?')}) {m}, z={z}", fontsize=9)
         row[4].imshow(volume.images[z][1].astype(np.float32), cmap="gray")
         row[4].imshow(volume.labels[z], cmap=LABEL_COLOURS, vmin=0, vmax=4, interpolation="nearest")
         row[4].set_title("seg: 1 necrosis (red), 2 oedema (green), 4 enhancing (yellow)", fontsize=7)

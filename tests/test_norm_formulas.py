@@ -184,3 +184,16 @@ def test_adain_output_has_target_statistics(x):
     y = adain(x, mu_s, sigma_s, eps=0.0)
     torch.testing.assert_close(y.mean((2, 3)), mu_s, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(y.std((2, 3), unbiased=False), sigma_s, atol=1e-5, rtol=1e-5)
+
+
+def test_running_statistics_context_overrides_eval_stats_batch(x):
+    from segbench.analysis.bn import running_statistics
+
+    bn = build_norm("batch", 6, eval_stats="batch", affine=False)
+    bn.running_mean.fill_(2.0)
+    bn.running_var.fill_(4.0)
+    bn.eval()
+    with running_statistics(torch.nn.Sequential(bn)):
+        torch.testing.assert_close(bn(x), (x - 2.0) / torch.sqrt(torch.tensor(4.0) + EPS))
+    assert bn.eval_stats == "batch"
+    torch.testing.assert_close(bn(x), formula(x, (0, 2, 3)), atol=1e-5, rtol=1e-5)

@@ -68,3 +68,28 @@ def test_diagnose_healthy_run_has_a_small_gap(tiny_cfg, tmp_path):
 def test_diagnose_without_bn_says_so(tiny_cfg, tmp_path):
     train(tiny_cfg("norm=group", "norm.num_groups=2"), tmp_path)
     assert "no batch-norm layers" in diagnose(str(tmp_path))
+
+
+def test_batchrenorm_runs_under_precise_bn_and_diagnose(tiny_cfg, tmp_path):
+    train(tiny_cfg("norm=batchrenorm", "trainer.precise_bn_batches=2"), tmp_path)
+    text = diagnose(str(tmp_path), batches=2)
+    assert "running statistics" in text
+
+
+def test_diagnose_scores_running_statistics_even_when_the_run_evaluated_with_batch_ones(tiny_cfg, tmp_path):
+    import json
+
+    train(tiny_cfg("norm.eval_stats=batch", "norm.momentum=0.0", "trainer.max_steps=6", "trainer.val_every=6"), tmp_path)
+    diagnose(str(tmp_path), batches=3)
+    result = json.loads((tmp_path / "diagnose.json").read_text())
+    # momentum 0 keeps the running statistics at (0, 1): scored with them, the net differs from batch statistics
+    assert result["running"] != result["batch"]
+
+
+def test_diagnose_on_test_uses_the_threshold_chosen_on_val(tiny_cfg, tmp_path):
+    import json
+
+    train(tiny_cfg(), tmp_path)
+    diagnose(str(tmp_path), batches=2, split="test")
+    result = json.loads((tmp_path / "diagnose.json").read_text())
+    assert result["split"] == "test" and result["metric"] == "dice"

@@ -23,7 +23,7 @@ from segbench.errors import SegbenchError
 from segbench.io import write_json, write_text
 from segbench.train.distributed import DistContext
 from segbench.train.evaluate import evaluate
-from segbench.train.metrics import MAIN_METRIC
+from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
 
 
 def _load(run_dir: Path, checkpoint: str, split: str = "val"):
@@ -41,7 +41,10 @@ def _load(run_dir: Path, checkpoint: str, split: str = "val"):
         raise SegbenchError(f"{run_dir}: its data has no test split (data.test_fraction=0); use --split val")
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, list(getattr(train_set, "modalities", [])))
     model.load_state_dict(state["model"])
-    return cfg, model.eval(), train_set, val_set, loss_from_config(cfg, train_set.target_kind)
+    # The sigmoid threshold this checkpoint's own validation chose: test is scored at it, never tuned on.
+    chosen = state["best"] if checkpoint == "best.pt" else state.get("last_val", {})
+    threshold = float(chosen.get("threshold_tuned", 0.5))
+    return cfg, model.eval(), train_set, val_set, loss_from_config(cfg, train_set.target_kind), threshold
 
 
 def layer_divergence(model, reference) -> list[dict]:
@@ -107,15 +110,16 @@ def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt", split
     run = Path(run_dir)
     if split not in ("val", "test"):
         raise SegbenchError(f"split={split!r} is not valid; choose one of: test, val")
-    cfg, model, train_set, val_set, loss_fn = _load(run, checkpoint, split)
+    cfg, model, train_set, val_set, loss_fn, threshold = _load(run, checkpoint, split)
     if not bn_layers(model):
         return f"{run}: norm={cfg.norm.name} has no batch-norm layers with running statistics; nothing to diagnose"
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     vbatch = int(cfg.data.get("val_batch_size", cfg.data.batch_size))
-    metric = MAIN_METRIC[train_set.target_kind]
+    # On val the selection metric; on test the reported one, at the threshold chosen on val.
+    metric = (MAIN_METRIC if split == "val" else REPORT_METRIC)[train_set.target_kind]
 
     def score(m) -> float:
-        return evaluate(m, val_set, loss_fn, ctx, vbatch, hd95=False)[0][metric]
+        return evaluate(m, val_set, loss_fn, ctx, vbatch, threshold=threshold, hd95=False)[0][metric]
 
     # "running" must mean the running statistics even when the run evaluated with batch ones.
     with running_statistics(model):
