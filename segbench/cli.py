@@ -89,11 +89,13 @@ def _compare(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="segbench compare")
     parser.add_argument("runs", nargs="+", help="run directories or sweep folders")
     parser.add_argument("--out", default=None, help="report folder (default: the sweep folder, or ./compare)")
-    parser.add_argument("--metric", default=None, help="validation metric to compare (default: dice or miou)")
+    parser.add_argument("--metric", default=None, help="test metric to compare (default: dice or miou)")
+    parser.add_argument("--by", default=None, help="comma-separated keys that define an arm (default: every "
+                                                   "override that differs), e.g. norm")
     args = parser.parse_args(argv)
     from segbench.analysis.compare import compare
 
-    out = compare(args.runs, args.out, args.metric)
+    out = compare(args.runs, args.out, args.metric, args.by.split(",") if args.by else None)
     print(f"report: {out / 'summary.md'}\ncurves: {out / 'curves.png'}")
 
 

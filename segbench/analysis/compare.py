@@ -268,12 +268,17 @@ def write_hparams(run: Run, metric: str, varying: list[str]) -> None:
     writer.close()
 
 
-def compare(paths: list[str], out: str | None = None, metric: str | None = None) -> Path:
-    """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``."""
+def compare(paths: list[str], out: str | None = None, metric: str | None = None, by: list[str] | None = None) -> Path:
+    """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``.
+
+    Args:
+        by: the keys that define an arm (default: every override that differs between runs),
+            e.g. ``["norm"]`` when each norm was run with options of its own.
+    """
     runs = find_runs(paths)
     metric = metric or runs[0].metrics.get("report_metric", "dice")
     main_metric = runs[0].metrics.get("main_metric", metric)
-    varying = varying_keys(runs)
+    varying = list(by) if by else varying_keys(runs)
     arms: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         arms[arm_key(run, varying)].append(run)
