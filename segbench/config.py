@@ -56,6 +56,7 @@ def validate_overrides(overrides: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         raise SegbenchError(_explain(err, plain)) from None
     _check_types(cfg, [o for o in plain if o.split("=", 1)[0].lstrip("+~") not in GROUPS])
+    _check_study(cfg)
     # Options of a norm are checked by the registry; check them here too, before a long sweep starts.
     from segbench.nn.norms import norm_options
 
@@ -64,6 +65,21 @@ def validate_overrides(overrides: list[str]) -> None:
     if unknown:
         raise SegbenchError(f"norm '{cfg.norm.name}' takes no option {unknown[0]!r}; its options: "
                             f"{', '.join(sorted(known - {'name'}))}")
+
+
+def _check_study(cfg) -> None:
+    """Split fractions and the lr grid, checked before Hydra makes a run directory."""
+    data = cfg.get("data") or {}
+    fractions = {k: data.get(k) for k in ("val_fraction", "test_fraction") if data.get(k) is not None}
+    for key, value in fractions.items():
+        if not isinstance(value, (int, float)) or not 0 <= float(value) < 1:
+            raise SegbenchError(f"data.{key}={value!r} must be a number at least 0 and below 1")
+    if len(fractions) == 2 and sum(fractions.values()) >= 1:
+        raise SegbenchError(f"data.val_fraction + data.test_fraction = {sum(fractions.values()):g} leaves no "
+                            "subject for training; keep the sum below 1")
+    from segbench.train.lr_grid import lr_grid
+
+    lr_grid(cfg)
 
 
 def _check_types(cfg, overrides: list[str]) -> None:

@@ -47,6 +47,15 @@ def test_missing_data_folder_says_how_to_make_it(tmp_path):
     assert_one_line_error(result, "absent", "segbench make-data brain-phantom")
 
 
+@pytest.mark.parametrize("override, fragment", [
+    ("data.test_fraction=0.9", "leaves no subject"), ("data.val_fraction=1.5", "data.val_fraction=1.5"),
+    ("study.lr_grid=[1e-3,-1]", "positive"), ("study.lr_grid=[abc]", "abc")])
+def test_bad_split_or_lr_grid_is_refused_before_any_file(tmp_path, override, fragment):
+    result = segbench("train", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_device_value():
     assert_one_line_error(segbench("train", "trainer.device=tpu"), "tpu", "auto", "cpu", "cuda")
 

@@ -151,3 +151,20 @@ def test_fcn_he_init_keeps_activations_alive_from_scratch():
 
     assert pool5_std("default") < 0.05 and pool5_std("he") > 0.3
     assert not build_model("fcn8s", 3, 21, width=0.0625).upscore_final.weight.requires_grad  # fixed bilinear
+
+
+def test_fcn_staged_recipe_starts_each_stage_from_the_previous(tmp_path):
+    """model.init_from copies every weight whose name and shape match (FCN-32s -> FCN-16s)."""
+    from segbench.io import save_torch
+    from segbench.train.trainer import init_from_checkpoint
+
+    coarse = build_model("fcn32s", 3, 21, width=0.0625)
+    torch.nn.init.normal_(coarse.score_fr.weight)
+    save_torch(tmp_path / "c.pt", {"model": coarse.state_dict()})
+    fine = build_model("fcn16s", 3, 21, width=0.0625)
+    copied = init_from_checkpoint(fine, str(tmp_path / "c.pt"))
+    assert copied > 20
+    torch.testing.assert_close(fine.score_fr.weight, coarse.score_fr.weight)
+    assert not fine.score_pool4.weight.any()  # new in 16s: stays zero-initialised
+    with pytest.raises(SegbenchError, match="no checkpoint"):
+        init_from_checkpoint(fine, str(tmp_path / "absent"))

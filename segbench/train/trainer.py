@@ -52,7 +52,7 @@ def seed_everything(seed: int) -> None:
 
 def model_from_config(cfg: DictConfig, in_channels: int, num_outputs: int, modalities=None):
     """Build ``cfg.model`` with the norm slot filled from ``cfg.norm``."""
-    model_opts = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
+    model_opts = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in ("name", "init_from")}
     norm_opts = {k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k not in ("name", "cond_channels")}
     cond = cfg.norm.get("cond_channels")
     if cond is not None:
@@ -61,8 +61,29 @@ def model_from_config(cfg: DictConfig, in_channels: int, num_outputs: int, modal
         if bad:
             raise SegbenchError(f"norm.cond_channels names {bad[0]!r}; use channel indices or one of: "
                                 f"{', '.join(modalities or [])}")
-    return build_model(cfg.model.name, in_channels, num_outputs, norm=cfg.norm.name,
-                       norm_options=norm_opts, cond_channels=cond, **model_opts)
+    model = build_model(cfg.model.name, in_channels, num_outputs, norm=cfg.norm.name,
+                        norm_options=norm_opts, cond_channels=cond, **model_opts)
+    if cfg.model.get("init_from"):
+        init_from_checkpoint(model, str(cfg.model.init_from))
+    return model
+
+
+def init_from_checkpoint(model, path: str) -> int:
+    """Copy every weight of a finished run (or checkpoint) whose name and shape match: FCN's staged
+    recipe starts FCN-16s from FCN-32s and FCN-8s from FCN-16s. Returns how many tensors were copied."""
+    source = Path(path)
+    if source.is_dir():
+        source = source / "checkpoints" / "best.pt"
+    if not source.is_file():
+        raise SegbenchError(f"model.init_from={path!r}: no checkpoint there (give a run directory holding "
+                            "checkpoints/best.pt, or a .pt file)")
+    state = load_checkpoint(source)["model"]
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise SegbenchError(f"model.init_from={path!r}: none of its weights fits this model")
+    model.load_state_dict(matched, strict=False)
+    return len(matched)
 
 
 def loss_from_config(cfg: DictConfig, target_kind: str):
