@@ -27,9 +27,19 @@ def test_run_directory_holds_events_checkpoints_and_metrics(tiny_cfg, tmp_path):
     assert saved["val"]["final"]["dice"] == pytest.approx(metrics["val"]["final"]["dice"])
     test = saved["test"]["best"]
     assert {"dice", "dice_pooled", "soft_dice", "auroc", "ap", "hd95", "per_case"} <= set(test)
+    assert "dice_tuned" not in test and "threshold_tuned" not in test  # nothing tuned on test
     assert test["threshold"] == pytest.approx(saved["val"]["best"]["threshold_tuned"], abs=0.01)
     assert len(test["per_case"]) == saved["test"]["best"]["cases"] >= 1
     assert not list(tmp_path.rglob("*.tmp")), "atomic writes leave no temporary files"
+
+
+def test_run_logs_each_validation_and_the_test_results(tiny_cfg, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="segbench.train.trainer"):
+        train(tiny_cfg(), tmp_path)
+    text = caplog.text
+    assert "step 3/3 val:" in text and "dice_tuned" in text and "chosen on val" in text
 
 
 def test_splits_are_disjoint_by_subject(tiny_cfg):

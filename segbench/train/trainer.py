@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from pathlib import Path
@@ -23,6 +24,14 @@ from segbench.train.evaluate import evaluate, overlay
 from segbench.train.losses import build_loss
 from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
+
+
+log = logging.getLogger(__name__)
+
+
+def _summary(results: dict, keys=("loss", "dice", "dice_tuned", "threshold_tuned", "auroc", "ap", "hd95", "miou",
+                                  "train_eval_loss")) -> str:
+    return ", ".join(f"{k} {results[k]:.4g}" for k in keys if isinstance(results.get(k), (int, float)))
 
 
 class TrainingDiverged(RuntimeError):
@@ -173,6 +182,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(train_time, 1e-9):.1f}")
         if done % int(cfg.trainer.val_every) == 0 or done == total_steps:
             last_val = _validate(cfg, model, net, splits, loss_fn, ctx, writer, done, eval_batch)
+            if ctx.is_main:
+                log.info("step %d/%d val: %s", done, total_steps, _summary(last_val))
             if ctx.is_main and last_val[main_metric] >= best.get(main_metric, -math.inf):
                 best = {**last_val, "step": done}
                 save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val)
@@ -195,6 +206,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if ctx.is_main:
         writer.close()
         write_json(run_dir / "metrics.json", metrics)
+        log.info("wrote %s", run_dir / "metrics.json")
     return metrics
 
 
@@ -242,7 +254,12 @@ def _test(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, last_
         net.eval()
         threshold = float(val.get("threshold_tuned", 0.5))
         results, _ = evaluate(model, splits.test, loss_fn, ctx, eval_batch, threshold=threshold)
+        # A threshold tuned on test would be a choice made on test: keep it out of the results.
+        results = {k: v for k, v in results.items() if k not in ("dice_tuned", "threshold_tuned")}
         out[name] = {**results, "step": int(val.get("step", step))}
+        if ctx.is_main:
+            log.info("test, %s checkpoint (step %d, threshold %.3f chosen on val): %s", name, out[name]["step"],
+                     threshold, _summary(results))
         if writer:
             for key, value in _scalars(results).items():
                 writer.add_scalar(f"test_{name}/{key}", value, step)
