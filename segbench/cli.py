@@ -57,11 +57,40 @@ def _make_data(argv: list[str]) -> None:
         print(f"wrote a VOCdevkit-layout phantom to {out}")
 
 
+# Hydra's own command-line flags: those that take a value, and the one whose value is optional.
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}
+HYDRA_INFO_FLAGS = {"--info", "-i"}
+HYDRA_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+HYDRA_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+
+
+def split_hydra_args(argv: list[str]) -> tuple[list[str], bool]:
+    """(overrides, whether another config was named): Hydra's flags and their values left out."""
+    overrides, other_config, i = [], False, 0
+    while i < len(argv):
+        arg = argv[i]
+        flag = arg.split("=", 1)[0]
+        if flag in HYDRA_VALUE_FLAGS:
+            other_config |= flag in HYDRA_CONFIG_FLAGS
+            i += 1 if "=" in arg else 2
+            continue
+        if flag in HYDRA_INFO_FLAGS:
+            takes_topic = "=" not in arg and i + 1 < len(argv) and argv[i + 1] in HYDRA_INFO_TOPICS
+            i += 2 if takes_topic else 1
+            continue
+        if not arg.startswith("-"):
+            overrides.append(arg)
+        i += 1
+    return overrides, other_config
+
+
 def _train(argv: list[str]) -> None:
     from segbench.config import validate_overrides
 
-    overrides = [a for a in argv if not a.startswith("-")]
-    validate_overrides(overrides)
+    overrides, other_config = split_hydra_args(argv)
+    if not other_config:  # segbench's checks know its own config only
+        validate_overrides(overrides)
     from segbench.train.app import hydra_main
 
     rank = int(os.environ.get("RANK", 0))

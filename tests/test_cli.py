@@ -121,3 +121,19 @@ def test_conditional_norm_on_one_modality(tiny_brats, tmp_path):
     result = segbench("train", "norm=spade", "norm.hidden=8", "norm.cond_channels=[flair]", "norm.inner=instance",
                       f"data.root={tiny_brats}", *TINY, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv, overrides", [
+    (["--cfg", "job", "norm=group"], ["norm=group"]), (["-c", "job"], []), (["--info", "defaults", "seed=1"], ["seed=1"]),
+    (["--info", "seed=1"], ["seed=1"]), (["-m", "norm=none,batch"], ["norm=none,batch"]),
+    (["-cn", "other", "-cp", "/x", "a=1"], ["a=1"]), (["--cfg=job", "--package=_global_", "b=2"], ["b=2"])])
+def test_hydra_flags_and_their_values_are_not_read_as_overrides(argv, overrides):
+    from segbench.cli import split_hydra_args
+
+    assert split_hydra_args(argv)[0] == overrides
+
+
+def test_cfg_job_prints_the_composed_config():
+    result = segbench("train", "--cfg", "job", "norm=group")
+    assert result.returncode == 0, result.stderr
+    assert "name: group" in result.stdout and "lr_grid" in result.stdout
