@@ -12,7 +12,7 @@ import tempfile
 
 from segbench.errors import SegbenchError
 
-USAGE = """segbench <command> [...]
+USAGE = """segbench <command> [...]    (segbench --version, segbench -h)
 
 commands:
   train [OVERRIDES...]     train with Hydra overrides (add -m for a sweep), e.g. norm=group data.batch_size=2
@@ -150,9 +150,22 @@ COMMANDS = {"train": _train, "make-data": _make_data, "data-stats": _data_stats,
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _main(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:
+        # `segbench -h | head`: the reader left; say nothing more and do not let Python complain at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+def _main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return
+    if argv[0] in ("-V", "--version"):
+        from importlib.metadata import version
+
+        print(f"segbench {version('segbench')}")
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

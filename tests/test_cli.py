@@ -137,3 +137,10 @@ def test_cfg_job_prints_the_composed_config():
     result = segbench("train", "--cfg", "job", "norm=group")
     assert result.returncode == 0, result.stderr
     assert "name: group" in result.stdout and "lr_grid" in result.stdout
+
+
+def test_version_and_a_closed_pipe():
+    result = segbench("--version")
+    assert result.returncode == 0 and result.stdout.startswith("segbench ")
+    pipe = subprocess.run(f"{sys.executable} -m segbench -h | head -1", shell=True, capture_output=True, text=True)
+    assert pipe.returncode == 0 and "Traceback" not in pipe.stderr and "BrokenPipe" not in pipe.stderr
