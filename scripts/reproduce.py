@@ -11,6 +11,7 @@ Usage: python scripts/reproduce.py [--out reports] [--seeds 5] [--quick]
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -100,7 +101,7 @@ def claim_stale_stats(out, seeds, quick):
     diag = {}
     for run in runs:
         diagnose(str(run.path), split="test")
-        diag[run.metrics["seed"]] = __import__("json").loads((run.path / "diagnose.json").read_text())
+        diag[run.metrics["seed"]] = json.loads((run.path / "diagnose.json").read_text())
     res = stats.paired({s: d["running"] for s, d in diag.items()}, {s: d["precise"] for s, d in diag.items()})
     named = sum("running statistics are stale" in " ".join(d["verdict"]) for d in diag.values())
     metric = next(iter(diag.values()))["metric"]

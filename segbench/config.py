@@ -69,16 +69,12 @@ def validate_overrides(overrides: list[str]) -> None:
 
 def _check_study(cfg) -> None:
     """Split fractions and the lr grid, checked before Hydra makes a run directory."""
-    data = cfg.get("data") or {}
-    fractions = {k: data.get(k) for k in ("val_fraction", "test_fraction") if data.get(k) is not None}
-    for key, value in fractions.items():
-        if not isinstance(value, (int, float)) or not 0 <= float(value) < 1:
-            raise SegbenchError(f"data.{key}={value!r} must be a number at least 0 and below 1")
-    if len(fractions) == 2 and sum(fractions.values()) >= 1:
-        raise SegbenchError(f"data.val_fraction + data.test_fraction = {sum(fractions.values()):g} leaves no "
-                            "subject for training; keep the sum below 1")
+    from segbench.data.common import check_split_fractions
     from segbench.train.lr_grid import lr_grid
 
+    data = cfg.get("data") or {}
+    if "val_fraction" in data or "test_fraction" in data:
+        check_split_fractions(data.get("val_fraction", 0.0), data.get("test_fraction", 0.0))
     lr_grid(cfg)
 
 

@@ -96,6 +96,25 @@ def test_regions_target_logs_one_dice_per_region(tiny_cfg, tmp_path):
     assert {"val/dice_WT", "val/dice_TC", "val/dice_ET"} <= set(read_scalars(tmp_path / "tb"))
 
 
+def test_scalars_read_in_write_order_whatever_the_file_names(tmp_path):
+    """Two events files of one step range: the later write wins, even if its name sorts first."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard.writer import FileWriter
+
+    # The first run (killed after a stale step 3) and its resumption; the resumption's file name sorts first.
+    for name, wall, values in (("2", 10.0, {1: 1.0, 2: 2.0, 3: 9.0}), ("1", 20.0, {3: 3.0, 4: 4.0})):
+        folder = tmp_path / f"w{name}"
+        writer = FileWriter(str(folder))
+        for step, value in values.items():
+            summary = Summary(value=[Summary.Value(tag="train/loss", simple_value=value)])
+            writer.add_event(Event(summary=summary, step=step, wall_time=wall + step))
+        writer.close()
+        next(folder.glob("events.*")).rename(tmp_path / f"events.out.tfevents.{name}.host")
+    steps, values = read_scalars(tmp_path)["train/loss"]
+    assert steps.tolist() == [1, 2, 3, 4] and values.tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
 def test_same_seed_same_curve(tiny_cfg, tmp_path):
     curves = []
     for name in ("a", "b"):

@@ -119,7 +119,8 @@ def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt", split
     metric = (MAIN_METRIC if split == "val" else REPORT_METRIC)[train_set.target_kind]
 
     def score(m) -> float:
-        return evaluate(m, val_set, loss_fn, ctx, vbatch, threshold=threshold, hd95=False)[0][metric]
+        return evaluate(m, val_set, loss_fn, ctx, vbatch, threshold=threshold, hd95=False,
+                        tune=split == "val")[0][metric]
 
     # "running" must mean the running statistics even when the run evaluated with batch ones.
     with running_statistics(model):

@@ -37,8 +37,14 @@ def read_scalars(tb_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     acc.Reload()
     out = {}
     for tag in acc.Tags().get("scalars", []):
-        events = acc.Scalars(tag)
-        out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
+        # A resumed run writes a second events file; the reader takes files in name order, which
+        # need not be the order they were written in (two files of one second and one process
+        # differ only in a counter, and ".10" sorts before ".9"). Per step, the latest write wins.
+        latest = {}
+        for e in sorted(acc.Scalars(tag), key=lambda e: e.wall_time):
+            latest[e.step] = e.value
+        steps = sorted(latest)
+        out[tag] = (np.array(steps), np.array([latest[s] for s in steps]))
     return out
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from segbench.data.brats import SITES_FILE
 from segbench.io import write_text
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -197,9 +198,6 @@ def make_subject(index: int, maps: np.ndarray, cfg: PhantomConfig) -> tuple[dict
     images = {m: (_contrast(rng, warped, labels, m, protocol) * 1000).clip(0, 32767).astype(np.int16)
               for m in MODALITIES}
     return images, labels
-
-
-SITES_FILE = "sites.tsv"  # subject<TAB>site, read by the split (stratified by site) and data-stats
 
 
 def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConfig(), progress=None) -> tuple[Path, int]:

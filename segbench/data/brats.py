@@ -94,9 +94,12 @@ def find_subjects(root: str) -> list[Path]:
     return folders
 
 
+SITES_FILE = "sites.tsv"  # subject<TAB>site: written by the phantom, read by the split and data-stats
+
+
 def read_sites(root: str) -> dict[str, str]:
     """``subject -> site`` from ``root/sites.tsv`` (written by the phantom); empty when there is none."""
-    path = Path(root) / "sites.tsv"
+    path = Path(root) / SITES_FILE
     if not path.exists():
         return {}
     rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]

@@ -23,6 +23,16 @@ from segbench.errors import SegbenchError, invalid_choice
 SPLITS = ("train", "val", "test")
 
 
+def check_split_fractions(val_fraction, test_fraction) -> None:
+    """Each share in [0, 1) and their sum below 1, so some subjects are left to train on."""
+    for name, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise SegbenchError(f"{name}={value!r} must be a number at least 0 and below 1")
+    if val_fraction + test_fraction >= 1:
+        raise SegbenchError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g} leaves "
+                            "no subject for training; keep the sum below 1")
+
+
 def subject_split(subjects: list[str], split: str, val_fraction: float, seed: int, test_fraction: float = 0.0,
                   strata: dict[str, str] | None = None) -> set[str]:
     """The subjects of ``split``: a seeded shuffle, test first, then val, the rest train.
@@ -33,12 +43,7 @@ def subject_split(subjects: list[str], split: str, val_fraction: float, seed: in
     """
     if split not in SPLITS:
         raise invalid_choice("split", split, SPLITS)
-    for name, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
-        if not 0 <= float(value) < 1:
-            raise SegbenchError(f"{name}={value} must be at least 0 and below 1")
-    if val_fraction + test_fraction >= 1:
-        raise SegbenchError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g} leaves "
-                            "no subject for training; keep the sum below 1")
+    check_split_fractions(val_fraction, test_fraction)
     rng = np.random.default_rng(seed)
     groups: dict[str, list[str]] = {}
     for subject in sorted(subjects):

@@ -36,16 +36,16 @@ def _rank_share(dataset, ids: list[int], ctx: DistContext) -> list[int]:
 
 @torch.no_grad()
 def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, num_workers: int = 0,
-             threshold: float = 0.5, hd95: bool = True) -> tuple[dict, tuple | None]:
+             threshold: float = 0.5, hd95: bool = True, tune: bool = True) -> tuple[dict, tuple | None]:
     """Loss and metrics of ``model`` over ``dataset`` (summed across ranks), and the first batch.
 
     The caller chooses the mode: eval (running statistics) is what validation means here.
-    ``threshold`` is where sigmoid masks are cut for Dice and HD95; the result also holds the
-    threshold that would have maximised mean per-case Dice on this data (``threshold_tuned``),
-    which only a val split may be used to choose.
+    ``threshold`` is where sigmoid masks are cut for Dice and HD95. With ``tune`` the result also
+    holds the threshold that maximises mean per-case Dice on this data (``threshold_tuned``): a
+    choice, so pass ``tune=False`` for a split that results are reported on.
     """
     base = base_dataset(dataset)
-    metric = build_metric(base, threshold, hd95)
+    metric = build_metric(base, threshold, hd95, tune)
     ids = _sample_ids(dataset)
     positions = _rank_share(dataset, ids, ctx)
     loader = DataLoader(Subset(dataset, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)

@@ -20,7 +20,7 @@ from segbench.train.trainer import train
 
 def lr_grid(cfg: DictConfig) -> list[float]:
     """The grid from ``study.lr_grid`` (empty: no grid), checked before anything is written."""
-    grid = cfg.get("study", {}).get("lr_grid") if cfg.get("study") is not None else None
+    grid = OmegaConf.select(cfg, "study.lr_grid")
     if grid is None:
         return []
     if isinstance(grid, (int, float)):

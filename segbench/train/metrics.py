@@ -91,11 +91,13 @@ class CaseMetrics:
         spacing: (Z, H, W) voxel size in mm, for HD95.
         threshold: the probability at which masks are cut for Dice and HD95.
         hd95: compute HD95 (needs each case's masks; a few ms per case).
+        tune: also report the threshold that maximises mean per-case Dice on these cases
+            (``threshold_tuned``, ``dice_tuned``); for val only, never for a split reported on.
     """
 
     def __init__(self, names: tuple[str, ...], case_ids: list[str], spacing=(1.0, 1.0, 1.0),
-                 threshold: float = 0.5, hd95: bool = True):
-        self.names, self.spacing, self.compute_hd95 = tuple(names), tuple(spacing), hd95
+                 threshold: float = 0.5, hd95: bool = True, tune: bool = True):
+        self.names, self.spacing, self.compute_hd95, self.tune = tuple(names), tuple(spacing), hd95, tune
         self.cases = list(dict.fromkeys(case_ids))
         position = {c: i for i, c in enumerate(self.cases)}
         self.case_of = [position[c] for c in case_ids]
@@ -152,30 +154,19 @@ class CaseMetrics:
     def load_state(self, tensors: list[torch.Tensor]) -> None:
         self.hist, self.soft, self.hd, self.seen = tensors
 
-    def _dice_at(self, edge: int) -> np.ndarray:
-        """(case, channel) Dice at threshold edge ``edge``; both empty = 1."""
-        h = self.hist.numpy()
-        tp = h[:, :, 1, edge + 1:].sum(-1)
-        fp = h[:, :, 0, edge + 1:].sum(-1)
-        fn = h[:, :, 1, :edge + 1].sum(-1)
-        denom = 2 * tp + fp + fn
+    def case_dice(self, edges: np.ndarray) -> np.ndarray:
+        """(case, channel, edge) Dice of the finished cases at threshold edges ``edges``; both empty = 1."""
+        h = self.hist.numpy()[self.seen.numpy() > 0]  # (case, channel, neg/pos, bin)
+        above = np.cumsum(h[..., ::-1], -1)[..., ::-1]  # pixels in bins >= b
+        tp, fp = above[:, :, 1, edges + 1], above[:, :, 0, edges + 1]
+        denom = tp + fp + h[:, :, 1].sum(-1)[..., None]  # 2 TP + FP + FN
         return np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 1.0)
-
-    def per_case_dice_curve(self) -> np.ndarray:
-        """Mean per-case Dice (over cases and channels) at every tunable edge."""
-        h = self.hist.numpy()[self.seen.numpy() > 0]
-        pos_above = np.cumsum(h[:, :, 1, ::-1], -1)[:, :, ::-1]  # pos with bin >= b
-        neg_above = np.cumsum(h[:, :, 0, ::-1], -1)[:, :, ::-1]
-        total_pos = h[:, :, 1].sum(-1, keepdims=True)
-        tp, fp = pos_above[:, :, TUNABLE + 1], neg_above[:, :, TUNABLE + 1]
-        denom = tp + fp + total_pos
-        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 1.0).mean(axis=(0, 1))
 
     def compute(self) -> dict:
         """Scalars (keys below) and ``per_case`` (case -> dice, hd95 per channel)."""
         self._close()
         done = self.seen.numpy() > 0
-        dice_cases = self._dice_at(self.edge)[done]  # (cases, K)
+        dice_cases = self.case_dice(np.array([self.edge]))[..., 0]  # (cases, K)
         h = self.hist.numpy()[done].sum(0)  # (K, 2, bins)
         tp = h[:, 1, self.edge + 1:].sum(-1)
         pred = h[:, :, self.edge + 1:].sum((1, 2))
@@ -183,19 +174,19 @@ class CaseMetrics:
         pooled = np.where(pred + true > 0, 2 * tp / np.maximum(pred + true, 1e-12), 1.0)
         soft = self.soft.numpy()[done].sum(0)
         soft_dice = np.where(soft[:, 1] + soft[:, 2] > 0, 2 * soft[:, 0] / np.maximum(soft[:, 1] + soft[:, 2], 1e-12), 1.0)
-        curve = self.per_case_dice_curve()
-        best = int(np.argmax(curve))
         out = {
             "dice": float(dice_cases.mean()) if len(dice_cases) else float("nan"),
             "dice_pooled": float(pooled.mean()),
             "soft_dice": float(soft_dice.mean()),
             "auroc": float(np.nanmean([auroc_from_histograms(*h[c]) for c in range(len(self.names))])),
             "ap": float(np.nanmean([ap_from_histograms(*h[c]) for c in range(len(self.names))])),
-            "dice_tuned": float(curve[best]),
-            "threshold_tuned": edge_to_threshold(int(TUNABLE[best])),
             "threshold": self.threshold,
             "cases": int(done.sum()),
         }
+        if self.tune:
+            curve = self.case_dice(TUNABLE).mean(axis=(0, 1))  # mean per-case Dice at each tunable edge
+            best = int(np.argmax(curve))
+            out.update(dice_tuned=float(curve[best]), threshold_tuned=edge_to_threshold(int(TUNABLE[best])))
         if self.compute_hd95:
             out["hd95"] = float(self.hd.numpy()[done].mean())
         if len(self.names) > 1:
@@ -260,9 +251,9 @@ MAIN_METRIC = {"multilabel": "dice_tuned", "multiclass": "miou"}
 REPORT_METRIC = {"multilabel": "dice", "multiclass": "miou"}
 
 
-def build_metric(dataset, threshold: float = 0.5, hd95: bool = True):
-    """The metric object for a dataset's kind of targets."""
+def build_metric(dataset, threshold: float = 0.5, hd95: bool = True, tune: bool = True):
+    """The metric object for a dataset's kind of targets (``tune``: see ``CaseMetrics``)."""
     if dataset.target_kind != "multilabel":
         return ConfusionMatrix(dataset.class_names)
     cases = dataset.cases if getattr(dataset, "cases", None) is not None else [str(i) for i in range(len(dataset))]
-    return CaseMetrics(dataset.class_names, cases, getattr(dataset, "spacing", (1.0, 1.0, 1.0)), threshold, hd95)
+    return CaseMetrics(dataset.class_names, cases, getattr(dataset, "spacing", (1.0, 1.0, 1.0)), threshold, hd95, tune)

@@ -242,27 +242,27 @@ def _test(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, last_
     """Test-split results of the last and of the best-by-val checkpoint, each at its val-chosen threshold."""
     if splits.test is None:
         return {}
-    out = {}
-    for name, val in (("last", last_val), ("best", best)):
-        if name == "best":
-            if not best or best.get("step") == step:
-                out["best"] = {**out["last"], "step": step}
-                break
-            state = load_checkpoint(ckpt_dir / "best.pt") if ctx.is_main else None
-            state = distributed.broadcast_object(state, ctx)
-            model.load_state_dict(state["model"])
+
+    def score(name: str, val: dict, ckpt_step: int) -> dict:
         net.eval()
         threshold = float(val.get("threshold_tuned", 0.5))
-        results, _ = evaluate(model, splits.test, loss_fn, ctx, eval_batch, threshold=threshold)
-        # A threshold tuned on test would be a choice made on test: keep it out of the results.
-        results = {k: v for k, v in results.items() if k not in ("dice_tuned", "threshold_tuned")}
-        out[name] = {**results, "step": int(val.get("step", step))}
+        # tune=False: a threshold tuned on test would be a choice made on test.
+        results, _ = evaluate(model, splits.test, loss_fn, ctx, eval_batch, threshold=threshold, tune=False)
         if ctx.is_main:
-            log.info("test, %s checkpoint (step %d, threshold %.3f chosen on val): %s", name, out[name]["step"],
+            log.info("test, %s checkpoint (step %d, threshold %.3f chosen on val): %s", name, ckpt_step,
                      threshold, _summary(results))
         if writer:
             for key, value in _scalars(results).items():
                 writer.add_scalar(f"test_{name}/{key}", value, step)
+        return {**results, "step": ckpt_step}
+
+    out = {"last": score("last", last_val, step)}
+    if not best or best.get("step") == step:  # the best checkpoint is the last one
+        out["best"] = out["last"]
+        return out
+    state = load_checkpoint(ckpt_dir / "best.pt") if ctx.is_main else None
+    model.load_state_dict(distributed.broadcast_object(state, ctx)["model"])
+    out["best"] = score("best", best, int(best["step"]))
     return out
 
 
