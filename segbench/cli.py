@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 
-from segbench.errors import SegbenchError
+from segbench.errors import SegbenchError, one_line
 
 USAGE = """segbench <command> [...]    (segbench --version, segbench -h)
 
@@ -86,17 +86,23 @@ def split_hydra_args(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def _train(argv: list[str]) -> None:
-    from segbench.config import validate_overrides
-
     overrides, other_config = split_hydra_args(argv)
     if not other_config:  # segbench's checks know its own config only
-        validate_overrides(overrides)
+        from segbench.train.prepare import RunFinished
+        from segbench.train.preflight import preflight
+
+        try:
+            argv, _ = preflight(argv, overrides)
+        except RunFinished as finished:
+            print(f"segbench: {finished}")
+            return
     from segbench.train.app import hydra_main
 
     rank = int(os.environ.get("RANK", 0))
     if rank > 0:
         # Under torchrun only rank 0 owns the run directory; the others keep Hydra's files apart.
         scratch = os.path.join(tempfile.gettempdir(), f"segbench-rank{rank}-{os.getpid()}")
+        argv = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
         argv = [*argv, f"hydra.run.dir={scratch}", "hydra.output_subdir=null",
                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
@@ -173,8 +179,8 @@ def _main(argv: list[str]) -> None:
         sys.exit(2)
     try:
         COMMANDS[command](rest)
-    except SegbenchError as err:
-        print(f"segbench: error: {err}", file=sys.stderr)
+    except (SegbenchError, OSError) as err:  # OSError: no space left, a read-only folder, no permission
+        print(f"segbench: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("segbench: interrupted", file=sys.stderr)

@@ -9,3 +9,15 @@ def invalid_choice(what: str, value, choices) -> SegbenchError:
     """Build the standard 'bad value, here are the valid ones' error."""
     valid = ", ".join(str(c) for c in sorted(choices, key=str))
     return SegbenchError(f"{what}={value!r} is not valid; choose one of: {valid}")
+
+
+def one_line(err: BaseException) -> str:
+    """The line a user reads for ``err``: a worker's wrapped error unwrapped, an OSError with its path."""
+    if isinstance(err, OSError):
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror or err}{where}"
+    text = str(err)
+    if "Original Traceback" in text:  # raised in a DataLoader worker: torch wraps the message and traceback
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(err).__name__

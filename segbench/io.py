@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from segbench.errors import SegbenchError
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -21,6 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,7 +54,30 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    try:
+        return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    except RuntimeError as err:
+        # torch's zip writer reports a failed write (a full disk, a quota) as RuntimeError, without errno.
+        full = shutil.disk_usage(Path(path).parent).free < 2**20
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} ({str(err).splitlines()[0]})", str(path)) from None
+
+
+def load_torch(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)``, with a truncated, foreign or unsafe file as one line."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower() or "weights_only" in str(err):
+            raise SegbenchError(f"refused to load {path}: it holds Python objects besides tensors and numbers, "
+                                "and unpickling them could run arbitrary code; segbench opens only plain "
+                                "checkpoints (as it writes them)") from None
+        raise SegbenchError(f"cannot read {path}: it is corrupt or not a torch checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SegbenchError(f"cannot read {path}: truncated or not a torch checkpoint ({reason})") from None
 
 
 def save_figure(path: str | os.PathLike, fig) -> Path:

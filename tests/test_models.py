@@ -156,7 +156,7 @@ def test_fcn_he_init_keeps_activations_alive_from_scratch():
 def test_fcn_staged_recipe_starts_each_stage_from_the_previous(tmp_path):
     """model.init_from copies every weight whose name and shape match (FCN-32s -> FCN-16s)."""
     from segbench.io import save_torch
-    from segbench.train.trainer import init_from_checkpoint
+    from segbench.train.prepare import init_from_checkpoint
 
     coarse = build_model("fcn32s", 3, 21, width=0.0625)
     torch.nn.init.normal_(coarse.score_fr.weight)

@@ -28,19 +28,20 @@ from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
 
 def _load(run_dir: Path, checkpoint: str, split: str = "val"):
     from segbench.data import build_datasets
-    from segbench.train.trainer import loss_from_config, model_from_config
+    from segbench.train.checkpoint import load_checkpoint, load_model_state
+    from segbench.train.prepare import loss_from_config, model_from_config
 
     path = run_dir / "checkpoints" / checkpoint
     if not path.is_file():
         raise SegbenchError(f"{run_dir} has no checkpoints/{checkpoint}; pass a finished run directory")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, ("model", "config"))
     cfg = OmegaConf.create(state["config"])
     splits = build_datasets(OmegaConf.to_container(cfg.data))
     train_set, val_set = splits.train, splits.test if split == "test" else splits.val
     if val_set is None:
         raise SegbenchError(f"{run_dir}: its data has no test split (data.test_fraction=0); use --split val")
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, list(getattr(train_set, "modalities", [])))
-    model.load_state_dict(state["model"])
+    load_model_state(model, state, path)
     # The sigmoid threshold this checkpoint's own validation chose: test is scored at it, never tuned on.
     chosen = state["best"] if checkpoint == "best.pt" else state.get("last_val", {})
     threshold = float(chosen.get("threshold_tuned", 0.5))

@@ -37,7 +37,7 @@ class Volume:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (Z, H, W) voxel size in mm, for HD95
 
 
-def _find(folder: Path, subject: str, suffix: str) -> Path:
+def find_file(folder: Path, subject: str, suffix: str) -> Path:
     for ext in (".nii.gz", ".nii"):
         path = folder / f"{subject}_{suffix}{ext}"
         if path.exists():
@@ -50,25 +50,61 @@ def _to_axial(volume: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.flip(volume.transpose(2, 1, 0), axis=1))
 
 
-def load_volume(folder: Path, modalities: tuple[str, ...]) -> Volume:
+BRATS_LABELS = (0, 1, 2, 3, 4)  # background, necrotic core, oedema, enhancing (3 in BraTS 2023+, else 4)
+
+
+def read_nifti(path: Path, subject: str):
+    """A NIfTI image and its voxels; unreadable, truncated or non-3-D files are one-line errors."""
     import nibabel as nib
 
+    try:
+        image = nib.load(path)
+        voxels = np.asarray(image.dataobj)
+    except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib each raise their own kinds
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SegbenchError(f"subject {subject}: cannot read {path} ({reason}); is it a truncated or "
+                            "corrupt .nii.gz?") from None
+    if voxels.ndim != 3:
+        raise SegbenchError(f"subject {subject}: {path.name} has shape {voxels.shape}; BraTS images are 3-D")
+    return image, voxels
+
+
+def _check_labels(seg: np.ndarray, path: Path, subject: str) -> np.ndarray:
+    values = np.unique(seg)
+    bad = [v for v in values.tolist() if v not in BRATS_LABELS]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise SegbenchError(f"subject {subject}: {path.name} holds label value(s) {shown}; BraTS labels are "
+                            "0 (background), 1 (necrotic core), 2 (oedema), 3 or 4 (enhancing tumour)")
+    return seg.astype(np.uint8)
+
+
+def load_volume(folder: Path, modalities: tuple[str, ...]) -> Volume:
+    """One subject's images and labels, checked: readable files, one shape, BraTS labels, finite
+    voxels and no all-zero modality, each refused naming the subject and the file."""
     subject = folder.name
-    seg_path = _find(folder, subject, "seg")
-    seg_img = nib.load(seg_path)
-    seg = np.asarray(seg_img.dataobj)
+    seg_path = find_file(folder, subject, "seg")
+    seg_img, seg = read_nifti(seg_path, subject)
+    seg = _check_labels(seg, seg_path, subject)
     zooms = tuple(float(z) for z in seg_img.header.get_zooms()[:3])
     images, scale, shift = [], [], []
     for modality in modalities:
-        path = _find(folder, subject, modality)
-        image = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        path = find_file(folder, subject, modality)
+        image = read_nifti(path, subject)[1].astype(np.float32)
         if image.shape != seg.shape:
             raise SegbenchError(f"subject {subject}: {path.name} has shape {image.shape} but "
                                 f"{seg_path.name} has {seg.shape}")
+        finite = np.isfinite(image)
+        if not finite.all():
+            raise SegbenchError(f"subject {subject}: {path.name} has {int((~finite).sum())} NaN or infinite "
+                                "voxel(s); fix or drop the subject")
+        if not image.any():
+            raise SegbenchError(f"subject {subject}: {path.name} is all zero (a failed export?); fix or drop "
+                                "the subject")
         images.append(image)
     brain = np.any(np.stack(images) > 0, axis=0)
     if not brain.any():
-        raise SegbenchError(f"subject {subject}: every image is zero")
+        raise SegbenchError(f"subject {subject}: no image has a positive voxel (is the intensity inverted?)")
     stacked = []
     for image in images:
         top = float(np.percentile(image[brain], 99.5)) or 1.0
@@ -77,7 +113,7 @@ def load_volume(folder: Path, modalities: tuple[str, ...]) -> Volume:
         scale.append(top / std)  # z-score applied to the [0, 1] image after augmentation
         shift.append(-mean / std)
     images01 = np.stack([_to_axial(v) for v in stacked], axis=1).astype(np.float16)  # (Z, M, H, W)
-    return Volume(subject, images01, _to_axial(seg.astype(np.uint8)), np.asarray(scale, np.float32),
+    return Volume(subject, images01, _to_axial(seg), np.asarray(scale, np.float32),
                   np.asarray(shift, np.float32), _to_axial(brain).mean(axis=(1, 2)), (zooms[2], zooms[1], zooms[0]))
 
 

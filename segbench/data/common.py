@@ -8,9 +8,11 @@ and the metrics ignore.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import zlib
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -59,6 +61,51 @@ def subject_split(subjects: list[str], split: str, val_fraction: float, seed: in
     return set(order[lo:hi])
 
 
+def _mask_problem(image_path: Path | None, mask_path: Path, valid: frozenset[int] | None) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if image_path is not None:
+            with Image.open(image_path) as image:  # the header only: size without decoding
+                image_size = image.size
+        with Image.open(mask_path) as mask_file:
+            mask = np.asarray(mask_file)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        return f"cannot read it ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    if image_path is not None and image_size != (mask.shape[1], mask.shape[0]):
+        return f"is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} is {image_size[0]}x{image_size[1]}"
+    if valid is not None:
+        values = np.unique(mask if mask.ndim == 2 else mask[..., 0])
+        bad = sorted(set(values.tolist()) - valid)
+        if bad:
+            return (f"holds value(s) {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}; "
+                    f"valid: {_ranges(sorted(valid))}")
+    return None
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 3, 255] -> "0-3, 255"."""
+    runs, start = [], values[0]
+    for prev, cur in zip(values, values[1:] + [None]):
+        if cur is None or cur != prev + 1:
+            runs.append(f"{start}-{prev}" if prev > start else f"{start}")
+            start = cur
+    return ", ".join(runs)
+
+
+@functools.lru_cache(maxsize=8)
+def check_masks(pairs: tuple[tuple[Path | None, Path], ...], valid: frozenset[int] | None, hint: str) -> None:
+    """Every mask readable, the size of its image, and holding only ``valid`` values (None: any).
+
+    Run once per dataset and process before training starts, so a bad file is one line naming
+    it rather than an ``IndexError`` deep in the loss after an hour of training.
+    """
+    for image_path, mask_path in pairs:
+        problem = _mask_problem(image_path, mask_path, valid)
+        if problem:
+            raise SegbenchError(f"mask {mask_path} {problem}{hint}")
+
+
 def build_transform(size, augment: bool, pad_label: int, random_crop: bool = False, scale=(0.9, 1.1),
                     rotate: float = 10.0):
     """Pad to ``size``, crop to it (random when augmenting and ``random_crop``), then augment."""
@@ -102,7 +149,10 @@ class SegmentationDataset(Dataset, ABC):
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
-        image, labels, extra = self.load(index)
+        try:
+            image, labels, extra = self.load(index)
+        except OSError as err:  # a file that vanished or broke after the checks at start
+            raise SegbenchError(f"{type(self).__name__} sample {index}: {err}") from None
         if seed is not None:
             self.transform.set_random_seed(seed)
         out = self.transform(image=image, mask=labels)

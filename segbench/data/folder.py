@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segbench.data.common import SegmentationDataset, subject_split
+from segbench.data.common import SegmentationDataset, check_masks, subject_split
 from segbench.errors import SegbenchError, invalid_choice
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -41,6 +41,21 @@ def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Pa
     return pairs
 
 
+def _class_map(classes) -> dict[int, int]:
+    """``data.classes`` as {mask value: class index}, refused when a key or value is not a small integer."""
+    out = {}
+    for key, value in (classes or {}).items():
+        try:
+            out[int(key)] = int(value)
+        except (TypeError, ValueError):
+            raise SegbenchError(f"data.classes maps {key!r}: {value!r}; give mask value: class index, "
+                                "e.g. {0: 0, 255: 1}") from None
+        if out[int(key)] < 0 or not 0 <= int(key) < 65536:
+            raise SegbenchError(f"data.classes maps {key!r}: {value!r}; mask values are 0-65535 and class "
+                                "indices at least 0")
+    return out
+
+
 class ImageMaskFolder(SegmentationDataset):
     """Image/mask pairs with a train/val/test split by subject (the file's parent folder) or by file.
 
@@ -65,7 +80,9 @@ class ImageMaskFolder(SegmentationDataset):
         chosen = subject_split(sorted({key(p) for p in pairs}), split, val_fraction, seed, test_fraction)
         self.pairs = [p for p in pairs if key(p) in chosen]
         self.cases = [key(p) for p in self.pairs]  # a subject folder's slices make one case
-        self.classes = {int(k): int(v) for k, v in (classes or {}).items()}
+        self.classes = _class_map(classes)
+        valid = frozenset(self.classes) if self.classes else None
+        check_masks(tuple(pairs), valid, "; map every mask value to a class in data.classes" if valid else "")
         multiclass = max(self.classes.values(), default=0) > 1  # class indices beyond 0/1
         self.target_kind = "multiclass" if multiclass else "multilabel"
         self.num_outputs = max(self.classes.values()) + 1 if multiclass else 1
@@ -95,7 +112,7 @@ class ImageMaskFolder(SegmentationDataset):
         if self.target_kind == "multilabel":
             fg = np.isin(mask, [k for k, v in self.classes.items() if v > 0]) if self.classes else mask > 0
             return image, fg[None].astype(np.float32)
-        lut = np.full(256, 255, np.int64)
+        target = np.full(mask.shape, 255, np.int64)  # padding stays 255: ignored by the loss and metrics
         for value, cls in self.classes.items():
-            lut[value] = cls
-        return image, lut[mask.astype(np.uint8)]
+            target[mask == value] = cls
+        return image, target

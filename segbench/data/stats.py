@@ -13,24 +13,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from segbench.data.brats import MODALITIES, REGION_LABELS, find_subjects, read_sites, select_slices
-from segbench.errors import SegbenchError
+from segbench.data.brats import (MODALITIES, REGION_LABELS, find_file, find_subjects, read_nifti, read_sites,
+                                 select_slices)
 
 
 def subject_stats(folder: Path, min_brain_fraction: float = 0.05) -> dict:
     """Tumour and intensity figures of one subject folder (raw intensities, before any normalization)."""
-    import nibabel as nib
-
     sid = folder.name
-    try:
-        seg_img = nib.load(next(folder.glob(f"{sid}_seg.nii*")))
-        seg = np.asarray(seg_img.dataobj)
-        images = {m: np.asarray(nib.load(next(folder.glob(f"{sid}_{m}.nii*"))).dataobj, np.float32)
-                  for m in MODALITIES}
-    except StopIteration:
-        raise SegbenchError(f"subject {sid}: missing one of {', '.join(MODALITIES)} or seg in {folder}") from None
-    except Exception as err:  # noqa: BLE001 - nibabel raises many kinds for a corrupt file
-        raise SegbenchError(f"subject {sid}: cannot read its NIfTI files ({err})") from None
+    seg_img, seg = read_nifti(find_file(folder, sid, "seg"), sid)
+    images = {m: read_nifti(find_file(folder, sid, m), sid)[1].astype(np.float32) for m in MODALITIES}
     brain = np.any(np.stack(list(images.values())) > 0, axis=0)
     wt = np.isin(seg, REGION_LABELS["WT"])
     voxel_ml = float(np.prod(seg_img.header.get_zooms()[:3])) / 1000.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.common import SegmentationDataset
+from segbench.data.common import SegmentationDataset, check_masks
 from segbench.data.voc_phantom import BORDER, VOC_CLASSES
 from segbench.errors import SegbenchError
 
@@ -56,6 +56,9 @@ class VOCSegmentationData(SegmentationDataset):
             if not Path(sbd_root).is_dir():
                 raise SegbenchError(f"data.sbd_root={sbd_root!r} does not exist (see data/README.md)")
             self.parts.append(SBDataset(str(sbd_root), image_set="train_noval", mode="segmentation", download=False))
+        voc = self.parts[0]  # VOC's PNG masks hold class ids 0-20 and 255 (border, ignored)
+        check_masks(tuple(zip(map(Path, voc.images), map(Path, voc.targets))),
+                    frozenset([*range(len(VOC_CLASSES)), BORDER]), "")
         sizes = [len(self.keep) if self.keep is not None else len(self.parts[0])] + [len(p) for p in self.parts[1:]]
         self.offsets = np.cumsum([0] + sizes)
         train = split == "train"

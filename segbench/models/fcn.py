@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from segbench.errors import SegbenchError, invalid_choice
+from segbench.io import load_torch
 from segbench.nn.slot import NormSlot, apply_norm
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -181,7 +182,9 @@ def load_vgg16_backbone(model: FCN, path: str) -> None:
     if not file.is_file():
         raise SegbenchError(f"model.backbone_weights={path!r}: no such file; download torchvision's "
                             "vgg16 (or vgg16_bn) ImageNet weights elsewhere and pass the local path")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = load_torch(file)
+    if not isinstance(state, dict):
+        raise SegbenchError(f"{path} holds a {type(state).__name__}, not a state dict of VGG16 weights")
     convs = [k[:-len(".weight")] for k, v in state.items() if k.startswith("features.") and k.endswith(".weight") and v.dim() == 4]
     bns = [k[:-len(".running_mean")] for k in state if k.startswith("features.") and k.endswith(".running_mean")]
     layers = [layer for stage in model.stages for layer in stage]

@@ -10,22 +10,27 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from segbench.errors import SegbenchError
+from segbench.errors import SegbenchError, one_line
 
 
 @hydra.main(config_path="pkg://segbench.configs", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """Train one run; the return value (best validation metric, never test) is what Hydra sweepers optimise."""
     from segbench.train.lr_grid import train_with_lr_grid
+    from segbench.train.rundir import remove_if_untouched
     from segbench.train.trainer import TrainingDiverged
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     _share_cores(cfg, hydra_cfg)
     try:
+        if cfg.trainer.resume and hydra_cfg.output_subdir is None and int(os.environ.get("RANK", 0)) == 0:
+            _record_resume(cfg, hydra_cfg, run_dir)
         metrics = train_with_lr_grid(cfg, run_dir)
-    except SegbenchError as err:
-        print(f"segbench: error: {err}", file=sys.stderr)
+    except (SegbenchError, OSError) as err:  # OSError: no space left, a read-only folder, no permission
+        print(f"segbench: error: {one_line(err)}", file=sys.stderr)
+        _close_log_files()
+        remove_if_untouched(run_dir)  # a run refused at its start leaves nothing behind
         sys.exit(2)
     except TrainingDiverged as err:
         print(f"segbench: stopped: {err}", file=sys.stderr)
@@ -38,6 +43,34 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"run directory: {run_dir}")
     # What a sweeper optimises is the val metric: choosing on test would make test a val set.
     return float(metrics["val"]["best"].get(metrics["main_metric"], float("nan")))
+
+
+def _record_resume(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
+    """Keep the run's saved config and overrides describing it after a resume that changed trainer.*
+    settings (checked already): the next resume then starts from them."""
+    from omegaconf import OmegaConf
+
+    from segbench.io import write_text
+
+    saved = run_dir / ".hydra"
+    if not saved.is_dir():
+        return
+    task = [o for o in hydra_cfg.overrides.task if not o.split("=", 1)[0].lstrip("+~").startswith(
+        ("hydra", "trainer.resume"))]
+    write_text(saved / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(task)))
+    resolved = OmegaConf.to_container(cfg, resolve=False)
+    resolved["trainer"]["resume"] = False  # the saved config describes the run, not how it was continued
+    write_text(saved / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+
+
+def _close_log_files() -> None:
+    """Let go of Hydra's app.log so a refused run's folder can be removed."""
+    import logging
+
+    for handler in logging.getLogger().handlers[:]:
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            logging.getLogger().removeHandler(handler)
 
 
 def _share_cores(cfg: DictConfig, hydra_cfg) -> None:

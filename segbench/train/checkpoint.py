@@ -1,4 +1,8 @@
-"""Checkpoints: plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` opens them."""
+"""Checkpoints: plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` opens them.
+
+Reading one is where user mistakes meet torch's long messages (a truncated file, a checkpoint
+that holds code, another model's weights), so each is turned into one line here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from pathlib import Path
 import torch
 
 from segbench.errors import SegbenchError
-from segbench.io import save_torch
+from segbench.io import load_torch, save_torch
+
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "best", "config")
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: dict, config: dict,
@@ -25,7 +31,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: di
     save_torch(path, state)
 
 
-def resolve_resume(resume, run_dir: Path) -> Path | None:
+def resume_path(resume, run_dir: Path) -> Path | None:
     """``trainer.resume``: false, true (this run dir), or a run dir / checkpoint path."""
     if resume in (False, None, "false", "False"):
         return None
@@ -34,9 +40,54 @@ def resolve_resume(resume, run_dir: Path) -> Path | None:
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
         raise SegbenchError(f"trainer.resume={resume!r}: no checkpoint at {path}; pass a run directory "
-                            "that holds checkpoints/last.pt, or set hydra.run.dir to the run to continue")
+                            "that holds checkpoints/last.pt")
     return path
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
+    """A checkpoint's contents, or one line saying why it cannot be used."""
+    state = load_torch(path)
+    if not isinstance(state, dict) or any(key not in state for key in required):
+        missing = [k for k in required if not isinstance(state, dict) or k not in state]
+        raise SegbenchError(f"{path} is not a segbench checkpoint (it has no {', '.join(missing)})")
+    return state
+
+
+def load_model_state(model, state: dict, path: Path) -> None:
+    """``model.load_state_dict`` with a one-line account of a mismatch instead of torch's key dump."""
+    own, theirs = model.state_dict(), state["model"]
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    reshaped = [k for k in own if k in theirs and tuple(own[k].shape) != tuple(theirs[k].shape)]
+    if missing or unexpected or reshaped:
+        config = state.get("config") or {}
+        built = ", ".join(f"{g}={(config.get(g) or {}).get('name')}" for g in ("model", "norm") if config.get(g))
+        parts = [f"{len(v)} {what}" for v, what in ((missing, "missing"), (unexpected, "unexpected"),
+                                                    (reshaped, "of another shape")) if v]
+        example = (missing or unexpected or reshaped)[0]
+        raise SegbenchError(f"{path} does not fit this model: weights {', '.join(parts)} (e.g. {example!r})"
+                            + (f"; it was trained with {built}" if built else ""))
+    model.load_state_dict(theirs)
+
+
+# Settings a resumed run may change: how long and how it trains on, never what it trains.
+RESUMABLE = ("trainer.", "data.num_workers", "data.val_batch_size")
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """Dotted keys whose values differ between a checkpoint's config and this run's, outside ``RESUMABLE``."""
+    flat_saved, flat_now = _flatten(saved), _flatten(now)
+    keys = sorted(set(flat_saved) | set(flat_now))
+    return [k for k in keys if flat_saved.get(k, "<unset>") != flat_now.get(k, "<unset>")
+            and not k.startswith(RESUMABLE)]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import logging
 import math
 import time
@@ -13,17 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from segbench.analysis.bn import recompute_bn_stats, train_mode
-from segbench.data import build_datasets
 from segbench.data.common import StepBatchSampler
-from segbench.errors import SegbenchError
 from segbench.io import write_json
-from segbench.models import build_model
 from segbench.train import distributed
-from segbench.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.evaluate import evaluate, overlay
-from segbench.train.losses import build_loss
 from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
-from segbench.train.optim import build_optimizer, build_scheduler, training_steps
+from segbench.train.prepare import Prepared, RunFinished, prepare
+from segbench.train.rundir import remove_orphans, run_lock
 
 
 log = logging.getLogger(__name__)
@@ -49,58 +48,6 @@ def train_step(model, images, target, loss_fn, optimizer) -> torch.Tensor:
     return loss.detach()
 
 
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def model_from_config(cfg: DictConfig, in_channels: int, num_outputs: int, modalities=None):
-    """Build ``cfg.model`` with the norm slot filled from ``cfg.norm``."""
-    model_opts = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in ("name", "init_from")}
-    norm_opts = {k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k not in ("name", "cond_channels")}
-    cond = cfg.norm.get("cond_channels")
-    if cond is not None:
-        cond = [modalities.index(c) if isinstance(c, str) and modalities and c in modalities else c for c in cond]
-        bad = [c for c in cond if not isinstance(c, int)]
-        if bad:
-            raise SegbenchError(f"norm.cond_channels names {bad[0]!r}; use channel indices or one of: "
-                                f"{', '.join(modalities or [])}")
-    model = build_model(cfg.model.name, in_channels, num_outputs, norm=cfg.norm.name,
-                        norm_options=norm_opts, cond_channels=cond, **model_opts)
-    if cfg.model.get("init_from"):
-        init_from_checkpoint(model, str(cfg.model.init_from))
-    return model
-
-
-def init_from_checkpoint(model, path: str) -> int:
-    """Copy every weight of a finished run (or checkpoint) whose name and shape match: FCN's staged
-    recipe starts FCN-16s from FCN-32s and FCN-8s from FCN-16s. Returns how many tensors were copied."""
-    source = Path(path)
-    if source.is_dir():
-        source = source / "checkpoints" / "best.pt"
-    if not source.is_file():
-        raise SegbenchError(f"model.init_from={path!r}: no checkpoint there (give a run directory holding "
-                            "checkpoints/best.pt, or a .pt file)")
-    state = load_checkpoint(source)["model"]
-    own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not matched:
-        raise SegbenchError(f"model.init_from={path!r}: none of its weights fits this model")
-    model.load_state_dict(matched, strict=False)
-    return len(matched)
-
-
-def loss_from_config(cfg: DictConfig, target_kind: str):
-    """Build ``cfg.loss`` for the dataset's kind of targets."""
-    options = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k != "name"}
-    return build_loss(cfg.loss.name, target_kind, **options)
-
-
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train ``cfg`` and write TensorBoard events, checkpoints and metrics.json under ``run_dir``.
 
@@ -112,33 +59,24 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = distributed.shared_run_dir(run_dir, ctx)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
-    seed_everything(int(cfg.seed))
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    splits = build_datasets(data_cfg, int(cfg.trainer.get("train_eval_samples", 64)))
-    train_set = splits.train
-    modalities = list(getattr(train_set, "modalities", []) or [])
-    model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities).to(ctx.device)
-    if hasattr(model, "check_input_size") and train_set.size:  # fail before anything is written
-        model.check_input_size(*train_set.size)
-    loss_fn = loss_from_config(cfg, train_set.target_kind).to(ctx.device)
-    batch = int(cfg.data.batch_size)
-    total_steps = training_steps(OmegaConf.to_container(cfg.trainer), len(train_set), batch * ctx.world_size)
-    optimizer = build_optimizer(model.parameters(), OmegaConf.to_container(cfg.optim), batch * ctx.world_size)
-    scheduler = build_scheduler(optimizer, OmegaConf.to_container(cfg.optim), total_steps)
-    freeze_at = cfg.trainer.get("freeze_bn_after")
-    if freeze_at is not None and not 0 <= float(freeze_at) <= 1:
-        raise SegbenchError(f"trainer.freeze_bn_after={freeze_at} must be a fraction of training between 0 and 1")
-    freeze_step = total_steps if freeze_at is None else int(total_steps * float(freeze_at))
+    try:
+        prepared = prepare(cfg, run_dir, ctx.world_size, ctx.device)
+    except RunFinished as finished:
+        log.info("%s", finished)
+        return json.loads((run_dir / "metrics.json").read_text())
+    with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:
+            remove_orphans(run_dir)
+        if prepared.resumed_from is not None and ctx.is_main:
+            log.info("resumed at step %d of %d from %s", prepared.start, prepared.total_steps, prepared.resumed_from)
+        return _train(cfg, run_dir, ctx, prepared)
 
-    start, best, last_val = 0, {}, {}
-    resume_from = resolve_resume(cfg.trainer.resume, run_dir)
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best, last_val = int(state["step"]), dict(state["best"]), dict(state.get("last_val", {}))
+
+def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
+    splits, model, loss_fn = prepared.splits, prepared.model, prepared.loss_fn
+    optimizer, scheduler, total_steps = prepared.optimizer, prepared.scheduler, prepared.total_steps
+    start, best, last_val, freeze_step = prepared.start, prepared.best, prepared.last_val, prepared.freeze_step
+    train_set, batch = splits.train, int(cfg.data.batch_size)
     net = distributed.wrap(model, ctx)
 
     writer = None
@@ -165,8 +103,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         loss = train_step(net, images, target, loss_fn, optimizer)
         loss_value = float(distributed.all_reduce_sum(loss.cpu().double().view(1), ctx)[0]) / ctx.world_size
         if not math.isfinite(loss_value):
+            kept = (f"last good checkpoint: {ckpt_dir / 'last.pt'} (step {_saved_step(ckpt_dir / 'last.pt')})"
+                    if (ckpt_dir / "last.pt").is_file() else "no checkpoint was saved before it")
             raise TrainingDiverged(f"loss became {loss_value} at step {step + 1}; stopped before updating the "
-                                   f"weights; last good checkpoint: {ckpt_dir / 'last.pt'}")
+                                   f"weights; {kept}. Try a lower optim.lr")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         done = step + 1
@@ -208,6 +148,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         write_json(run_dir / "metrics.json", metrics)
         log.info("wrote %s", run_dir / "metrics.json")
     return metrics
+
+
+def _saved_step(path: Path) -> int:
+    return int(load_checkpoint(path).get("step", 0))
 
 
 def _scalars(results: dict) -> dict[str, float]:

@@ -1,0 +1,191 @@
+"""What ``segbench train`` checks before Hydra starts, because Hydra makes the run folder first.
+
+Every job of a sweep is composed and ``prepare``d (numbers, data files, model against input size,
+a resumed checkpoint against the model) and the run folder is checked (writable, not in use, not
+another run's) before the first file is written. A resume is rebuilt from the run itself: its
+saved overrides, plus the ones given now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from segbench.errors import SegbenchError
+
+# Hydra's own launchers and sweepers: the only ``_target_`` an override may name. Anything else
+# would reach ``hydra.utils.instantiate`` and call an arbitrary function (``shutil.copyfile``...).
+ALLOWED_TARGETS = {
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+}
+# Flags after which Hydra prints something and trains nothing: only the overrides are checked.
+SHOW_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
+
+
+def parse(overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        line = next((x.strip() for x in str(err).splitlines() if x.strip()), "")
+        raise SegbenchError(f"cannot parse the overrides: {line}") from None
+
+
+def check_targets(overrides: list[str]) -> None:
+    """Refuse an override that names a ``_target_`` (in its key or inside its value) outside the allowlist."""
+    for override in parse(overrides):
+        key = override.get_key_element().lstrip("+~")
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            targets = [value] if key.split(".")[-1] == "_target_" else list(_targets_in(value))
+            bad = [t for t in targets if str(t) not in ALLOWED_TARGETS]
+            if bad:
+                raise SegbenchError(f"{key}: refusing _target_={bad[0]!r}; an override may name only Hydra's "
+                                    "launchers and sweepers (pick them with hydra/launcher=...), never a function")
+
+
+def _targets_in(value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "_target_":
+                yield item
+            else:
+                yield from _targets_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _targets_in(item)
+
+
+def _value(overrides: list[str], key: str) -> str | None:
+    """The last value given for ``key`` (as typed), or None."""
+    found = None
+    for override in parse(overrides):
+        if override.get_key_element().lstrip("+") == key:
+            found = override.get_value_element_as_str()
+    return found
+
+
+def _without(overrides: list[str], *keys: str) -> list[str]:
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys]
+
+
+def quote(value: str) -> str:
+    """A path as an override value Hydra reads back unchanged."""
+    if all(c.isalnum() or c in "/._-:" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], Path | None]:
+    """For ``trainer.resume=<run>`` (or ``=true`` with ``hydra.run.dir``): the run's saved overrides,
+    then the given ones, pointed at the run; and the run folder. Without a resume: unchanged, None."""
+    value = _value(overrides, "trainer.resume")
+    if value is None or value.lower() in ("false", "null", "none"):
+        return overrides, None
+    if multirun:
+        raise SegbenchError("trainer.resume continues one run; resume a sweep's runs one at a time")
+    run_dir_given = _value(overrides, "hydra.run.dir")
+    if value.lower() == "true":
+        if run_dir_given is None:
+            raise SegbenchError("trainer.resume=true continues the run in hydra.run.dir, which was not given; "
+                                "pass the run instead: trainer.resume=<run dir>")
+        run = Path(run_dir_given)
+    else:
+        run = Path(value)
+        if run.is_file():
+            if run.parent.name != "checkpoints" or not (run.parent.parent / ".hydra").is_dir():
+                return overrides, None  # a checkpoint from elsewhere: a new run continues from it
+            run = run.parent.parent
+        if run_dir_given is not None and Path(run_dir_given).resolve() != run.resolve():
+            raise SegbenchError(f"trainer.resume={value} and hydra.run.dir={run_dir_given} name different runs; "
+                                "a resume continues in the run's own folder (drop hydra.run.dir)")
+    if not (run / "checkpoints" / "last.pt").is_file():
+        raise SegbenchError(f"trainer.resume={value}: no checkpoint at {run / 'checkpoints' / 'last.pt'}; pass "
+                            "a run directory that holds checkpoints/last.pt")
+    saved = _saved_overrides(run)
+    given = _without(overrides, "trainer.resume", "hydra.run.dir")
+    return [*saved, *given, f"hydra.run.dir={quote(str(run))}", "trainer.resume=true"], run
+
+
+def _saved_overrides(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    try:
+        saved = list(OmegaConf.to_container(OmegaConf.load(path)))
+    except Exception as err:  # noqa: BLE001 - a hand-edited or truncated YAML file
+        raise SegbenchError(f"cannot read {path} ({str(err).splitlines()[0]})") from None
+    return [str(o) for o in _without(saved, "trainer.resume", "hydra.run.dir")
+            if not str(o).lstrip("+~").startswith("hydra")]
+
+
+def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job Hydra's basic sweeper would launch (one job without ``-m``)."""
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    if not multirun:
+        return [plain]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    batches = BasicSweeper.split_arguments(parse(plain), None)
+    return [job for batch in batches for job in batch]
+
+
+def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | None]:
+    """Check a ``segbench train`` command; return the argv Hydra should see and the resumed run (or None).
+
+    Raises ``SegbenchError`` (one line) or ``RunFinished`` (resuming a finished run).
+    """
+    from segbench.config import compose, validate_overrides
+    from segbench.train.prepare import prepare
+    from segbench.train.rundir import check_unlocked, check_writable
+
+    multirun = "-m" in argv or "--multirun" in argv
+    check_targets(overrides)
+    resumed_overrides, run = resume_overrides(overrides, multirun)
+    if run is not None:
+        flags = [a for a in argv if a.startswith("-")]
+        argv = [*flags, *resumed_overrides, "hydra.output_subdir=null"]  # keep the saved config as it is
+        overrides = resumed_overrides
+    validate_overrides(overrides)
+    if any(a.split("=", 1)[0] in SHOW_FLAGS for a in argv):
+        return argv, run
+    target = run or _run_dir(overrides, multirun)
+    if target is not None:
+        check_unlocked(target)
+        if run is None and ((target / "checkpoints").is_dir() or (target / "metrics.json").is_file()):
+            raise SegbenchError(f"hydra.run.dir={target} already holds a run; continue it with "
+                                f"trainer.resume={target}, or choose another folder")
+    check_writable(target or _output_base(multirun), "hydra.run.dir" if target else "the output folder")
+    seen = set()
+    for job in sweep_jobs(overrides, multirun):
+        cfg = compose(job)
+        key = json.dumps({k: v for k, v in _container(cfg).items() if k != "seed"}, sort_keys=True, default=str)
+        if key not in seen:  # seeds do not change what is valid
+            seen.add(key)
+            prepare(cfg, run or Path("."), int(os.environ.get("WORLD_SIZE", 1)))
+    return argv, run
+
+
+def _container(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _run_dir(overrides: list[str], multirun: bool) -> Path | None:
+    value = _value(overrides, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    return None if value is None or "${" in value else Path(value)
+
+
+def _output_base(multirun: bool) -> Path:
+    """Where a run without ``hydra.run.dir`` goes (``SEGBENCH_OUTPUT``, else ./outputs or ./multirun)."""
+    return Path(os.environ.get("SEGBENCH_OUTPUT", "multirun" if multirun else "outputs"))

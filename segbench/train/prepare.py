@@ -1,0 +1,151 @@
+"""Everything a run needs before its first write, built and checked: nothing here writes a file.
+
+``segbench train`` calls ``prepare`` for every job of a sweep before Hydra makes a folder, so a
+bad number, a bad data file, a model that does not fit the input or a checkpoint that does not
+fit the model is one line and leaves nothing behind. ``train`` calls it again (the data is cached
+per process) and only then writes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from segbench.data import Splits, build_datasets
+from segbench.errors import SegbenchError
+from segbench.models import build_model
+from segbench.schema import check_config
+from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, load_checkpoint, load_model_state,
+                                       resume_path)
+from segbench.train.losses import build_loss
+from segbench.train.optim import build_optimizer, build_scheduler, training_steps
+
+
+class RunFinished(Exception):
+    """The run asked to resume has trained all its steps and written its metrics: nothing to do."""
+
+    def __init__(self, run_dir: Path, step: int, total: int):
+        super().__init__(f"{run_dir} is finished (step {step} of {total}) and its metrics.json is written; "
+                         "nothing to do (raise trainer.max_steps to train it further)")
+        self.run_dir = run_dir
+
+
+@dataclass
+class Prepared:
+    """A run ready to train: data, model, loss, optimizer, schedule and, when resuming, where it stopped."""
+
+    splits: Splits
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    total_steps: int
+    freeze_step: int
+    start: int = 0
+    best: dict = field(default_factory=dict)
+    last_val: dict = field(default_factory=dict)
+    resumed_from: Path | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_from_config(cfg: DictConfig, in_channels: int, num_outputs: int, modalities=None, init: bool = True):
+    """Build ``cfg.model`` with the norm slot filled from ``cfg.norm`` (``init``: apply ``model.init_from``)."""
+    model_opts = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in ("name", "init_from")}
+    norm_opts = {k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k not in ("name", "cond_channels")}
+    cond = cfg.norm.get("cond_channels")
+    if cond is not None:
+        cond = [modalities.index(c) if isinstance(c, str) and modalities and c in modalities else c for c in cond]
+        bad = [c for c in cond if not isinstance(c, int) or not 0 <= c < in_channels]
+        if bad:
+            raise SegbenchError(f"norm.cond_channels names {bad[0]!r}; use channel indices 0-{in_channels - 1} "
+                                f"or one of: {', '.join(modalities or [])}")
+    model = build_model(cfg.model.name, in_channels, num_outputs, norm=cfg.norm.name,
+                        norm_options=norm_opts, cond_channels=cond, **model_opts)
+    if init and cfg.model.get("init_from"):
+        init_from_checkpoint(model, str(cfg.model.init_from))
+    return model
+
+
+def init_from_checkpoint(model, path: str) -> int:
+    """Copy every weight of a finished run (or checkpoint) whose name and shape match: FCN's staged
+    recipe starts FCN-16s from FCN-32s and FCN-8s from FCN-16s. Returns how many tensors were copied."""
+    source = Path(path)
+    if source.is_dir():
+        source = source / "checkpoints" / "best.pt"
+    if not source.is_file():
+        raise SegbenchError(f"model.init_from={path!r}: no checkpoint there (give a run directory holding "
+                            "checkpoints/best.pt, or a .pt file)")
+    state = load_checkpoint(source)["model"]
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise SegbenchError(f"model.init_from={path!r}: none of its weights fits this model")
+    model.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+def loss_from_config(cfg: DictConfig, target_kind: str):
+    """Build ``cfg.loss`` for the dataset's kind of targets."""
+    options = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k != "name"}
+    return build_loss(cfg.loss.name, target_kind, **options)
+
+
+def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.device("cpu")) -> Prepared:
+    """Build and check the run; raise ``SegbenchError`` (one line) or ``RunFinished``, never write."""
+    check_config(cfg)
+    seed_everything(int(cfg.seed))
+    splits = build_datasets(OmegaConf.to_container(cfg.data, resolve=True), int(cfg.trainer.train_eval_samples))
+    train_set = splits.train
+    resume_from = resume_path(cfg.trainer.resume, Path(run_dir))
+    modalities = list(getattr(train_set, "modalities", []) or [])
+    # A resumed run's weights come from its checkpoint; its init_from run may be gone by now.
+    model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities,
+                              init=resume_from is None).to(device)
+    if hasattr(model, "check_input_size") and train_set.size:
+        model.check_input_size(*train_set.size)
+    loss_fn = loss_from_config(cfg, train_set.target_kind).to(device)
+    global_batch = int(cfg.data.batch_size) * world_size
+    if len(train_set) < global_batch:
+        raise SegbenchError(f"data.batch_size={cfg.data.batch_size} x {world_size} rank(s) is more than the "
+                            f"{len(train_set)} training samples; lower data.batch_size")
+    total_steps = training_steps(OmegaConf.to_container(cfg.trainer), len(train_set), global_batch)
+    optimizer = build_optimizer(model.parameters(), OmegaConf.to_container(cfg.optim), global_batch)
+    scheduler = build_scheduler(optimizer, OmegaConf.to_container(cfg.optim), total_steps)
+    freeze_at = cfg.trainer.get("freeze_bn_after")
+    freeze_step = total_steps if freeze_at is None else int(total_steps * float(freeze_at))
+    prepared = Prepared(splits, model, loss_fn, optimizer, scheduler, total_steps, freeze_step)
+    if resume_from is not None:
+        _resume(prepared, cfg, resume_from, Path(run_dir))
+    return prepared
+
+
+def _resume(prepared: Prepared, cfg: DictConfig, path: Path, run_dir: Path) -> None:
+    state = load_checkpoint(path, REQUIRED_KEYS)
+    changed = changed_settings(state["config"], OmegaConf.to_container(cfg, resolve=True))
+    if changed:
+        raise SegbenchError(f"cannot resume from {path} with other settings than it was trained with: "
+                            f"{', '.join(changed[:8])}{', ...' if len(changed) > 8 else ''} differ; a resume "
+                            "may change only trainer.* (e.g. trainer.max_steps) and data.num_workers")
+    step = int(state["step"])
+    if step >= prepared.total_steps and (run_dir / "metrics.json").is_file():
+        raise RunFinished(run_dir, step, prepared.total_steps)
+    load_model_state(prepared.model, state, path)
+    try:
+        prepared.optimizer.load_state_dict(state["optimizer"])
+        prepared.scheduler.load_state_dict(state["scheduler"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise SegbenchError(f"{path}: its optimizer or schedule state does not fit this run ({err})") from None
+    prepared.start, prepared.best = step, dict(state["best"])
+    prepared.last_val, prepared.resumed_from = dict(state.get("last_val", {})), path

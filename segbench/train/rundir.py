@@ -1,0 +1,104 @@
+"""A run directory has one writer at a time, and keeps nothing a failed start or a kill left behind.
+
+The lock is a file holding the writer's host and pid. A second writer is refused in one line; a
+lock whose process is gone (kill -9, a crashed node) is taken over, so a resume after a kill
+needs no manual clean-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Iterator
+
+from segbench.errors import SegbenchError
+
+LOCK_NAME = ".segbench.lock"
+HYDRA_FILES = {".hydra", "app.log"}  # what Hydra writes into a run directory before segbench starts
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """``"pid N on HOST"`` of a live process holding ``run_dir``'s lock, or None (no lock, or a stale one)."""
+    try:
+        host, pid = (run_dir / LOCK_NAME).read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return f"pid {pid} on {host}"  # cannot tell whether it lives; the user can remove the lock file
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return None
+    except (PermissionError, ValueError):
+        pass  # PermissionError: alive but someone else's
+    return None if int(pid) == os.getpid() else f"pid {pid} on {host}"
+
+
+def check_unlocked(run_dir: Path) -> None:
+    holder = lock_holder(run_dir)
+    if holder:
+        raise SegbenchError(f"{run_dir} is in use by another segbench run ({holder}); wait for it to end, or "
+                            f"choose another hydra.run.dir (a stale lock is {run_dir / LOCK_NAME})")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` while training; refuse if a live process holds it, take over a stale lock."""
+    check_unlocked(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    path.unlink(missing_ok=True)  # stale (checked above)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:  # another run took it between the check and now
+        check_unlocked(run_dir)
+        raise SegbenchError(f"{run_dir} is in use by another segbench run") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def remove_orphans(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of saves a kill interrupted (``.<name>.<random>.tmp``, see ``io``)."""
+    orphans = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return orphans
+
+
+def remove_if_untouched(run_dir: Path) -> bool:
+    """Remove a run directory that holds only what Hydra wrote before segbench refused the run."""
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+    except OSError:
+        return False
+    if not names <= HYDRA_FILES:
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
+def nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse a folder that cannot be created or written (read-only, no permission, disk full)."""
+    base = nearest_existing(folder)
+    if not base.is_dir():
+        raise SegbenchError(f"{what}={folder}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SegbenchError(f"{what}={folder}: cannot write in {base} ({os.strerror(errno.EACCES)} or a "
+                            "read-only file system)")
+    if shutil.disk_usage(base).free < 16 * 2**20:
+        raise SegbenchError(f"{what}={folder}: {os.strerror(errno.ENOSPC)} in {base} (under 16 MiB free)")
