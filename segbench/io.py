@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,14 +69,16 @@ def load_torch(path: str | os.PathLike) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before refusing it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower() or "weights_only" in str(err):
             raise SegbenchError(f"refused to load {path}: it holds Python objects besides tensors and numbers, "
                                 "and unpickling them could run arbitrary code; segbench opens only plain "
                                 "checkpoints (as it writes them)") from None
         raise SegbenchError(f"cannot read {path}: it is corrupt or not a torch checkpoint") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - zip, pickle and struct each fail their own way on junk
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SegbenchError(f"cannot read {path}: truncated or not a torch checkpoint ({reason})") from None
 

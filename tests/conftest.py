@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,6 +25,19 @@ def tiny_brats(tmp_path_factory):
 TINY = ["model.width=4", "model.depth=3", "data.size=[48,48]", "data.batch_size=4", "data.val_batch_size=8",
         "trainer.max_steps=3", "trainer.val_every=3", "trainer.checkpoint_every=1", "trainer.progress=false",
         "trainer.device=cpu", "trainer.log_images=2", "data.augment=true"]
+
+
+SMALL = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_brats, tmp_path_factory) -> Path:
+    """A run trained by the command line (so it has .hydra/), two steps."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    result = subprocess.run([sys.executable, "-m", "segbench", "train", f"data.root={tiny_brats}", *SMALL,
+                             f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return run
 
 
 @pytest.fixture

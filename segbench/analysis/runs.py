@@ -49,14 +49,24 @@ def read_scalars(tb_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def load_run(path: Path) -> Run:
-    metrics = json.loads((path / "metrics.json").read_text())
-    config = _read_yaml(path / ".hydra" / "config.yaml") or {}
+    try:
+        metrics = json.loads((path / "metrics.json").read_text())
+        config = _read_yaml(path / ".hydra" / "config.yaml") or {}
+        saved_overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
+    except (ValueError, OSError) as err:  # JSON and YAML parse errors are ValueErrors
+        raise SegbenchError(f"{path}: cannot read its metrics.json or .hydra files "
+                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if not isinstance(metrics, dict) or not isinstance(saved_overrides, list):
+        raise SegbenchError(f"{path}: its metrics.json or .hydra/overrides.yaml is not what segbench writes")
     overrides = {}
-    for item in _read_yaml(path / ".hydra" / "overrides.yaml") or []:
+    for item in saved_overrides:
         key, _, value = str(item).partition("=")
         overrides[key.lstrip("+")] = value
     # An lr-grid run keeps its curves in the chosen lr's folder.
-    tb = path / metrics["selected"] / "tb" if metrics.get("selected") else path / "tb"
+    tb = path / str(metrics["selected"]) / "tb" if metrics.get("selected") else path / "tb"
+    if not tb.is_dir():
+        raise SegbenchError(f"{path} has no TensorBoard folder {tb.relative_to(path)}/ for its curves; "
+                            "compare finished runs as segbench wrote them")
     return Run(path, metrics, config, overrides, read_scalars(tb))
 
 

@@ -55,8 +55,13 @@ def _record_resume(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
     saved = run_dir / ".hydra"
     if not saved.is_dir():
         return
-    task = [o for o in hydra_cfg.overrides.task if not o.split("=", 1)[0].lstrip("+~").startswith(
-        ("hydra", "trainer.resume"))]
+    last = {}  # one override per key, the latest: a run resumed twice with max_steps=... keeps one
+    for override in hydra_cfg.overrides.task:
+        key = override.split("=", 1)[0]
+        if not key.lstrip("+~").startswith(("hydra", "trainer.resume")):
+            last.pop(key, None)
+            last[key] = override
+    task = list(last.values())
     write_text(saved / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(task)))
     resolved = OmegaConf.to_container(cfg, resolve=False)
     resolved["trainer"]["resume"] = False  # the saved config describes the run, not how it was continued

@@ -76,18 +76,18 @@ RESUMABLE = ("trainer.", "data.num_workers", "data.val_batch_size")
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
     """Dotted keys whose values differ between a checkpoint's config and this run's, outside ``RESUMABLE``."""
-    flat_saved, flat_now = _flatten(saved), _flatten(now)
+    flat_saved, flat_now = flatten(saved), flatten(now)
     keys = sorted(set(flat_saved) | set(flat_now))
     return [k for k in keys if flat_saved.get(k, "<unset>") != flat_now.get(k, "<unset>")
             and not k.startswith(RESUMABLE)]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten(value, name + "."))
         else:
             out[name] = value
     return out

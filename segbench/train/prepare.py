@@ -20,8 +20,8 @@ from segbench.data import Splits, build_datasets
 from segbench.errors import SegbenchError
 from segbench.models import build_model
 from segbench.schema import check_config
-from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, load_checkpoint, load_model_state,
-                                       resume_path)
+from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, flatten, load_checkpoint,
+                                       load_model_state, resume_path)
 from segbench.train.losses import build_loss
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
 
@@ -103,10 +103,11 @@ def loss_from_config(cfg: DictConfig, target_kind: str):
 def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.device("cpu")) -> Prepared:
     """Build and check the run; raise ``SegbenchError`` (one line) or ``RunFinished``, never write."""
     check_config(cfg)
+    resume_from = resume_path(cfg.trainer.resume, Path(run_dir))
+    state = _checkpoint_to_resume(cfg, resume_from) if resume_from is not None else None
     seed_everything(int(cfg.seed))
     splits = build_datasets(OmegaConf.to_container(cfg.data, resolve=True), int(cfg.trainer.train_eval_samples))
     train_set = splits.train
-    resume_from = resume_path(cfg.trainer.resume, Path(run_dir))
     modalities = list(getattr(train_set, "modalities", []) or [])
     # A resumed run's weights come from its checkpoint; its init_from run may be gone by now.
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities,
@@ -124,18 +125,30 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     freeze_at = cfg.trainer.get("freeze_bn_after")
     freeze_step = total_steps if freeze_at is None else int(total_steps * float(freeze_at))
     prepared = Prepared(splits, model, loss_fn, optimizer, scheduler, total_steps, freeze_step)
-    if resume_from is not None:
-        _resume(prepared, cfg, resume_from, Path(run_dir))
+    if state is not None:
+        _resume(prepared, state, resume_from, Path(run_dir))
     return prepared
 
 
-def _resume(prepared: Prepared, cfg: DictConfig, path: Path, run_dir: Path) -> None:
+def _checkpoint_to_resume(cfg: DictConfig, path: Path) -> dict:
+    """The checkpoint, refused when this run's settings differ from those it was trained with."""
     state = load_checkpoint(path, REQUIRED_KEYS)
-    changed = changed_settings(state["config"], OmegaConf.to_container(cfg, resolve=True))
+    try:
+        now = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # noqa: BLE001 - an interpolation that cannot resolve (a missing env variable)
+        raise SegbenchError(f"the config cannot be resolved: {str(err).splitlines()[0]}") from None
+    changed = changed_settings(state["config"], now)
     if changed:
-        raise SegbenchError(f"cannot resume from {path} with other settings than it was trained with: "
-                            f"{', '.join(changed[:8])}{', ...' if len(changed) > 8 else ''} differ; a resume "
-                            "may change only trainer.* (e.g. trainer.max_steps) and data.num_workers")
+        saved = flatten(state["config"])
+        shown = ", ".join(f"{k} ({saved.get(k, 'unset')!r} -> {flatten(now).get(k, 'unset')!r})"
+                          for k in changed[:4])
+        raise SegbenchError(f"cannot resume {path} with other settings than it was trained with: {shown}"
+                            f"{f' and {len(changed) - 4} more' if len(changed) > 4 else ''}; a resume may "
+                            "change only trainer.* (e.g. trainer.max_steps), data.num_workers and data.val_batch_size")
+    return state
+
+
+def _resume(prepared: Prepared, state: dict, path: Path, run_dir: Path) -> None:
     step = int(state["step"])
     if step >= prepared.total_steps and (run_dir / "metrics.json").is_file():
         raise RunFinished(run_dir, step, prepared.total_steps)

@@ -1,0 +1,275 @@
+"""The battery of bad input and faults: each case ends in one line on stderr, exit code 2, no
+traceback, and nothing written or changed anywhere under the test's folder.
+
+Cases run ``segbench.cli.main`` in this process (a subprocess per case would cost minutes); a
+case that wrongly got as far as training would train here and fail the ``exit 2`` check.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segbench import cli
+from segbench.data.voc_phantom import write_voc_phantom
+from tests.conftest import SMALL
+
+
+@dataclass
+class Where:
+    """The folders one case may break: a copy of the tiny phantom, of a finished run, and scratch."""
+
+    tmp: Path
+    brats: Path
+    run: Path
+
+
+def _edit_nifti(path: Path, change: Callable[[np.ndarray], np.ndarray], dtype=None) -> None:
+    image = nib.load(path)
+    data = change(np.asarray(image.dataobj).copy())
+    out = nib.Nifti1Image(data.astype(dtype or data.dtype), image.affine)
+    nib.save(out, path)
+
+
+def _subject(where: Where) -> tuple[Path, str]:
+    folder = sorted(p for p in where.brats.iterdir() if p.is_dir())[0]
+    return folder, folder.name
+
+
+def _file(where: Where, suffix: str) -> Path:
+    folder, sid = _subject(where)
+    return folder / f"{sid}_{suffix}.nii.gz"
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _set_label(value, dtype=np.int16):
+    def change(seg):
+        seg = seg.astype(dtype)
+        seg[tuple(s // 2 for s in seg.shape)] = value
+        return seg
+    return lambda w: _edit_nifti(_file(w, "seg"), change, dtype)
+
+
+def _set_voxels(suffix, value):
+    def change(image):
+        image = image.astype(np.float32)
+        image[tuple(s // 2 for s in image.shape)] = value
+        return image
+    return lambda w: _edit_nifti(_file(w, suffix), change)
+
+
+def _all_zero(suffix):
+    return lambda w: _edit_nifti(_file(w, suffix), lambda image: np.zeros_like(image))
+
+
+def _other_shape(suffix):
+    return lambda w: _edit_nifti(_file(w, suffix), lambda image: image[:-2])
+
+
+def _folder_data(where: Where, bad_value: int | None = None, corrupt: bool = False) -> Path:
+    root = where.tmp / "folder"
+    rng = np.random.default_rng(0)
+    for patient in ("p1", "p2", "p3", "p4"):
+        (root / patient).mkdir(parents=True)
+        for k in range(2):
+            mask = np.zeros((32, 32), np.uint8)
+            mask[8:20, 8:20] = 255
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / patient / f"{patient}_{k}.png")
+            Image.fromarray(mask).save(root / patient / f"{patient}_{k}_mask.png")
+    if bad_value is not None:
+        mask = np.zeros((32, 32), np.uint8)
+        mask[1, 1] = bad_value
+        Image.fromarray(mask).save(root / "p2" / "p2_1_mask.png")
+    if corrupt:
+        (root / "p3" / "p3_0_mask.png").write_bytes(b"not a png")
+    return root
+
+
+def _voc_with_class(where: Where, value: int) -> Path:
+    root = write_voc_phantom(where.tmp / "voc", images=6)
+    mask_path = sorted((root / "VOCdevkit" / "VOC2012" / "SegmentationClass").glob("*.png"))[0]
+    mask = Image.open(mask_path)
+    array = np.asarray(mask).copy()
+    array[0, 0] = value
+    out = Image.fromarray(array, mode="P")
+    out.putpalette(mask.getpalette())
+    out.save(mask_path)
+    return root
+
+
+def _write_last(where: Where, payload: bytes) -> None:
+    (where.run / "checkpoints" / "last.pt").write_bytes(payload)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def _unsafe_checkpoint(where: Where) -> None:
+    torch.save({"model": _Evil()}, where.run / "checkpoints" / "last.pt")
+
+
+def _lock_by_live_process(where: Where) -> None:
+    import socket
+
+    (where.run / ".segbench.lock").write_text(f"{socket.gethostname()} {os.getppid()}\n")
+
+
+def _nothing(where: Where) -> None:
+    pass
+
+
+# (id, what to break, the command (``{brats}``, ``{run}``, ``{tmp}`` filled in), words the line must hold)
+CASES = [
+    # Numbers out of type or range.
+    ("batch-size-0", _nothing, ["train", "data.batch_size=0"], ["data.batch_size=0", "at least 1"]),
+    ("batch-size-negative", _nothing, ["train", "data.batch_size=-3"], ["data.batch_size=-3"]),
+    ("batch-size-fraction", _nothing, ["train", "data.batch_size=2.5"], ["data.batch_size=2.5", "integer"]),
+    ("batch-larger-than-data", _nothing, ["train", "data.batch_size=5000"], ["data.batch_size=5000", "training samples"]),
+    ("lr-negative", _nothing, ["train", "optim.lr=-0.1"], ["optim.lr=-0.1", "above 0"]),
+    ("lr-nan", _nothing, ["train", "optim.lr=nan"], ["optim.lr=nan"]),
+    ("lr-inf", _nothing, ["train", "optim.lr=inf"], ["optim.lr=inf"]),
+    ("lr-zero-with-sqrt-scaling", _nothing, ["train", "optim.lr=0", "optim.lr_scaling=sqrt"], ["optim.lr=0"]),
+    ("max-steps-0", _nothing, ["train", "trainer.max_steps=0"], ["trainer.max_steps=0"]),
+    ("val-every-0", _nothing, ["train", "trainer.val_every=0"], ["trainer.val_every=0"]),
+    ("num-workers-negative", _nothing, ["train", "data.num_workers=-1"], ["data.num_workers=-1"]),
+    ("val-fraction-above-1", _nothing, ["train", "data.val_fraction=1.5"], ["data.val_fraction=1.5"]),
+    ("size-one-number", _nothing, ["train", "data.size=[48]"], ["data.size", "2 numbers"]),
+    ("size-not-divisible", _nothing, ["train", "data.size=[50,50]"], ["50x50", "divisible"]),
+    ("norm-eps-zero", _nothing, ["train", "norm.eps=0"], ["norm.eps=0"]),
+    ("norm-momentum-2", _nothing, ["train", "norm.momentum=2"], ["norm.momentum=2"]),
+    ("freeze-fraction", _nothing, ["train", "trainer.freeze_bn_after=1.5"], ["trainer.freeze_bn_after=1.5"]),
+    ("betas-one", _nothing, ["train", "optim.betas=[0.9]"], ["optim.betas"]),
+    ("seed-negative", _nothing, ["train", "seed=-1"], ["seed=-1"]),
+    ("depth-0", _nothing, ["train", "model.depth=0"], ["model.depth=0"]),
+    ("cond-channel-out-of-range", _nothing, ["train", "norm=spade", "norm.cond_channels=[9]"], ["cond_channels", "9"]),
+    # The config trust boundary.
+    ("target-in-key", _nothing, ["train", "+hydra.callbacks.x._target_=shutil.copyfile"], ["shutil.copyfile", "refusing"]),
+    ("target-in-value", _nothing, ["train", "+hydra.callbacks.x={_target_:shutil.rmtree,path:/tmp}"], ["shutil.rmtree"]),
+    ("target-in-sweep", _nothing, ["train", "-m", "+hydra.callbacks.x._target_=os.getcwd,os.system"], ["refusing"]),
+    # BraTS files: unreadable, wrong labels, wrong voxels, wrong shapes, missing.
+    ("nifti-truncated", lambda w: truncate(_file(w, "flair")), ["train"], ["flair.nii.gz", "cannot read"]),
+    ("nifti-garbage", lambda w: _file(w, "seg").write_bytes(b"\x1f\x8b garbage"), ["train"], ["seg.nii.gz"]),
+    ("label-7", _set_label(7), ["train"], ["label value(s) 7", "BraTS labels"]),
+    ("label-300", _set_label(300), ["train"], ["300"]),
+    ("label-negative", _set_label(-1), ["train"], ["-1"]),
+    ("label-fractional", _set_label(1.5, np.float32), ["train"], ["1.5"]),
+    ("voxel-nan", _set_voxels("t1", np.nan), ["train"], ["t1.nii.gz", "NaN"]),
+    ("voxel-inf", _set_voxels("t2", np.inf), ["train"], ["t2.nii.gz", "infinite"]),
+    ("modality-all-zero", _all_zero("t1ce"), ["train"], ["t1ce.nii.gz", "all zero"]),
+    ("modality-other-shape", _other_shape("t2"), ["train"], ["t2.nii.gz", "shape"]),
+    ("modality-missing", lambda w: _file(w, "flair").unlink(), ["train"], ["flair.nii.gz"]),
+    ("data-root-empty", lambda w: shutil.rmtree(w.brats) or w.brats.mkdir(), ["train"], ["no BraTS subject"]),
+    # Image/mask folders and VOC.
+    ("folder-mask-outside-classes", lambda w: _folder_data(w, bad_value=7),
+     ["train", "data=folder", "data.root={tmp}/folder", "data.size=[32,32]", "+data.classes={0:0,255:1}"],
+     ["p2_1_mask.png", "7", "data.classes"]),
+    ("folder-mask-corrupt", lambda w: _folder_data(w, corrupt=True),
+     ["train", "data=folder", "data.root={tmp}/folder", "data.size=[32,32]"], ["p3_0_mask.png", "cannot read"]),
+    ("voc-class-out-of-range", lambda w: _voc_with_class(w, 40),
+     ["train", "model=fcn8s", "data=voc_phantom", "data.root={tmp}/voc", "loss=ce"], ["40", "0-20, 255"]),
+    # Resume: broken checkpoints, another model, nothing to resume.
+    ("resume-truncated", lambda w: truncate(w.run / "checkpoints" / "last.pt"), ["train", "trainer.resume={run}"],
+     ["last.pt", "truncated"]),
+    ("resume-garbage", lambda w: _write_last(w, b"garbage" * 100), ["train", "trainer.resume={run}"], ["last.pt"]),
+    ("resume-not-a-dict", lambda w: torch.save([1, 2], w.run / "checkpoints" / "last.pt"),
+     ["train", "trainer.resume={run}"], ["not a segbench checkpoint"]),
+    ("resume-unsafe", _unsafe_checkpoint, ["train", "trainer.resume={run}"], ["refused", "arbitrary code"]),
+    ("resume-changed-norm", _nothing, ["train", "trainer.resume={run}", "norm=group", "norm.num_groups=2"],
+     ["norm.name", "'batch' -> 'group'"]),
+    ("resume-changed-width", _nothing, ["train", "trainer.resume={run}", "model.width=8"], ["model.width"]),
+    ("resume-changed-lr", _nothing, ["train", "trainer.resume={run}", "optim.lr=0.5"], ["optim.lr"]),
+    ("resume-true-without-dir", _nothing, ["train", "trainer.resume=true"], ["hydra.run.dir"]),
+    ("resume-absent", _nothing, ["train", "trainer.resume={tmp}/absent"], ["no checkpoint"]),
+    ("resume-sweep", _nothing, ["train", "-m", "trainer.resume={run}", "seed=1,2"], ["one run"]),
+    ("resume-locked", _lock_by_live_process, ["train", "trainer.resume={run}", "trainer.max_steps=4"], ["in use"]),
+    ("run-dir-holds-a-run", _nothing, ["train", "hydra.run.dir={run}"], ["already holds a run", "trainer.resume"]),
+    ("init-from-garbage", lambda w: (w.tmp / "w.pt").write_bytes(b"junk"),
+     ["train", "model=fcn32s", "model.init_from={tmp}/w.pt"], ["w.pt", "cannot read"]),
+    # Reading finished runs.
+    ("compare-without-tb", lambda w: shutil.rmtree(w.run / "tb"), ["compare", "{run}", "--out", "{tmp}/c"], ["tb/"]),
+    ("compare-bad-metrics", lambda w: (w.run / "metrics.json").write_text("{oops"),
+     ["compare", "{run}", "--out", "{tmp}/c"], ["metrics.json"]),
+    ("diagnose-garbage", lambda w: (w.run / "checkpoints" / "last.pt").write_bytes(b"x"), ["diagnose", "{run}"],
+     ["last.pt"]),
+]
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode)
+            for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_brats, finished_run, tmp_path, monkeypatch, capsys):
+    _, setup, argv, fragments = case
+    where = Where(tmp_path, tmp_path / "brats", tmp_path / "run")
+    shutil.copytree(tiny_brats, where.brats)
+    shutil.copytree(finished_run, where.run)
+    setup(where)
+    monkeypatch.chdir(tmp_path)  # a run without hydra.run.dir would land in ./outputs here
+    monkeypatch.delenv("SEGBENCH_OUTPUT", raising=False)
+    before = snapshot(tmp_path)
+    argv = [a.replace("{brats}", str(where.brats)).replace("{run}", str(where.run)).replace("{tmp}", str(tmp_path))
+            for a in argv]
+    if argv[0] == "train" and not any(a.startswith(("trainer.resume=", "data.root=")) for a in argv):
+        small = [o for o in SMALL if not o.startswith("model.")] if any(a.startswith("model=") for a in argv) else SMALL
+        argv = [argv[0], f"data.root={where.brats}", *small, *argv[1:]]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert snapshot(tmp_path) == before
+
+
+def test_resuming_a_finished_run_exits_0_and_changes_nothing(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    cli.main(["train", f"trainer.resume={run}"])
+    assert "is finished" in capsys.readouterr().out
+    assert snapshot(run) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(tiny_brats, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["train", f"data.root={tiny_brats}", *SMALL, f"hydra.run.dir={locked / 'run'}"])
+        assert exit_info.value.code == 2
+        assert "cannot write" in capsys.readouterr().err
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_unsafe_checkpoint_never_runs_its_code(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / "checkpoints" / "last.pt", "wb") as handle:
+        pickle.dump({"model": _Evil()}, handle)
+    with pytest.raises(SystemExit):
+        cli.main(["train", f"trainer.resume={run}", "trainer.max_steps=4"])
+    assert "this ran" not in capsys.readouterr().out

@@ -1,0 +1,111 @@
+"""The run directory: one writer, no leftovers, shared file modes, and resume from the run itself."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from segbench import io
+from segbench.errors import SegbenchError, one_line
+from segbench.train.rundir import LOCK_NAME, lock_holder, remove_if_untouched, remove_orphans, run_lock
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_live_lock_refuses_a_second_writer(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(f"{socket.gethostname()} {os.getppid()}\n")
+    with pytest.raises(SegbenchError, match="in use by another segbench run"):
+        with run_lock(tmp_path):
+            pass
+
+
+def test_a_stale_lock_is_taken_over_and_released(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(f"{socket.gethostname()} {_dead_pid()}\n")
+    assert lock_holder(tmp_path) is None
+    with run_lock(tmp_path):
+        assert (tmp_path / LOCK_NAME).read_text().split()[1] == str(os.getpid())
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_orphans_of_interrupted_saves_are_removed(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    orphan = tmp_path / "checkpoints" / ".last.pt.abc123.tmp"
+    orphan.write_bytes(b"half")
+    kept = tmp_path / "checkpoints" / "last.pt"
+    kept.write_bytes(b"whole")
+    assert remove_orphans(tmp_path) == [orphan]
+    assert kept.exists() and not orphan.exists()
+
+
+def test_only_a_folder_with_nothing_but_hydra_files_is_removed(tmp_path):
+    (tmp_path / "a" / ".hydra").mkdir(parents=True)
+    (tmp_path / "a" / "app.log").write_text("")
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    assert remove_if_untouched(tmp_path / "a") and not (tmp_path / "a").exists()
+    assert not remove_if_untouched(tmp_path / "b") and (tmp_path / "b").exists()
+
+
+def test_written_files_follow_the_umask_not_mkstemp(tmp_path):
+    old = os.umask(0o022)
+    try:
+        io._UMASK = 0o022
+        path = io.write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+        io._UMASK = io._read_umask()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_failed_checkpoint_write_names_the_path_and_the_cause(tmp_path, monkeypatch):
+    import torch
+
+    def full_disk(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(OSError) as info:
+        io.save_torch(tmp_path / "last.pt", {})
+    assert info.value.errno == errno.ENOSPC
+    assert "No space left on device" in one_line(info.value) and "last.pt" in one_line(info.value)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_resume_from_the_run_keeps_its_config_and_says_where_it_continued(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    saved_config = (run / ".hydra" / "config.yaml").read_text()
+    (run / "checkpoints" / ".last.pt.x.tmp").write_bytes(b"orphan")
+    result = subprocess.run([sys.executable, "-m", "segbench", "train", f"trainer.resume={run}",
+                             "trainer.max_steps=3"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resumed at step 2 of 3" in result.stdout + result.stderr
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    assert overrides.count("trainer.max_steps=3") == 1 and "trainer.max_steps=2" not in overrides
+    assert "max_steps: 3" in (run / ".hydra" / "config.yaml").read_text()
+    assert saved_config.replace("max_steps: 2", "max_steps: 3") == (run / ".hydra" / "config.yaml").read_text()
+    assert not (run / "checkpoints" / ".last.pt.x.tmp").exists()
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_smaller_budget_on_a_finished_run_leaves_its_metrics(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    metrics = (run / "metrics.json").read_text()
+    result = subprocess.run([sys.executable, "-m", "segbench", "train", f"trainer.resume={run}",
+                             "trainer.max_steps=1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "is finished" in result.stdout
+    assert (run / "metrics.json").read_text() == metrics
+
