@@ -159,7 +159,7 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
     if any(a.split("=", 1)[0] in SHOW_FLAGS for a in argv):
         return argv, run
     target = run or _run_dir(overrides, multirun)
-    if target is not None:
+    if target is not None and int(os.environ.get("RANK", 0)) == 0:  # under torchrun rank 0 owns the folder
         check_unlocked(target)
         if run is None and ((target / "checkpoints").is_dir() or (target / "metrics.json").is_file()):
             raise SegbenchError(f"hydra.run.dir={target} already holds a run; continue it with "

@@ -22,6 +22,7 @@ from segbench.models import build_model
 from segbench.schema import check_config
 from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, flatten, load_checkpoint,
                                        load_model_state, resume_path)
+from segbench.train.distributed import resolve_device
 from segbench.train.losses import build_loss
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
 
@@ -103,6 +104,7 @@ def loss_from_config(cfg: DictConfig, target_kind: str):
 def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.device("cpu")) -> Prepared:
     """Build and check the run; raise ``SegbenchError`` (one line) or ``RunFinished``, never write."""
     check_config(cfg)
+    resolve_device(cfg.trainer.device)
     resume_from = resume_path(cfg.trainer.resume, Path(run_dir))
     state = _checkpoint_to_resume(cfg, resume_from) if resume_from is not None else None
     seed_everything(int(cfg.seed))
