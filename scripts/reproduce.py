@@ -133,6 +133,38 @@ def claim_batch_size(out, seeds, quick):
             "", "![](norm_vs_batch_size/by_batch_size.png)", ""]
 
 
+NEWCOMERS = ("frn", "evonorm_s0", "ws_group")
+
+
+def claim_newcomers(out, seeds, quick):
+    """Does a batch-independent newcomer remove BN's small-batch penalty? Its BN and GN arms are the
+    runs of ``claim_batch_size`` (same experiment, seeds and batch sizes: paired)."""
+    batches = (2, 16)
+    extra = ["trainer.max_images=200"] if quick else []
+    runs = sweep("norm_vs_batch_size", out, seeds, f"norm={','.join((*NEWCOMERS, 'none'))}",
+                 f"data.batch_size={','.join(map(str, batches))}", *extra, folder_name="norm_vs_batch_size_newcomers",
+                 compare_with=("norm_vs_batch_size",), by=["norm", "data.batch_size"])
+    m = test_metric(runs)
+
+    def score(norm, batch):
+        return by_seed(runs, lambda r: result(r, m), norm=norm, global_batch_size=batch)
+
+    def drop(norm):  # what going from batch 16 to batch 2 costs, per seed
+        small, large = score(norm, batches[0]), score(norm, batches[-1])
+        return {s: small[s] - large[s] for s in small if s in large}
+
+    lines = ["## 6. Do the batch-independent newcomers remove BN's small-batch penalty?", "",
+             f"FRN+TLU, EvoNorm-S0 and WS+GN beside BN, GN and no norm; ResUNet width 8 at equal images seen "
+             f"(1200), lr scaled by sqrt(batch / 8), batch {batches[0]} and {batches[-1]}; test {m}. BN and GN "
+             "are the runs of section 3 (same seeds: paired).", ""]
+    for norm in (*NEWCOMERS, "group", "none"):
+        lines += claim_line(f"{norm} beats BN at batch {batches[0]}",
+                            stats.paired(score(norm, batches[0]), score("batch", batches[0])), +1)
+        lines += claim_line(f"{norm} loses less than BN from batch {batches[-1]} to {batches[0]} "
+                            f"(its drop minus BN's)", stats.paired(drop(norm), drop("batch")), +1)
+    return lines + ["", "![](norm_vs_batch_size_newcomers/by_batch_size.png)", ""]
+
+
 def learned_objects(run) -> bool:
     best = run.metrics.get("test", {}).get("best", {})
     return any(v > 0 for k, v in best.items() if k.startswith("iou_") and k != "iou_background")
@@ -175,7 +207,7 @@ def claim_conditional(out, seeds, quick):
     return lines + ["", "![](conditional_norms_spade/curves.png)", ""]
 
 
-CLAIMS = (claim_bn_slower, claim_stale_stats, claim_batch_size, claim_fcn, claim_conditional)
+CLAIMS = (claim_bn_slower, claim_stale_stats, claim_batch_size, claim_fcn, claim_conditional, claim_newcomers)
 
 
 def main() -> None:
@@ -183,8 +215,15 @@ def main() -> None:
     parser.add_argument("--out", default="reports")
     parser.add_argument("--seeds", type=int, default=5, help="paired seeds per arm (default 5)")
     parser.add_argument("--quick", action="store_true", help="a few steps per run: checks the pipeline, not the claims")
+    parser.add_argument("--claims", default=None, help="comma-separated claims to run, e.g. newcomers "
+                                                       f"(default: all of {', '.join(c.__name__[6:] for c in CLAIMS)})")
     args = parser.parse_args()
+    names = {c.__name__[6:]: c for c in CLAIMS}
+    chosen = [names[n] for n in args.claims.split(",") if n in names] if args.claims else list(CLAIMS)
+    if args.claims and len(chosen) != len(args.claims.split(",")):
+        parser.error(f"--claims: choose from {', '.join(names)}")
     out = Path(args.out)
+    report = "REPORT.md" if chosen == list(CLAIMS) else f"REPORT_{'_'.join(c.__name__[6:] for c in chosen)}.md"
     seeds = list(range(args.seeds))
     quick = ["trainer.max_steps=10", "trainer.val_every=5"] if args.quick else []
     start = time.time()
@@ -194,14 +233,14 @@ def main() -> None:
              "checkpoint chosen on val; verdicts follow the 95% t-interval of the paired difference: **held** when it "
              "excludes 0 on the claimed side, **did not hold** when it excludes the claimed side, **inconclusive** "
              "otherwise. Sign-flip p-values are exact (with 5 seeds the smallest possible is 0.0625).", ""]
-    for claim in CLAIMS:
+    for claim in chosen:
         lines += claim(out, seeds, quick)
-        write_text(out / "REPORT.md", "\n".join(lines + ["(in progress)"]))
+        write_text(out / report, "\n".join(lines + ["(in progress)"]))
     minutes = (time.time() - start) / 60
     lines += [f"Run time: {minutes:.1f} minutes on this machine ({'quick' if args.quick else 'full'} mode, "
               f"{len(seeds)} seeds)."]
-    write_text(out / "REPORT.md", "\n".join(lines) + "\n")
-    print(f"wrote {out / 'REPORT.md'} in {minutes:.1f} minutes")
+    write_text(out / report, "\n".join(lines) + "\n")
+    print(f"wrote {out / report} in {minutes:.1f} minutes")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,8 @@ RULES: dict[str, Number] = {
     "norm.hold_steps": NON_NEGATIVE_INT,
     "norm.r_relax_steps": NON_NEGATIVE_INT,
     "norm.d_relax_steps": NON_NEGATIVE_INT,
+    "norm.window": COUNT,
+    "norm.burnin": NON_NEGATIVE_INT,
     "loss.pos_weight": Number(lo=0, lo_open=True, nullable=True),
     "loss.dice_weight": Number(lo=0),
 }

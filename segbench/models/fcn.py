@@ -50,11 +50,12 @@ class ConvNormReLU(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, padding: int, slot: NormSlot):
         super().__init__()
         # VGG keeps its conv biases even with BN (torchvision's vgg16_bn does), so weights load.
-        self.conv = nn.Conv2d(cin, cout, kernel, padding=padding)
-        self.norm = slot(cout)
+        self.conv = slot.conv(cin, cout, kernel, padding=padding, bias=True)
+        self.norm = slot(cout, act=True)
+        self.act = slot.activation()
 
     def forward(self, x, cond=None):
-        return F.relu(apply_norm(self.norm, self.conv(x), cond), inplace=True)
+        return self.act(apply_norm(self.norm, self.conv(x), cond))
 
 
 CONV1_PAD = 100  # the reference nets pad the input by 100 so any image size gives a valid score map
@@ -182,6 +183,8 @@ def load_vgg16_backbone(model: FCN, path: str) -> None:
     if not file.is_file():
         raise SegbenchError(f"model.backbone_weights={path!r}: no such file; download torchvision's "
                             "vgg16 (or vgg16_bn) ImageNet weights elsewhere and pass the local path")
+    from torchvision.ops import FrozenBatchNorm2d
+
     state = load_torch(file)
     if not isinstance(state, dict):
         raise SegbenchError(f"{path} holds a {type(state).__name__}, not a state dict of VGG16 weights")
@@ -195,7 +198,7 @@ def load_vgg16_backbone(model: FCN, path: str) -> None:
             for layer, key in zip(layers, convs):
                 layer.conv.weight.copy_(state[f"{key}.weight"])
                 layer.conv.bias.copy_(state[f"{key}.bias"])
-            if bns and isinstance(layers[0].norm, nn.BatchNorm2d):
+            if bns and isinstance(layers[0].norm, (nn.BatchNorm2d, FrozenBatchNorm2d)):
                 for layer, key in zip(layers, bns):
                     layer.norm.load_state_dict({k: state[f"{key}.{k}"] for k in layer.norm.state_dict()})
             model.fc6.weight.copy_(state["classifier.0.weight"].view_as(model.fc6.weight))

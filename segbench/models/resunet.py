@@ -18,7 +18,8 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, slot: NormSlot):
         super().__init__()
         self.conv1 = slot.conv(cin, cout, 3, stride, 1)
-        self.norm1 = slot(cout)
+        self.norm1 = slot(cout, act=True)
+        self.act1 = slot.activation()
         self.conv2 = slot.conv(cout, cout, 3, 1, 1)
         self.norm2 = slot(cout)
         self.project = None
@@ -27,7 +28,7 @@ class ResBlock(nn.Module):
             self.project_norm = slot(cout)
 
     def forward(self, x: torch.Tensor, cond=None) -> torch.Tensor:
-        y = F.relu(apply_norm(self.norm1, self.conv1(x), cond))
+        y = self.act1(apply_norm(self.norm1, self.conv1(x), cond))
         y = apply_norm(self.norm2, self.conv2(y), cond)
         skip = x if self.project is None else apply_norm(self.project_norm, self.project(x), cond)
         return F.relu(y + skip)

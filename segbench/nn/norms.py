@@ -61,8 +61,8 @@ def _instance(num_channels: int, eps: float = 1e-5, affine: bool = True) -> nn.M
     return nn.InstanceNorm2d(num_channels, eps=eps, affine=affine, track_running_stats=False)
 
 
-def _group(num_channels: int, num_groups: int | None = 8, group_size: int | None = None,
-           eps: float = 1e-5, affine: bool = True) -> nn.Module:
+def _groups(num_channels: int, num_groups: int | None, group_size: int | None) -> int:
+    """The group count for ``num_channels``, from a count or a size, refused when it does not divide."""
     if group_size is not None:
         if num_channels % group_size:
             raise SegbenchError(f"norm.group_size={group_size} does not divide a layer's "
@@ -73,7 +73,60 @@ def _group(num_channels: int, num_groups: int | None = 8, group_size: int | None
     if num_channels % num_groups:
         raise SegbenchError(f"norm.num_groups={num_groups} does not divide a layer's {num_channels} "
                             f"channels; pick a divisor of {num_channels} or set norm.group_size")
-    return nn.GroupNorm(num_groups, num_channels, eps=eps, affine=affine)
+    return num_groups
+
+
+def _group(num_channels: int, num_groups: int | None = 8, group_size: int | None = None,
+           eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    return nn.GroupNorm(_groups(num_channels, num_groups, group_size), num_channels, eps=eps, affine=affine)
+
+
+def _ws_group(num_channels: int, num_groups: int | None = 8, group_size: int | None = None,
+              eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    # The norm is group norm; what makes it WS+GN is the conv the slot puts in front (see NORM_CONVS).
+    return _group(num_channels, num_groups, group_size, eps, affine)
+
+
+def _frn(num_channels: int, eps: float = 1e-6, apply_act: bool = True) -> nn.Module:
+    from segbench.nn.frn_evonorm import FilterResponseNorm2d
+
+    return FilterResponseNorm2d(num_channels, eps, apply_act)
+
+
+def _evonorm_b0(num_channels: int, eps: float = 1e-3, momentum: float = 0.1, apply_act: bool = True) -> nn.Module:
+    from segbench.nn.frn_evonorm import EvoNormB0
+
+    return EvoNormB0(num_channels, eps, momentum, apply_act)
+
+
+def _evonorm_s0(num_channels: int, num_groups: int | None = 8, group_size: int | None = None, eps: float = 1e-5,
+                apply_act: bool = True) -> nn.Module:
+    from segbench.nn.frn_evonorm import EvoNormS0
+
+    return EvoNormS0(num_channels, _groups(num_channels, num_groups, group_size), eps, apply_act)
+
+
+def _crossbatch(num_channels: int, window: int = 4, burnin: int = 100, momentum: float = 0.1, eps: float = 1e-5,
+                conv: nn.Module | None = None) -> nn.Module:
+    from segbench.nn.crossbatch import CrossIterationBatchNorm2d
+
+    if window < 1 or burnin < 0:
+        raise SegbenchError(f"norm.window={window} must be at least 1 and norm.burnin={burnin} at least 0")
+    return CrossIterationBatchNorm2d(num_channels, window, burnin, momentum, eps, conv)
+
+
+def _switchable(num_channels: int, momentum: float = 0.1, eps: float = 1e-5) -> nn.Module:
+    from segbench.nn.switchable import SwitchableNorm2d
+
+    return SwitchableNorm2d(num_channels, momentum, eps)
+
+
+def _frozen_batch(num_channels: int, eps: float = 1e-5) -> nn.Module:
+    # torchvision's layer, as detection codebases use it: BN with statistics and affine as fixed
+    # buffers. From scratch it is a fixed scale; it is meant for model.init_from a BN run.
+    from torchvision.ops import FrozenBatchNorm2d
+
+    return FrozenBatchNorm2d(num_channels, eps)
 
 
 def _layer(num_channels: int, eps: float = 1e-5, affine: bool = True) -> nn.Module:
@@ -112,18 +165,29 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
     "batchrenorm": _batchrenorm,
     "adain": _adain,
     "spade": _spade,
+    "frn": _frn,
+    "evonormb0": _evonorm_b0,
+    "evonorms0": _evonorm_s0,
+    "wsgroup": _ws_group,
+    "crossbatch": _crossbatch,
+    "switchable": _switchable,
+    "frozenbatch": _frozen_batch,
 }
 
 ALIASES = {"identity": "none", "bn": "batch", "batchnorm": "batch", "syncbn": "syncbatch",
            "syncbatchnorm": "syncbatch", "in": "instance", "instancenorm": "instance",
            "gn": "group", "groupnorm": "group", "ln": "layer", "layernorm": "layer",
-           "brn": "batchrenorm"}
+           "brn": "batchrenorm", "frntlu": "frn", "wsgn": "wsgroup", "cbn": "crossbatch",
+           "crossiterationbatch": "crossbatch", "sn": "switchable", "frozenbn": "frozenbatch"}
 
 CONDITIONAL_NORMS = frozenset({"adain", "spade"})
+# Norm-activation layers: where the model would apply ReLU after the norm, they apply their own
+# non-linearity instead (the slot hands them ``apply_act`` and the model an identity).
+ACTIVATING_NORMS = frozenset({"frn", "evonormb0", "evonorms0"})
 
-# Builder arguments the model derives from its input (the count of conditioning channels); they
-# come in through ``context`` and are never user options.
-DERIVED_KEYS = frozenset({"cond_channels"})
+# Builder arguments the model derives (the count of conditioning channels, whether a ReLU follows,
+# the conv in front); they come in through ``context`` and are never user options.
+DERIVED_KEYS = frozenset({"cond_channels", "apply_act", "conv"})
 
 
 def canonical_norm_name(name: str) -> str:

@@ -10,7 +10,11 @@ import torch
 from torch import nn
 
 from segbench.nn.conditional import Conditioner
-from segbench.nn.norms import CONDITIONAL_NORMS, build_norm, canonical_norm_name
+from segbench.nn.norms import ACTIVATING_NORMS, CONDITIONAL_NORMS, build_norm, canonical_norm_name
+from segbench.nn.weight_std import StdConv2d
+
+# Norms that change the conv in front of them: weight standardization is a property of the conv.
+NORM_CONVS: dict[str, type[nn.Conv2d]] = {"wsgroup": StdConv2d}
 
 
 class NormSlot:
@@ -37,6 +41,7 @@ class NormSlot:
         n_cond = in_channels if cond_channels is None else len(cond_channels)
         self._context = {"cond_channels": n_cond, "style_dim": style_dim}
         self._built: dict[str, int] = {}
+        self._last_conv: nn.Conv2d | None = None  # for a norm that works with the conv in front (CBN)
 
     @contextlib.contextmanager
     def _own_rng(self, kind: str):
@@ -57,19 +62,31 @@ class NormSlot:
         """Convs before a norm that re-centres its input need no bias of their own."""
         return self._factory is not None or self.name == "none"
 
-    def __call__(self, num_channels: int) -> nn.Module:
+    def __call__(self, num_channels: int, act: bool = False) -> nn.Module:
+        """The norm after the latest ``conv``; ``act``: the model applies ``activation()`` after it."""
+        conv, self._last_conv = self._last_conv, None
         with self._own_rng("norm"):
             if self._factory is not None:
                 return self._factory(num_channels)
-            return build_norm(self.name, num_channels, context=self._context, **self.options)
+            context = {**self._context, "apply_act": act, "conv": conv}
+            return build_norm(self.name, num_channels, context=context, **self.options)
 
-    def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
-        """The conv in front of a slot norm: biased only when the norm does not re-centre (see ``bias``).
+    def activation(self) -> nn.Module:
+        """What follows a norm built with ``act=True``: ReLU, or nothing for a norm-activation layer."""
+        return nn.Identity() if self.name in ACTIVATING_NORMS else nn.ReLU()
+
+    def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0,
+             bias: bool | None = None) -> nn.Conv2d:
+        """The conv in front of a slot norm: of the norm's kind (``NORM_CONVS``), and biased only
+        when the norm does not re-centre (see ``bias``) unless ``bias`` says otherwise.
 
         Its weights come from the same seed whatever the norm, so paired arms start equal.
         """
+        kind = NORM_CONVS.get(self.name, nn.Conv2d)
         with self._own_rng("conv"):
-            return nn.Conv2d(cin, cout, kernel, stride, padding, bias=self.bias)
+            conv = kind(cin, cout, kernel, stride, padding, bias=self.bias if bias is None else bias)
+        self._last_conv = conv
+        return conv
 
     def conditioner(self) -> Conditioner | None:
         """The module that turns the model's input into a ``Condition``; None when unconditional."""
@@ -83,3 +100,10 @@ class NormSlot:
 def apply_norm(norm: nn.Module, x, cond):
     """Call a norm with the condition only when it takes one."""
     return norm(x, cond) if getattr(norm, "conditional", False) else norm(x)
+
+
+def norm_scalars(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Per layer, what a norm reports of its learned state (``tensorboard_scalars``, e.g. the IN/LN/BN
+    mixture of switchable norm); empty for norms with nothing to report."""
+    return {name: module.tensorboard_scalars() for name, module in model.named_modules()
+            if callable(getattr(module, "tensorboard_scalars", None))}

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from segbench.analysis.bn import recompute_bn_stats, train_mode
 from segbench.data.common import StepBatchSampler
 from segbench.io import write_json
+from segbench.nn.slot import norm_scalars
 from segbench.train import distributed
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.evaluate import evaluate, overlay
@@ -142,12 +143,19 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
         "norm": cfg.norm.name, "model": cfg.model.name, "batch_size": batch, "seed": int(cfg.seed),
         "lr": float(cfg.optim.lr), "train_samples": len(train_set), "val_samples": len(splits.val),
         "test_samples": len(splits.test) if splits.test is not None else 0,
+        "norm_state": _mean_over_layers(norm_scalars(model)),
     }
     if ctx.is_main:
         writer.close()
         write_json(run_dir / "metrics.json", metrics)
         log.info("wrote %s", run_dir / "metrics.json")
     return metrics
+
+
+def _mean_over_layers(per_layer: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The layers' reported norm state averaged, e.g. switchable norm's mean share of BN statistics."""
+    keys = sorted({k for values in per_layer.values() for k in values})
+    return {k: sum(v[k] for v in per_layer.values() if k in v) / sum(k in v for v in per_layer.values()) for k in keys}
 
 
 def _saved_step(path: Path) -> int:
@@ -176,6 +184,9 @@ def _validate(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch) -
         for name, value in results.items():
             tag = "train_eval/loss" if name == "train_eval_loss" else f"val/{name}"
             writer.add_scalar(tag, value, step)
+        for layer, values in norm_scalars(model).items():
+            for key, value in values.items():
+                writer.add_scalar(f"norm/{layer}/{key}", value, step)
         if first is not None and cfg.trainer.log_images:
             kind = splits.train.target_kind
             writer.add_images("val/overlay", overlay(*first, kind, int(cfg.trainer.log_images)), step)
