@@ -74,7 +74,7 @@ RULES: dict[str, Number] = {
     "optim.warmup_steps": NON_NEGATIVE_INT,
     "optim.poly_power": POSITIVE,
     "optim.reference_batch_size": COUNT,
-    "trainer.max_steps": COUNT,
+    "trainer.max_steps": OPTIONAL_COUNT,
     "trainer.max_epochs": OPTIONAL_COUNT,
     "trainer.max_images": OPTIONAL_COUNT,
     "trainer.val_every": COUNT,
@@ -134,6 +134,9 @@ def check_config(cfg: DictConfig) -> None:
             problem = rule.problem(item)
             if problem:
                 raise SegbenchError(f"{key}={values!r}: every element {problem}")
+    budgets = ("trainer.max_steps", "trainer.max_epochs", "trainer.max_images")
+    if all(_has(cfg, k) and _value(cfg, k) is None for k in budgets):
+        raise SegbenchError(f"no training budget: set one of {', '.join(budgets)}")
 
 
 def _has(cfg: DictConfig, key: str) -> bool:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from segbench import cli
+from segbench.config import group_options
 from segbench.data.voc_phantom import write_voc_phantom
 from tests.conftest import SMALL
 
@@ -146,6 +147,7 @@ CASES = [
     ("lr-inf", _nothing, ["train", "optim.lr=inf"], ["optim.lr=inf"]),
     ("lr-zero-with-sqrt-scaling", _nothing, ["train", "optim.lr=0", "optim.lr_scaling=sqrt"], ["optim.lr=0"]),
     ("max-steps-0", _nothing, ["train", "trainer.max_steps=0"], ["trainer.max_steps=0"]),
+    ("no-budget", _nothing, ["train", "trainer.max_steps=null"], ["no training budget"]),
     ("val-every-0", _nothing, ["train", "trainer.val_every=0"], ["trainer.val_every=0"]),
     ("num-workers-negative", _nothing, ["train", "data.num_workers=-1"], ["data.num_workers=-1"]),
     ("val-fraction-above-1", _nothing, ["train", "data.val_fraction=1.5"], ["data.val_fraction=1.5"]),
@@ -273,3 +275,11 @@ def test_unsafe_checkpoint_never_runs_its_code(finished_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", f"trainer.resume={run}", "trainer.max_steps=4"])
     assert "this ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_shipped_experiment_passes_the_checks(experiment):
+    from segbench.config import compose
+    from segbench.schema import check_config
+
+    check_config(compose([f"experiment={experiment}"]))
