@@ -151,7 +151,7 @@ def test_batchrenorm_follows_the_papers_schedule():
 
 def test_batchrenorm_under_precise_bn_keeps_a_cumulative_average(x):
     """momentum=None (set by precise BN) means the exact mean of the batches' statistics."""
-    from segbench.analysis.bn import recompute_bn_stats
+    from segbench.nn.bn_stats import recompute_bn_stats
 
     model = torch.nn.Sequential(build_norm("batchrenorm", 6))
     chunks = list(x.split(2))
@@ -162,7 +162,7 @@ def test_batchrenorm_under_precise_bn_keeps_a_cumulative_average(x):
 
 
 def test_spade_with_zero_gamma_beta_equals_inner_norm(x):
-    spade = SPADE(6, cond_channels=2, inner="instance", hidden=8)
+    spade = SPADE(6, cond_channels=2, inner=build_norm("instance", 6, affine=False), hidden=8)
     for conv in (spade.gamma, spade.beta):
         torch.nn.init.zeros_(conv.weight)
         torch.nn.init.zeros_(conv.bias)
@@ -171,7 +171,7 @@ def test_spade_with_zero_gamma_beta_equals_inner_norm(x):
 
 
 def test_spade_modulates_with_the_resized_map(x):
-    spade = SPADE(6, cond_channels=1, inner="batch", hidden=4, kernel=1)
+    spade = SPADE(6, cond_channels=1, inner=build_norm("batch", 6, affine=False), hidden=4, kernel=1)
     cond = Condition(torch.randn(4, 1, 10, 14))
     m = torch.nn.functional.avg_pool2d(cond.image, 2)  # area resize to the feature map's 5 x 7
     hidden = torch.relu(spade.shared[0](m))
@@ -187,7 +187,7 @@ def test_adain_output_has_target_statistics(x):
 
 
 def test_running_statistics_context_overrides_eval_stats_batch(x):
-    from segbench.analysis.bn import running_statistics
+    from segbench.nn.bn_stats import running_statistics
 
     bn = build_norm("batch", 6, eval_stats="batch", affine=False)
     bn.running_mean.fill_(2.0)

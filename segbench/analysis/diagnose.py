@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from segbench.analysis.bn import batch_statistics, bn_layers, recompute_bn_stats, running_statistics
+from segbench.nn.bn_stats import batch_statistics, bn_layers, recompute_bn_stats, running_statistics
 from segbench.errors import SegbenchError
 from segbench.io import write_json, write_text
 from segbench.train.distributed import DistContext

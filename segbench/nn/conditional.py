@@ -90,23 +90,16 @@ class SPADE(nn.Module):
     Args:
         num_channels: channels of x.
         cond_channels: channels of the conditioning map.
-        inner: the parameter-free norm: "batch", "syncbatch" or "instance".
+        inner: the parameter-free norm module (the registry builds batch, syncbatch or instance).
         hidden: width of the shared conv (128 in the paper).
         kernel: kernel size of all three convs (3 in the paper).
     """
 
     conditional = True
-    INNER = ("batch", "syncbatch", "instance")
 
-    def __init__(self, num_channels: int, cond_channels: int, inner: str = "batch", hidden: int = 128,
-                 kernel: int = 3, eps: float = 1e-5):
+    def __init__(self, num_channels: int, cond_channels: int, inner: nn.Module, hidden: int = 128, kernel: int = 3):
         super().__init__()
-        from segbench.errors import invalid_choice
-        from segbench.nn.norms import build_norm
-
-        if inner not in self.INNER:
-            raise invalid_choice("norm.inner", inner, self.INNER)
-        self.inner = build_norm(inner, num_channels, eps=eps, affine=False)
+        self.inner = inner
         pad = kernel // 2
         self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, kernel, padding=pad), nn.ReLU(inplace=True))
         self.gamma = nn.Conv2d(hidden, num_channels, kernel, padding=pad)

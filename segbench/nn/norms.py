@@ -12,32 +12,9 @@ import inspect
 from typing import Callable
 
 from torch import nn
-from torch.nn import functional as F
 
 from segbench.errors import SegbenchError, invalid_choice
-
-
-class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that can also normalize with the batch's statistics in eval mode.
-
-    ``eval_stats="batch"`` reproduces what a TF1 graph does when ``is_training`` stays true at
-    test time; it is a diagnostic, not a recommendation.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, eval_stats: str = "running"):
-        if eval_stats not in ("running", "batch"):
-            raise invalid_choice("norm.eval_stats", eval_stats, ["running", "batch"])
-        super().__init__(num_features, eps, momentum, affine, track_running_stats)
-        self.eval_stats = eval_stats
-
-    def forward(self, x):
-        if not self.training and self.eval_stats == "batch":
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        return super().forward(x)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", eval_stats={self.eval_stats}"
+from segbench.nn.batchnorm import BatchNorm2d
 
 
 def _none(num_channels: int) -> nn.Module:
@@ -148,11 +125,18 @@ def _adain(num_channels: int, style_dim: int = 64, eps: float = 1e-5) -> nn.Modu
     return AdaIN(num_channels, style_dim=style_dim, eps=eps)
 
 
+SPADE_INNER = ("batch", "syncbatch", "instance")
+
+
 def _spade(num_channels: int, cond_channels: int = 1, inner: str = "batch", hidden: int = 128,
            kernel: int = 3, eps: float = 1e-5) -> nn.Module:
     from segbench.nn.conditional import SPADE
 
-    return SPADE(num_channels, cond_channels, inner=inner, hidden=hidden, kernel=kernel, eps=eps)
+    if inner not in SPADE_INNER:
+        raise invalid_choice("norm.inner", inner, SPADE_INNER)
+    # The registry builds SPADE's parameter-free inner norm, so conditional.py needs no registry.
+    inner_norm = build_norm(inner, num_channels, eps=eps, affine=False)
+    return SPADE(num_channels, cond_channels, inner_norm, hidden=hidden, kernel=kernel)
 
 
 NORMS: dict[str, Callable[..., nn.Module]] = {

@@ -16,7 +16,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from segbench.nn.norms import BatchNorm2d
+from segbench.nn.batchnorm import BatchNorm2d
 
 _warned_single_process = False
 

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from segbench.analysis.bn import recompute_bn_stats, train_mode
+from segbench.nn.bn_stats import recompute_bn_stats, train_mode
 from segbench.data.common import StepBatchSampler
 from segbench.io import write_json
 from segbench.nn.slot import norm_scalars

@@ -1,4 +1,4 @@
-"""Batch-norm statistics tools used by the trainer and by ``segbench diagnose``."""
+"""Batch-norm statistics tools: precise BN and frozen BN for the trainer, batch vs running statistics for ``diagnose``."""
 
 from __future__ import annotations
 

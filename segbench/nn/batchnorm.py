@@ -1,0 +1,31 @@
+"""``BatchNorm2d`` with a diagnostic eval mode; a leaf module that the registry and SyncBN both import."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn import functional as F
+
+from segbench.errors import invalid_choice
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that can also normalize with the batch's statistics in eval mode.
+
+    ``eval_stats="batch"`` reproduces what a TF1 graph does when ``is_training`` stays true at
+    test time; it is a diagnostic, not a recommendation.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, eval_stats: str = "running"):
+        if eval_stats not in ("running", "batch"):
+            raise invalid_choice("norm.eval_stats", eval_stats, ["running", "batch"])
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.eval_stats = eval_stats
+
+    def forward(self, x):
+        if not self.training and self.eval_stats == "batch":
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", eval_stats={self.eval_stats}"
