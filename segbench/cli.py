@@ -33,6 +33,7 @@ def _make_data(argv: list[str]) -> None:
     parser.add_argument("--voxel-mm", type=int, default=2, choices=[1, 2], help="brain-phantom: voxel size")
     parser.add_argument("--images", type=int, default=None, help="voc-phantom: images (default 60)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="brain-phantom: rewrite subjects already there")
     args = parser.parse_args(argv)
     if args.kind == "brain-phantom":
         from segbench.data.brain_phantom import PhantomConfig, write_brain_phantom
@@ -44,9 +45,11 @@ def _make_data(argv: list[str]) -> None:
         cfg = PhantomConfig(subjects=args.subjects or defaults.subjects, sites=args.sites or defaults.sites,
                             voxel_mm=args.voxel_mm, seed=args.seed)
         out, written = write_brain_phantom(
-            args.out, cfg, progress=lambda i, n: print(f"\rsubject {i}/{n}", end="", file=sys.stderr))
+            args.out, cfg, progress=lambda i, n: print(f"\rsubject {i}/{n}", end="", file=sys.stderr),
+            force=args.force)
         kept = cfg.subjects - written
-        print(f"\nwrote {written} BraTS-layout subjects to {out}" + (f"; kept {kept} already there" if kept else ""))
+        print(f"\nwrote {written} BraTS-layout subjects to {out}" +
+              (f"; kept {kept} already there (--force rewrites them)" if kept else ""))
         from segbench.data.stats import data_stats
 
         print(data_stats(str(out)))

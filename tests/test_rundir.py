@@ -91,7 +91,9 @@ def test_resume_from_the_run_keeps_its_config_and_says_where_it_continued(finish
     result = subprocess.run([sys.executable, "-m", "segbench", "train", f"trainer.resume={run}",
                              "trainer.max_steps=3"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "resumed at step 2 of 3" in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert "resumed at step 2 of 3" in log
+    assert "best val dice_tuned" in log and "test dice" in log and f"run: {run}" in log
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
     assert overrides.count("trainer.max_steps=3") == 1 and "trainer.max_steps=2" not in overrides
     assert "max_steps: 3" in (run / ".hydra" / "config.yaml").read_text()

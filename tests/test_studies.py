@@ -22,6 +22,13 @@ def sweep(tmp_path_factory, tiny_brats):
     return out
 
 
+def test_sweep_members_have_short_names(sweep):
+    names = [p.name.split("_", 1)[1] for p in sweep.iterdir() if p.is_dir()]
+    # Only what the sweep varies: paths, constants, trainer.* and hydra.* stay in .hydra/.
+    assert len(names) == 4 and {frozenset(n.split(",")) for n in names} == {
+        frozenset({f"norm={norm}", f"bs={bs}"}) for norm in ("batch", "group") for bs in (2, 4)}
+
+
 def test_two_norm_two_batch_sweep_compares(sweep):
     result = segbench("compare", str(sweep))
     assert result.returncode == 0, result.stderr

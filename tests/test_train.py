@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from segbench.analysis.runs import read_scalars
+from segbench.errors import SegbenchError
 from segbench.train import trainer as trainer_module
 from segbench.train.trainer import TrainingDiverged, train
 
@@ -172,3 +173,22 @@ def test_validation_uses_running_statistics(tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "evaluate", spy)
     train(tiny_cfg(), tmp_path)
     assert seen and not any(any(modes) for modes in seen)
+
+
+def test_loss_auto_follows_the_targets():
+    from segbench.train.losses import MultilabelLoss, SoftmaxCrossEntropy, build_loss
+
+    assert isinstance(build_loss("auto", "multilabel"), MultilabelLoss)
+    assert isinstance(build_loss("auto", "multiclass"), SoftmaxCrossEntropy)
+    with pytest.raises(SegbenchError, match="loss=auto takes no options"):
+        build_loss("auto", "multilabel", pos_weight=2.0)
+
+
+def test_each_validation_is_logged_and_the_best_marked(tiny_cfg, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="segbench.train.trainer"):
+        train(tiny_cfg("trainer.val_every=1"), tmp_path)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("run ") and "norm=batch" in line for line in lines)
+    assert any(line.startswith("data brats") and "train /" in line for line in lines)
+    assert sum("val:" in line for line in lines) == 3 and any(line.endswith("(best)") for line in lines)
+    assert lines[-1].startswith("best val dice_tuned") and lines[-1].endswith(f"run: {tmp_path}")

@@ -200,11 +200,13 @@ def make_subject(index: int, maps: np.ndarray, cfg: PhantomConfig) -> tuple[dict
     return images, labels
 
 
-def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConfig(), progress=None) -> tuple[Path, int]:
+def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConfig(), progress=None,
+                        force: bool = False) -> tuple[Path, int]:
     """Write ``cfg.subjects`` BraTS-layout subject folders under ``out``.
 
     Each subject folder is written to a temporary name and renamed when complete, so an
-    interrupted run leaves no half-written subject behind; subjects already there are kept.
+    interrupted run leaves no half-written subject behind; subjects already there are kept
+    unless ``force`` (then each is replaced once its new version is complete).
 
     Returns:
         ``(out, written)``: the folder and how many subjects this call wrote (the rest existed).
@@ -217,7 +219,7 @@ def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConf
     written = 0
     for i in range(cfg.subjects):
         sid = f"{cfg.prefix}_{i:05d}"
-        if (out / sid).is_dir():
+        if (out / sid).is_dir() and not force:
             continue
         images, labels = make_subject(i, maps, cfg)
         tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.", dir=out))
@@ -225,6 +227,8 @@ def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConf
             for modality, image in images.items():
                 nib.save(nib.Nifti1Image(image, affine), tmp / f"{sid}_{modality}.nii.gz")
             nib.save(nib.Nifti1Image(labels, affine), tmp / f"{sid}_seg.nii.gz")
+            if (out / sid).is_dir():
+                shutil.rmtree(out / sid)
             os.replace(tmp, out / sid)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

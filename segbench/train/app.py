@@ -8,9 +8,34 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from segbench.errors import SegbenchError, one_line
+
+
+# Keys that never name a sweep member's folder: paths split a name into nested folders, and how a
+# run is trained or launched is not what an arm is. The full config stays in each run's .hydra/.
+UNNAMED_KEYS = ("hydra", "trainer.", "experiment", "data.root", "data.sbd_root", "model.init_from",
+                "model.backbone_weights")
+SHORT_KEYS = {"data.batch_size": "bs"}
+
+
+SWEPT_KEYS_ENV = "SEGBENCH_SWEPT_KEYS"  # set by ``segbench train -m``: the keys the sweep varies
+
+
+def run_name(overrides) -> str:
+    """A sweep member's folder name from the overrides its sweep varies: ``norm=batch,bs=4,seed=0``."""
+    swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(","))) or None
+    parts = []
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if not key.startswith(UNNAMED_KEYS) and (swept is None or key in swept):
+            parts.append(f"{SHORT_KEYS.get(key, key)}={value.replace('/', '_')}")
+    return ",".join(parts) or "run"
+
+
+OmegaConf.register_new_resolver("segbench_run_name", run_name, replace=True)
 
 
 @hydra.main(config_path="pkg://segbench.configs", config_name="config", version_base="1.3")

@@ -59,9 +59,13 @@ LOSSES = {"bce": "multilabel", "dice": "multilabel", "bce_dice": "multilabel", "
 
 
 def build_loss(name: str, target_kind: str, **options) -> nn.Module:
-    """Build loss ``name`` and check that it fits the dataset's targets."""
+    """Build loss ``name`` and check that it fits the dataset's targets (``auto``: the one that fits)."""
+    if name == "auto":
+        if options:
+            raise SegbenchError(f"loss=auto takes no options ({', '.join(options)}); choose the loss, e.g. loss=bce")
+        name = "bce" if target_kind == "multilabel" else "ce"
     if name not in LOSSES:
-        raise invalid_choice("loss", name, LOSSES)
+        raise invalid_choice("loss", name, [*LOSSES, "auto"])
     if LOSSES[name] != target_kind:
         fitting = [k for k, v in LOSSES.items() if v == target_kind]
         raise SegbenchError(f"loss={name} needs {LOSSES[name]} targets but the data gives {target_kind} "

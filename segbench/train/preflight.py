@@ -150,6 +150,9 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
 
     multirun = "-m" in argv or "--multirun" in argv
     check_targets(overrides)
+    if multirun:  # sweep members are named by what varies (segbench.train.app.run_name)
+        os.environ["SEGBENCH_SWEPT_KEYS"] = ",".join(
+            o.get_key_element().lstrip("+~") for o in parse(overrides) if o.is_sweep_override())
     resumed_overrides, run = resume_overrides(overrides, multirun)
     if run is not None:
         flags = [a for a in argv if a.startswith("-")]

@@ -68,9 +68,32 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:
             remove_orphans(run_dir)
-        if prepared.resumed_from is not None and ctx.is_main:
-            log.info("resumed at step %d of %d from %s", prepared.start, prepared.total_steps, prepared.resumed_from)
-        return _train(cfg, run_dir, ctx, prepared)
+        if ctx.is_main:
+            _log_start(cfg, run_dir, ctx, prepared)
+        metrics = _train(cfg, run_dir, ctx, prepared)
+        if ctx.is_main:
+            _log_end(metrics, run_dir)
+        return metrics
+
+
+def _log_start(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> None:
+    splits = prepared.splits
+    log.info("run %s: model=%s norm=%s loss=%s optim=%s lr=%g, batch %d x %d rank(s), %d steps on %s",
+             run_dir, cfg.model.name, cfg.norm.name, cfg.loss.name, cfg.optim.name, float(cfg.optim.lr),
+             int(cfg.data.batch_size), ctx.world_size, prepared.total_steps, ctx.device)
+    log.info("data %s (%s): %d train / %d val / %d test samples, %s targets, %d input channel(s)",
+             cfg.data.name, cfg.data.get("root"), len(splits.train), len(splits.val),
+             len(splits.test) if splits.test is not None else 0, splits.train.target_kind, splits.train.in_channels)
+    if prepared.resumed_from is not None:
+        log.info("resumed at step %d of %d from %s", prepared.start, prepared.total_steps, prepared.resumed_from)
+
+
+def _log_end(metrics: dict, run_dir: Path) -> None:
+    main, report = metrics["main_metric"], metrics["report_metric"]
+    best, test = metrics["val"]["best"], metrics["test"].get("best", {})
+    tested = f"test {report} {test[report]:.4g}" if isinstance(test.get(report), (int, float)) else "no test split"
+    log.info("best val %s %.4g at step %s, %s; run: %s", main, best.get(main, float("nan")), best.get("step"),
+             tested, run_dir)
 
 
 def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
@@ -123,9 +146,10 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
         progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(train_time, 1e-9):.1f}")
         if done % int(cfg.trainer.val_every) == 0 or done == total_steps:
             last_val = _validate(cfg, model, net, splits, loss_fn, ctx, writer, done, eval_batch)
+            improved = last_val[main_metric] >= best.get(main_metric, -math.inf)
             if ctx.is_main:
-                log.info("step %d/%d val: %s", done, total_steps, _summary(last_val))
-            if ctx.is_main and last_val[main_metric] >= best.get(main_metric, -math.inf):
+                log.info("step %d/%d val: %s%s", done, total_steps, _summary(last_val), " (best)" if improved else "")
+            if ctx.is_main and improved:
                 best = {**last_val, "step": done}
                 save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val)
         if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps):
