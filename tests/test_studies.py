@@ -41,11 +41,25 @@ def test_two_norm_two_batch_sweep_compares(sweep):
     # arms differing in one key: batch vs group at each batch size, 2 vs 4 for each norm
     assert len(pairs) == 4 and {p["differs_in"] for p in pairs} == {"norm", "data.batch_size"}
     assert "sign-flip p" in (sweep / "summary.md").read_text()
-    # compare is idempotent: a second run replaces the HParams summaries instead of adding more
-    before = sorted(p.name for p in sweep.rglob("tb/hparams/*"))
-    assert segbench("compare", str(sweep)).returncode == 0
-    after = sorted(p.name for p in sweep.rglob("tb/hparams/*"))
-    assert len(after) == len(before) == 4
+    # Every run opened its own HParams session when it started: the sweep compares in TensorBoard
+    # without any extra command, and compare adds no second session.
+    assert not list(sweep.rglob("tb/hparams"))
+
+
+def test_each_run_writes_its_hparams_session(sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = next(p for p in sweep.iterdir() if p.is_dir())
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(content)
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["norm"].string_value in ("batch", "group")
+    assert start.hparams["data.batch_size"].number_value in (2, 4)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert "val/dice_tuned" in {m.name.tag for m in experiment.metric_infos}
 
 
 def test_submitit_local_sweep_of_two_runs(tmp_path, tiny_brats):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -245,29 +244,6 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
     plt.close(fig)
 
 
-def write_hparams(run: Run, metric: str, varying: list[str]) -> None:
-    """TensorBoard's HParams tab: the arm's settings and its results, in ``tb/hparams`` (rewritten each time)."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
-
-    hp = {k: run.overrides.get(k, _config_value(run, k)) for k in varying if k not in IGNORED_KEYS}
-    hp.update({"norm": str(run.metrics.get("norm")), "batch_size": int(run.metrics.get("global_batch_size") or 0),
-               "seed": int(run.metrics.get("seed", 0))})
-    values = {f"hparam/test_{metric}": result(run, metric), "hparam/test_auroc": result(run, "auroc"),
-              f"hparam/val_{run.metrics.get('main_metric')}":
-                  run.metrics.get("val", {}).get("best", {}).get(run.metrics.get("main_metric"))}
-    values = {k: float(v) for k, v in values.items() if v is not None}
-    folder = run.path / "tb" / "hparams"
-    shutil.rmtree(folder, ignore_errors=True)  # idempotent: a second compare replaces, never adds
-    exp, ssi, sei = hparams(hp, values)
-    writer = SummaryWriter(str(folder))
-    for summary in (exp, ssi, sei):
-        writer.file_writer.add_summary(summary)
-    for tag, value in values.items():
-        writer.add_scalar(tag, value, int(run.metrics.get("steps", 0)))
-    writer.close()
-
-
 def compare(paths: list[str], out: str | None = None, metric: str | None = None, by: list[str] | None = None) -> Path:
     """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``.
 
@@ -310,6 +286,4 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
               "![curves](curves.png)\n\n")
     write_text(out_dir / "summary.md", header + markdown(rows, pairs, metric) + "\n\n"
                + "\n".join(f"- {r.path}" for r in runs) + "\n")
-    for run in runs:
-        write_hparams(run, metric, varying)
     return out_dir

@@ -18,7 +18,7 @@ from segbench.nn.bn_stats import recompute_bn_stats, train_mode
 from segbench.data.common import StepBatchSampler
 from segbench.io import write_json
 from segbench.nn.slot import norm_scalars
-from segbench.train import distributed
+from segbench.train import distributed, hparams
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.evaluate import evaluate, overlay
 from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
@@ -109,6 +109,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
 
         # purge_step drops events a killed run logged after its last checkpoint, so the curve continues cleanly.
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
+        if not start:  # a resumed run's session was opened by its first start
+            hparams.write_start(writer, cfg, ctx.world_size, MAIN_METRIC[train_set.target_kind],
+                                REPORT_METRIC[train_set.target_kind])
     sampler = StepBatchSampler(len(train_set), batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
     workers = int(cfg.data.num_workers)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
@@ -170,6 +173,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
         "norm_state": _mean_over_layers(norm_scalars(model)),
     }
     if ctx.is_main:
+        hparams.write_end(writer)
         writer.close()
         write_json(run_dir / "metrics.json", metrics)
         log.info("wrote %s", run_dir / "metrics.json")

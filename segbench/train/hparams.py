@@ -1,0 +1,52 @@
+"""TensorBoard's HParams tab, written by every run: its settings at the start, its status at the end.
+
+The metrics the tab shows are the run's own scalars (``val/<main metric>``, ``test_best/*`` …),
+which TensorBoard reads from the same folder, so a sweep compares there without any extra command.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+# Always shown: the group choices and the numbers every study varies.
+CHOICES = ("model.name", "norm.name", "loss.name", "optim.name", "data.name")
+NUMBERS = ("data.batch_size", "optim.lr", "seed", "model.width")
+
+
+def hparams_of(cfg: DictConfig, world_size: int) -> dict:
+    """Settings typed for TensorBoard: numbers as numbers, everything else as text."""
+    keys = [*CHOICES, *NUMBERS, *filter(None, os.environ.get("SEGBENCH_SWEPT_KEYS", "").split(","))]
+    out = {}
+    for key in dict.fromkeys(keys):
+        value = OmegaConf.select(cfg, key.lstrip("+~"))
+        if isinstance(value, DictConfig) and "name" in value:  # a swept group (norm=...): its choice
+            key, value = f"{key}.name", value.name
+        if key == "data.batch_size" and value is not None:
+            value = int(value) * world_size  # the global batch is what the study compares
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            value = "null" if value is None else str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+        out[key.replace(".name", "")] = value
+    return out
+
+
+def metric_tags(main_metric: str, report_metric: str) -> list[str]:
+    return [f"val/{main_metric}", f"test_best/{report_metric}", "test_best/auroc", f"test_last/{report_metric}",
+            "train_eval/loss", "train/loss"]
+
+
+def write_start(writer, cfg: DictConfig, world_size: int, main_metric: str, report_metric: str) -> None:
+    from torch.utils.tensorboard.summary import hparams
+
+    experiment, session_start, _ = hparams(hparams_of(cfg, world_size),
+                                           {tag: 0.0 for tag in metric_tags(main_metric, report_metric)})
+    writer.file_writer.add_summary(experiment)
+    writer.file_writer.add_summary(session_start)
+
+
+def write_end(writer) -> None:
+    from torch.utils.tensorboard.summary import hparams
+
+    _, _, session_end = hparams({}, {})
+    writer.file_writer.add_summary(session_end)
