@@ -227,3 +227,25 @@ def test_folder_size_mismatch_is_named(png_folder):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(png_folder / "p1" / "p1_0_mask.png")
     with pytest.raises(SegbenchError, match="p1_0_mask.png is 5x5 but its image p1_0.png is 48x40"):
         ImageMaskFolder(str(png_folder), "train", augment=False, split_by="file", val_fraction=0.01)
+
+
+def test_folder_layout_is_found_and_a_wrong_one_is_explained(png_folder):
+    parallel = png_folder / "parallel"
+    for sub in ("images", "masks"):
+        (parallel / sub).mkdir(parents=True)
+    for k, image in enumerate(sorted(png_folder.glob("p*/p*_[0-9].png"))):
+        shutil.copy(image, parallel / "images" / f"case{k}.png")
+        shutil.copy(image.with_name(image.stem + "_mask.png"), parallel / "masks" / f"case{k}.png")
+    data = ImageMaskFolder(str(parallel), "train", augment=False, split_by="file")  # layout auto
+    assert len(data) > 0 and all(m.parent.name == "masks" for _, m in data.pairs)
+    with pytest.raises(SegbenchError, match="set data.layout=parallel"):
+        ImageMaskFolder(str(parallel), "train", layout="suffix", split_by="file")
+
+
+def test_folder_fit_resize_scales_instead_of_padding(png_folder):
+    padded = ImageMaskFolder(str(png_folder), "val", augment=False, size=(80, 96), split_by="file")
+    resized = ImageMaskFolder(str(png_folder), "val", augment=False, size=(80, 96), split_by="file", fit="resize")
+    (_, pad_mask), (_, big_mask) = padded[0], resized[0]
+    assert pad_mask.shape == big_mask.shape == (1, 80, 96)
+    # The 10 x 18 square: padding keeps its area, resizing to twice the size quadruples it.
+    assert int(pad_mask.sum()) == 10 * 18 and int(big_mask.sum()) == 20 * 36

@@ -107,13 +107,16 @@ def check_masks(pairs: tuple[tuple[Path | None, Path], ...], valid: frozenset[in
 
 
 def build_transform(size, augment: bool, pad_label: int, random_crop: bool = False, scale=(0.9, 1.1),
-                    rotate: float = 10.0):
-    """Pad to ``size``, crop to it (random when augmenting and ``random_crop``), then augment."""
+                    rotate: float = 10.0, resize: bool = False):
+    """Pad to ``size``, crop to it (random when augmenting and ``random_crop``), then augment;
+    with ``resize`` scale to ``size`` instead (masks by nearest neighbour)."""
     import albumentations as A
     import cv2
 
     steps = []
-    if size is not None:
+    if size is not None and resize:
+        steps.append(A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+    elif size is not None:
         h, w = size
         steps.append(A.PadIfNeeded(h, w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=pad_label))
         steps.append(A.RandomCrop(h, w) if augment and random_crop else A.CenterCrop(h, w))
@@ -135,9 +138,9 @@ class SegmentationDataset(Dataset, ABC):
     cases: list[str] | None = None
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # (Z, H, W) mm between a case's voxels, for HD95
 
-    def __init__(self, size, augment: bool, pad_label: int, random_crop: bool = False):
+    def __init__(self, size, augment: bool, pad_label: int, random_crop: bool = False, resize: bool = False):
         self.size, self.augment = size, augment
-        self.transform = build_transform(size, augment, pad_label, random_crop)
+        self.transform = build_transform(size, augment, pad_label, random_crop, resize=resize)
 
     @abstractmethod
     def load(self, i: int):

@@ -11,15 +11,20 @@ from segbench.data.common import SegmentationDataset, check_masks, subject_split
 from segbench.errors import SegbenchError, invalid_choice
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-LAYOUTS = ("suffix", "parallel")
+LAYOUTS = ("auto", "suffix", "parallel")
+FITS = ("pad", "resize")
 
 
 def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs: ``x.tif`` + ``x_mask.tif`` ("suffix"), or ``images/x`` + ``masks/x`` ("parallel")."""
+    """(image, mask) pairs: ``x.tif`` + ``x_mask.tif`` ("suffix"), or ``images/x`` + ``masks/x`` ("parallel");
+    "auto" is "parallel" when ``images/`` and ``masks/`` exist, else "suffix"."""
     if layout not in LAYOUTS:
         raise invalid_choice("data.layout", layout, LAYOUTS)
     if not root.is_dir():
         raise SegbenchError(f"data.root={str(root)!r} does not exist; see data/README.md for image/mask folders")
+    parallel_dirs = (root / "images").is_dir() and (root / "masks").is_dir()
+    if layout == "auto":
+        layout = "parallel" if parallel_dirs else "suffix"
     pairs = []
     if layout == "suffix":
         files = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in EXTENSIONS]
@@ -27,7 +32,9 @@ def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Pa
         for image in (p for p in files if p not in masks):
             mask = image.with_name(image.stem + mask_suffix + image.suffix)
             if mask not in masks:
-                raise SegbenchError(f"{image} has no mask {mask.name}")
+                hint = "; the folder has images/ and masks/: set data.layout=parallel" if parallel_dirs else (
+                    f" (data.layout=suffix looks for <name>{mask_suffix}.<ext>; set data.mask_suffix)")
+                raise SegbenchError(f"{image} has no mask {mask.name}{hint}")
             pairs.append((image, mask))
     else:
         for image in (p for p in sorted((root / "images").rglob("*")) if p.suffix.lower() in EXTENSIONS):
@@ -61,18 +68,21 @@ class ImageMaskFolder(SegmentationDataset):
 
     Args:
         root: the folder.
-        layout: "suffix" (``*_mask.*`` next to each image, as Kaggle LGG) or "parallel" (images/, masks/).
+        layout: "auto" (parallel when images/ and masks/ exist, else suffix), "suffix" (``*_mask.*`` next to
+            each image, as Kaggle LGG) or "parallel" (images/, masks/).
         classes: mask value -> class index; None is binary (any non-zero value is foreground,
             one sigmoid output). With more than two classes the targets are class indices for ``loss=ce``.
         size: (H, W) images are centre-cropped or padded to.
         split_by: "folder" keeps each subject folder in one split (and scores it as one case);
             "file" splits files.
+        fit: how images of another size meet ``size``: "pad" (zero-pad, centre-crop: pixels keep their
+            scale) or "resize" (scaled, masks by nearest neighbour).
         val_fraction, test_fraction: shares of subjects (or files) for selection and for reporting.
     """
 
-    def __init__(self, root: str, split: str = "train", layout: str = "suffix", mask_suffix: str = "_mask",
+    def __init__(self, root: str, split: str = "train", layout: str = "auto", mask_suffix: str = "_mask",
                  classes: dict | None = None, size=(128, 128), augment: bool = True, val_fraction: float = 0.2,
-                 test_fraction: float = 0.2, split_by: str = "folder", seed: int = 0):
+                 test_fraction: float = 0.2, split_by: str = "folder", fit: str = "pad", seed: int = 0):
         pairs = find_pairs(Path(root), layout, mask_suffix)
         key = (lambda p: str(p[0].parent)) if split_by == "folder" else (lambda p: str(p[0]))
         if split_by == "folder" and len({key(p) for p in pairs}) < 2:
@@ -89,7 +99,9 @@ class ImageMaskFolder(SegmentationDataset):
         self.class_names = tuple(str(i) for i in range(self.num_outputs)) if multiclass else ("foreground",)
         first = np.asarray(Image.open(self.pairs[0][0])) if self.pairs else np.zeros((1, 1))
         self.in_channels = 1 if first.ndim == 2 else first.shape[2]
-        super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0)
+        if fit not in FITS:
+            raise invalid_choice("data.fit", fit, FITS)
+        super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0, resize=fit == "resize")
 
     def __len__(self) -> int:
         return len(self.pairs)
