@@ -130,10 +130,12 @@ def _compare(argv: list[str]) -> None:
     parser.add_argument("--metric", default=None, help="test metric to compare (default: dice or miou)")
     parser.add_argument("--by", default=None, help="comma-separated keys that define an arm (default: every "
                                                    "override that differs), e.g. norm")
+    parser.add_argument("--smooth", type=float, default=0.6, help="EMA weight of the training-loss curve "
+                                                                  "(TensorBoard's default 0.6; 0: raw)")
     args = parser.parse_args(argv)
     from segbench.analysis.compare import compare
 
-    out = compare(args.runs, args.out, args.metric, args.by.split(",") if args.by else None)
+    out = compare(args.runs, args.out, args.metric, args.by.split(",") if args.by else None, args.smooth)
     print(f"report: {out / 'summary.md'}\ncurves: {out / 'curves.png'}")
 
 

@@ -205,6 +205,7 @@ CASES = [
      ["train", "model=fcn32s", "model.init_from={tmp}/w.pt"], ["w.pt", "cannot read"]),
     # Reading finished runs.
     ("compare-without-tb", lambda w: shutil.rmtree(w.run / "tb"), ["compare", "{run}", "--out", "{tmp}/c"], ["tb/"]),
+    ("compare-smooth-1", _nothing, ["compare", "{run}", "--out", "{tmp}/c", "--smooth", "1"], ["--smooth=1"]),
     ("compare-bad-metrics", lambda w: (w.run / "metrics.json").write_text("{oops"),
      ["compare", "{run}", "--out", "{tmp}/c"], ["metrics.json"]),
     ("diagnose-garbage", lambda w: (w.run / "checkpoints" / "last.pt").write_bytes(b"x"), ["diagnose", "{run}"],

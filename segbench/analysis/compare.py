@@ -18,6 +18,7 @@ import numpy as np
 
 from segbench.analysis import stats
 from segbench.analysis.runs import Run, find_runs
+from segbench.errors import SegbenchError
 from segbench.io import save_figure, write_text
 
 # Keys that never define an arm: the replicate, and settings that do not change what is learned.
@@ -158,7 +159,7 @@ def markdown(rows: list[dict], pairs: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _ema(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
+def _ema(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
     """TensorBoard-style exponential smoothing with its start-up bias removed."""
     out, acc = np.empty(len(values)), 0.0
     for i, v in enumerate(values):
@@ -167,7 +168,7 @@ def _ema(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
     return out
 
 
-def _band(runs: list[Run], tag: str, smooth: bool):
+def _band(runs: list[Run], tag: str, smooth: float = 0.0):
     """Steps all seeds share; mean and 95 % t-interval over seeds (NaN bounds for one seed)."""
     series = [r.scalar(tag) for r in runs if len(r.scalar(tag)[0])]
     if not series:
@@ -177,12 +178,12 @@ def _band(runs: list[Run], tag: str, smooth: bool):
         return None
     values = np.array([[dict(zip(s.tolist(), v))[t] for t in steps] for s, v in series])
     if smooth:
-        values = np.array([_ema(v) for v in values])
+        values = np.array([_ema(v, smooth) for v in values])
     ci = np.array([stats.mean_ci(values[:, j]) for j in range(values.shape[1])])
     return np.array(steps, float), ci[:, 0], ci[:, 1], ci[:, 2]
 
 
-def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path) -> None:
+def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path, smooth: float = 0.6) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,21 +194,26 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
     batches = sorted({r.metrics.get("global_batch_size") for r in all_runs})
     colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(norms)}
     styles = {b: LINESTYLES[i % len(LINESTYLES)] for i, b in enumerate(batches)}
-    panels = [("train/loss", True, "train loss (per step, batch statistics; EMA 0.9)", True),
+    panels = [("train/loss", True, f"train loss (per step, batch statistics; EMA {smooth:g} over the raw mean, faint)",
+               True),
               ("train_eval/loss", False, "train loss in eval mode (fixed training images)", True),
               ("val/loss", False, "val loss", True),
               (f"val/{main_metric}", False, f"val {main_metric} (selection metric)", False)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)))
-    for ax, (tag, smooth, title, log) in zip(axes, panels):
+    for ax, (tag, smoothed, title, log) in zip(axes, panels):
         for key in sorted(arms, key=_sort_key):
             runs = arms[key]
-            band = _band(runs, tag, smooth)
+            band = _band(runs, tag, smooth if smoothed else 0.0)
             if band is None:
                 continue
             x, mean, lo, hi = band
             first = runs[0].metrics
             style = dict(color=colours[str(first.get("norm"))], linestyle=styles[first.get("global_batch_size")])
-            ax.plot(x, mean, label=f"{_label(key)} (n={len(runs)})", marker=None if smooth else "o", markersize=3, **style)
+            if smoothed and smooth:
+                raw = _band(runs, tag)
+                ax.plot(raw[0], raw[1], alpha=0.25, linewidth=0.6, **style)
+            ax.plot(x, mean, label=f"{_label(key)} (n={len(runs)})", marker=None if smoothed else "o", markersize=3,
+                    **style)
             if np.isfinite(lo).any():
                 ax.fill_between(x, lo, hi, alpha=0.18, color=style["color"])
         ax.set_title(title + "; band: 95% CI over seeds", fontsize=9)
@@ -244,13 +250,18 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
     plt.close(fig)
 
 
-def compare(paths: list[str], out: str | None = None, metric: str | None = None, by: list[str] | None = None) -> Path:
+def compare(paths: list[str], out: str | None = None, metric: str | None = None, by: list[str] | None = None,
+            smooth: float = 0.6) -> Path:
     """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``.
 
     Args:
         by: the keys that define an arm (default: every override that differs between runs),
             e.g. ``["norm"]`` when each norm was run with options of its own.
+        smooth: exponential-moving-average weight of the per-step training loss (TensorBoard's
+            default 0.6; 0 draws the raw curve only).
     """
+    if not 0 <= smooth < 1:
+        raise SegbenchError(f"--smooth={smooth} must be at least 0 and below 1 (TensorBoard's default is 0.6)")
     runs = find_runs(paths)
     metric = metric or runs[0].metrics.get("report_metric", "dice")
     main_metric = runs[0].metrics.get("main_metric", metric)
@@ -261,7 +272,7 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
     out_dir = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.json").exists()
                                      else Path("compare"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    _plot(arms, metric, main_metric, out_dir)
+    _plot(arms, metric, main_metric, out_dir, smooth)
     rows = summarize(arms, metric)
     pairs = paired_comparisons(arms, metric)
     buffer = io.StringIO()
