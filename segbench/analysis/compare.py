@@ -199,6 +199,7 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
               ("train_eval/loss", False, "train loss in eval mode (fixed training images)", True),
               ("val/loss", False, "val loss", True),
               (f"val/{main_metric}", False, f"val {main_metric} (selection metric)", False)]
+    by_images = len(batches) > 1  # steps of different batch sizes are not comparable; images seen are
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)))
     for ax, (tag, smoothed, title, log) in zip(axes, panels):
         for key in sorted(arms, key=_sort_key):
@@ -208,16 +209,20 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
                 continue
             x, mean, lo, hi = band
             first = runs[0].metrics
+            scale = float(first.get("global_batch_size") or 1) if by_images else 1.0  # steps -> images seen
+            x = x * scale
             style = dict(color=colours[str(first.get("norm"))], linestyle=styles[first.get("global_batch_size")])
             if smoothed and smooth:
                 raw = _band(runs, tag)
-                ax.plot(raw[0], raw[1], alpha=0.25, linewidth=0.6, **style)
+                # Faint, and kept out of the axis limits: one raw dip must not squash the smoothed curves.
+                ax.plot(raw[0] * scale, raw[1], alpha=0.25, linewidth=0.6, scalex=False, scaley=False, **style)
             ax.plot(x, mean, label=f"{_label(key)} (n={len(runs)})", marker=None if smoothed else "o", markersize=3,
                     **style)
             if np.isfinite(lo).any():
-                ax.fill_between(x, lo, hi, alpha=0.18, color=style["color"])
+                floor = np.nanmin(mean[mean > 0]) / 10 if log and (mean > 0).any() else -np.inf
+                ax.fill_between(x, np.maximum(lo, floor), hi, alpha=0.18, color=style["color"])
         ax.set_title(title + "; band: 95% CI over seeds", fontsize=9)
-        ax.set_xlabel("step")
+        ax.set_xlabel("images seen" if by_images else "step")
         ax.grid(alpha=0.3)
         if log and ax.lines:
             ax.set_yscale("log")
