@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,13 +25,35 @@ from segbench.data.voc_phantom import write_voc_phantom
 from tests.conftest import SMALL
 
 
-@dataclass
 class Where:
-    """The folders one case may break: a copy of the tiny phantom, of a finished run, and scratch."""
+    """The folders one case may break: a copy of the tiny phantom, of a finished run, and scratch.
 
-    tmp: Path
-    brats: Path
-    run: Path
+    Each copy is made on first use, so a case pays only for what it touches.
+    """
+
+    def __init__(self, tmp: Path, brats_source: Path, run_source: Path):
+        self.tmp, self._sources, self._copied = tmp, {"brats": brats_source, "run": run_source}, set()
+
+    def _copy(self, name: str) -> Path:
+        path = self.tmp / name
+        if name not in self._copied:  # once: a case may delete the copy on purpose
+            shutil.copytree(self._sources[name], path)
+            self._copied.add(name)
+        return path
+
+    def fill(self, arg: str) -> str:
+        for name, folder in (("{brats}", lambda: self.brats), ("{run}", lambda: self.run), ("{tmp}", lambda: self.tmp)):
+            if name in arg:
+                arg = arg.replace(name, str(folder()))
+        return arg
+
+    @property
+    def brats(self) -> Path:
+        return self._copy("brats")
+
+    @property
+    def run(self) -> Path:
+        return self._copy("run")
 
 
 def _edit_nifti(path: Path, change: Callable[[np.ndarray], np.ndarray], dtype=None) -> None:
@@ -221,18 +242,16 @@ def snapshot(root: Path) -> dict:
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_brats, finished_run, tmp_path, monkeypatch, capsys):
     _, setup, argv, fragments = case
-    where = Where(tmp_path, tmp_path / "brats", tmp_path / "run")
-    shutil.copytree(tiny_brats, where.brats)
-    shutil.copytree(finished_run, where.run)
+    where = Where(tmp_path, tiny_brats, finished_run)
     setup(where)
+    argv = [where.fill(a) for a in argv]
+    needs_data = argv[0] == "train" and not any(a.startswith(("trainer.resume=", "data.root=")) for a in argv)
+    if needs_data:
+        small = [o for o in SMALL if not o.startswith("model.")] if any(a.startswith("model=") for a in argv) else SMALL
+        argv = [argv[0], f"data.root={where.brats}", *small, *argv[1:]]
     monkeypatch.chdir(tmp_path)  # a run without hydra.run.dir would land in ./outputs here
     monkeypatch.delenv("SEGBENCH_OUTPUT", raising=False)
     before = snapshot(tmp_path)
-    argv = [a.replace("{brats}", str(where.brats)).replace("{run}", str(where.run)).replace("{tmp}", str(tmp_path))
-            for a in argv]
-    if argv[0] == "train" and not any(a.startswith(("trainer.resume=", "data.root=")) for a in argv):
-        small = [o for o in SMALL if not o.startswith("model.")] if any(a.startswith("model=") for a in argv) else SMALL
-        argv = [argv[0], f"data.root={where.brats}", *small, *argv[1:]]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     err = capsys.readouterr().err

@@ -192,3 +192,20 @@ def test_each_validation_is_logged_and_the_best_marked(tiny_cfg, tmp_path, caplo
     assert any(line.startswith("data brats") and "train /" in line for line in lines)
     assert sum("val:" in line for line in lines) == 3 and any(line.endswith("(best)") for line in lines)
     assert lines[-1].startswith("best val dice_tuned") and lines[-1].endswith(f"run: {tmp_path}")
+
+
+def test_overlay_is_readable_and_has_a_legend():
+    from segbench.train.evaluate import LEGEND, overlay
+
+    images = torch.zeros(1, 4, 48, 48)
+    target = torch.zeros(1, 1, 48, 48)
+    logits = torch.full((1, 1, 48, 48), -9.0)
+    target[..., :10, :10] = 1  # truth only
+    logits[..., 20:30, 20:30] = 9  # prediction only
+    target[..., 40:, 40:], logits[..., 40:, 40:] = 1, 9  # both
+    out = overlay(images, target, logits, "multilabel", 4)
+    scale = 6  # 48 px upscaled to at least 256
+    assert out.shape == (1, 3, 48 * scale + 18, 48 * scale)
+    for (y, x), (_, colour) in zip([(5, 5), (25, 25), (45, 45)], LEGEND):
+        torch.testing.assert_close(out[0, :, y * scale, x * scale], 0.6 * torch.tensor(colour))
+    assert out[0, :, 48 * scale:].amax() > 0.9  # the legend strip has text and swatches

@@ -65,17 +65,38 @@ def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, nu
     return results, first
 
 
-def overlay(images: torch.Tensor, target: torch.Tensor, logits: torch.Tensor, kind: str, limit: int) -> torch.Tensor:
-    """(N, 3, H, W) pictures: first input channel in grey, truth in green, prediction in red."""
+LEGEND = (("truth only", (0.1, 0.85, 0.1)), ("prediction only", (0.9, 0.1, 0.1)), ("both", (0.95, 0.85, 0.1)))
+
+
+def overlay(images: torch.Tensor, target: torch.Tensor, logits: torch.Tensor, kind: str, limit: int,
+            min_side: int = 256) -> torch.Tensor:
+    """(N, 3, H', W') pictures: first input channel in grey, truth-only green, prediction-only red, both
+    yellow; upscaled (nearest) to at least ``min_side`` pixels and with a legend strip underneath."""
     images, target, logits = images[:limit], target[:limit], logits[:limit]
-    grey = images[:, :1]
+    grey = images[:, :1].float()
     grey = (grey - grey.amin((2, 3), keepdim=True)) / (grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True) + 1e-6)
     if kind == "multilabel":
         truth, pred = target[:, :1] > 0.5, torch.sigmoid(logits[:, :1]) > 0.5
     else:
         truth = ((target > 0) & (target != 255))[:, None]
         pred = (logits.argmax(1) > 0)[:, None]
-    rgb = grey.repeat(1, 3, 1, 1) * 0.7
-    rgb[:, 1:2] += 0.3 * truth
-    rgb[:, 0:1] += 0.3 * pred
-    return rgb.clamp(0, 1)
+    rgb = grey.repeat(1, 3, 1, 1) * 0.6
+    for mask, (_, colour) in zip((truth & ~pred, pred & ~truth, truth & pred), LEGEND):
+        rgb = torch.where(mask, 0.4 * rgb + 0.6 * torch.tensor(colour).view(1, 3, 1, 1), rgb)
+    scale = max(1, -(-min_side // min(rgb.shape[-2:])))
+    rgb = torch.nn.functional.interpolate(rgb, scale_factor=scale, mode="nearest")
+    return torch.cat([rgb, _legend(rgb.shape[-1]).expand(len(rgb), -1, -1, -1)], dim=2).clamp(0, 1)
+
+
+def _legend(width: int, height: int = 18) -> torch.Tensor:
+    """(1, 3, height, width) strip naming the overlay colours."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, height), (0, 0, 0))
+    draw, x = ImageDraw.Draw(strip), 4
+    for name, colour in LEGEND:
+        draw.rectangle([x, 4, x + 10, height - 4], fill=tuple(int(255 * c) for c in colour))
+        draw.text((x + 14, 3), name, fill=(255, 255, 255))
+        x += 22 + 6 * len(name)
+    return torch.from_numpy(np.asarray(strip, np.float32) / 255).permute(2, 0, 1)[None]
