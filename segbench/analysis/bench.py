@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import json
+import math
+import sys
 import time
 import warnings
 
@@ -21,6 +22,7 @@ from torch.nn import functional as F
 
 from segbench.models import build_model
 from segbench.nn import NORMS
+from segbench.progress import progress
 from segbench.train.losses import MultilabelLoss
 from segbench.train.trainer import train_step
 
@@ -122,7 +124,7 @@ def per_norm(batch: int, size, steps: int, width: int, depth: int) -> dict:
     target = (torch.rand(batch, 1, *size) > 0.9).float()
     out = {}
     warnings.filterwarnings("ignore", message="norm=syncbatch outside")
-    for norm in sorted(NORMS):
+    for norm in progress(sorted(NORMS), "norms", len(NORMS), "norm"):
         model = _model(norm, 4, width, depth)
         opt = torch.optim.Adam(model.parameters())
         step = lambda: train_step(model, images, target, MultilabelLoss("bce"), opt)  # noqa: E731
@@ -130,6 +132,11 @@ def per_norm(batch: int, size, steps: int, width: int, depth: int) -> dict:
         out[norm] = batch * steps / _time(step, steps)
     base = out["batch"]
     return {"images_per_s": out, "relative_to_batch": {k: v / base for k, v in out.items()}}
+
+
+def say(message: str) -> None:
+    """What the bench is timing now: it takes minutes, and the JSON comes only at the end."""
+    print(f"bench: {message} ...", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -149,13 +156,17 @@ def main(argv: list[str] | None = None) -> dict:
     size = tuple(args.size)
     report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size,
               "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
+    say("1/4 segbench's train_step vs a bare PyTorch step")
     report["train_step"] = train_step_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth)
+    say(f"2/4 the whole trainer vs a bare loop on {args.data} ({args.loop_rounds} rounds)")
     report["trainer_loop"] = trainer_vs_bare(args.data, args.batch_size, args.loop_steps, args.width, args.depth,
                                              args.loop_rounds)
+    say("3/4 the data loader alone")
     loader = loader_throughput(args.data, args.batch_size, 50, args.workers)
     report["loader"] = {"images_per_s": loader, "workers": args.workers,
                         "ratio_loader_over_training": loader / report["trainer_loop"]["trainer_images_per_s"]}
     if not args.skip_norms:
+        say(f"4/4 each of the {len(NORMS)} norms")
         report["per_norm"] = per_norm(args.batch_size, size, args.steps, args.width, args.depth)
     print(json.dumps(report, indent=2))
     return report

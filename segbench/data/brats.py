@@ -15,6 +15,7 @@ import numpy as np
 
 from segbench.data.common import SegmentationDataset, subject_split
 from segbench.errors import SegbenchError, invalid_choice
+from segbench.progress import progress
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 TARGETS = {"whole_tumor": ("WT",), "regions": ("WT", "TC", "ET")}
@@ -167,7 +168,8 @@ def select_slices(has_tumor: np.ndarray, tumor_fraction: float | None, rng) -> n
 @functools.lru_cache(maxsize=4)
 def load_brats(root: str, modalities: tuple[str, ...]) -> tuple[Volume, ...]:
     """Every subject under ``root``, loaded once per process (train and val share it)."""
-    return tuple(load_volume(p, modalities) for p in find_subjects(root))
+    folders = find_subjects(root)
+    return tuple(load_volume(p, modalities) for p in progress(folders, f"loading {root}", len(folders), "subject"))
 
 
 def region_masks(labels: np.ndarray, regions: tuple[str, ...]) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from segbench.errors import SegbenchError, invalid_choice
+from segbench.progress import progress
 
 
 SPLITS = ("train", "val", "test")
@@ -100,7 +101,7 @@ def check_masks(pairs: tuple[tuple[Path | None, Path], ...], valid: frozenset[in
     Run once per dataset and process before training starts, so a bad file is one line naming
     it rather than an ``IndexError`` deep in the loss after an hour of training.
     """
-    for image_path, mask_path in pairs:
+    for image_path, mask_path in progress(pairs, "checking masks", len(pairs), "mask"):
         problem = _mask_problem(image_path, mask_path, valid)
         if problem:
             raise SegbenchError(f"mask {mask_path} {problem}{hint}")
