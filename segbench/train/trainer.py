@@ -143,7 +143,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
             images_seen += len(images) * ctx.world_size
         if writer:
             writer.add_scalar("train/loss", loss_value, done)
-            writer.add_scalar("lr", lr, done)
+            writer.add_scalar("train/lr", lr, done)  # under train/, not a lone flat chart on top
             writer.add_scalar("train/images_seen", done * batch * ctx.world_size, done)
         progress.update(1)
         progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(train_time, 1e-9):.1f}")
