@@ -62,7 +62,7 @@ def _make_data(argv: list[str]) -> None:
 
 # Hydra's own command-line flags: those that take a value, and the one whose value is optional.
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                     "--config-dir", "-cd", "--experimental-rerun"}
+                     "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
 HYDRA_INFO_FLAGS = {"--info", "-i"}
 HYDRA_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 HYDRA_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
