@@ -5,12 +5,11 @@ User errors print one line and exit with code 2; nothing here shows a traceback 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 
-from segbench.errors import SegbenchError, one_line
+from segbench.errors import OneLineArgumentParser, SegbenchError, at_least, one_line
 
 USAGE = """segbench <command> [...]    (segbench --version, segbench -h)
 
@@ -25,22 +24,19 @@ commands:
 
 
 def _make_data(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="segbench make-data")
+    parser = OneLineArgumentParser(prog="segbench make-data")
     parser.add_argument("kind", choices=["brain-phantom", "voc-phantom"])
     parser.add_argument("--out", required=True, help="folder to write (created if missing)")
-    parser.add_argument("--subjects", type=int, default=None, help="brain-phantom: subjects (default 48)")
-    parser.add_argument("--sites", type=int, default=None, help="brain-phantom: simulated sites (default 3)")
+    parser.add_argument("--subjects", type=at_least(1), default=None, help="brain-phantom: subjects (default 48)")
+    parser.add_argument("--sites", type=at_least(1), default=None, help="brain-phantom: simulated sites (default 3)")
     parser.add_argument("--voxel-mm", type=int, default=2, choices=[1, 2], help="brain-phantom: voxel size")
-    parser.add_argument("--images", type=int, default=None, help="voc-phantom: images (default 60)")
+    parser.add_argument("--images", type=at_least(4), default=None, help="voc-phantom: images (default 60)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="brain-phantom: rewrite subjects already there")
     args = parser.parse_args(argv)
     if args.kind == "brain-phantom":
         from segbench.data.brain_phantom import PhantomConfig, write_brain_phantom
 
-        for name, value in (("--subjects", args.subjects), ("--sites", args.sites)):
-            if value is not None and value < 1:
-                raise SegbenchError(f"{name}={value} must be at least 1")
         defaults = PhantomConfig()
         cfg = PhantomConfig(subjects=args.subjects or defaults.subjects, sites=args.sites or defaults.sites,
                             voxel_mm=args.voxel_mm, seed=args.seed)
@@ -114,7 +110,7 @@ def _train(argv: list[str]) -> None:
 
 
 def _data_stats(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="segbench data-stats")
+    parser = OneLineArgumentParser(prog="segbench data-stats")
     parser.add_argument("root", help="a BraTS-layout folder (real or phantom)")
     parser.add_argument("--tumor-fraction", type=float, default=0.5, help="as data.tumor_fraction (default 0.5)")
     args = parser.parse_args(argv)
@@ -124,7 +120,7 @@ def _data_stats(argv: list[str]) -> None:
 
 
 def _compare(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="segbench compare")
+    parser = OneLineArgumentParser(prog="segbench compare")
     parser.add_argument("runs", nargs="+", help="run directories or sweep folders")
     parser.add_argument("--out", default=None, help="report folder (default: the sweep folder, or ./compare)")
     parser.add_argument("--metric", default=None, help="test metric to compare (default: dice or miou)")
@@ -140,9 +136,9 @@ def _compare(argv: list[str]) -> None:
 
 
 def _diagnose(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="segbench diagnose")
+    parser = OneLineArgumentParser(prog="segbench diagnose")
     parser.add_argument("run_dir")
-    parser.add_argument("--batches", type=int, default=20, help="training batches for precise BN")
+    parser.add_argument("--batches", type=at_least(1), default=20, help="training batches for precise BN")
     parser.add_argument("--checkpoint", default="last.pt", choices=["last.pt", "best.pt"])
     parser.add_argument("--split", default="val", choices=["val", "test"], help="which held-out split to score")
     args = parser.parse_args(argv)

@@ -43,6 +43,9 @@ def validate_overrides(overrides: list[str]) -> None:
     plain = []
     for override in parsed:
         key = override.get_key_element()
+        if override.is_delete() and not key.lstrip("~").startswith("hydra"):
+            raise SegbenchError(f"{key}: removing a setting is not supported; give it a value (or null) or pick "
+                                "another choice instead")
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
         if key in GROUPS or key.lstrip("+") in GROUPS:
             group = key.lstrip("+")
@@ -55,6 +58,7 @@ def validate_overrides(overrides: list[str]) -> None:
         cfg = compose(plain)
     except (HydraException, OmegaConfBaseException) as err:
         raise SegbenchError(_explain(err, plain)) from None
+    _check_added_keys(parsed, plain)
     _check_types(cfg, [o for o in plain if o.split("=", 1)[0].lstrip("+~") not in GROUPS])
     _check_study(cfg)
     # Options of a norm are checked by the registry; check them here too, before a long sweep starts.
@@ -65,6 +69,37 @@ def validate_overrides(overrides: list[str]) -> None:
     if unknown:
         raise SegbenchError(f"norm '{cfg.norm.name}' takes no option {unknown[0]!r}; its options: "
                             f"{', '.join(sorted(known - {'name'}))}")
+
+
+def _check_added_keys(parsed, plain: list[str]) -> None:
+    """``+key=value`` may only fill a setting segbench reads: a typo (``+trainer.max_step``) is refused,
+    not carried along unused."""
+    from omegaconf import OmegaConf
+
+    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not o.get_key_element().lstrip("+").startswith("hydra")
+             and o.get_key_element().lstrip("+") not in GROUPS]
+    if not added:
+        return
+    base = compose([o for o in plain if not o.startswith("+")])
+    known = _dotted_keys(OmegaConf.to_container(base, resolve=False))
+    for override in added:
+        key = override.get_key_element().lstrip("+")
+        if key not in known and not any(k.startswith(key + ".") for k in known):
+            import difflib
+
+            close = difflib.get_close_matches(key, known, n=1)
+            raise SegbenchError(f"+{key}: segbench has no setting {key}"
+                                + (f"; did you mean {close[0]}?" if close else "; see `segbench train --cfg job`"))
+
+
+def _dotted_keys(tree, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in (tree or {}).items():
+        name = f"{prefix}{key}"
+        out.add(name)
+        if isinstance(value, dict):
+            out |= _dotted_keys(value, name + ".")
+    return out
 
 
 def _check_study(cfg) -> None:

@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints them as one line and exits with code 2."""
 
+import argparse
+
 
 class SegbenchError(ValueError):
     """A bad value, a missing file or an impossible setting, explained in one line."""
@@ -21,3 +23,23 @@ def one_line(err: BaseException) -> str:
         text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " ".join(lines) if lines else type(err).__name__
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are a ``SegbenchError`` (one line, exit 2), not usage text plus an error."""
+
+    def error(self, message: str):
+        raise SegbenchError(f"{self.prog}: {message} (see {self.prog} -h)")
+
+
+def at_least(lowest: int):
+    """An argparse type: an integer of at least ``lowest``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {lowest}")
+        return value
+    return parse

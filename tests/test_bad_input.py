@@ -181,6 +181,9 @@ CASES = [
     ("seed-negative", _nothing, ["train", "seed=-1"], ["seed=-1"]),
     ("depth-0", _nothing, ["train", "model.depth=0"], ["model.depth=0"]),
     ("cond-channel-out-of-range", _nothing, ["train", "norm=spade", "norm.cond_channels=[9]"], ["cond_channels", "9"]),
+    ("added-typo-key", _nothing, ["train", "+trainer.max_step=10"], ["+trainer.max_step", "trainer.max_steps"]),
+    ("deleted-group", _nothing, ["train", "~norm"], ["~norm", "not supported"]),
+    ("data-root-is-a-file", lambda w: (w.tmp / "f").write_text("x"), ["train", "data.root={tmp}/f"], ["not a folder"]),
     # The config trust boundary.
     ("target-in-key", _nothing, ["train", "+hydra.callbacks.x._target_=shutil.copyfile"], ["shutil.copyfile", "refusing"]),
     ("target-in-value", _nothing, ["train", "+hydra.callbacks.x={_target_:shutil.rmtree,path:/tmp}"], ["shutil.rmtree"]),
@@ -229,6 +232,11 @@ CASES = [
     ("compare-smooth-1", _nothing, ["compare", "{run}", "--out", "{tmp}/c", "--smooth", "1"], ["--smooth=1"]),
     ("compare-bad-metrics", lambda w: (w.run / "metrics.json").write_text("{oops"),
      ["compare", "{run}", "--out", "{tmp}/c"], ["metrics.json"]),
+    ("diagnose-negative-batches", _nothing, ["diagnose", "{run}", "--batches", "-3"], ["--batches", "at least 1"]),
+    ("bench-batch-0", _nothing, ["bench", "--batch-size", "0"], ["--batch-size", "at least 1"]),
+    ("bench-without-data", _nothing, ["bench", "--data", "{tmp}/absent"], ["absent", "does not exist"]),
+    ("make-data-unknown-kind", _nothing, ["make-data", "nosuch", "--out", "{tmp}/x"], ["invalid choice"]),
+    ("make-data-no-images", _nothing, ["make-data", "voc-phantom", "--out", "{tmp}/x", "--images", "0"], ["--images"]),
     ("diagnose-garbage", lambda w: (w.run / "checkpoints" / "last.pt").write_bytes(b"x"), ["diagnose", "{run}"],
      ["last.pt"]),
 ]

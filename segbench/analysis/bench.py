@@ -8,7 +8,6 @@ shared machine slows both alike; the ratio is the figure to quote.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from segbench.errors import OneLineArgumentParser, at_least
 from segbench.models import build_model
 from segbench.nn import NORMS
 from segbench.progress import progress
@@ -140,20 +140,23 @@ def say(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="segbench bench")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--size", type=int, nargs=2, default=[96, 112])
-    parser.add_argument("--steps", type=int, default=5, help="steps per timing round")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--loop-steps", type=int, default=40, help="steps of the whole-trainer comparison")
-    parser.add_argument("--loop-rounds", type=int, default=3)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--depth", type=int, default=4)
+    parser = OneLineArgumentParser(prog="segbench bench")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--size", type=at_least(1), nargs=2, default=[96, 112])
+    parser.add_argument("--steps", type=at_least(1), default=5, help="steps per timing round")
+    parser.add_argument("--rounds", type=at_least(1), default=4)
+    parser.add_argument("--loop-steps", type=at_least(1), default=40, help="steps of the whole-trainer comparison")
+    parser.add_argument("--loop-rounds", type=at_least(1), default=3)
+    parser.add_argument("--width", type=at_least(1), default=16)
+    parser.add_argument("--depth", type=at_least(1), default=4)
     parser.add_argument("--data", default="data/brain_phantom", help="BraTS folder for the loader figure")
-    parser.add_argument("--workers", type=int, default=0, help="loader workers (the data config's default is 0)")
+    parser.add_argument("--workers", type=at_least(0), default=0, help="loader workers (the data config's default is 0)")
     parser.add_argument("--skip-norms", action="store_true")
     args = parser.parse_args(argv)
     size = tuple(args.size)
+    from segbench.data.brats import find_subjects
+
+    find_subjects(args.data)  # a missing data folder is one line now, not after minutes of timing
     report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size,
               "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
     say("1/4 segbench's train_step vs a bare PyTorch step")

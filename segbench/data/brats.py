@@ -122,7 +122,8 @@ def find_subjects(root: str) -> list[Path]:
     """Subject folders (``<id>/<id>_seg.nii.gz``) under ``root``, sorted; a clear error when there are none."""
     base = Path(root)
     if not base.is_dir():
-        raise SegbenchError(f"data.root={root!r} does not exist; " + MISSING_HELP.format(root=root))
+        state = "is a file, not a folder" if base.exists() else "does not exist"
+        raise SegbenchError(f"data.root={root!r} {state}; " + MISSING_HELP.format(root=root))
     folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     folders = [p for p in folders if any(p.glob(f"{p.name}_seg.nii*"))]
     if not folders:
