@@ -121,6 +121,12 @@ def _folder_data(where: Where, bad_value: int | None = None, corrupt: bool = Fal
     return root
 
 
+def _truncate_image(where: Where) -> Path:
+    root = _folder_data(where)
+    truncate(root / "p4" / "p4_1.png", 0.6)
+    return root
+
+
 def _voc_with_class(where: Where, value: int) -> Path:
     root = write_voc_phantom(where.tmp / "voc", images=6)
     mask_path = sorted((root / "VOCdevkit" / "VOC2012" / "SegmentationClass").glob("*.png"))[0]
@@ -207,6 +213,8 @@ CASES = [
      ["p2_1_mask.png", "7", "data.classes"]),
     ("folder-mask-corrupt", lambda w: _folder_data(w, corrupt=True),
      ["train", "data=folder", "data.root={tmp}/folder", "data.size=[32,32]"], ["p3_0_mask.png", "cannot read"]),
+    ("folder-image-truncated", _truncate_image,
+     ["train", "data=folder", "data.root={tmp}/folder", "data.size=[32,32]"], ["p4_1.png", "cannot read"]),
     ("voc-class-out-of-range", lambda w: _voc_with_class(w, 40),
      ["train", "model=fcn8s", "data=voc_phantom", "data.root={tmp}/voc", "loss=ce"], ["40", "0-20, 255"]),
     # Resume: broken checkpoints, another model, nothing to resume.

@@ -62,24 +62,38 @@ def subject_split(subjects: list[str], split: str, val_fraction: float, seed: in
     return set(order[lo:hi])
 
 
-def _mask_problem(image_path: Path | None, mask_path: Path, valid: frozenset[int] | None) -> str | None:
+def _read_problem(path: Path):
+    """(decoded image, None) or (None, why it cannot be read)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        if image_path is not None:
-            with Image.open(image_path) as image:  # the header only: size without decoding
-                image_size = image.size
-        with Image.open(mask_path) as mask_file:
-            mask = np.asarray(mask_file)
+        with Image.open(path) as file:
+            file.load()  # decoded once: a truncated file fails here, not an hour into training
+            return file.copy(), None
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        return f"cannot read it ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-    if image_path is not None and image_size != (mask.shape[1], mask.shape[0]):
-        return f"is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} is {image_size[0]}x{image_size[1]}"
+        return None, f"cannot read it ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+
+
+def _pair_problem(image_path: Path | None, mask_path: Path, valid: frozenset[int] | None) -> str | None:
+    """What is wrong with one image/mask pair, naming the file; None when nothing is."""
+    image_size = None
+    if image_path is not None:
+        image, problem = _read_problem(image_path)
+        if problem:
+            return f"image {image_path} {problem}"
+        image_size = image.size
+    mask_file, problem = _read_problem(mask_path)
+    if problem:
+        return f"mask {mask_path} {problem}"
+    mask = np.asarray(mask_file)
+    if image_size is not None and image_size != (mask.shape[1], mask.shape[0]):
+        return (f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} is "
+                f"{image_size[0]}x{image_size[1]}")
     if valid is not None:
         values = np.unique(mask if mask.ndim == 2 else mask[..., 0])
         bad = sorted(set(values.tolist()) - valid)
         if bad:
-            return (f"holds value(s) {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}; "
+            return (f"mask {mask_path} holds value(s) {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}; "
                     f"valid: {_ranges(sorted(valid))}")
     return None
 
@@ -102,9 +116,9 @@ def check_masks(pairs: tuple[tuple[Path | None, Path], ...], valid: frozenset[in
     it rather than an ``IndexError`` deep in the loss after an hour of training.
     """
     for image_path, mask_path in progress(pairs, "checking masks", len(pairs), "mask"):
-        problem = _mask_problem(image_path, mask_path, valid)
+        problem = _pair_problem(image_path, mask_path, valid)
         if problem:
-            raise SegbenchError(f"mask {mask_path} {problem}{hint}")
+            raise SegbenchError(f"{problem}{hint if 'holds value' in problem else ''}")
 
 
 def build_transform(size, augment: bool, pad_label: int, random_crop: bool = False, scale=(0.9, 1.1),
