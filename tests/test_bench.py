@@ -15,3 +15,5 @@ def test_bench_prints_both_ratios(tiny_brats):
     assert report["trainer_loop"]["ratio_trainer_over_bare"] > 0
     assert report["loader"]["ratio_loader_over_training"] > 0
     assert set(report["per_norm"]["images_per_s"]) >= {"none", "batch", "group", "adain", "spade"}
+    assert set(report["precision"]["images_per_s"]) == {"32", "bf16-mixed", "bf16-mixed channels_last"}
+    assert report["precision"]["relative_to_fp32"]["32"] == 1.0

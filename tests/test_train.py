@@ -209,3 +209,29 @@ def test_overlay_is_readable_and_has_a_legend():
     for (y, x), (_, colour) in zip([(5, 5), (25, 25), (45, 45)], LEGEND):
         torch.testing.assert_close(out[0, :, y * scale, x * scale], 0.6 * torch.tensor(colour))
     assert out[0, :, 48 * scale:].amax() > 0.9  # the legend strip has text and swatches
+
+
+@pytest.mark.parametrize("precision, channels_last", [("bf16-mixed", False), ("16-mixed", False),
+                                                      ("bf16-mixed", True)])
+def test_mixed_precision_and_channels_last_train(tiny_cfg, tmp_path, precision, channels_last):
+    metrics = train(tiny_cfg(f"trainer.precision={precision}", f"trainer.channels_last={channels_last}"), tmp_path)
+    assert all(torch.isfinite(torch.tensor(v)) for v in read_scalars(tmp_path / "tb")["train/loss"][1])
+    assert 0 <= metrics["test"]["best"]["dice"] <= 1
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ("scaler" in state) == (precision == "16-mixed")  # fp16's loss scale survives a resume
+    weights = [v for k, v in state["model"].items() if v.is_floating_point()]
+    assert all(w.dtype == torch.float32 for w in weights)  # autocast computes in low precision, stores fp32
+
+
+def test_bf16_step_runs_the_forward_in_bfloat16():
+    from segbench.models import build_model
+    from segbench.train.precision import precision_for
+    from segbench.train.trainer import train_step
+
+    model = build_model("resunet", 2, 1, norm="batch", width=4, depth=2)
+    seen = []
+    model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = train_step(model, torch.randn(2, 2, 16, 16), torch.ones(2, 1, 16, 16),
+                      torch.nn.BCEWithLogitsLoss(), opt, precision_for("bf16-mixed", torch.device("cpu")))
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -24,6 +24,7 @@ from segbench.models import build_model
 from segbench.nn import NORMS
 from segbench.progress import progress
 from segbench.train.losses import MultilabelLoss
+from segbench.train.precision import precision_for
 from segbench.train.trainer import train_step
 
 
@@ -69,6 +70,33 @@ def train_step_vs_bare(batch: int, size, steps: int, rounds: int, width: int, de
     n = batch * steps * rounds
     return {"segbench_step_images_per_s": n / t_ours, "bare_step_images_per_s": n / t_bare,
             "ratio": t_bare / t_ours}
+
+
+PRECISION_SETTINGS = (("32", False), ("bf16-mixed", False), ("bf16-mixed", True))
+
+
+def precision_speed(batch: int, size, steps: int, rounds: int, width: int, depth: int) -> dict:
+    """``train_step`` images/s per ``trainer.precision`` and memory format, rounds interleaved in one
+    process (the machine's load hits every setting alike); ratios are to float32 NCHW."""
+    images = torch.randn(batch, 4, *size)
+    target = (torch.rand(batch, 1, *size) > 0.9).float()
+    loss_fn = MultilabelLoss("bce")
+    steps_of = {}
+    for name, channels_last in PRECISION_SETTINGS:
+        model = _model("batch", 4, width, depth)
+        x = images
+        if channels_last:
+            model, x = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
+        opt, precision = torch.optim.Adam(model.parameters()), precision_for(name, torch.device("cpu"))
+        step = (lambda m, x, o, p: lambda: train_step(m, x, target, loss_fn, o, p))(model, x, opt, precision)
+        step()  # warm-up
+        steps_of[f"{name}{' channels_last' if channels_last else ''}"] = step
+    seconds = dict.fromkeys(steps_of, 0.0)
+    for _ in range(rounds):
+        for key, step in steps_of.items():
+            seconds[key] += _time(step, steps)
+    per_s = {k: batch * steps * rounds / t for k, t in seconds.items()}
+    return {"images_per_s": per_s, "relative_to_fp32": {k: v / per_s["32"] for k, v in per_s.items()}}
 
 
 def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, rounds: int = 3) -> dict:
@@ -152,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default="data/brain_phantom", help="BraTS folder for the loader figure")
     parser.add_argument("--workers", type=at_least(0), default=0, help="loader workers (the data config's default is 0)")
     parser.add_argument("--skip-norms", action="store_true")
+    parser.add_argument("--skip-precision", action="store_true")
     args = parser.parse_args(argv)
     size = tuple(args.size)
     from segbench.data.brats import find_subjects
@@ -159,17 +188,20 @@ def main(argv: list[str] | None = None) -> dict:
     find_subjects(args.data)  # a missing data folder is one line now, not after minutes of timing
     report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size,
               "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
-    say("1/4 segbench's train_step vs a bare PyTorch step")
+    say("1/5 segbench's train_step vs a bare PyTorch step")
     report["train_step"] = train_step_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth)
-    say(f"2/4 the whole trainer vs a bare loop on {args.data} ({args.loop_rounds} rounds)")
+    say(f"2/5 the whole trainer vs a bare loop on {args.data} ({args.loop_rounds} rounds)")
     report["trainer_loop"] = trainer_vs_bare(args.data, args.batch_size, args.loop_steps, args.width, args.depth,
                                              args.loop_rounds)
-    say("3/4 the data loader alone")
+    say("3/5 the data loader alone")
     loader = loader_throughput(args.data, args.batch_size, 50, args.workers)
     report["loader"] = {"images_per_s": loader, "workers": args.workers,
                         "ratio_loader_over_training": loader / report["trainer_loop"]["trainer_images_per_s"]}
     if not args.skip_norms:
-        say(f"4/4 each of the {len(NORMS)} norms")
+        say(f"4/5 each of the {len(NORMS)} norms")
         report["per_norm"] = per_norm(args.batch_size, size, args.steps, args.width, args.depth)
+    if not args.skip_precision:
+        say("5/5 float32 vs bf16 autocast, NCHW vs channels_last")
+        report["precision"] = precision_speed(args.batch_size, size, args.steps, args.rounds, args.width, args.depth)
     print(json.dumps(report, indent=2))
     return report

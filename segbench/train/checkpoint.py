@@ -17,7 +17,7 @@ REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "best", "config")
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: dict, config: dict,
-                    last_val: dict | None = None) -> None:
+                    last_val: dict | None = None, scaler=None) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -28,6 +28,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: di
         "torch_rng": torch.get_rng_state(),  # dropout; data order and augmentation derive from (seed, step)
         "config": config,
     }
+    if scaler is not None:  # fp16: the loss scale it has settled on, so a resume continues with it
+        state["scaler"] = scaler.state_dict()
     save_torch(path, state)
 
 

@@ -25,6 +25,7 @@ from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, flatten,
 from segbench.train.distributed import resolve_device
 from segbench.train.losses import build_loss
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
+from segbench.train.precision import Precision, precision_for
 
 
 class RunFinished(Exception):
@@ -51,6 +52,8 @@ class Prepared:
     best: dict = field(default_factory=dict)
     last_val: dict = field(default_factory=dict)
     resumed_from: Path | None = None
+    precision: Precision = field(default_factory=Precision)
+    channels_last: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -104,6 +107,7 @@ def loss_from_config(cfg: DictConfig, target_kind: str):
 def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.device("cpu")) -> Prepared:
     """Build and check the run; raise ``SegbenchError`` (one line) or ``RunFinished``, never write."""
     check_config(cfg)
+    precision = precision_for(cfg.trainer.get("precision", "32"), torch.device(device))
     resolve_device(cfg.trainer.device)
     resume_from = resume_path(cfg.trainer.resume, Path(run_dir))
     state = _checkpoint_to_resume(cfg, resume_from) if resume_from is not None else None
@@ -114,6 +118,14 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     # A resumed run's weights come from its checkpoint; its init_from run may be gone by now.
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities,
                               init=resume_from is None).to(device)
+    channels_last = bool(cfg.trainer.get("channels_last", False))
+    if channels_last and precision.dtype is None and torch.device(device).type == "cpu":
+        # Measured here (torch 2.14.1, AVX-512 CPU): the ResUNet's fp32 NHWC backward dies in a
+        # segfault, while bf16 NHWC trains. Refused rather than crashing a sweep.
+        raise SegbenchError("trainer.channels_last=true needs trainer.precision=bf16-mixed on the CPU (the fp32 "
+                            "channels-last backward crashes in this torch build); or set trainer.channels_last=false")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if hasattr(model, "check_input_size") and train_set.size:
         model.check_input_size(*train_set.size)
     loss_fn = loss_from_config(cfg, train_set.target_kind).to(device)
@@ -126,7 +138,8 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     scheduler = build_scheduler(optimizer, OmegaConf.to_container(cfg.optim), total_steps)
     freeze_at = cfg.trainer.get("freeze_bn_after")
     freeze_step = total_steps if freeze_at is None else int(total_steps * float(freeze_at))
-    prepared = Prepared(splits, model, loss_fn, optimizer, scheduler, total_steps, freeze_step)
+    prepared = Prepared(splits, model, loss_fn, optimizer, scheduler, total_steps, freeze_step,
+                        precision=precision, channels_last=channels_last)
     if state is not None:
         _resume(prepared, state, resume_from, Path(run_dir))
     return prepared
@@ -160,6 +173,8 @@ def _resume(prepared: Prepared, state: dict, path: Path, run_dir: Path) -> None:
         prepared.scheduler.load_state_dict(state["scheduler"])
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
+        if prepared.precision.scaler is not None and "scaler" in state:
+            prepared.precision.scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise SegbenchError(f"{path}: its optimizer or schedule state does not fit this run ({err})") from None
     prepared.start, prepared.best = step, dict(state["best"])

@@ -22,6 +22,7 @@ from segbench.train import distributed, hparams
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.evaluate import evaluate, overlay
 from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
+from segbench.train.precision import Precision
 from segbench.train.prepare import Prepared, RunFinished, prepare
 from segbench.train.rundir import remove_orphans, run_lock
 
@@ -38,15 +39,25 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def train_step(model, images, target, loss_fn, optimizer) -> torch.Tensor:
+def train_step(model, images, target, loss_fn, optimizer, precision: Precision | None = None) -> torch.Tensor:
     """One optimisation step; returns the detached loss. ``segbench bench`` times exactly this."""
+    precision = precision or FP32
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(images), target)
+    with precision.autocast():
+        loss = loss_fn(model(images), target)
     if not torch.isfinite(loss):
         return loss.detach()  # the caller stops before any update reaches the weights
-    loss.backward()
-    optimizer.step()
+    if precision.scaler is not None:
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return loss.detach()
+
+
+FP32 = Precision()
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -60,6 +71,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = distributed.shared_run_dir(run_dir, ctx)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size all run long: let cuDNN pick its fastest kernels
     try:
         prepared = prepare(cfg, run_dir, ctx.world_size, ctx.device)
     except RunFinished as finished:
@@ -126,8 +139,10 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
     tick = time.perf_counter()
     for step, (images, target) in enumerate(loader, start=start):
         images, target = images.to(ctx.device, non_blocking=True), target.to(ctx.device, non_blocking=True)
+        if prepared.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         train_mode(net, freeze_bn=step >= freeze_step)
-        loss = train_step(net, images, target, loss_fn, optimizer)
+        loss = train_step(net, images, target, loss_fn, optimizer, prepared.precision)
         loss_value = float(distributed.all_reduce_sum(loss.cpu().double().view(1), ctx)[0]) / ctx.world_size
         if not math.isfinite(loss_value):
             kept = (f"last good checkpoint: {ckpt_dir / 'last.pt'} (step {_saved_step(ckpt_dir / 'last.pt')})"
@@ -154,9 +169,11 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
                 log.info("step %d/%d val: %s%s", done, total_steps, _summary(last_val), " (best)" if improved else "")
             if ctx.is_main and improved:
                 best = {**last_val, "step": done}
-                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val)
+                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val,
+                                prepared.precision.scaler)
         if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps):
-            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val)
+            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
+                            prepared.precision.scaler)
         tick = time.perf_counter()
     progress.close()
 
