@@ -114,3 +114,13 @@ def test_diagnose_on_test_uses_the_threshold_chosen_on_val(tiny_cfg, tmp_path):
     diagnose(str(tmp_path), batches=2, split="test")
     result = json.loads((tmp_path / "diagnose.json").read_text())
     assert result["split"] == "test" and result["metric"] == "dice"
+
+
+def test_run_names_keep_what_the_sweep_varies_even_under_trainer(monkeypatch):
+    from segbench.train.app import run_name
+
+    overrides = ["experiment=x", "trainer.precision=bf16-mixed", "seed=1", "data.root=/a/b", "norm=batch"]
+    monkeypatch.setenv("SEGBENCH_SWEPT_KEYS", "trainer.precision,seed,data.root")
+    assert run_name(overrides) == "trainer.precision=bf16-mixed,seed=1"  # a path never names a folder
+    monkeypatch.delenv("SEGBENCH_SWEPT_KEYS")
+    assert run_name(overrides) == "seed=1,norm=batch"

@@ -13,10 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 from segbench.errors import SegbenchError, one_line
 
 
-# Keys that never name a sweep member's folder: paths split a name into nested folders, and how a
-# run is trained or launched is not what an arm is. The full config stays in each run's .hydra/.
-UNNAMED_KEYS = ("hydra", "trainer.", "experiment", "data.root", "data.sbd_root", "model.init_from",
-                "model.backbone_weights")
+# Keys that name a sweep member's folder: the ones its sweep varies, paths excepted (they split a name
+# into nested folders); without that list, every override but paths, trainer.* and hydra.*. The
+# full config stays in each run's .hydra/.
+PATH_KEYS = ("data.root", "data.sbd_root", "model.init_from", "model.backbone_weights")
+UNNAMED_KEYS = ("hydra", "trainer.", "experiment", *PATH_KEYS)
 SHORT_KEYS = {"data.batch_size": "bs"}
 
 
@@ -30,7 +31,8 @@ def run_name(overrides) -> str:
     for item in overrides:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
-        if not key.startswith(UNNAMED_KEYS) and (swept is None or key in swept):
+        wanted = key in swept and not key.startswith(PATH_KEYS) if swept is not None else not key.startswith(UNNAMED_KEYS)
+        if wanted:
             parts.append(f"{SHORT_KEYS.get(key, key)}={value.replace('/', '_')}")
     return ",".join(parts) or "run"
 
