@@ -32,7 +32,7 @@ def test_sweep_members_have_short_names(sweep):
 def test_two_norm_two_batch_sweep_compares(sweep):
     result = segbench("compare", str(sweep))
     assert result.returncode == 0, result.stderr
-    for name in ("curves.png", "by_batch_size.png", "summary.md", "summary.csv"):
+    for name in ("curves.png", "by_batch_size.png", "summary.md", "summary.csv", "predictions.png"):
         assert (sweep / name).stat().st_size > 0
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert sorted((r["norm"], r["batch_size"]) for r in rows) == [("batch", "2"), ("batch", "4"), ("group", "2"), ("group", "4")]
@@ -124,3 +124,16 @@ def test_run_names_keep_what_the_sweep_varies_even_under_trainer(monkeypatch):
     assert run_name(overrides) == "trainer.precision=bf16-mixed,seed=1"  # a path never names a folder
     monkeypatch.delenv("SEGBENCH_SWEPT_KEYS")
     assert run_name(overrides) == "seed=1,norm=batch"
+
+
+def test_compare_without_the_runs_data_still_compares(sweep, tmp_path, monkeypatch):
+    from segbench.analysis.compare import compare
+    from segbench.errors import SegbenchError
+
+    def gone(*args, **kwargs):
+        raise SegbenchError("data.root='/moved' does not exist")
+
+    monkeypatch.setattr("segbench.data.build_datasets", gone)
+    out = compare([str(sweep)], str(tmp_path / "report"))
+    assert "(no prediction grid: data.root='/moved' does not exist)" in (out / "summary.md").read_text()
+    assert not (out / "predictions.png").exists() and (out / "curves.png").exists()

@@ -18,7 +18,8 @@ import numpy as np
 
 from segbench.analysis import stats
 from segbench.analysis.runs import Run, find_runs
-from segbench.errors import SegbenchError
+from segbench.analysis.predictions import prediction_grid
+from segbench.errors import SegbenchError, one_line
 from segbench.io import save_figure, write_text
 
 # Keys that never define an arm: the replicate, and settings that do not change what is learned.
@@ -278,6 +279,12 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
                                      else Path("compare"))
     out_dir.mkdir(parents=True, exist_ok=True)
     _plot(arms, metric, main_metric, out_dir, smooth)
+    try:
+        prediction_grid(arms, {key: _label(key) for key in arms}, out_dir, _sort_key)
+        pictures = "![predictions](predictions.png)\n\n"
+    except (SegbenchError, OSError) as err:  # data or checkpoints moved away: the numbers still compare
+        (out_dir / "predictions.png").unlink(missing_ok=True)
+        pictures = f"(no prediction grid: {one_line(err)})\n\n"
     rows = summarize(arms, metric)
     pairs = paired_comparisons(arms, metric)
     buffer = io.StringIO()
@@ -299,7 +306,7 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
               f"{' (sigmoid threshold also chosen on val)' if metric == 'dice' else ''}; "
               "cells are mean [95% t-interval over seeds]. `val_selection` is the val number used to choose and is "
               "not a result. `train_eval_loss`: training images in eval mode, measured alike for every arm.\n\n"
-              "![curves](curves.png)\n\n")
+              "![curves](curves.png)\n\n" + pictures)
     write_text(out_dir / "summary.md", header + markdown(rows, pairs, metric) + "\n\n"
                + "\n".join(f"- {r.path}" for r in runs) + "\n")
     return out_dir
