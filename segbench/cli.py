@@ -17,7 +17,7 @@ commands:
   train [OVERRIDES...]     train with Hydra overrides (add -m for a sweep), e.g. norm=group data.batch_size=2
   make-data KIND --out DIR write a phantom dataset: brain-phantom (BraTS layout) or voc-phantom (VOCdevkit)
   data-stats ROOT          subjects, tumour share, lesions, volumes, per-site intensity of a BraTS-layout folder
-  compare RUN_OR_SWEEP...  curves.png, by_batch_size.png, summary.md/.csv from finished runs
+  compare RUN_OR_SWEEP...  summary.md/.csv, paired.csv, curves.png, by_batch_size.png, predictions.png
   diagnose RUN_DIR         what batch norm did in a run: running vs batch vs recomputed statistics
   bench                    images/s: segbench's training step vs a bare loop, the loader, each norm
 """
