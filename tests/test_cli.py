@@ -152,3 +152,15 @@ def test_version_and_a_closed_pipe():
     assert result.returncode == 0 and result.stdout.startswith("segbench ")
     pipe = subprocess.run(f"{sys.executable} -m segbench -h | head -1", shell=True, capture_output=True, text=True)
     assert pipe.returncode == 0 and "Traceback" not in pipe.stderr and "BrokenPipe" not in pipe.stderr
+
+
+def test_progress_bars_only_on_a_terminal(capsys, monkeypatch):
+    import sys
+
+    from segbench.progress import progress
+
+    assert list(progress(range(3), "loading")) == [0, 1, 2]
+    assert capsys.readouterr().err == ""  # off a terminal: silent, so an error stays one line
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert list(progress(range(3), "loading", 3)) == [0, 1, 2]
+    assert "loading" in capsys.readouterr().err

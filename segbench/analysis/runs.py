@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.errors import SegbenchError
+from segbench.progress import progress
 
 
 @dataclass
@@ -80,7 +81,8 @@ def find_runs(paths: list[str]) -> list[Run]:
         found += sorted({p.parent for p in base.rglob("metrics.json")}) if not (base / "metrics.json").exists() else [base]
     if not found:
         raise SegbenchError(f"no finished runs (folders with metrics.json) under: {' '.join(paths)}")
-    runs = [load_run(p) for p in dict.fromkeys(found)]
+    unique = list(dict.fromkeys(found))
+    runs = [load_run(p) for p in progress(unique, "reading runs", len(unique), "run")]
     runs = [r for r in runs if not r.metrics.get("grid_member")]  # lr-grid members count through their run
     if not runs:
         raise SegbenchError(f"no finished runs (folders with metrics.json) under: {' '.join(paths)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from segbench.progress import progress
 from segbench.train.distributed import DistContext, all_reduce_sum
 from segbench.train.metrics import build_metric
 
@@ -51,7 +52,7 @@ def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, nu
     loader = DataLoader(Subset(dataset, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of per-batch loss x batch, images
     first, seen = None, 0
-    for images, target in loader:
+    for images, target in progress(loader, "evaluating", len(loader), "batch"):
         images, target = images.to(ctx.device), target.to(ctx.device)
         logits = model(images)
         loss_sum += torch.tensor([float(loss_fn(logits, target)) * len(images), len(images)], dtype=torch.float64)
