@@ -219,6 +219,13 @@ CASES = [
      ["train", "data=folder", "data.root={tmp}/folder", "data.size=[32,32]"], ["p4_1.png", "cannot read"]),
     ("voc-class-out-of-range", lambda w: _voc_with_class(w, 40),
      ["train", "model=fcn8s", "data=voc_phantom", "data.root={tmp}/voc", "loss=ce"], ["40", "0-20, 255"]),
+    ("voc-class-weights-mismatch", lambda w: write_voc_phantom(w.tmp / "voc", images=6),
+     ["train", "model=fcn8s", "model.width=0.0625", "data=voc_phantom", "data.root={tmp}/voc", "loss=ce",
+      "loss.class_weights=[1,2]", "data.size=[64,64]"], ["loss.class_weights", "21 classes"]),
+    ("voc-whole-images-in-batches", lambda w: write_voc_phantom(w.tmp / "voc", images=6),
+     ["train", "model=fcn8s", "model.width=0.0625", "data=voc_phantom", "data.root={tmp}/voc",
+      "data.val_batch_size=4", "data.size=[64,64]"], ["data.val_batch_size=4", "val_whole_images"]),
+    ("modalities-empty", _nothing, ["train", "data.modalities=[]"], ["data.modalities is empty"]),
     # Resume: broken checkpoints, another model, nothing to resume.
     ("resume-truncated", lambda w: truncate(w.run / "checkpoints" / "last.pt"), ["train", "trainer.resume={run}"],
      ["last.pt", "truncated"]),

@@ -111,3 +111,20 @@ def test_smaller_budget_on_a_finished_run_leaves_its_metrics(finished_run, tmp_p
     assert result.returncode == 0 and "is finished" in result.stdout
     assert (run / "metrics.json").read_text() == metrics
 
+
+
+def test_dry_run_turns_a_failing_first_step_into_one_line(tiny_cfg):
+    from pathlib import Path
+
+    from segbench.train.prepare import dry_run, prepare
+
+    cfg = tiny_cfg()
+    prepared = prepare(cfg, Path("."))
+
+    def broken(logits, target):
+        raise RuntimeError("shape mismatch\nmore lines torch would print")
+
+    prepared.loss_fn = broken
+    with pytest.raises(SegbenchError, match=r"^a first training step with this config fails: RuntimeError: "
+                                            r"shape mismatch$"):
+        dry_run(prepared, cfg)

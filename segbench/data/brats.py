@@ -201,6 +201,8 @@ class BratsSlices(SegmentationDataset):
                  val_fraction: float = 0.2, test_fraction: float = 0.2, tumor_fraction: float | None = 0.5,
                  min_brain_fraction: float = 0.05, size=(96, 112), augment: bool = True, seed: int = 0):
         modalities = tuple(modalities)
+        if not modalities:
+            raise SegbenchError(f"data.modalities is empty; name one or more of: {', '.join(MODALITIES)}")
         for m in modalities:
             if m not in MODALITIES:
                 raise invalid_choice("data.modalities", m, MODALITIES)

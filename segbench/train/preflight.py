@@ -145,7 +145,7 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
     Raises ``SegbenchError`` (one line) or ``RunFinished`` (resuming a finished run).
     """
     from segbench.config import compose, validate_overrides
-    from segbench.train.prepare import prepare
+    from segbench.train.prepare import dry_run, prepare
     from segbench.train.rundir import check_unlocked, check_writable
 
     multirun = "-m" in argv or "--multirun" in argv
@@ -174,7 +174,7 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
         key = json.dumps({k: v for k, v in _container(cfg).items() if k != "seed"}, sort_keys=True, default=str)
         if key not in seen:  # seeds do not change what is valid
             seen.add(key)
-            prepare(cfg, run or Path("."), int(os.environ.get("WORLD_SIZE", 1)))
+            dry_run(prepare(cfg, run or Path("."), int(os.environ.get("WORLD_SIZE", 1))), cfg)
     return argv, run
 
 

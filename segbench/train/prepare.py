@@ -98,10 +98,43 @@ def init_from_checkpoint(model, path: str) -> int:
     return len(matched)
 
 
-def loss_from_config(cfg: DictConfig, target_kind: str):
-    """Build ``cfg.loss`` for the dataset's kind of targets."""
+def loss_from_config(cfg: DictConfig, target_kind: str, num_outputs: int | None = None):
+    """Build ``cfg.loss`` for the dataset's kind of targets (and, when given, its number of classes)."""
     options = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k != "name"}
+    weights = options.get("class_weights")
+    if weights is not None and num_outputs is not None and len(weights) != num_outputs:
+        raise SegbenchError(f"loss.class_weights has {len(weights)} weight(s) but the data has {num_outputs} "
+                            "classes; give one weight per class")
     return build_loss(cfg.loss.name, target_kind, **options)
+
+
+def dry_run(prepared: Prepared, cfg: DictConfig) -> None:
+    """One training step and one validation batch on the real data, on this throw-away ``prepared``:
+    whatever would fail at step 1 or at the first validation (a loss that does not fit the targets,
+    whole images of different sizes in one validation batch, ...) fails here, before a file exists."""
+    import warnings
+
+    from torch.utils.data import default_collate
+
+    from segbench.train.trainer import train_step
+
+    splits = prepared.splits
+    try:
+        with warnings.catch_warnings():  # e.g. syncbatch outside a process group: fine for this check
+            warnings.simplefilter("ignore")
+            batch = default_collate([splits.train[(i, 0)] for i in range(int(cfg.data.batch_size))])
+            prepared.model.train()
+            train_step(prepared.model, *batch, prepared.loss_fn, prepared.optimizer, prepared.precision)
+            size = min(int(cfg.data.get("val_batch_size", cfg.data.batch_size)), len(splits.val))
+            images, target = default_collate([splits.val[i] for i in range(size)])
+            prepared.model.eval()
+            with torch.no_grad():
+                prepared.loss_fn(prepared.model(images), target)
+    except SegbenchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - anything a first step can raise becomes one line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise SegbenchError(f"a first training step with this config fails: {type(err).__name__}: {reason}") from None
 
 
 def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.device("cpu")) -> Prepared:
@@ -128,7 +161,10 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
         model = model.to(memory_format=torch.channels_last)
     if hasattr(model, "check_input_size") and train_set.size:
         model.check_input_size(*train_set.size)
-    loss_fn = loss_from_config(cfg, train_set.target_kind).to(device)
+    loss_fn = loss_from_config(cfg, train_set.target_kind, train_set.num_outputs).to(device)
+    if cfg.data.get("val_whole_images") and int(cfg.data.get("val_batch_size", 1)) > 1:
+        raise SegbenchError(f"data.val_batch_size={cfg.data.val_batch_size} with data.val_whole_images=true: whole "
+                            "images differ in size and cannot share a batch; use data.val_batch_size=1")
     global_batch = int(cfg.data.batch_size) * world_size
     if len(train_set) < global_batch:
         raise SegbenchError(f"data.batch_size={cfg.data.batch_size} x {world_size} rank(s) is more than the "
