@@ -27,19 +27,26 @@ def compose(overrides: list[str] | tuple[str, ...] = ()):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=False)
 
 
+def parse_overrides(overrides: list[str]):
+    """Hydra's parsed ``Override`` objects; a syntax error is one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise SegbenchError(f"cannot parse the overrides: {_first_line(err)}") from None
+
+
 def validate_overrides(overrides: list[str]) -> None:
     """Reject bad group choices and unknown keys before Hydra starts, with one line each.
 
     Sweep overrides (``norm=none,batch``) are checked value by value.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as err:
-        raise SegbenchError(f"cannot parse the overrides: {_first_line(err)}") from None
+    parsed = parse_overrides(overrides)
     plain = []
     for override in parsed:
         key = override.get_key_element()
@@ -81,7 +88,9 @@ def _check_added_keys(parsed, plain: list[str]) -> None:
     if not added:
         return
     base = compose([o for o in plain if not o.startswith("+")])
-    known = _dotted_keys(OmegaConf.to_container(base, resolve=False))
+    from segbench.schema import flatten
+
+    known = list(flatten(OmegaConf.to_container(base, resolve=False)))
     for override in added:
         key = override.get_key_element().lstrip("+")
         if key not in known and not any(k.startswith(key + ".") for k in known):
@@ -90,16 +99,6 @@ def _check_added_keys(parsed, plain: list[str]) -> None:
             close = difflib.get_close_matches(key, known, n=1)
             raise SegbenchError(f"+{key}: segbench has no setting {key}"
                                 + (f"; did you mean {close[0]}?" if close else "; see `segbench train --cfg job`"))
-
-
-def _dotted_keys(tree, prefix: str = "") -> set[str]:
-    out = set()
-    for key, value in (tree or {}).items():
-        name = f"{prefix}{key}"
-        out.add(name)
-        if isinstance(value, dict):
-            out |= _dotted_keys(value, name + ".")
-    return out
 
 
 def _check_study(cfg) -> None:

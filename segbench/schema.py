@@ -151,3 +151,15 @@ def _value(cfg: DictConfig, key: str):
     except Exception as err:  # noqa: BLE001 - an unresolvable interpolation, a missing env variable
         raise SegbenchError(f"{key} cannot be read: {str(err).splitlines()[0]}") from None
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig,)) or OmegaConf.is_list(value) else value
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a config as dotted keys and their leaf values."""
+    out = {}
+    for key, value in (tree or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -127,8 +127,16 @@ def _truncate_image(where: Where) -> Path:
     return root
 
 
+def _voc(where: Where) -> Path:
+    return write_voc_phantom(where.tmp / "voc", images=6)
+
+
+# FCN-8s on the small VOC phantom written by ``_voc``.
+VOC_RUN = ["train", "model=fcn8s", "model.width=0.0625", "data=voc_phantom", "data.root={tmp}/voc", "data.size=[64,64]"]
+
+
 def _voc_with_class(where: Where, value: int) -> Path:
-    root = write_voc_phantom(where.tmp / "voc", images=6)
+    root = _voc(where)
     mask_path = sorted((root / "VOCdevkit" / "VOC2012" / "SegmentationClass").glob("*.png"))[0]
     mask = Image.open(mask_path)
     array = np.asarray(mask).copy()
@@ -217,14 +225,11 @@ CASES = [
      ["train", "data=folder", "data.root={tmp}/folder", "data.size=[32,32]"], ["p3_0_mask.png", "cannot read"]),
     ("folder-image-truncated", _truncate_image,
      ["train", "data=folder", "data.root={tmp}/folder", "data.size=[32,32]"], ["p4_1.png", "cannot read"]),
-    ("voc-class-out-of-range", lambda w: _voc_with_class(w, 40),
-     ["train", "model=fcn8s", "data=voc_phantom", "data.root={tmp}/voc", "loss=ce"], ["40", "0-20, 255"]),
-    ("voc-class-weights-mismatch", lambda w: write_voc_phantom(w.tmp / "voc", images=6),
-     ["train", "model=fcn8s", "model.width=0.0625", "data=voc_phantom", "data.root={tmp}/voc", "loss=ce",
-      "loss.class_weights=[1,2]", "data.size=[64,64]"], ["loss.class_weights", "21 classes"]),
-    ("voc-whole-images-in-batches", lambda w: write_voc_phantom(w.tmp / "voc", images=6),
-     ["train", "model=fcn8s", "model.width=0.0625", "data=voc_phantom", "data.root={tmp}/voc",
-      "data.val_batch_size=4", "data.size=[64,64]"], ["data.val_batch_size=4", "val_whole_images"]),
+    ("voc-class-out-of-range", lambda w: _voc_with_class(w, 40), [*VOC_RUN, "loss=ce"], ["40", "0-20, 255"]),
+    ("voc-class-weights-mismatch", _voc, [*VOC_RUN, "loss=ce", "loss.class_weights=[1,2]"],
+     ["loss.class_weights", "21 classes"]),
+    ("voc-whole-images-in-batches", _voc, [*VOC_RUN, "data.val_batch_size=4"],
+     ["data.val_batch_size=4", "val_whole_images"]),
     ("modalities-empty", _nothing, ["train", "data.modalities=[]"], ["data.modalities is empty"]),
     # Resume: broken checkpoints, another model, nothing to resume.
     ("resume-truncated", lambda w: truncate(w.run / "checkpoints" / "last.pt"), ["train", "trainer.resume={run}"],

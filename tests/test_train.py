@@ -226,7 +226,7 @@ def test_mixed_precision_and_channels_last_train(tiny_cfg, tmp_path, precision, 
 def test_bf16_step_runs_the_forward_in_bfloat16():
     from segbench.models import build_model
     from segbench.train.precision import precision_for
-    from segbench.train.trainer import train_step
+    from segbench.train.step import train_step
 
     model = build_model("resunet", 2, 1, norm="batch", width=4, depth=2)
     seen = []

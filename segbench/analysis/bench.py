@@ -25,7 +25,7 @@ from segbench.nn import NORMS
 from segbench.progress import progress
 from segbench.train.losses import MultilabelLoss
 from segbench.train.precision import precision_for
-from segbench.train.trainer import train_step
+from segbench.train.step import train_step
 
 
 def _bare_step(model, images, target, optimizer):

@@ -12,6 +12,7 @@ import torch
 
 from segbench.errors import SegbenchError
 from segbench.io import load_torch, save_torch
+from segbench.schema import flatten
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "best", "config")
 
@@ -82,14 +83,3 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
     keys = sorted(set(flat_saved) | set(flat_now))
     return [k for k in keys if flat_saved.get(k, "<unset>") != flat_now.get(k, "<unset>")
             and not k.startswith(RESUMABLE)]
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out

@@ -12,7 +12,9 @@ import json
 import os
 from pathlib import Path
 
+from segbench.config import parse_overrides
 from segbench.errors import SegbenchError
+from segbench.train.checkpoint import resume_path
 
 # Hydra's own launchers and sweepers: the only ``_target_`` an override may name. Anything else
 # would reach ``hydra.utils.instantiate`` and call an arbitrary function (``shutil.copyfile``...).
@@ -27,20 +29,9 @@ ALLOWED_TARGETS = {
 SHOW_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
 
 
-def parse(overrides: list[str]):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        return OverridesParser.create().parse_overrides(overrides)
-    except HydraException as err:
-        line = next((x.strip() for x in str(err).splitlines() if x.strip()), "")
-        raise SegbenchError(f"cannot parse the overrides: {line}") from None
-
-
 def check_targets(overrides: list[str]) -> None:
     """Refuse an override that names a ``_target_`` (in its key or inside its value) outside the allowlist."""
-    for override in parse(overrides):
+    for override in parse_overrides(overrides):
         key = override.get_key_element().lstrip("+~")
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         for value in values:
@@ -66,7 +57,7 @@ def _targets_in(value):
 def _value(overrides: list[str], key: str) -> str | None:
     """The last value given for ``key`` (as typed), or None."""
     found = None
-    for override in parse(overrides):
+    for override in parse_overrides(overrides):
         if override.get_key_element().lstrip("+") == key:
             found = override.get_value_element_as_str()
     return found
@@ -106,9 +97,7 @@ def resume_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], P
         if run_dir_given is not None and Path(run_dir_given).resolve() != run.resolve():
             raise SegbenchError(f"trainer.resume={value} and hydra.run.dir={run_dir_given} name different runs; "
                                 "a resume continues in the run's own folder (drop hydra.run.dir)")
-    if not (run / "checkpoints" / "last.pt").is_file():
-        raise SegbenchError(f"trainer.resume={value}: no checkpoint at {run / 'checkpoints' / 'last.pt'}; pass "
-                            "a run directory that holds checkpoints/last.pt")
+    resume_path(value, run)  # the run must hold checkpoints/last.pt; the same one-line error as train()
     saved = _saved_overrides(run)
     given = _without(overrides, "trainer.resume", "hydra.run.dir")
     return [*saved, *given, f"hydra.run.dir={quote(str(run))}", "trainer.resume=true"], run
@@ -135,7 +124,7 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
         return [plain]
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    batches = BasicSweeper.split_arguments(parse(plain), None)
+    batches = BasicSweeper.split_arguments(parse_overrides(plain), None)
     return [job for batch in batches for job in batch]
 
 
@@ -152,7 +141,7 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
     check_targets(overrides)
     if multirun:  # sweep members are named by what varies (segbench.train.app.run_name)
         os.environ["SEGBENCH_SWEPT_KEYS"] = ",".join(
-            o.get_key_element().lstrip("+~") for o in parse(overrides) if o.is_sweep_override())
+            o.get_key_element().lstrip("+~") for o in parse_overrides(overrides) if o.is_sweep_override())
     resumed_overrides, run = resume_overrides(overrides, multirun)
     if run is not None:
         flags = [a for a in argv if a.startswith("-")]

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from segbench.data import Splits, build_datasets
 from segbench.errors import SegbenchError
 from segbench.models import build_model
-from segbench.schema import check_config
-from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, flatten, load_checkpoint,
-                                       load_model_state, resume_path)
+from segbench.schema import check_config, flatten
+from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, load_checkpoint, load_model_state,
+                                       resume_path)
 from segbench.train.distributed import resolve_device
 from segbench.train.losses import build_loss
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
@@ -116,7 +116,7 @@ def dry_run(prepared: Prepared, cfg: DictConfig) -> None:
 
     from torch.utils.data import default_collate
 
-    from segbench.train.trainer import train_step
+    from segbench.train.step import train_step
 
     splits = prepared.splits
     try:

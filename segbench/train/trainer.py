@@ -14,17 +14,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from segbench.nn.bn_stats import recompute_bn_stats, train_mode
 from segbench.data.common import StepBatchSampler
 from segbench.io import write_json
+from segbench.nn.bn_stats import recompute_bn_stats, train_mode
 from segbench.nn.slot import norm_scalars
 from segbench.train import distributed, hparams
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.evaluate import evaluate, overlay
 from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
-from segbench.train.precision import Precision
 from segbench.train.prepare import Prepared, RunFinished, prepare
 from segbench.train.rundir import remove_orphans, run_lock
+from segbench.train.step import train_step
 
 
 log = logging.getLogger(__name__)
@@ -37,27 +37,6 @@ def _summary(results: dict, keys=("loss", "dice", "dice_tuned", "threshold_tuned
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def train_step(model, images, target, loss_fn, optimizer, precision: Precision | None = None) -> torch.Tensor:
-    """One optimisation step; returns the detached loss. ``segbench bench`` times exactly this."""
-    precision = precision or FP32
-    optimizer.zero_grad(set_to_none=True)
-    with precision.autocast():
-        loss = loss_fn(model(images), target)
-    if not torch.isfinite(loss):
-        return loss.detach()  # the caller stops before any update reaches the weights
-    if precision.scaler is not None:
-        precision.scaler.scale(loss).backward()
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss.detach()
-
-
-FP32 = Precision()
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
