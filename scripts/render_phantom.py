@@ -29,12 +29,13 @@ def main() -> None:
     sites = read_sites(args.data)
     fig, axes = plt.subplots(len(volumes), 5, figsize=(12, 2.8 * len(volumes)), squeeze=False)
     for row, volume in zip(axes, volumes):
-        z = int(np.argmax((volume.labels > 0).sum(axis=(1, 2))))  # the slice with most tumour
-        for ax, m, image in zip(row, MODALITIES, volume.images[z]):
+        z = volume.box[0] + int(np.argmax((volume.labels > 0).sum(axis=(1, 2))))  # the slice with most tumour
+        images, labels = volume.slice(z)
+        for ax, m, image in zip(row, MODALITIES, images):
             ax.imshow(image.astype(np.float32), cmap="gray")
             ax.set_title(f"{volume.subject[-5:]} ({sites.get(volume.subject, 'site ?')}) {m}, z={z}", fontsize=9)
-        row[4].imshow(volume.images[z][1].astype(np.float32), cmap="gray")
-        row[4].imshow(volume.labels[z], cmap=LABEL_COLOURS, vmin=0, vmax=4, interpolation="nearest")
+        row[4].imshow(images[1].astype(np.float32), cmap="gray")
+        row[4].imshow(labels, cmap=LABEL_COLOURS, vmin=0, vmax=4, interpolation="nearest")
         row[4].set_title("seg: 1 necrosis (red), 2 oedema (green), 4 enhancing (yellow)", fontsize=7)
         for ax in row:
             ax.axis("off")

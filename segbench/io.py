@@ -86,3 +86,22 @@ def load_torch(path: str | os.PathLike) -> Any:
 def save_figure(path: str | os.PathLike, fig) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:], dpi=120,
                                                       bbox_inches="tight"))
+
+
+def nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse a folder that cannot be created or written (read-only, no permission, disk full)."""
+    base = nearest_existing(folder)
+    if not base.is_dir():
+        raise SegbenchError(f"{what}={folder}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SegbenchError(f"{what}={folder}: cannot write in {base} ({os.strerror(errno.EACCES)} or a "
+                            "read-only file system)")
+    if shutil.disk_usage(base).free < 16 * 2**20:
+        raise SegbenchError(f"{what}={folder}: {os.strerror(errno.ENOSPC)} in {base} (under 16 MiB free)")

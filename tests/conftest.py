@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,11 @@ import torch
 from segbench.config import compose
 
 torch.set_num_threads(2)
+
+# The BraTS preprocessing cache of every test (and of the commands the tests start) goes to one
+# throw-away folder, never to the user's ~/.cache.
+os.environ["SEGBENCH_CACHE"] = tempfile.mkdtemp(prefix="segbench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SEGBENCH_CACHE"], True)
 
 
 @pytest.fixture(scope="session")

@@ -200,6 +200,9 @@ CASES = [
     ("added-typo-key", _nothing, ["train", "+trainer.max_step=10"], ["+trainer.max_step", "trainer.max_steps"]),
     ("deleted-group", _nothing, ["train", "~norm"], ["~norm", "not supported"]),
     ("data-root-is-a-file", lambda w: (w.tmp / "f").write_text("x"), ["train", "data.root={tmp}/f"], ["not a folder"]),
+    ("cache-dir-under-a-file", lambda w: (w.tmp / "f").write_text("x"), ["train", "data.cache_dir={tmp}/f/cache"],
+     ["data.cache_dir=", "is a file"]),
+    ("cache-not-a-bool", _nothing, ["train", "data.cache=maybe"], ["data.cache='maybe'", "bool"]),
     # The config trust boundary.
     ("target-in-key", _nothing, ["train", "+hydra.callbacks.x._target_=shutil.copyfile"], ["shutil.copyfile", "refusing"]),
     ("target-in-value", _nothing, ["train", "+hydra.callbacks.x={_target_:shutil.rmtree,path:/tmp}"], ["shutil.rmtree"]),

@@ -8,114 +8,24 @@ One folder per subject, ``<id>/<id>_<modality>.nii.gz`` and ``<id>/<id>_seg.nii.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import logging
 from pathlib import Path
 
 import numpy as np
 
+from segbench.data.brats_volume import Volume, VolumeCache, preprocess
 from segbench.data.common import SegmentationDataset, subject_split
 from segbench.errors import SegbenchError, invalid_choice
+from segbench.io import check_writable
 from segbench.progress import progress
 
+log = logging.getLogger(__name__)
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 TARGETS = {"whole_tumor": ("WT",), "regions": ("WT", "TC", "ET")}
 # Which labels make up each BraTS region; 3 is how BraTS 2023 renamed enhancing tumour (4).
 REGION_LABELS = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (3, 4)}
 MISSING_HELP = ("make a phantom with 'segbench make-data brain-phantom --out {root}' "
                 "or put real BraTS data there (see data/README.md)")
-
-
-@dataclass
-class Volume:
-    """One subject, cached: images in [0, 1] as (Z, M, H, W) float16, labels as (Z, H, W) uint8."""
-
-    subject: str
-    images: np.ndarray
-    labels: np.ndarray
-    scale: np.ndarray  # (M,) z = image * scale + shift: the per-volume z-score within the brain
-    shift: np.ndarray
-    brain_fraction: np.ndarray  # (Z,) share of each slice inside the brain
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (Z, H, W) voxel size in mm, for HD95
-
-
-def find_file(folder: Path, subject: str, suffix: str) -> Path:
-    for ext in (".nii.gz", ".nii"):
-        path = folder / f"{subject}_{suffix}{ext}"
-        if path.exists():
-            return path
-    raise SegbenchError(f"subject {subject}: no {subject}_{suffix}.nii.gz in {folder}")
-
-
-def _to_axial(volume: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) RAS volume -> (Z, H, W) slices, anterior at the top."""
-    return np.ascontiguousarray(np.flip(volume.transpose(2, 1, 0), axis=1))
-
-
-BRATS_LABELS = (0, 1, 2, 3, 4)  # background, necrotic core, oedema, enhancing (3 in BraTS 2023+, else 4)
-
-
-def read_nifti(path: Path, subject: str):
-    """A NIfTI image and its voxels; unreadable, truncated or non-3-D files are one-line errors."""
-    import nibabel as nib
-
-    try:
-        image = nib.load(path)
-        voxels = np.asarray(image.dataobj)
-    except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib each raise their own kinds
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SegbenchError(f"subject {subject}: cannot read {path} ({reason}); is it a truncated or "
-                            "corrupt .nii.gz?") from None
-    if voxels.ndim != 3:
-        raise SegbenchError(f"subject {subject}: {path.name} has shape {voxels.shape}; BraTS images are 3-D")
-    return image, voxels
-
-
-def _check_labels(seg: np.ndarray, path: Path, subject: str) -> np.ndarray:
-    values = np.unique(seg)
-    bad = [v for v in values.tolist() if v not in BRATS_LABELS]
-    if bad:
-        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
-        raise SegbenchError(f"subject {subject}: {path.name} holds label value(s) {shown}; BraTS labels are "
-                            "0 (background), 1 (necrotic core), 2 (oedema), 3 or 4 (enhancing tumour)")
-    return seg.astype(np.uint8)
-
-
-def load_volume(folder: Path, modalities: tuple[str, ...]) -> Volume:
-    """One subject's images and labels, checked: readable files, one shape, BraTS labels, finite
-    voxels and no all-zero modality, each refused naming the subject and the file."""
-    subject = folder.name
-    seg_path = find_file(folder, subject, "seg")
-    seg_img, seg = read_nifti(seg_path, subject)
-    seg = _check_labels(seg, seg_path, subject)
-    zooms = tuple(float(z) for z in seg_img.header.get_zooms()[:3])
-    images, scale, shift = [], [], []
-    for modality in modalities:
-        path = find_file(folder, subject, modality)
-        image = read_nifti(path, subject)[1].astype(np.float32)
-        if image.shape != seg.shape:
-            raise SegbenchError(f"subject {subject}: {path.name} has shape {image.shape} but "
-                                f"{seg_path.name} has {seg.shape}")
-        finite = np.isfinite(image)
-        if not finite.all():
-            raise SegbenchError(f"subject {subject}: {path.name} has {int((~finite).sum())} NaN or infinite "
-                                "voxel(s); fix or drop the subject")
-        if not image.any():
-            raise SegbenchError(f"subject {subject}: {path.name} is all zero (a failed export?); fix or drop "
-                                "the subject")
-        images.append(image)
-    brain = np.any(np.stack(images) > 0, axis=0)
-    if not brain.any():
-        raise SegbenchError(f"subject {subject}: no image has a positive voxel (is the intensity inverted?)")
-    stacked = []
-    for image in images:
-        top = float(np.percentile(image[brain], 99.5)) or 1.0
-        mean, std = float(image[brain].mean()), float(image[brain].std()) or 1.0
-        stacked.append((image / top).clip(0, 1))
-        scale.append(top / std)  # z-score applied to the [0, 1] image after augmentation
-        shift.append(-mean / std)
-    images01 = np.stack([_to_axial(v) for v in stacked], axis=1).astype(np.float16)  # (Z, M, H, W)
-    return Volume(subject, images01, _to_axial(seg), np.asarray(scale, np.float32),
-                  np.asarray(shift, np.float32), _to_axial(brain).mean(axis=(1, 2)), (zooms[2], zooms[1], zooms[0]))
 
 
 def find_subjects(root: str) -> list[Path]:
@@ -167,15 +77,41 @@ def select_slices(has_tumor: np.ndarray, tumor_fraction: float | None, rng) -> n
 
 
 @functools.lru_cache(maxsize=4)
-def load_brats(root: str, modalities: tuple[str, ...]) -> tuple[Volume, ...]:
-    """Every subject under ``root``, loaded once per process (train and val share it)."""
+def load_brats(root: str, modalities: tuple[str, ...], cache: bool = True, cache_dir: str | None = None
+               ) -> tuple[Volume, ...]:
+    """Every subject under ``root``, opened once per process (train, val and test share it).
+
+    With ``cache`` the subjects are memory-mapped from the preprocessing cache, building what is
+    missing or stale first (see ``segbench.data.brats_volume``); without it every subject is read
+    from NIfTI into memory, as for a one-off look at a small folder.
+    """
     folders = find_subjects(root)
-    return tuple(load_volume(p, modalities) for p in progress(folders, f"loading {root}", len(folders), "subject"))
+    if not cache:
+        return tuple(preprocess(p, modalities) for p in progress(folders, f"loading {root}", len(folders), "subject"))
+    store = VolumeCache(root, modalities, cache_dir)
+    volumes = [store.open(p) for p in folders]
+    stale = [i for i, v in enumerate(volumes) if v is None]
+    if stale:
+        check_writable(store.folder, "data.cache_dir")
+        log.info("caching %d of %d subjects of %s in %s (once; later runs reuse it)", len(stale), len(folders),
+                 root, store.folder)
+    for i in progress(stale, f"caching {root}", len(stale), "subject"):
+        volumes[i] = store.build(folders[i])
+    return tuple(volumes)
 
 
 def region_masks(labels: np.ndarray, regions: tuple[str, ...]) -> np.ndarray:
     """(..., H, W) BraTS labels -> (..., K, H, W) float32 masks, one per region."""
-    return np.stack([np.isin(labels, REGION_LABELS[r]) for r in regions], axis=-3).astype(np.float32)
+    table = np.zeros((256, len(regions)), np.float32)  # label -> membership of each region, one lookup
+    for k, region in enumerate(regions):
+        table[list(REGION_LABELS[region]), k] = 1
+    return np.moveaxis(table[labels], -1, -3)
+
+
+def _centre_window(full: int, want: int) -> tuple[int, int]:
+    """The [start, stop) of ``full`` that albumentations' PadIfNeeded + CenterCrop to ``want`` keep."""
+    start = (full - want) // 2 if full >= want else -((want - full) // 2)
+    return start, start + want
 
 
 class BratsSlices(SegmentationDataset):
@@ -195,23 +131,29 @@ class BratsSlices(SegmentationDataset):
         size: (H, W) every slice is centre-cropped or zero-padded to.
         augment: flips, a small affine and intensity changes (training only).
         seed: fixes the split and the slice selection.
+        cache: memory-map subjects from the preprocessing cache (built on first use); False reads
+            every subject into memory instead.
+        cache_dir: where the cache lives (None: ``$SEGBENCH_CACHE`` or ``~/.cache/segbench``).
     """
 
     def __init__(self, root: str, split: str = "train", modalities=MODALITIES, target: str = "whole_tumor",
                  val_fraction: float = 0.2, test_fraction: float = 0.2, tumor_fraction: float | None = 0.5,
-                 min_brain_fraction: float = 0.05, size=(96, 112), augment: bool = True, seed: int = 0):
+                 min_brain_fraction: float = 0.05, size=(96, 112), augment: bool = True, seed: int = 0,
+                 cache: bool = True, cache_dir: str | None = None):
         modalities = tuple(modalities)
         if not modalities:
             raise SegbenchError(f"data.modalities is empty; name one or more of: {', '.join(MODALITIES)}")
         for m in modalities:
             if m not in MODALITIES:
                 raise invalid_choice("data.modalities", m, MODALITIES)
+        if not isinstance(cache, bool):
+            raise SegbenchError(f"data.cache={cache!r} must be true (memory-mapped preprocessing cache) or false")
         if target not in TARGETS:
             raise invalid_choice("data.target", target, TARGETS)
         self.modalities, self.regions = modalities, TARGETS[target]
         if tumor_fraction is not None and not 0 <= float(tumor_fraction) <= 1:
             raise SegbenchError(f"data.tumor_fraction={tumor_fraction} must be between 0 and 1 (or null: every slice)")
-        volumes = load_brats(str(root), modalities)
+        volumes = load_brats(str(root), modalities, cache, cache_dir)
         sites = read_sites(str(root))
         chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
                                strata=sites)
@@ -221,7 +163,7 @@ class BratsSlices(SegmentationDataset):
         for i, v in enumerate(self.volumes):
             brain = np.flatnonzero(v.brain_fraction >= min_brain_fraction)
             if split == "train":
-                brain = brain[select_slices(v.labels[brain].any(axis=(1, 2)), tumor_fraction, rng)]
+                brain = brain[select_slices(v.tumor_slices[brain], tumor_fraction, rng)]
             self.index += [(i, int(z)) for z in brain]
         # Per sample, the case it belongs to: evaluation puts a case's slices back into one volume.
         self.cases = [self.volumes[i].subject for i, _ in self.index]
@@ -248,8 +190,11 @@ class BratsSlices(SegmentationDataset):
     def load(self, i: int):
         v, z = self.index[i]
         volume = self.volumes[v]
-        image = volume.images[z].astype(np.float32).transpose(1, 2, 0)  # (H, W, M) in [0, 1]
-        return image, volume.labels[z], (volume.scale, volume.shift)
+        # Read only the window the centre crop/pad keeps (zeros where it reaches past the volume),
+        # so the transform's pad and crop have nothing left to do.
+        window = [_centre_window(full, want) for full, want in zip(volume.shape[1:], self.size)]
+        images, labels = volume.read_box((z, z + 1), *window)
+        return images[0].astype(np.float32).transpose(1, 2, 0), labels[0], (volume.scale, volume.shift)  # (H, W, M)
 
     def finish(self, image: np.ndarray, labels: np.ndarray, extra):
         scale, shift = extra

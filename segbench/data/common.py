@@ -128,6 +128,9 @@ def build_transform(size, augment: bool, pad_label: int, random_crop: bool = Fal
     import albumentations as A
     import cv2
 
+    # OpenCV's own thread pool keeps spinning after each small warp and fights torch's threads for
+    # the cores: measured on 2 cores, the training loop ran at 0.94x a bare loop with it, 0.96x without.
+    cv2.setNumThreads(1)
     steps = []
     if size is not None and resize:
         steps.append(A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from segbench.data.brats import (MODALITIES, REGION_LABELS, find_file, find_subjects, read_nifti, read_sites,
-                                 select_slices)
+from segbench.data.brats import MODALITIES, REGION_LABELS, find_subjects, read_sites, select_slices
+from segbench.data.brats_volume import find_file, read_nifti
 
 
 def subject_stats(folder: Path, min_brain_fraction: float = 0.05) -> dict:

@@ -135,7 +135,8 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
     """
     from segbench.config import compose, validate_overrides
     from segbench.train.prepare import dry_run, prepare
-    from segbench.train.rundir import check_unlocked, check_writable
+    from segbench.io import check_writable
+    from segbench.train.rundir import check_unlocked
 
     multirun = "-m" in argv or "--multirun" in argv
     check_targets(overrides)
