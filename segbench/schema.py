@@ -78,6 +78,7 @@ RULES: dict[str, Number] = {
     "trainer.max_epochs": OPTIONAL_COUNT,
     "trainer.max_images": OPTIONAL_COUNT,
     "trainer.val_every": COUNT,
+    "trainer.stop_at": Number(lo=0, hi=1, nullable=True),
     "trainer.checkpoint_every": COUNT,
     "trainer.threads": OPTIONAL_COUNT,
     "trainer.log_images": NON_NEGATIVE_INT,

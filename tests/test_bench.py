@@ -1,19 +1,40 @@
-"""``segbench bench`` prints its figures as JSON (a smoke run on tiny settings; no timing is asserted)."""
+"""``segbench bench`` prints its figures as JSON and a readable summary (a smoke run on tiny settings;
+no timing is asserted: speed is measured by the bench, never by a test)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from tests.test_cli import segbench
 
 
-def test_bench_prints_both_ratios(tiny_brats):
+def test_bench_prints_every_phase(tiny_brats):
     result = segbench("bench", "--data", str(tiny_brats), "--width", "4", "--depth", "2", "--size", "32", "32",
-                      "--batch-size", "2", "--steps", "1", "--rounds", "1", "--loop-steps", "2", "--loop-rounds", "1")
+                      "--batch-size", "2", "--steps", "1", "--rounds", "1", "--loop-steps", "2", "--loop-rounds", "1",
+                      "--device", "cpu", "--tta-steps", "2", "--tta-val-every", "1", "--target-dice", "0.01")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
-    assert report["trainer_loop"]["ratio_trainer_over_bare"] > 0
+    assert report["device_type"] == "cpu" and report["device"]
+    assert report["trainer_loop"]["ratio_min"] <= report["trainer_loop"]["ratio_trainer_over_bare"]
     assert report["loader"]["ratio_loader_over_training"] > 0
     assert set(report["per_norm"]["images_per_s"]) >= {"none", "batch", "group", "adain", "spade"}
-    assert set(report["precision"]["images_per_s"]) == {"32", "bf16-mixed", "bf16-mixed channels_last"}
-    assert report["precision"]["relative_to_fp32"]["32"] == 1.0
+    precision = report["precision"]
+    assert set(precision["images_per_s"]) == {"32", "bf16-mixed", "bf16-mixed channels_last"}
+    assert precision["relative_to_fp32"]["32"] == 1.0
+    assert precision["flops_per_step"] > 0 and all(0 < v for v in precision["share_of_gemm_peak"].values())
+    tta = report["time_to_accuracy"]["resunet (segbench default)"]
+    # val Dice >= 0.01 is reached at once or not at all in two steps; the run stops where it is
+    assert [h["step"] for h in tta["history"]] == ([1] if tta["reached"] and tta["step"] == 1 else [1, 2])
+    assert not tta["reached"] or tta["seconds"] >= tta["train_seconds"] > 0
+    assert "monai_unet" in report["time_to_accuracy"]
+    assert "time to accuracy, resunet" in result.stderr and "device:" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_bench_on_cuda_without_a_gpu_is_one_line():
+    result = segbench("bench", "--device", "cuda")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "--device=cuda" in result.stderr

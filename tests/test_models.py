@@ -13,9 +13,10 @@ from segbench.nn import NORMS, build_norm
 
 # Tiny widths; SPADE's hidden width shrunk so FCN's padded 100-pixel border stays cheap.
 MODEL_KW = {"resunet": {"width": 8, "depth": 3}, "fcn8s": {"width": 0.125}, "fcn16s": {"width": 0.125},
-            "fcn32s": {"width": 0.125}}
+            "fcn32s": {"width": 0.125}, "monai_unet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}}
+SLOT_MODELS = sorted(set(MODELS) - {"monai_unet"})  # MONAI's UNet is a reference net with MONAI's own norms
 NORM_KW = {"spade": {"hidden": 8}, "group": {"num_groups": 4}}
-SIZE = {"resunet": (32, 40), "fcn8s": (37, 45), "fcn16s": (37, 45), "fcn32s": (37, 45)}
+SIZE = {"resunet": (32, 40), "fcn8s": (37, 45), "fcn16s": (37, 45), "fcn32s": (37, 45), "monai_unet": (32, 40)}
 
 
 def make(model, norm):
@@ -25,7 +26,7 @@ def make(model, norm):
 
 @pytest.mark.filterwarnings("ignore:norm=syncbatch outside")
 @pytest.mark.parametrize("norm", sorted(NORMS))
-@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("model", SLOT_MODELS)
 def test_every_model_with_every_norm(model, norm):
     net = make(model, norm).train()
     x = torch.randn(2, 3, *SIZE[model])
@@ -50,6 +51,30 @@ def test_every_model_with_every_norm(model, norm):
     clone.eval()
     with torch.no_grad():
         torch.testing.assert_close(clone(x), first)
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_monai_unet_takes_monais_norms_and_refuses_the_rest(norm):
+    pytest.importorskip("monai")
+    from segbench.models.monai_unet import MONAI_NORMS
+
+    if norm not in MONAI_NORMS:
+        with pytest.raises(SegbenchError, match=f"norm={norm} with model=monai_unet"):
+            make("monai_unet", norm)
+        return
+    if norm == "group":  # MONAI also norms its last block, of num_outputs channels
+        with pytest.raises(SegbenchError, match="num_groups"):
+            make("monai_unet", norm)
+        net = build_model("monai_unet", 3, 2, norm=norm, norm_options={"num_groups": 2}, **MODEL_KW["monai_unet"])
+    else:
+        net = make("monai_unet", norm)
+    net.train()
+    y = net(torch.randn(2, 3, *SIZE["monai_unet"]))
+    assert y.shape == (2, 2, *SIZE["monai_unet"])
+    y.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    with pytest.raises(SegbenchError, match="not divisible by 4"):
+        net.check_input_size(30, 40)
 
 
 @pytest.mark.parametrize("model", ["fcn8s", "fcn16s", "fcn32s"])

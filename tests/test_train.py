@@ -43,6 +43,16 @@ def test_run_logs_each_validation_and_the_test_results(tiny_cfg, tmp_path, caplo
     assert "step 3/3 val:" in text and "dice_tuned" in text and "chosen on val" in text
 
 
+def test_stop_at_ends_the_run_at_the_first_validation_that_reaches_it(tiny_cfg, tmp_path):
+    metrics = train(tiny_cfg("trainer.val_every=1", "trainer.max_steps=4", "trainer.stop_at=0.0"), tmp_path)
+    assert metrics["steps"] == 1 and [h["step"] for h in metrics["val"]["history"]] == [1]
+    assert metrics["test"]["last"]["step"] == 1
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+    history = train(tiny_cfg("trainer.val_every=1", "trainer.max_steps=2"), tmp_path / "full")["val"]["history"]
+    assert [h["step"] for h in history] == [1, 2]
+    assert 0 < history[0]["seconds"] < history[1]["seconds"] and history[0]["eval_seconds"] > 0
+
+
 def test_splits_are_disjoint_by_subject(tiny_cfg):
     from omegaconf import OmegaConf
 

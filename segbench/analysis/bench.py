@@ -1,15 +1,19 @@
-"""``segbench bench``: training images/s of segbench against a bare PyTorch loop, measured side by
-side in one process (its step alone, and its whole ``train()`` loop with loader and logging),
-the data pipeline's images/s alone, and images/s per norm.
+"""``segbench bench``: on the device it runs on (the GPU when there is one, ``--device``), training
+images/s of segbench against a bare PyTorch loop measured side by side in one process (its step
+alone, and its whole ``train()`` loop with loader and logging), the data pipeline alone, images/s
+per norm, per precision and memory format with achieved FLOP/s against a measured GEMM peak, and
+time to accuracy: wall seconds until val Dice reaches a target, for segbench's ResUNet and MONAI's
+UNet trained by the same loop.
 
-Prints one JSON object. Timings alternate between the two loops in rounds so that a noisy,
-shared machine slows both alike; the ratio is the figure to quote.
+Prints one JSON object on stdout and a readable summary on stderr. Timings alternate between the
+contenders in rounds so that a noisy, shared machine slows both alike; ratios are what to quote.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import sys
 import time
@@ -19,6 +23,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from segbench.analysis.bench_device import bench_device, describe, gemm_peak, step_flops, timed
+from segbench.analysis.bench_tta import compare_candidates, line
 from segbench.errors import OneLineArgumentParser, at_least
 from segbench.models import build_model
 from segbench.nn import NORMS
@@ -37,13 +43,6 @@ def _bare_step(model, images, target, optimizer):
     return loss
 
 
-def _time(fn, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return time.perf_counter() - start
-
-
 def _model(norm: str, in_channels: int, width: int, depth: int):
     torch.manual_seed(0)
     groups = {"num_groups": math.gcd(8, width)}
@@ -53,11 +52,15 @@ def _model(norm: str, in_channels: int, width: int, depth: int):
     return build_model("resunet", in_channels, 1, norm=norm, norm_options=options, width=width, depth=depth)
 
 
-def train_step_vs_bare(batch: int, size, steps: int, rounds: int, width: int, depth: int) -> dict:
+def _inputs(batch: int, size, device):
+    images = torch.randn(batch, 4, *size, device=device)
+    return images, (torch.rand(batch, 1, *size, device=device) > 0.9).float()
+
+
+def train_step_vs_bare(batch: int, size, steps: int, rounds: int, width: int, depth: int, device) -> dict:
     """segbench's ``train_step`` against the bare step, alternating rounds on random in-memory tensors."""
-    images = torch.randn(batch, 4, *size)
-    target = (torch.rand(batch, 1, *size) > 0.9).float()
-    ours, bare = _model("batch", 4, width, depth), _model("batch", 4, width, depth)
+    images, target = _inputs(batch, size, device)
+    ours, bare = _model("batch", 4, width, depth).to(device), _model("batch", 4, width, depth).to(device)
     opt_ours, opt_bare = torch.optim.Adam(ours.parameters()), torch.optim.Adam(bare.parameters())
     loss_fn = MultilabelLoss("bce")
     ours_step = lambda: float(train_step(ours, images, target, loss_fn, opt_ours))  # noqa: E731
@@ -65,72 +68,93 @@ def train_step_vs_bare(batch: int, size, steps: int, rounds: int, width: int, de
     ours_step(), bare_step()  # warm-up
     t_ours = t_bare = 0.0
     for _ in range(rounds):
-        t_ours += _time(ours_step, steps)
-        t_bare += _time(bare_step, steps)
+        t_ours += timed(ours_step, steps, device)
+        t_bare += timed(bare_step, steps, device)
     n = batch * steps * rounds
     return {"segbench_step_images_per_s": n / t_ours, "bare_step_images_per_s": n / t_bare,
             "ratio": t_bare / t_ours}
 
 
-PRECISION_SETTINGS = (("32", False), ("bf16-mixed", False), ("bf16-mixed", True))
+def precision_settings(device) -> list[tuple[str, bool]]:
+    """(trainer.precision, channels_last) pairs worth timing on ``device``; on the CPU float32
+    channels-last is left out (its backward crashes in this torch build, and segbench refuses it)."""
+    if device.type == "cuda":
+        return [(p, cl) for p in ("32", "bf16-mixed", "16-mixed") for cl in (False, True)]
+    return [("32", False), ("bf16-mixed", False), ("bf16-mixed", True)]
 
 
-def precision_speed(batch: int, size, steps: int, rounds: int, width: int, depth: int) -> dict:
+def precision_speed(batch: int, size, steps: int, rounds: int, width: int, depth: int, device) -> dict:
     """``train_step`` images/s per ``trainer.precision`` and memory format, rounds interleaved in one
-    process (the machine's load hits every setting alike); ratios are to float32 NCHW."""
-    images = torch.randn(batch, 4, *size)
-    target = (torch.rand(batch, 1, *size) > 0.9).float()
+    process (the machine's load hits every setting alike), ratios to float32 NCHW, and achieved
+    FLOP/s (``torch.utils.flop_counter``) as a share of a GEMM peak measured here in the same dtype."""
+    images, target = _inputs(batch, size, device)
     loss_fn = MultilabelLoss("bce")
     steps_of = {}
-    for name, channels_last in PRECISION_SETTINGS:
-        model = _model("batch", 4, width, depth)
+    for name, channels_last in precision_settings(device):
+        model = _model("batch", 4, width, depth).to(device)
         x = images
         if channels_last:
             model, x = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
-        opt, precision = torch.optim.Adam(model.parameters()), precision_for(name, torch.device("cpu"))
+        opt, precision = torch.optim.Adam(model.parameters()), precision_for(name, device)
         step = (lambda m, x, o, p: lambda: train_step(m, x, target, loss_fn, o, p))(model, x, opt, precision)
         step()  # warm-up
         steps_of[f"{name}{' channels_last' if channels_last else ''}"] = step
+    flops = step_flops(steps_of["32"])  # the same arithmetic whatever the dtype
     seconds = dict.fromkeys(steps_of, 0.0)
     for _ in range(rounds):
         for key, step in steps_of.items():
-            seconds[key] += _time(step, steps)
+            seconds[key] += timed(step, steps, device)
     per_s = {k: batch * steps * rounds / t for k, t in seconds.items()}
-    return {"images_per_s": per_s, "relative_to_fp32": {k: v / per_s["32"] for k, v in per_s.items()}}
+    dtypes = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+    peaks = {name: gemm_peak(device, dtype) for name, dtype in dtypes.items() if any(k.startswith(name) for k in per_s)}
+    achieved = {k: flops * steps * rounds / t for k, t in seconds.items()}
+    return {"images_per_s": per_s, "relative_to_fp32": {k: v / per_s["32"] for k, v in per_s.items()},
+            "flops_per_step": flops, "achieved_flop_per_s": achieved, "gemm_peak_flop_per_s": peaks,
+            "share_of_gemm_peak": {k: achieved[k] / peaks[k.split()[0]] for k in achieved}}
 
 
-def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, rounds: int = 3) -> dict:
-    """The whole ``train()`` loop (loader, logging, progress bar) against a bare loop over the same
-    model, batch size and data, pre-loaded into memory; the median of ``rounds`` paired ratios counts."""
+def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, rounds: int, device) -> dict:
+    """The whole ``train()`` loop (loader, augmentation, logging) against a bare loop over the same
+    model, batch size and data pre-loaded into memory, both in float32; rounds alternate, and the
+    median of the paired ratios counts (with their spread)."""
     import tempfile
 
+    from torch.utils.data import DataLoader
+
     from segbench.config import compose
+    from segbench.data import build_datasets
     from segbench.train.trainer import train
 
     cfg = compose([f"data.root={root}", f"data.batch_size={batch}", f"model.width={width}", f"model.depth={depth}",
                    f"trainer.max_steps={steps}", f"trainer.val_every={10 * steps}", "trainer.progress=false",
-                   "trainer.device=cpu", f"trainer.checkpoint_every={10 * steps}", "trainer.log_images=0"])
-    from segbench.data import build_datasets
-    from torch.utils.data import DataLoader
-
+                   f"trainer.device={device.type}", f"trainer.checkpoint_every={10 * steps}", "trainer.log_images=0",
+                   "trainer.precision=32"])
     train_set = build_datasets(dict(cfg.data)).train
-    batches = list(itertools.islice(DataLoader(train_set, batch_size=batch, shuffle=True), steps))
+    batches = [(x.to(device), y.to(device))
+               for x, y in itertools.islice(DataLoader(train_set, batch_size=batch, shuffle=True), steps)]
 
     def bare() -> float:
-        model = _model("batch", train_set.in_channels, width, depth)
+        model = _model("batch", train_set.in_channels, width, depth).to(device)
         opt = torch.optim.Adam(model.parameters())
         model.train()
-        _bare_step(model, *batches[0], opt).item()  # warm-up, as the trainer's first step is timed too
-        return len(batches) * batch / _time(lambda: [_bare_step(model, x, y, opt).item() for x, y in batches], 1)
+        _bare_step(model, *batches[0], opt).item()  # warm-up, as the trainer's first step is not timed either
+        loop = lambda: [_bare_step(model, x, y, opt).item() for x, y in batches]  # noqa: E731
+        return len(batches) * batch / timed(loop, 1, device)
 
     ours, theirs = [], []
-    for _ in range(rounds):  # alternate, so that a noisy neighbour slows both alike
-        theirs.append(bare())
-        with tempfile.TemporaryDirectory() as run_dir:
-            ours.append(train(cfg, run_dir)["images_per_s"])
-    ratios = sorted(o / t for o, t in zip(ours, theirs))
+    quiet = logging.getLogger("segbench")
+    level, quiet.level = quiet.level, logging.WARNING
+    try:
+        for _ in progress(range(rounds), "rounds", rounds, "round"):  # alternate: a noisy neighbour slows both alike
+            theirs.append(bare())
+            with tempfile.TemporaryDirectory() as run_dir:
+                ours.append(train(cfg, run_dir)["images_per_s"])
+    finally:
+        quiet.setLevel(level)
+    ratios = [o / t for o, t in zip(ours, theirs)]
     return {"trainer_images_per_s": float(np.median(ours)), "bare_loop_images_per_s": float(np.median(theirs)),
-            "ratio_trainer_over_bare": ratios[len(ratios) // 2], "ratio_per_round": ratios}
+            "ratio_trainer_over_bare": float(np.median(ratios)), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ratio_per_round": ratios}
 
 
 def loader_throughput(root: str, batch: int, batches: int, workers: int) -> float:
@@ -147,17 +171,16 @@ def loader_throughput(root: str, batch: int, batches: int, workers: int) -> floa
     return count / (time.perf_counter() - start)
 
 
-def per_norm(batch: int, size, steps: int, width: int, depth: int) -> dict:
-    images = torch.randn(batch, 4, *size)
-    target = (torch.rand(batch, 1, *size) > 0.9).float()
+def per_norm(batch: int, size, steps: int, width: int, depth: int, device) -> dict:
+    images, target = _inputs(batch, size, device)
     out = {}
     warnings.filterwarnings("ignore", message="norm=syncbatch outside")
     for norm in progress(sorted(NORMS), "norms", len(NORMS), "norm"):
-        model = _model(norm, 4, width, depth)
+        model = _model(norm, 4, width, depth).to(device)
         opt = torch.optim.Adam(model.parameters())
         step = lambda: train_step(model, images, target, MultilabelLoss("bce"), opt)  # noqa: E731
         step()
-        out[norm] = batch * steps / _time(step, steps)
+        out[norm] = batch * steps / timed(step, steps, device)
     base = out["batch"]
     return {"images_per_s": out, "relative_to_batch": {k: v / base for k, v in out.items()}}
 
@@ -167,41 +190,82 @@ def say(message: str) -> None:
     print(f"bench: {message} ...", file=sys.stderr, flush=True)
 
 
+def summary(report: dict) -> list[str]:
+    """The figures a reader wants, one line each."""
+    lines = [f"device: {report['device']}"]
+    step, loop = report["train_step"], report["trainer_loop"]
+    lines.append(f"train_step / bare step: {step['ratio']:.3f} ({step['segbench_step_images_per_s']:.1f} vs "
+                 f"{step['bare_step_images_per_s']:.1f} images/s)")
+    lines.append(f"whole train() loop / bare loop over pre-loaded batches: median {loop['ratio_trainer_over_bare']:.3f} "
+                 f"(rounds {', '.join(f'{r:.3f}' for r in loop['ratio_per_round'])})")
+    lines.append(f"loader alone: {report['loader']['images_per_s']:.0f} images/s with {report['loader']['workers']} "
+                 f"workers = {report['loader']['ratio_loader_over_training']:.0f}x training")
+    if "precision" in report:
+        p = report["precision"]
+        for key, per_s in p["images_per_s"].items():
+            lines.append(f"precision {key}: {per_s:.1f} images/s ({p['relative_to_fp32'][key]:.2f}x float32), "
+                         f"{p['achieved_flop_per_s'][key] / 1e9:.1f} GFLOP/s = {p['share_of_gemm_peak'][key]:.0%} of "
+                         "this device's GEMM peak in that dtype")
+    for name, result in report.get("time_to_accuracy", {}).items():
+        lines.append(f"time to accuracy, {result['skipped']}" if "skipped" in result else
+                     "time to accuracy, " + line(name, result))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = OneLineArgumentParser(prog="segbench bench")
+    parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     parser.add_argument("--batch-size", type=at_least(1), default=8)
     parser.add_argument("--size", type=at_least(1), nargs=2, default=[96, 112])
     parser.add_argument("--steps", type=at_least(1), default=5, help="steps per timing round")
     parser.add_argument("--rounds", type=at_least(1), default=4)
     parser.add_argument("--loop-steps", type=at_least(1), default=40, help="steps of the whole-trainer comparison")
-    parser.add_argument("--loop-rounds", type=at_least(1), default=3)
+    parser.add_argument("--loop-rounds", type=at_least(1), default=5)
     parser.add_argument("--width", type=at_least(1), default=16)
     parser.add_argument("--depth", type=at_least(1), default=4)
-    parser.add_argument("--data", default="data/brain_phantom", help="BraTS folder for the loader figure")
+    parser.add_argument("--data", default="data/brain_phantom", help="BraTS folder for the loader and time to accuracy")
     parser.add_argument("--workers", type=at_least(0), default=0, help="loader workers (the data config's default is 0)")
+    parser.add_argument("--target-dice", type=float, default=0.85, help="val Dice that time to accuracy waits for")
+    parser.add_argument("--tta-steps", type=at_least(1), default=600, help="step budget of each time-to-accuracy run")
+    parser.add_argument("--tta-val-every", type=at_least(1), default=50)
     parser.add_argument("--skip-norms", action="store_true")
     parser.add_argument("--skip-precision", action="store_true")
+    parser.add_argument("--skip-tta", action="store_true", help="leave out time to accuracy (the longest part)")
     args = parser.parse_args(argv)
+    from segbench.errors import SegbenchError
+
+    if not 0 < args.target_dice < 1:
+        raise SegbenchError(f"--target-dice={args.target_dice:g} must be between 0 and 1")
+    device = bench_device(args.device)
     size = tuple(args.size)
     from segbench.data.brats import find_subjects
 
     find_subjects(args.data)  # a missing data folder is one line now, not after minutes of timing
-    report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-              "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
-    say("1/5 segbench's train_step vs a bare PyTorch step")
-    report["train_step"] = train_step_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth)
-    say(f"2/5 the whole trainer vs a bare loop on {args.data} ({args.loop_rounds} rounds)")
+    report = {"device": describe(device), "device_type": device.type, "threads": torch.get_num_threads(),
+              "batch_size": args.batch_size, "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
+    phases = 6
+    say(f"1/{phases} segbench's train_step vs a bare PyTorch step on {report['device']}")
+    report["train_step"] = train_step_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth,
+                                              device)
+    say(f"2/{phases} the whole trainer vs a bare loop on {args.data} ({args.loop_rounds} rounds)")
     report["trainer_loop"] = trainer_vs_bare(args.data, args.batch_size, args.loop_steps, args.width, args.depth,
-                                             args.loop_rounds)
-    say("3/5 the data loader alone")
+                                             args.loop_rounds, device)
+    say(f"3/{phases} the data loader alone")
     loader = loader_throughput(args.data, args.batch_size, 50, args.workers)
     report["loader"] = {"images_per_s": loader, "workers": args.workers,
                         "ratio_loader_over_training": loader / report["trainer_loop"]["trainer_images_per_s"]}
     if not args.skip_norms:
-        say(f"4/5 each of the {len(NORMS)} norms")
-        report["per_norm"] = per_norm(args.batch_size, size, args.steps, args.width, args.depth)
+        say(f"4/{phases} each of the {len(NORMS)} norms")
+        report["per_norm"] = per_norm(args.batch_size, size, args.steps, args.width, args.depth, device)
     if not args.skip_precision:
-        say("5/5 float32 vs bf16 autocast, NCHW vs channels_last")
-        report["precision"] = precision_speed(args.batch_size, size, args.steps, args.rounds, args.width, args.depth)
+        say(f"5/{phases} precision and memory format, with FLOP/s against a measured GEMM peak")
+        report["precision"] = precision_speed(args.batch_size, size, args.steps, args.rounds, args.width, args.depth,
+                                              device)
+    if not args.skip_tta:
+        say(f"6/{phases} time to val Dice {args.target_dice:g} on {args.data}")
+        report["time_to_accuracy"] = compare_candidates(args.data, args.target_dice, args.tta_steps,
+                                                        args.tta_val_every, device.type, say)
+    for text in summary(report):
+        print(f"bench: {text}", file=sys.stderr)
     print(json.dumps(report, indent=2))
     return report

@@ -19,7 +19,13 @@ def _fcn(variant: int):
     return build
 
 
-MODELS = {"resunet": _resunet, "fcn8s": _fcn(8), "fcn16s": _fcn(16), "fcn32s": _fcn(32)}
+def _monai_unet(in_channels: int, num_outputs: int, **kw) -> nn.Module:
+    from segbench.models.monai_unet import monai_unet  # MONAI is optional: imported only when asked for
+
+    return monai_unet(in_channels, num_outputs, **kw)
+
+
+MODELS = {"resunet": _resunet, "fcn8s": _fcn(8), "fcn16s": _fcn(16), "fcn32s": _fcn(32), "monai_unet": _monai_unet}
 
 
 def build_model(name: str, in_channels: int, num_outputs: int, **kw) -> nn.Module:

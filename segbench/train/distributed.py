@@ -7,6 +7,8 @@ sums. Without torchrun everything here is a no-op.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -100,6 +102,19 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     device_tensor = out.to(ctx.device) if ctx.device.type == "cuda" else out
     dist.all_reduce(device_tensor)
     return device_tensor.to(tensor.device)
+
+
+@contextlib.contextmanager
+def main_rank_first(ctx: DistContext):
+    """Rank 0 runs the block before the other ranks do (e.g. builds the data cache the others then
+    only open); a no-op on one process."""
+    if ctx.world_size > 1 and not ctx.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:  # released whether rank 0 succeeded or not: the others then meet the same outcome
+        if ctx.world_size > 1 and ctx.is_main:
+            dist.barrier()
 
 
 def shared_run_dir(run_dir, ctx: DistContext):

@@ -15,7 +15,33 @@ import torch
 
 from segbench.errors import invalid_choice
 
-PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "auto": None}
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 arithmetic in hardware: an Ampere+ GPU, or a CPU with AVX-512
+    BF16 or AMX (elsewhere bf16 is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name, device: torch.device) -> str:
+    """``auto`` -> ``bf16-mixed`` where bf16 is in hardware (measured 1.8x faster per step on this
+    project's AVX-512 BF16 CPU, with val Dice within seed noise of float32), else ``32``."""
+    key = str(name)
+    if key not in PRECISIONS:
+        raise invalid_choice("trainer.precision", name, PRECISIONS)
+    if key == "auto":
+        return "bf16-mixed" if fast_bf16(torch.device(device)) else "32"
+    return key
 
 
 @dataclass
@@ -26,6 +52,10 @@ class Precision:
     dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
 
+    @property
+    def name(self) -> str:
+        return {None: "32", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}[self.dtype]
+
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
@@ -33,10 +63,8 @@ class Precision:
 
 
 def precision_for(name, device: torch.device) -> Precision:
-    """``trainer.precision`` (``32``, ``bf16-mixed``, ``16-mixed``) on ``device``."""
-    key = str(name)
-    if key not in PRECISIONS:
-        raise invalid_choice("trainer.precision", name, PRECISIONS)
+    """``trainer.precision`` (``32``, ``bf16-mixed``, ``16-mixed``, ``auto``) on ``device``."""
+    key = resolve_precision(name, device)
     dtype = PRECISIONS[key]
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     return Precision(device.type, dtype, scaler)

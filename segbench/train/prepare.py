@@ -51,6 +51,7 @@ class Prepared:
     start: int = 0
     best: dict = field(default_factory=dict)
     last_val: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)  # (step, seconds, metric) per validation; a resume starts afresh
     resumed_from: Path | None = None
     precision: Precision = field(default_factory=Precision)
     channels_last: bool = False

@@ -45,6 +45,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     Choices (best checkpoint, sigmoid threshold) are made on val; the test split is evaluated
     once, at the end, for the last and the best-by-val checkpoint, and is what results report.
     """
+    started = time.perf_counter()  # time to accuracy counts from here: data, model, everything
     run_dir = Path(run_dir)
     ctx = distributed.setup(cfg.trainer.device)
     run_dir = distributed.shared_run_dir(run_dir, ctx)
@@ -53,7 +54,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size all run long: let cuDNN pick its fastest kernels
     try:
-        prepared = prepare(cfg, run_dir, ctx.world_size, ctx.device)
+        with distributed.main_rank_first(ctx):  # one rank builds a missing data cache, the others open it
+            prepared = prepare(cfg, run_dir, ctx.world_size, ctx.device)
     except RunFinished as finished:
         log.info("%s", finished)
         return json.loads((run_dir / "metrics.json").read_text())
@@ -62,7 +64,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             remove_orphans(run_dir)
         if ctx.is_main:
             _log_start(cfg, run_dir, ctx, prepared)
-        metrics = _train(cfg, run_dir, ctx, prepared)
+        metrics = _train(cfg, run_dir, ctx, prepared, started)
         if ctx.is_main:
             _log_end(metrics, run_dir)
         return metrics
@@ -70,9 +72,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def _log_start(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> None:
     splits = prepared.splits
-    log.info("run %s: model=%s norm=%s loss=%s optim=%s lr=%g, batch %d x %d rank(s), %d steps on %s",
+    log.info("run %s: model=%s norm=%s loss=%s optim=%s lr=%g, batch %d x %d rank(s), %d steps on %s, precision %s",
              run_dir, cfg.model.name, cfg.norm.name, cfg.loss.name, cfg.optim.name, float(cfg.optim.lr),
-             int(cfg.data.batch_size), ctx.world_size, prepared.total_steps, ctx.device)
+             int(cfg.data.batch_size), ctx.world_size, prepared.total_steps, ctx.device, prepared.precision.name)
     log.info("data %s (%s): %d train / %d val / %d test samples, %s targets, %d input channel(s)",
              cfg.data.name, cfg.data.get("root"), len(splits.train), len(splits.val),
              len(splits.test) if splits.test is not None else 0, splits.train.target_kind, splits.train.in_channels)
@@ -88,7 +90,7 @@ def _log_end(metrics: dict, run_dir: Path) -> None:
              tested, run_dir)
 
 
-def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float) -> dict:
     splits, model, loss_fn = prepared.splits, prepared.model, prepared.loss_fn
     optimizer, scheduler, total_steps = prepared.optimizer, prepared.scheduler, prepared.total_steps
     start, best, last_val, freeze_step = prepared.start, prepared.best, prepared.last_val, prepared.freeze_step
@@ -115,6 +117,11 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
 
     progress = _progress(cfg, ctx, start, total_steps)
     train_time, images_seen = 0.0, 0
+    # Each validation's main metric with the wall seconds since train() was called (this process's
+    # part of a resumed run): what `segbench bench` reads time to accuracy from.
+    history, eval_seconds = list(prepared.history), 0.0
+    stop_at = cfg.trainer.get("stop_at")
+    done = start
     tick = time.perf_counter()
     for step, (images, target) in enumerate(loader, start=start):
         images, target = images.to(ctx.device, non_blocking=True), target.to(ctx.device, non_blocking=True)
@@ -142,28 +149,41 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> dict:
         progress.update(1)
         progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(train_time, 1e-9):.1f}")
         if done % int(cfg.trainer.val_every) == 0 or done == total_steps:
+            eval_start = time.perf_counter()
             last_val = _validate(cfg, model, net, splits, loss_fn, ctx, writer, done, eval_batch)
+            eval_seconds += time.perf_counter() - eval_start
             improved = last_val[main_metric] >= best.get(main_metric, -math.inf)
+            history.append({"step": done, "seconds": round(time.perf_counter() - started, 3),
+                            "eval_seconds": round(eval_seconds, 3), main_metric: last_val[main_metric]})
             if ctx.is_main:
                 log.info("step %d/%d val: %s%s", done, total_steps, _summary(last_val), " (best)" if improved else "")
             if ctx.is_main and improved:
                 best = {**last_val, "step": done}
                 save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val,
                                 prepared.precision.scaler)
-        if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps):
+        reached = stop_at is not None and bool(history) and history[-1]["step"] == done \
+            and history[-1][main_metric] >= stop_at
+        if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps or reached):
             save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
                             prepared.precision.scaler)
         tick = time.perf_counter()
+        if reached:  # every rank saw the same (all-reduced) validation, so all stop together
+            if ctx.is_main:
+                log.info("val %s %.4g reached trainer.stop_at=%g at step %d; stopping", main_metric,
+                         history[-1][main_metric], stop_at, done)
+            break
     progress.close()
+    total_steps = done
 
     best = distributed.broadcast_object(best, ctx)
     test = _test(cfg, model, net, splits, loss_fn, ctx, writer, total_steps, eval_batch, last_val, best, ckpt_dir)
     metrics = {
-        "val": {"final": last_val, "best": best}, "test": test,
+        "val": {"final": last_val, "best": best, "history": history}, "test": test,
         "main_metric": main_metric, "report_metric": REPORT_METRIC[train_set.target_kind],
         "steps": total_steps, "images_per_s": images_seen / train_time if train_time else None,
         "global_batch_size": batch * ctx.world_size, "world_size": ctx.world_size,
-        "norm": cfg.norm.name, "model": cfg.model.name, "batch_size": batch, "seed": int(cfg.seed),
+        "precision": prepared.precision.name, "norm": cfg.norm.name, "model": cfg.model.name,
+        "batch_size": batch, "seed": int(cfg.seed),
         "lr": float(cfg.optim.lr), "train_samples": len(train_set), "val_samples": len(splits.val),
         "test_samples": len(splits.test) if splits.test is not None else 0,
         "norm_state": _mean_over_layers(norm_scalars(model)),
