@@ -68,6 +68,10 @@ RULES: dict[str, Number] = {
     "data.test_fraction": Number(lo=0, hi=1, hi_open=True),
     "data.tumor_fraction": Number(lo=0, hi=1, nullable=True),
     "data.min_brain_fraction": FRACTION,
+    "data.foreground_fraction": FRACTION,
+    "data.overlap": Number(lo=0, hi=1, hi_open=True),
+    "data.patches_per_subject": COUNT,
+    "data.window_batch": COUNT,
     "optim.lr": POSITIVE,
     "optim.weight_decay": Number(lo=0),
     "optim.momentum": Number(lo=0, hi=1, hi_open=True),
@@ -108,6 +112,7 @@ RULES: dict[str, Number] = {
 # Lists of numbers: every element follows the rule, and the list has the given length (None: any).
 LIST_RULES: dict[str, tuple[Number, int | None]] = {
     "data.size": (COUNT, 2),
+    "data.patch": (COUNT, 3),
     "optim.betas": (Number(lo=0, hi=1, hi_open=True), 2),
     "loss.class_weights": (Number(lo=0), None),
 }

@@ -34,7 +34,13 @@ def _folder(split: str, seed: int, **opts):
     return ImageMaskFolder(split=split, seed=seed, **opts)
 
 
-DATASETS = {"brats": _brats, "voc": _voc, "folder": _folder}
+def _brats3d(split: str, seed: int, **opts):
+    from segbench.data.brats3d import BratsVolumes
+
+    return BratsVolumes(split=split, seed=seed, **opts)
+
+
+DATASETS = {"brats": _brats, "brats3d": _brats3d, "voc": _voc, "folder": _folder}
 
 
 @dataclass

@@ -13,6 +13,10 @@ def _resunet(in_channels: int, num_outputs: int, **kw) -> nn.Module:
     return ResUNet(in_channels=in_channels, out_channels=num_outputs, **kw)
 
 
+def _resunet3d(in_channels: int, num_outputs: int, **kw) -> nn.Module:
+    return ResUNet(in_channels=in_channels, out_channels=num_outputs, dims=3, **kw)
+
+
 def _fcn(variant: int):
     def build(in_channels: int, num_outputs: int, **kw) -> nn.Module:
         return FCN(num_classes=num_outputs, variant=variant, in_channels=in_channels, **kw)
@@ -25,7 +29,7 @@ def _monai_unet(in_channels: int, num_outputs: int, **kw) -> nn.Module:
     return monai_unet(in_channels, num_outputs, **kw)
 
 
-MODELS = {"resunet": _resunet, "fcn8s": _fcn(8), "fcn16s": _fcn(16), "fcn32s": _fcn(32), "monai_unet": _monai_unet}
+MODELS = {"resunet": _resunet, "resunet3d": _resunet3d, "fcn8s": _fcn(8), "fcn16s": _fcn(16), "fcn32s": _fcn(32), "monai_unet": _monai_unet}
 
 
 def build_model(name: str, in_channels: int, num_outputs: int, **kw) -> nn.Module:

@@ -13,7 +13,7 @@ from segbench.nn.slot import NormSlot, apply_norm
 
 
 class ResBlock(nn.Module):
-    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus a (projected) shortcut, then ReLU."""
+    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus a (projected) shortcut, then ReLU (3x3x3 in 3-D)."""
 
     def __init__(self, cin: int, cout: int, stride: int, slot: NormSlot):
         super().__init__()
@@ -45,34 +45,38 @@ class ResUNet(nn.Module):
         norm: norm name (see ``segbench.nn.NORMS``) or a callable ``f(channels) -> nn.Module``.
         norm_options: the norm's options, e.g. ``{"num_groups": 4}``.
         cond_channels: input channels that condition AdaIN/SPADE (None: all of them).
+        dims: 2 for slices (N, C, H, W), 3 for volumes (N, C, D, H, W): the same blocks, convs and
+            norm slot in 3-D (``model=resunet3d``).
     """
 
     def __init__(self, in_channels: int = 4, out_channels: int = 1, width: int = 16, depth: int = 4,
                  norm: str | Callable[[int], nn.Module] = "batch", norm_options: dict | None = None,
-                 cond_channels: list[int] | None = None):
+                 cond_channels: list[int] | None = None, dims: int = 2):
         super().__init__()
         if depth < 1:
             raise SegbenchError(f"model.depth={depth} must be at least 1")
-        slot = NormSlot(norm, norm_options, in_channels, cond_channels)
-        self.depth = depth
+        if dims not in (2, 3):
+            raise SegbenchError(f"model.dims={dims} must be 2 (slices) or 3 (volumes)")
+        slot = NormSlot(norm, norm_options, in_channels, cond_channels, dims=dims)
+        self.depth, self.dims = depth, dims
+        up, head = (nn.ConvTranspose3d, nn.Conv3d) if dims == 3 else (nn.ConvTranspose2d, nn.Conv2d)
         self.conditioner = slot.conditioner()
         widths = [width * 2 ** i for i in range(depth)]
         self.stem = ResBlock(in_channels, widths[0], 1, slot)
         self.down = nn.ModuleList(ResBlock(widths[i - 1], widths[i], 2, slot) for i in range(1, depth))
-        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i], widths[i - 1], 2, stride=2)
-                                for i in range(depth - 1, 0, -1))
+        self.up = nn.ModuleList(up(widths[i], widths[i - 1], 2, stride=2) for i in range(depth - 1, 0, -1))
         self.decode = nn.ModuleList(ResBlock(2 * widths[i - 1], widths[i - 1], 1, slot)
                                     for i in range(depth - 1, 0, -1))
-        self.head = nn.Conv2d(widths[0], out_channels, 1)
+        self.head = head(widths[0], out_channels, 1)
 
-    def check_input_size(self, height: int, width: int) -> None:
+    def check_input_size(self, *sides: int) -> None:
         factor = 2 ** (self.depth - 1)
-        if height % factor or width % factor:
-            raise SegbenchError(f"input size {height}x{width} is not divisible by {factor}, which a "
+        if any(side % factor for side in sides):
+            raise SegbenchError(f"input size {'x'.join(map(str, sides))} is not divisible by {factor}, which a "
                                 f"ResUNet of depth {self.depth} needs; crop or pad to a multiple of {factor}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input_size(*x.shape[-2:])
+        self.check_input_size(*x.shape[2:])
         cond = self.conditioner(x) if self.conditioner is not None else None
         skips = [self.stem(x, cond)]  # (N, w, H, W)
         for block in self.down:

@@ -9,7 +9,8 @@ from segbench.errors import invalid_choice
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that can also normalize with the batch's statistics in eval mode.
+    """``nn.BatchNorm2d`` (on 2-D or 3-D feature maps) that can also normalize with the batch's
+    statistics in eval mode.
 
     ``eval_stats="batch"`` reproduces what a TF1 graph does when ``is_training`` stays true at
     test time; it is a diagnostic, not a recommendation.
@@ -21,6 +22,12 @@ class BatchNorm2d(nn.BatchNorm2d):
             raise invalid_choice("norm.eval_stats", eval_stats, ["running", "batch"])
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.eval_stats = eval_stats
+
+    def _check_input_dim(self, x):
+        # One class for images (N, C, H, W) and volumes (N, C, D, H, W): the statistics are per
+        # channel over the batch and every spatial axis either way.
+        if x.dim() not in (4, 5):
+            raise ValueError(f"expected a 4-D (N, C, H, W) or 5-D (N, C, D, H, W) input, got {x.dim()}-D")
 
     def forward(self, x):
         if not self.training and self.eval_stats == "batch":

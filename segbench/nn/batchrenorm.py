@@ -11,8 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segbench.nn.batchnorm import BatchNorm2d
+
 
 class BatchRenorm2d(nn.BatchNorm2d):
+    _check_input_dim = BatchNorm2d._check_input_dim  # 2-D images or 3-D volumes
+
     """Batch renorm for (N, C, H, W); eval mode is plain BN with the running statistics.
 
     Args:
@@ -55,7 +59,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        dims = (0, 2, 3)
+        dims = (0, *range(2, x.dim()))  # batch and every spatial axis: 2-D images or 3-D volumes
         mean = x.mean(dims)  # (C,)
         var = x.var(dims, unbiased=False)
         std = torch.sqrt(var + self.eps)
@@ -70,7 +74,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
             rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else float(self.momentum)
             self.running_mean.lerp_(mean, rate)
             self.running_var.lerp_(var * n / max(n - 1, 1), rate)
-        shape = (1, -1, 1, 1)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
         x_hat = (x - mean.view(shape)) / std.view(shape) * r.view(shape) + d.view(shape)
         if self.affine:
             x_hat = x_hat * self.weight.view(shape) + self.bias.view(shape)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
+
 
 class Condition:
     """The conditioning input of one forward pass.
@@ -28,20 +30,21 @@ class Condition:
 
     def __init__(self, image: torch.Tensor, style: torch.Tensor | None = None, pad: int = 0):
         self.image, self.style = image, style
-        self.base = F.pad(image, (pad, pad, pad, pad)) if pad else image  # (N, K, H + 2 pad, W + 2 pad)
-        self._resized: dict[tuple[int, int], torch.Tensor] = {}
+        self.base = F.pad(image, (pad,) * 2 * (image.dim() - 2)) if pad else image  # (N, K, H + 2 pad, W + 2 pad)
+        self._resized: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def image_at(self, size: tuple[int, int]) -> torch.Tensor:
-        """The (padded) map at a feature map's (H, W), computed once per size.
+    def image_at(self, size: tuple[int, ...]) -> torch.Tensor:
+        """The (padded) map at a feature map's (H, W) or (D, H, W), computed once per size.
 
         Area-averaged when the feature map is smaller (what a pooled feature pixel covers),
-        bilinear when it is larger.
+        (bi/tri)linear when it is larger.
         """
         size = tuple(int(s) for s in size)
-        if size == tuple(self.base.shape[-2:]):
+        if size == tuple(self.base.shape[2:]):
             return self.base
         if size not in self._resized:
-            mode = "area" if size[0] <= self.base.shape[-2] else "bilinear"
+            larger = "bilinear" if len(size) == 2 else "trilinear"
+            mode = "area" if size[0] <= self.base.shape[2] else larger
             self._resized[size] = F.interpolate(self.base, size=size, mode=mode)
         return self._resized[size]
 
@@ -50,12 +53,14 @@ def adain(x: torch.Tensor, mu_s: torch.Tensor, sigma_s: torch.Tensor, eps: float
     """AdaIN(x) = sigma_s * (x - mu(x)) / sigma(x) + mu_s, statistics per sample and channel.
 
     Args:
-        x: (N, C, H, W) features.
+        x: (N, C, H, W) or (N, C, D, H, W) features.
         mu_s, sigma_s: (N, C) target mean and standard deviation.
     """
-    mu = x.mean((2, 3), keepdim=True)
-    sigma = torch.sqrt(x.var((2, 3), unbiased=False, keepdim=True) + eps)
-    return sigma_s[..., None, None] * (x - mu) / sigma + mu_s[..., None, None]
+    spatial = tuple(range(2, x.dim()))
+    mu = x.mean(spatial, keepdim=True)
+    sigma = torch.sqrt(x.var(spatial, unbiased=False, keepdim=True) + eps)
+    expand = (...,) + (None,) * len(spatial)
+    return sigma_s[expand] * (x - mu) / sigma + mu_s[expand]
 
 
 class AdaIN(nn.Module):
@@ -93,39 +98,41 @@ class SPADE(nn.Module):
         inner: the parameter-free norm module (the registry builds batch, syncbatch or instance).
         hidden: width of the shared conv (128 in the paper).
         kernel: kernel size of all three convs (3 in the paper).
+        dims: 2 for images, 3 for volumes (3-D convs on a 3-D conditioning map).
     """
 
     conditional = True
 
-    def __init__(self, num_channels: int, cond_channels: int, inner: nn.Module, hidden: int = 128, kernel: int = 3):
+    def __init__(self, num_channels: int, cond_channels: int, inner: nn.Module, hidden: int = 128, kernel: int = 3,
+                 dims: int = 2):
         super().__init__()
         self.inner = inner
-        pad = kernel // 2
-        self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, kernel, padding=pad), nn.ReLU(inplace=True))
-        self.gamma = nn.Conv2d(hidden, num_channels, kernel, padding=pad)
-        self.beta = nn.Conv2d(hidden, num_channels, kernel, padding=pad)
+        pad, conv = kernel // 2, CONVS[dims]
+        self.shared = nn.Sequential(conv(cond_channels, hidden, kernel, padding=pad), nn.ReLU(inplace=True))
+        self.gamma = conv(hidden, num_channels, kernel, padding=pad)
+        self.beta = conv(hidden, num_channels, kernel, padding=pad)
 
     def forward(self, x: torch.Tensor, cond: Condition) -> torch.Tensor:
         if cond is None:
             raise ValueError("SPADE needs a Condition; build the model with norm='spade'")
         x_hat = self.inner(x)
-        hidden = self.shared(cond.image_at(x.shape[-2:]))  # (N, hidden, H, W)
+        hidden = self.shared(cond.image_at(x.shape[2:]))  # (N, hidden, [D,] H, W)
         return x_hat * (1 + self.gamma(hidden)) + self.beta(hidden)
 
 
 class StyleEncoder(nn.Module):
     """Input image -> (N, style_dim) code: three strided convs and a global average pool."""
 
-    def __init__(self, in_channels: int, style_dim: int = 64, width: int = 32):
+    def __init__(self, in_channels: int, style_dim: int = 64, width: int = 32, dims: int = 2):
         super().__init__()
         layers, c = [], in_channels
         for out in (width, width * 2, style_dim):
-            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [CONVS[dims](c, out, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
             c = out
         self.net = nn.Sequential(*layers)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image).mean((2, 3))  # (N, style_dim)
+        return self.net(image).flatten(2).mean(2)  # (N, style_dim)
 
 
 class Conditioner(nn.Module):
@@ -135,9 +142,11 @@ class Conditioner(nn.Module):
         cond_channels: indices of the input channels to condition on (None: all).
         style_dim: when set, also run a ``StyleEncoder`` (AdaIN needs it; SPADE does not).
         in_channels: channels of the model's input.
+        dims: 2 for images, 3 for volumes.
     """
 
-    def __init__(self, in_channels: int, cond_channels: list[int] | None = None, style_dim: int | None = None):
+    def __init__(self, in_channels: int, cond_channels: list[int] | None = None, style_dim: int | None = None,
+                 dims: int = 2):
         super().__init__()
         index = list(range(in_channels)) if cond_channels is None else [int(c) for c in cond_channels]
         bad = [c for c in index if not 0 <= c < in_channels]
@@ -148,7 +157,7 @@ class Conditioner(nn.Module):
                                 f"{in_channels} channels (valid: 0..{in_channels - 1})")
         self.register_buffer("index", torch.tensor(index), persistent=False)
         self.all_channels = index == list(range(in_channels))
-        self.style = StyleEncoder(len(index), style_dim) if style_dim else None
+        self.style = StyleEncoder(len(index), style_dim, dims=dims) if style_dim else None
 
     @property
     def out_channels(self) -> int:

@@ -12,8 +12,13 @@ import torch
 from torch import nn
 
 
-def _channel(t: torch.Tensor) -> torch.Tensor:
-    return t.view(1, -1, 1, 1)
+def _channel(t: torch.Tensor, ndim: int = 4) -> torch.Tensor:
+    """(C,) -> (1, C, 1, 1), or (1, C, 1, 1, 1) for a 5-D (volume) input."""
+    return t.view((1, -1) + (1,) * (ndim - 2))
+
+
+def _spatial(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(range(2, x.dim()))
 
 
 class FilterResponseNorm2d(nn.Module):
@@ -32,10 +37,11 @@ class FilterResponseNorm2d(nn.Module):
         self.tau = nn.Parameter(torch.zeros(num_features)) if apply_act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nu2 = x.float().square().mean(dim=(2, 3), keepdim=True)
+        d = x.dim()
+        nu2 = x.float().square().mean(dim=_spatial(x), keepdim=True)
         y = x * torch.rsqrt(nu2 + self.eps).to(x.dtype)
-        y = y * _channel(self.weight).to(x.dtype) + _channel(self.bias).to(x.dtype)
-        return torch.maximum(y, _channel(self.tau).to(x.dtype)) if self.tau is not None else y
+        y = y * _channel(self.weight, d).to(x.dtype) + _channel(self.bias, d).to(x.dtype)
+        return torch.maximum(y, _channel(self.tau, d).to(x.dtype)) if self.tau is not None else y
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}, tlu={self.tau is not None}"
@@ -62,17 +68,18 @@ class EvoNormB0(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.dim()
         if self.v is not None:
             if self.training:
-                var = x.float().var(dim=(0, 2, 3), unbiased=False)
+                var = x.float().var(dim=(0, *_spatial(x)), unbiased=False)
                 n = x.numel() / x.shape[1]
                 with torch.no_grad():  # the running estimate is unbiased, as BN's
                     self.running_var.mul_(1 - self.momentum).add_(var.detach() * self.momentum * n / max(n - 1, 1))
             else:
                 var = self.running_var
-            batch_std = _channel(var.add(self.eps).sqrt()).to(x.dtype)
-            x = x / torch.maximum(batch_std.expand_as(x), x * _channel(self.v).to(x.dtype) + _std(x, (2, 3), self.eps))
-        return x * _channel(self.weight).to(x.dtype) + _channel(self.bias).to(x.dtype)
+            batch_std = _channel(var.add(self.eps).sqrt(), d).to(x.dtype)
+            x = x / torch.maximum(batch_std.expand_as(x), x * _channel(self.v, d).to(x.dtype) + _std(x, _spatial(x), self.eps))
+        return x * _channel(self.weight, d).to(x.dtype) + _channel(self.bias, d).to(x.dtype)
 
 
 class EvoNormS0(nn.Module):
@@ -91,12 +98,14 @@ class EvoNormS0(nn.Module):
         self.v = nn.Parameter(torch.ones(num_features)) if apply_act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.dim()
         if self.v is not None:
-            n, c, h, w = x.shape
-            std = _std(x.reshape(n, self.groups, c // self.groups, h, w), (2, 3, 4), self.eps)
-            std = std.expand(n, self.groups, c // self.groups, h, w).reshape(n, c, h, w)
-            x = x * torch.sigmoid(x * _channel(self.v).to(x.dtype)) / std
-        return x * _channel(self.weight).to(x.dtype) + _channel(self.bias).to(x.dtype)
+            n, c, *space = x.shape
+            grouped = (n, self.groups, c // self.groups, *space)
+            std = _std(x.reshape(grouped), tuple(range(2, d + 1)), self.eps)
+            std = std.expand(grouped).reshape(x.shape)
+            x = x * torch.sigmoid(x * _channel(self.v, d).to(x.dtype)) / std
+        return x * _channel(self.weight, d).to(x.dtype) + _channel(self.bias, d).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, groups={self.groups}, eps={self.eps}"

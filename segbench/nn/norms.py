@@ -17,25 +17,26 @@ from segbench.errors import SegbenchError, invalid_choice
 from segbench.nn.batchnorm import BatchNorm2d
 
 
-def _none(num_channels: int) -> nn.Module:
+def _none(num_channels: int, dims: int = 2) -> nn.Module:
     return nn.Identity()
 
 
 def _batch(num_channels: int, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
-           track_running_stats: bool = True, eval_stats: str = "running") -> nn.Module:
+           track_running_stats: bool = True, eval_stats: str = "running", dims: int = 2) -> nn.Module:
     return BatchNorm2d(num_channels, eps, momentum, affine, track_running_stats, eval_stats)
 
 
 def _syncbatch(num_channels: int, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
-               track_running_stats: bool = True, eval_stats: str = "running") -> nn.Module:
+               track_running_stats: bool = True, eval_stats: str = "running", dims: int = 2) -> nn.Module:
     from segbench.nn.syncbn import SyncBatchNorm
 
     return SyncBatchNorm(num_channels, eps, momentum, affine, track_running_stats, eval_stats)
 
 
-def _instance(num_channels: int, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+def _instance(num_channels: int, eps: float = 1e-5, affine: bool = True, dims: int = 2) -> nn.Module:
     # affine defaults to True: a norm slot that silently drops its scale and shift is a surprise.
-    return nn.InstanceNorm2d(num_channels, eps=eps, affine=affine, track_running_stats=False)
+    kind = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
+    return kind(num_channels, eps=eps, affine=affine, track_running_stats=False)
 
 
 def _groups(num_channels: int, num_groups: int | None, group_size: int | None) -> int:
@@ -54,30 +55,30 @@ def _groups(num_channels: int, num_groups: int | None, group_size: int | None) -
 
 
 def _group(num_channels: int, num_groups: int | None = 8, group_size: int | None = None,
-           eps: float = 1e-5, affine: bool = True) -> nn.Module:
+           eps: float = 1e-5, affine: bool = True, dims: int = 2) -> nn.Module:
     return nn.GroupNorm(_groups(num_channels, num_groups, group_size), num_channels, eps=eps, affine=affine)
 
 
 def _ws_group(num_channels: int, num_groups: int | None = 8, group_size: int | None = None,
-              eps: float = 1e-5, affine: bool = True) -> nn.Module:
+              eps: float = 1e-5, affine: bool = True, dims: int = 2) -> nn.Module:
     # The norm is group norm; what makes it WS+GN is the conv the slot puts in front (see NORM_CONVS).
     return _group(num_channels, num_groups, group_size, eps, affine)
 
 
-def _frn(num_channels: int, eps: float = 1e-6, apply_act: bool = True) -> nn.Module:
+def _frn(num_channels: int, eps: float = 1e-6, apply_act: bool = True, dims: int = 2) -> nn.Module:
     from segbench.nn.frn_evonorm import FilterResponseNorm2d
 
     return FilterResponseNorm2d(num_channels, eps, apply_act)
 
 
-def _evonorm_b0(num_channels: int, eps: float = 1e-3, momentum: float = 0.1, apply_act: bool = True) -> nn.Module:
+def _evonorm_b0(num_channels: int, eps: float = 1e-3, momentum: float = 0.1, apply_act: bool = True, dims: int = 2) -> nn.Module:
     from segbench.nn.frn_evonorm import EvoNormB0
 
     return EvoNormB0(num_channels, eps, momentum, apply_act)
 
 
 def _evonorm_s0(num_channels: int, num_groups: int | None = 8, group_size: int | None = None, eps: float = 1e-5,
-                apply_act: bool = True) -> nn.Module:
+                apply_act: bool = True, dims: int = 2) -> nn.Module:
     from segbench.nn.frn_evonorm import EvoNormS0
 
     return EvoNormS0(num_channels, _groups(num_channels, num_groups, group_size), eps, apply_act)
@@ -106,20 +107,20 @@ def _frozen_batch(num_channels: int, eps: float = 1e-5) -> nn.Module:
     return FrozenBatchNorm2d(num_channels, eps)
 
 
-def _layer(num_channels: int, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+def _layer(num_channels: int, eps: float = 1e-5, affine: bool = True, dims: int = 2) -> nn.Module:
     # One group over (C, H, W) per sample, with per-channel scale and shift as in conv LayerNorm.
     return nn.GroupNorm(1, num_channels, eps=eps, affine=affine)
 
 
 def _batchrenorm(num_channels: int, momentum: float = 0.01, eps: float = 1e-5, affine: bool = True,
                  r_max: float = 3.0, d_max: float = 5.0, hold_steps: int = 20, r_relax_steps: int = 160,
-                 d_relax_steps: int = 100) -> nn.Module:
+                 d_relax_steps: int = 100, dims: int = 2) -> nn.Module:
     from segbench.nn.batchrenorm import BatchRenorm2d
 
     return BatchRenorm2d(num_channels, eps, momentum, affine, r_max, d_max, hold_steps, r_relax_steps, d_relax_steps)
 
 
-def _adain(num_channels: int, style_dim: int = 64, eps: float = 1e-5) -> nn.Module:
+def _adain(num_channels: int, style_dim: int = 64, eps: float = 1e-5, dims: int = 2) -> nn.Module:
     from segbench.nn.conditional import AdaIN
 
     return AdaIN(num_channels, style_dim=style_dim, eps=eps)
@@ -129,14 +130,14 @@ SPADE_INNER = ("batch", "syncbatch", "instance")
 
 
 def _spade(num_channels: int, cond_channels: int = 1, inner: str = "batch", hidden: int = 128,
-           kernel: int = 3, eps: float = 1e-5) -> nn.Module:
+           kernel: int = 3, eps: float = 1e-5, dims: int = 2) -> nn.Module:
     from segbench.nn.conditional import SPADE
 
     if inner not in SPADE_INNER:
         raise invalid_choice("norm.inner", inner, SPADE_INNER)
     # The registry builds SPADE's parameter-free inner norm, so conditional.py needs no registry.
-    inner_norm = build_norm(inner, num_channels, eps=eps, affine=False)
-    return SPADE(num_channels, cond_channels, inner_norm, hidden=hidden, kernel=kernel)
+    inner_norm = build_norm(inner, num_channels, context={"dims": dims}, eps=eps, affine=False)
+    return SPADE(num_channels, cond_channels, inner_norm, hidden=hidden, kernel=kernel, dims=dims)
 
 
 NORMS: dict[str, Callable[..., nn.Module]] = {
@@ -171,7 +172,13 @@ ACTIVATING_NORMS = frozenset({"frn", "evonormb0", "evonorms0"})
 
 # Builder arguments the model derives (the count of conditioning channels, whether a ReLU follows,
 # the conv in front); they come in through ``context`` and are never user options.
-DERIVED_KEYS = frozenset({"cond_channels", "apply_act", "conv"})
+DERIVED_KEYS = frozenset({"cond_channels", "apply_act", "conv", "dims"})
+
+
+def has_3d_form(name: str) -> bool:
+    """Whether norm ``name`` works on volumes: its builder takes ``dims`` (crossbatch, switchable
+    and frozen_batch are written for images only)."""
+    return "dims" in inspect.signature(NORMS[canonical_norm_name(name)]).parameters
 
 
 def canonical_norm_name(name: str) -> str:
@@ -207,5 +214,8 @@ def build_norm(name: str, num_channels: int, *, context: dict | None = None, **o
         raise SegbenchError(f"norm '{key}' takes no option {unknown[0]!r}; its options: {choices}")
     builder = NORMS[key]
     accepted = inspect.signature(builder).parameters
+    if (context or {}).get("dims", 2) != 2 and "dims" not in accepted:
+        volumetric = ", ".join(k for k in NORMS if has_3d_form(k))
+        raise SegbenchError(f"norm={key} has no 3-D form in segbench; for 3-D models use one of: {volumetric}")
     extra = {k: v for k, v in (context or {}).items() if k in accepted and k not in options}
     return builder(num_channels, **options, **extra)

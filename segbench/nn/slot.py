@@ -11,10 +11,11 @@ from torch import nn
 
 from segbench.nn.conditional import Conditioner
 from segbench.nn.norms import ACTIVATING_NORMS, CONDITIONAL_NORMS, build_norm, canonical_norm_name
-from segbench.nn.weight_std import StdConv2d
+from segbench.nn.weight_std import StdConv2d, StdConv3d
 
+CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
 # Norms that change the conv in front of them: weight standardization is a property of the conv.
-NORM_CONVS: dict[str, type[nn.Conv2d]] = {"wsgroup": StdConv2d}
+NORM_CONVS: dict[str, dict[int, type[nn.Module]]] = {"wsgroup": {2: StdConv2d, 3: StdConv3d}}
 
 
 class NormSlot:
@@ -26,11 +27,12 @@ class NormSlot:
         in_channels: channels of the model's input, for conditional norms.
         cond_channels: which input channels condition AdaIN/SPADE (None: all).
         style_dim: AdaIN's style-code width.
+        dims: 2 for images, 3 for volumes; a norm without a 3-D form is refused in one line.
     """
 
     def __init__(self, norm: str | Callable[[int], nn.Module] = "batch", options: dict | None = None,
-                 in_channels: int = 1, cond_channels: list[int] | None = None, style_dim: int = 64):
-        self.options = dict(options or {})
+                 in_channels: int = 1, cond_channels: list[int] | None = None, style_dim: int = 64, dims: int = 2):
+        self.options, self.dims = dict(options or {}), dims
         if callable(norm):
             self.name, self._factory = getattr(norm, "__name__", "custom"), norm
         else:
@@ -39,7 +41,12 @@ class NormSlot:
         style_dim = int(self.options.get("style_dim", style_dim))  # AdaIN's option sizes the encoder too
         self.in_channels, self.cond_channels, self.style_dim = in_channels, cond_channels, style_dim
         n_cond = in_channels if cond_channels is None else len(cond_channels)
-        self._context = {"cond_channels": n_cond, "style_dim": style_dim}
+        self._context = {"cond_channels": n_cond, "style_dim": style_dim, "dims": dims}
+        if self._factory is None and dims != 2:
+            from segbench.nn.norms import has_3d_form
+
+            if not has_3d_form(self.name):
+                build_norm(self.name, 1, context={"dims": dims})  # raises the one-line refusal
         self._built: dict[str, int] = {}
         self._last_conv: nn.Conv2d | None = None  # for a norm that works with the conv in front (CBN)
 
@@ -76,13 +83,13 @@ class NormSlot:
         return nn.Identity() if self.name in ACTIVATING_NORMS else nn.ReLU()
 
     def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0,
-             bias: bool | None = None) -> nn.Conv2d:
+             bias: bool | None = None) -> nn.Module:
         """The conv in front of a slot norm: of the norm's kind (``NORM_CONVS``), and biased only
         when the norm does not re-centre (see ``bias``) unless ``bias`` says otherwise.
 
         Its weights come from the same seed whatever the norm, so paired arms start equal.
         """
-        kind = NORM_CONVS.get(self.name, nn.Conv2d)
+        kind = NORM_CONVS.get(self.name, CONVS)[self.dims]
         with self._own_rng("conv"):
             conv = kind(cin, cout, kernel, stride, padding, bias=self.bias if bias is None else bias)
         self._last_conv = conv
@@ -94,7 +101,7 @@ class NormSlot:
             return None
         style = self.style_dim if self.name == "adain" else None
         with self._own_rng("conditioner"):
-            return Conditioner(self.in_channels, self.cond_channels, style)
+            return Conditioner(self.in_channels, self.cond_channels, style, dims=self.dims)
 
 
 def apply_norm(norm: nn.Module, x, cond):

@@ -54,13 +54,14 @@ class SyncBatchNorm(BatchNorm2d):
                 _warn_single_process()
             return super().forward(x)
         c = x.shape[1]
+        reduce = (0, *range(2, x.dim()))  # batch and every spatial axis: 2-D images or 3-D volumes
         count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
-        total = all_reduce_sum(torch.cat([x.sum((0, 2, 3)), count]))  # (C + 1,)
+        total = all_reduce_sum(torch.cat([x.sum(reduce), count]))  # (C + 1,)
         n = total[-1]
         mean = total[:c] / n
-        shape = (1, -1, 1, 1)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
         # Second pass: squared deviations from the global mean, exact whatever the offset.
-        var = all_reduce_sum(((x - mean.view(shape)) ** 2).sum((0, 2, 3))) / n  # biased, as BN normalizes with
+        var = all_reduce_sum(((x - mean.view(shape)) ** 2).sum(reduce)) / n  # biased, as BN normalizes with
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
-class StdConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose weight is standardized per output channel at every forward (biased var)."""
+class _WeightStandardized:
+    """Mixed into a conv class: its weight is standardized per output channel at every forward (biased var)."""
 
     def __init__(self, *args, ws_eps: float = 1e-5, **kwargs):
         super().__init__(*args, **kwargs)
@@ -27,7 +26,15 @@ class StdConv2d(nn.Conv2d):
         return ((w - mean) / torch.sqrt(var + self.ws_eps)).view_as(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self._conv_forward(x, self.standardized_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ws_eps={self.ws_eps}"
+
+
+class StdConv2d(_WeightStandardized, nn.Conv2d):
+    """``nn.Conv2d`` with weight standardization."""
+
+
+class StdConv3d(_WeightStandardized, nn.Conv3d):
+    """``nn.Conv3d`` with weight standardization, for volumes."""

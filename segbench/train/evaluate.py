@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Subset
 
 from segbench.progress import progress
 from segbench.train.distributed import DistContext, all_reduce_sum
+from segbench.train.inference import predict
 from segbench.train.metrics import build_metric
 
 
@@ -49,12 +50,14 @@ def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, nu
     metric = build_metric(base, threshold, hd95, tune)
     ids = _sample_ids(dataset)
     positions = _rank_share(dataset, ids, ctx)
+    if getattr(base, "whole", False):
+        batch_size = 1  # whole volumes: one subject at a time, predicted by sliding windows
     loader = DataLoader(Subset(dataset, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of per-batch loss x batch, images
     first, seen = None, 0
     for images, target in progress(loader, "evaluating", len(loader), "batch"):
         images, target = images.to(ctx.device), target.to(ctx.device)
-        logits = model(images)
+        logits = predict(model, images, base)
         loss_sum += torch.tensor([float(loss_fn(logits, target)) * len(images), len(images)], dtype=torch.float64)
         metric.update(logits, target, [ids[p] for p in positions[seen:seen + len(images)]])
         seen += len(images)
@@ -74,6 +77,11 @@ def overlay(images: torch.Tensor, target: torch.Tensor, logits: torch.Tensor, ki
     """(N, 3, H', W') pictures: first input channel in grey, truth-only green, prediction-only red, both
     yellow; upscaled (nearest) to at least ``min_side`` pixels and with a legend strip underneath."""
     images, target, logits = images[:limit], target[:limit], logits[:limit]
+    if images.dim() == 5:  # volumes: the axial slice with most truth (or the middle one)
+        z = (target.flatten(3).sum(-1).sum(1) if target.dim() == 5 else target.new_zeros(target.shape[:3])).argmax(1)
+        z = torch.where(z > 0, z, torch.full_like(z, images.shape[2] // 2))
+        pick = torch.arange(len(images))
+        images, target, logits = images[pick, :, z], target[pick, :, z], logits[pick, :, z]
     grey = images[:, :1].float()
     grey = (grey - grey.amin((2, 3), keepdim=True)) / (grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True) + 1e-6)
     if kind == "multilabel":

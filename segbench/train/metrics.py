@@ -115,7 +115,8 @@ class CaseMetrics:
         return edge_to_threshold(self.edge)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor, sample_ids: list[int]) -> None:
-        """Add a batch: ``logits`` and ``target`` (N, K, H, W) for dataset samples ``sample_ids``."""
+        """Add a batch: ``logits`` and ``target`` (N, K, H, W) slices, or (N, K, D, H, W) whole
+        volumes, for dataset samples ``sample_ids``."""
         logits, target = logits.detach().float().cpu(), target.detach().cpu() > 0.5
         bins = ((logits + LOGIT_RANGE) / BIN_WIDTH).floor().long().add(1).clamp(0, N_BINS - 1)
         prob = torch.sigmoid(logits).double()
@@ -129,18 +130,21 @@ class CaseMetrics:
                 b = bins[j, c].flatten()
                 self.hist[case, c, 0] += torch.bincount(b[~t], minlength=N_BINS).double()
                 self.hist[case, c, 1] += torch.bincount(b[t], minlength=N_BINS).double()
-            p, tt = prob[j], target[j].double()
-            self.soft[case] += torch.stack([(p * tt).sum((1, 2)), p.sum((1, 2)), tt.sum((1, 2))], dim=1)
+            p, tt = prob[j].flatten(1), target[j].flatten(1).double()
+            self.soft[case] += torch.stack([(p * tt).sum(1), p.sum(1), tt.sum(1)], dim=1)
             if self.compute_hd95:
-                self._slices.append(((bins[j] > self.edge).numpy(), target[j].numpy()))
+                pred, truth = (bins[j] > self.edge).numpy(), target[j].numpy()
+                if pred.ndim == 3:  # a slice: one (K, 1, H, W) layer of the case's volume
+                    pred, truth = pred[:, None], truth[:, None]
+                self._slices.append((pred, truth))
 
     def _close(self) -> None:
         """The open case is complete: its HD95 per channel, from its stacked slices."""
         if self._open is None:
             return
         if self.compute_hd95 and self._slices:
-            pred = np.stack([s[0] for s in self._slices], axis=1)  # (K, Z, H, W)
-            truth = np.stack([s[1] for s in self._slices], axis=1)
+            pred = np.concatenate([s[0] for s in self._slices], axis=1)  # (K, Z, H, W)
+            truth = np.concatenate([s[1] for s in self._slices], axis=1)
             for c in range(len(self.names)):
                 self.hd[self._open, c] = hd95(pred[c], truth[c], self.spacing)
         self.seen[self._open] = 1

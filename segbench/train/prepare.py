@@ -117,6 +117,8 @@ def dry_run(prepared: Prepared, cfg: DictConfig) -> None:
 
     from torch.utils.data import default_collate
 
+    from segbench.train.evaluate import base_dataset
+    from segbench.train.inference import predict
     from segbench.train.step import train_step
 
     splits = prepared.splits
@@ -130,7 +132,7 @@ def dry_run(prepared: Prepared, cfg: DictConfig) -> None:
             images, target = default_collate([splits.val[i] for i in range(size)])
             prepared.model.eval()
             with torch.no_grad():
-                prepared.loss_fn(prepared.model(images), target)
+                prepared.loss_fn(predict(prepared.model, images, base_dataset(splits.val)), target)
     except SegbenchError:
         raise
     except Exception as err:  # noqa: BLE001 - anything a first step can raise becomes one line
@@ -160,6 +162,11 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
                             "channels-last backward crashes in this torch build); or set trainer.channels_last=false")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model_dims, data_dims = getattr(model, "dims", 2), getattr(train_set, "spatial_dims", 2)
+    if model_dims != data_dims:
+        fit = "model=resunet3d" if data_dims == 3 else "a 2-D model (resunet, fcn8s, ...)"
+        raise SegbenchError(f"model={cfg.model.name} is {model_dims}-D but data={cfg.data.name} gives "
+                            f"{data_dims}-D inputs; use {fit} with data={cfg.data.name}")
     if hasattr(model, "check_input_size") and train_set.size:
         model.check_input_size(*train_set.size)
     loss_fn = loss_from_config(cfg, train_set.target_kind, train_set.num_outputs).to(device)
