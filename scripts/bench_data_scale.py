@@ -25,6 +25,10 @@ from pathlib import Path
 PROBE = r"""
 import json, resource, sys, time, tempfile
 t0 = time.perf_counter()
+# Import segbench from the checkout named, not from the editable install's import hook.
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in str(getattr(f, "__module__", ""))]
+sys.path.insert(0, sys.argv[2])
+import segbench
 from segbench.config import compose
 from segbench.train.prepare import dry_run, prepare
 cfg = compose(json.loads(sys.argv[1]))
@@ -32,7 +36,7 @@ prepared = prepare(cfg, tempfile.mkdtemp())
 dry_run(prepared, cfg)
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "train_slices": len(prepared.splits.train)}))
+                  "train_slices": len(prepared.splits.train), "code": segbench.__file__}))
 """
 
 
@@ -51,9 +55,9 @@ def subset(source: Path, count: int, work: Path) -> Path:
 
 
 def measure(checkout: Path, overrides: list[str], cache: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(checkout), "SEGBENCH_CACHE": str(cache)}
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(overrides)], env=env, capture_output=True,
-                          text=True, check=False)
+    env = {**os.environ, "SEGBENCH_CACHE": str(cache)}
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(overrides), str(checkout)], env=env,
+                          capture_output=True, text=True, check=False)
     if done.returncode:
         sys.exit(f"probe failed in {checkout}: {done.stderr.strip().splitlines()[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -77,12 +81,13 @@ def main() -> None:
             root = subset(args.source, count, work)
             cache = work / f"cache-{count}"
             modes = [("before: every subject read into RAM", args.before, [])] if args.before else []
-            modes += [("in RAM (data.cache=false)", here, ["data.cache=false"]),
-                      ("cache, first run (builds it)", here, []),
+            modes += [("cache, first run (builds it)", here, []),
                       ("cache, every later run", here, [])]
             for mode, checkout, extra in modes:
                 row = {"subjects": count, "mode": mode,
                        **measure(checkout, base + [f"data.root={root}"] + extra, cache)}
+                if not row["code"].startswith(str(checkout)):
+                    sys.exit(f"measured {row['code']}, not the checkout {checkout}")
                 rows.append(row)
                 print(f"| {count} | {row['train_slices']} | {mode} | {row['seconds']:.1f} | "
                       f"{row['peak_rss_mib']:.0f} |", flush=True)

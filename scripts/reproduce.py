@@ -233,7 +233,9 @@ def main() -> None:
              "checkpoint chosen on val; verdicts follow the 95% t-interval of the paired difference: **held** when it "
              "excludes 0 on the claimed side, **did not hold** when it excludes the claimed side, **inconclusive** "
              "otherwise. Sign-flip p-values are exact (with 5 seeds the smallest possible is 0.0625).", ""]
-    for claim in chosen:
+    for k, claim in enumerate(chosen, 1):
+        print(f"reproduce: claim {k}/{len(chosen)} ({claim.__name__[6:]}), {(time.time() - start) / 60:.1f} min "
+              "elapsed", flush=True)
         lines += claim(out, seeds, quick)
         write_text(out / report, "\n".join(lines + ["(in progress)"]))
     minutes = (time.time() - start) / 60

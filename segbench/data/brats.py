@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.data.brats_volume import Volume, VolumeCache, preprocess
-from segbench.data.common import SegmentationDataset, subject_split
+from segbench.data.common import FITS, SegmentationDataset, subject_split
 from segbench.errors import SegbenchError, invalid_choice
 from segbench.io import check_writable
 from segbench.progress import progress
@@ -128,7 +128,8 @@ class BratsSlices(SegmentationDataset):
         test_fraction: share of subjects held out for the reported results.
         tumor_fraction: share of tumour-bearing training slices (None: every brain slice).
         min_brain_fraction: slices with less brain than this are skipped.
-        size: (H, W) every slice is centre-cropped or zero-padded to.
+        size: (H, W) every slice is centre-cropped or zero-padded to (``fit="pad"``, pixels keep
+            their millimetre scale) or scaled to (``fit="resize"``, masks by nearest neighbour).
         augment: flips, a small affine and intensity changes (training only).
         seed: fixes the split and the slice selection.
         cache: memory-map subjects from the preprocessing cache (built on first use); False reads
@@ -139,13 +140,15 @@ class BratsSlices(SegmentationDataset):
     def __init__(self, root: str, split: str = "train", modalities=MODALITIES, target: str = "whole_tumor",
                  val_fraction: float = 0.2, test_fraction: float = 0.2, tumor_fraction: float | None = 0.5,
                  min_brain_fraction: float = 0.05, size=(96, 112), augment: bool = True, seed: int = 0,
-                 cache: bool = True, cache_dir: str | None = None):
+                 cache: bool = True, cache_dir: str | None = None, fit: str = "pad"):
         modalities = tuple(modalities)
         if not modalities:
             raise SegbenchError(f"data.modalities is empty; name one or more of: {', '.join(MODALITIES)}")
         for m in modalities:
             if m not in MODALITIES:
                 raise invalid_choice("data.modalities", m, MODALITIES)
+        if fit not in FITS:
+            raise invalid_choice("data.fit", fit, FITS)
         if not isinstance(cache, bool):
             raise SegbenchError(f"data.cache={cache!r} must be true (memory-mapped preprocessing cache) or false")
         if target not in TARGETS:
@@ -168,7 +171,8 @@ class BratsSlices(SegmentationDataset):
         # Per sample, the case it belongs to: evaluation puts a case's slices back into one volume.
         self.cases = [self.volumes[i].subject for i, _ in self.index]
         self.spacing = self.volumes[0].spacing if self.volumes else (1.0, 1.0, 1.0)
-        super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0)
+        super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0, resize=fit == "resize")
+        self.fit = fit
 
     @property
     def in_channels(self) -> int:
@@ -192,7 +196,8 @@ class BratsSlices(SegmentationDataset):
         volume = self.volumes[v]
         # Read only the window the centre crop/pad keeps (zeros where it reaches past the volume),
         # so the transform's pad and crop have nothing left to do.
-        window = [_centre_window(full, want) for full, want in zip(volume.shape[1:], self.size)]
+        window = ([_centre_window(full, want) for full, want in zip(volume.shape[1:], self.size)]
+                  if self.fit == "pad" else [(0, full) for full in volume.shape[1:]])
         images, labels = volume.read_box((z, z + 1), *window)
         return images[0].astype(np.float32).transpose(1, 2, 0), labels[0], (volume.scale, volume.shift)  # (H, W, M)
 

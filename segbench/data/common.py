@@ -24,6 +24,7 @@ from segbench.progress import progress
 
 
 SPLITS = ("train", "val", "test")
+FITS = ("pad", "resize")  # data.fit: how an image meets data.size
 
 
 def check_split_fractions(val_fraction, test_fraction) -> None:

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segbench.data.common import SegmentationDataset, check_masks, subject_split
+from segbench.data.common import FITS, SegmentationDataset, check_masks, subject_split
 from segbench.errors import SegbenchError, invalid_choice
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LAYOUTS = ("auto", "suffix", "parallel")
-FITS = ("pad", "resize")
 
 
 def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Path]]:

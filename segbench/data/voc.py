@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.common import SegmentationDataset, check_masks
+from segbench.data.common import FITS, SegmentationDataset, check_masks
 from segbench.data.voc_phantom import BORDER, VOC_CLASSES
-from segbench.errors import SegbenchError
+from segbench.errors import SegbenchError, invalid_choice
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -27,6 +27,8 @@ class VOCSegmentationData(SegmentationDataset):
         sbd_root: folder of the SBD release (``img/``, ``cls/``, ``train_noval.txt``); adds its
             training images, as the FCN paper does.
         augment: flips, a small affine and brightness/contrast (training only).
+        fit: how an image meets ``size``: "pad" (pad with label 255 and random-crop, pixels keep
+            their scale, as the FCN paper) or "resize" (scaled to ``size``, masks by nearest neighbour).
     """
 
     target_kind = "multiclass"
@@ -34,13 +36,15 @@ class VOCSegmentationData(SegmentationDataset):
 
     def __init__(self, root: str, split: str = "train", size=(256, 256), augment: bool = True,
                  sbd_root: str | None = None, val_whole_images: bool = True, year: str = "2012",
-                 val_fraction: float = 0.1, seed: int = 0):
+                 val_fraction: float = 0.1, fit: str = "pad", seed: int = 0):
         from torchvision.datasets import SBDataset, VOCSegmentation
 
         base = Path(root) / "VOCdevkit" / f"VOC{year}"
         if not base.is_dir():
             raise SegbenchError(f"data.root={root!r} has no VOCdevkit/VOC{year}; make a phantom with "
                                 f"'segbench make-data voc-phantom --out {root}' or see data/README.md")
+        if fit not in FITS:
+            raise invalid_choice("data.fit", fit, FITS)
         if split not in ("train", "val", "test"):
             raise SegbenchError(f"split={split!r} is not valid; choose one of: train, val, test")
         if not 0 < float(val_fraction) < 1:
@@ -63,7 +67,8 @@ class VOCSegmentationData(SegmentationDataset):
         self.offsets = np.cumsum([0] + sizes)
         train = split == "train"
         crop = tuple(size) if (train or not val_whole_images) else None
-        super().__init__(size=crop, augment=augment and train, pad_label=BORDER, random_crop=True)
+        super().__init__(size=crop, augment=augment and train, pad_label=BORDER, random_crop=True,
+                         resize=fit == "resize")
 
     num_outputs = len(VOC_CLASSES)
     class_names = VOC_CLASSES

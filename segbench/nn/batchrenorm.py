@@ -60,6 +60,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
         if not self.training:
             return super().forward(x)
         dims = (0, *range(2, x.dim()))  # batch and every spatial axis: 2-D images or 3-D volumes
+        dtype, x = x.dtype, x.float()  # statistics in float32, also under bf16/fp16 autocast
         mean = x.mean(dims)  # (C,)
         var = x.var(dims, unbiased=False)
         std = torch.sqrt(var + self.eps)
@@ -78,6 +79,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
         x_hat = (x - mean.view(shape)) / std.view(shape) * r.view(shape) + d.view(shape)
         if self.affine:
             x_hat = x_hat * self.weight.view(shape) + self.bias.view(shape)
+        x_hat = x_hat.to(dtype)
         return x_hat
 
     def extra_repr(self) -> str:
