@@ -14,7 +14,7 @@ from tests.test_cli import segbench
 def test_bench_prints_every_phase(tiny_brats):
     result = segbench("bench", "--data", str(tiny_brats), "--width", "4", "--depth", "2", "--size", "32", "32",
                       "--batch-size", "2", "--steps", "1", "--rounds", "1", "--loop-steps", "2", "--loop-rounds", "1",
-                      "--device", "cpu", "--tta-steps", "2", "--tta-val-every", "1", "--target-dice", "0.01")
+                      "--device", "cpu", "--patch", "16", "16", "16", "--tta-steps", "2", "--tta-val-every", "1", "--target-dice", "0.01")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["device_type"] == "cpu" and report["device"]
@@ -25,6 +25,8 @@ def test_bench_prints_every_phase(tiny_brats):
     assert set(precision["images_per_s"]) == {"32", "bf16-mixed", "bf16-mixed channels_last"}
     assert precision["relative_to_fp32"]["32"] == 1.0
     assert precision["flops_per_step"] > 0 and all(0 < v for v in precision["share_of_gemm_peak"].values())
+    assert {"batch", "instance", "group", "none"} <= set(report["per_norm_3d"]["voxels_per_s"])
+    assert "switchable" not in report["per_norm_3d"]["voxels_per_s"]  # no 3-D form
     tta = report["time_to_accuracy"]["resunet (segbench default)"]
     # val Dice >= 0.01 is reached at once or not at all in two steps; the run stops where it is
     assert [h["step"] for h in tta["history"]] == ([1] if tta["reached"] and tta["step"] == 1 else [1, 2])

@@ -185,6 +185,28 @@ def per_norm(batch: int, size, steps: int, width: int, depth: int, device) -> di
     return {"images_per_s": out, "relative_to_batch": {k: v / base for k, v in out.items()}}
 
 
+def per_norm_3d(batch: int, patch, steps: int, width: int, depth: int, device) -> dict:
+    """3-D training voxels/s per norm (``model=resunet3d``), for every norm with a 3-D form."""
+    from segbench.models import ResUNet
+    from segbench.nn.norms import has_3d_form
+
+    images = torch.randn(batch, 4, *patch, device=device)
+    target = (torch.rand(batch, 1, *patch, device=device) > 0.9).float()
+    out = {}
+    norms = [n for n in sorted(NORMS) if has_3d_form(n)]
+    for norm in progress(norms, "3-D norms", len(norms), "norm"):
+        torch.manual_seed(0)
+        options = {"spade": {"hidden": 16}, "group": {"num_groups": 4}, "wsgroup": {"num_groups": 4},
+                   "evonorms0": {"num_groups": 4}}.get(norm)
+        model = ResUNet(4, 1, width=width, depth=depth, norm=norm, norm_options=options, dims=3).to(device)
+        opt = torch.optim.Adam(model.parameters())
+        step = lambda: train_step(model, images, target, MultilabelLoss("bce"), opt)  # noqa: E731
+        step()
+        out[norm] = batch * math.prod(patch) * steps / timed(step, steps, device)
+    return {"voxels_per_s": out, "relative_to_batch": {k: v / out["batch"] for k, v in out.items()},
+            "patch": list(patch), "batch_size": batch, "model": f"resunet3d width={width} depth={depth}"}
+
+
 def say(message: str) -> None:
     """What the bench is timing now: it takes minutes, and the JSON comes only at the end."""
     print(f"bench: {message} ...", file=sys.stderr, flush=True)
@@ -206,6 +228,10 @@ def summary(report: dict) -> list[str]:
             lines.append(f"precision {key}: {per_s:.1f} images/s ({p['relative_to_fp32'][key]:.2f}x float32), "
                          f"{p['achieved_flop_per_s'][key] / 1e9:.1f} GFLOP/s = {p['share_of_gemm_peak'][key]:.0%} of "
                          "this device's GEMM peak in that dtype")
+    if "per_norm_3d" in report:
+        p3 = report["per_norm_3d"]
+        lines.append(f"3-D ({p3['model']}, batch {p3['batch_size']}, patch {'x'.join(map(str, p3['patch']))}): "
+                     + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in p3["voxels_per_s"].items()) + " Mvoxels/s")
     for name, result in report.get("time_to_accuracy", {}).items():
         lines.append(f"time to accuracy, {result['skipped']}" if "skipped" in result else
                      "time to accuracy, " + line(name, result))
@@ -231,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-norms", action="store_true")
     parser.add_argument("--skip-precision", action="store_true")
     parser.add_argument("--skip-tta", action="store_true", help="leave out time to accuracy (the longest part)")
+    parser.add_argument("--skip-3d", action="store_true", help="leave out 3-D voxels/s per norm")
+    parser.add_argument("--patch", type=at_least(1), nargs=3, default=[32, 48, 48], help="3-D patch (D H W)")
     args = parser.parse_args(argv)
     from segbench.errors import SegbenchError
 
@@ -243,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     find_subjects(args.data)  # a missing data folder is one line now, not after minutes of timing
     report = {"device": describe(device), "device_type": device.type, "threads": torch.get_num_threads(),
               "batch_size": args.batch_size, "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
-    phases = 6
+    phases = 7
     say(f"1/{phases} segbench's train_step vs a bare PyTorch step on {report['device']}")
     report["train_step"] = train_step_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth,
                                               device)
@@ -261,8 +289,11 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"5/{phases} precision and memory format, with FLOP/s against a measured GEMM peak")
         report["precision"] = precision_speed(args.batch_size, size, args.steps, args.rounds, args.width, args.depth,
                                               device)
+    if not args.skip_3d:
+        say(f"6/{phases} 3-D training voxels/s per norm (resunet3d, patch {'x'.join(map(str, args.patch))})")
+        report["per_norm_3d"] = per_norm_3d(2, tuple(args.patch), args.steps, 8, 4, device)
     if not args.skip_tta:
-        say(f"6/{phases} time to val Dice {args.target_dice:g} on {args.data}")
+        say(f"7/{phases} time to val Dice {args.target_dice:g} on {args.data}")
         report["time_to_accuracy"] = compare_candidates(args.data, args.target_dice, args.tta_steps,
                                                         args.tta_val_every, device.type, say)
     for text in summary(report):
