@@ -60,6 +60,13 @@ def test_each_run_writes_its_hparams_session(sweep):
     assert start.hparams["data.batch_size"].number_value in (2, 4)
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert "val/dice_tuned" in {m.name.tag for m in experiment.metric_infos}
+    # The Custom Scalars page puts train and val first, whatever the Scalars tab's alphabetical order.
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    serialized = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    layout = layout_pb2.Layout.FromString(serialized)
+    assert [c.title for c in layout.category][0] == "1 train and val"
+    assert "train/loss" in layout.category[0].chart[0].multiline.tag
 
 
 def test_submitit_local_sweep_of_two_runs(tmp_path, tiny_brats):

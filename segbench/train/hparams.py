@@ -50,3 +50,22 @@ def write_end(writer) -> None:
 
     _, _, session_end = hparams({}, {})
     writer.file_writer.add_summary(session_end)
+
+
+def write_layout(writer, main_metric: str, report_metric: str) -> None:
+    """A Custom Scalars page with the curves people look at first, train and val side by side.
+
+    The Scalars tab orders sections alphabetically and cannot be told otherwise (TensorBoard's
+    maintainers point to this page for a chosen order, tensorflow/tensorboard#865), so
+    ``test_*`` would come before ``train``; here the order is ours.
+    """
+    writer.add_custom_scalars({
+        "1 train and val": {
+            "loss (train, train images in eval mode, val)": ["Multiline", ["train/loss", "train_eval/loss", "val/loss"]],
+            f"val {main_metric} and {report_metric}": ["Multiline", [f"val/{main_metric}", f"val/{report_metric}"]],
+            "learning rate": ["Multiline", ["train/lr"]],
+        },
+        "2 test (last and best-by-val checkpoints)": {
+            report_metric: ["Multiline", [f"test_last/{report_metric}", f"test_best/{report_metric}"]],
+        },
+    })

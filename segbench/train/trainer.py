@@ -106,6 +106,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         if not start:  # a resumed run's session was opened by its first start
             hparams.write_start(writer, cfg, ctx.world_size, MAIN_METRIC[train_set.target_kind],
                                 REPORT_METRIC[train_set.target_kind])
+            hparams.write_layout(writer, MAIN_METRIC[train_set.target_kind], REPORT_METRIC[train_set.target_kind])
     sampler = StepBatchSampler(len(train_set), batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
     workers = int(cfg.data.num_workers)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
