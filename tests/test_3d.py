@@ -105,6 +105,16 @@ def test_3d_run_end_to_end_with_whole_volume_test_metrics(tiny_brats, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     per_case = metrics["test"]["best"]["per_case"]
     assert len(per_case) >= 1 and all(len(c["dice"]) == 1 and len(c["hd95"]) == 1 for c in per_case.values())
+    compared = segbench("compare", str(run), "--out", str(tmp_path / "report"))
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert (tmp_path / "report" / "predictions.png").stat().st_size > 0  # whole volumes shown at a slice
+
+
+def test_a_norm_without_a_3d_form_is_one_line_before_a_folder(tiny_brats, tmp_path):
+    result = segbench("train", "model=resunet3d", "data=brats3d", "norm=switchable", f"data.root={tiny_brats}",
+                      "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "norm=switchable has no 3-D form" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("model, data, words", [("resunet3d", "brats", "use a 2-D model"),

@@ -52,6 +52,7 @@ def prediction_grid(arms: dict[tuple, list[Run]], labels: dict[tuple, str], out:
 
     from segbench.data import build_datasets
     from segbench.train.evaluate import base_dataset
+    from segbench.train.inference import predict
 
     first = min(next(iter(arms.values())), key=lambda r: r.metrics.get("seed", 0))
     data = _checkpoint(first)[1]["config"]["data"]  # resolved when the run trained: its data root as it was
@@ -74,11 +75,15 @@ def prediction_grid(arms: dict[tuple, list[Run]], labels: dict[tuple, str], out:
     with torch.no_grad():
         for row, index in zip(axes, picks):
             image, target = test[index]
-            truth = (target[0] > 0.5).numpy() if kind == "multilabel" else ((target > 0) & (target != 255)).numpy()
-            row[0].imshow(image[-1].numpy(), cmap="gray")
+            # A whole volume (3-D data) is predicted by sliding windows and shown at its fullest axial slice.
+            z = int(target[0].flatten(1).sum(1).argmax()) if image.dim() == 4 else None
+            pick = (lambda t: t[:, z]) if z is not None else (lambda t: t)
+            target2d, image2d = pick(target), pick(image)
+            truth = (target2d[0] > 0.5).numpy() if kind == "multilabel" else ((target2d > 0) & (target2d != 255)).numpy()
+            row[0].imshow(image2d[-1].numpy(), cmap="gray")
             row[1].imshow(truth, cmap="gray", vmin=0, vmax=1)
             for ax, (key, (model, threshold)) in zip(row[2:], models.items()):
-                pred = _mask(model(image[None])[0], kind, threshold)
+                pred = _mask(pick(predict(model, image[None], base_dataset(test))[0]), kind, threshold)
                 overlap = np.stack([pred & ~truth, truth & pred, truth & ~pred], axis=-1).astype(float)
                 ax.imshow(overlap)
             for ax in row:

@@ -53,6 +53,7 @@ class SyncBatchNorm(BatchNorm2d):
             if self.training:
                 _warn_single_process()
             return super().forward(x)
+        dtype, x = x.dtype, x.float()  # statistics in float32, also under bf16/fp16 autocast
         c = x.shape[1]
         reduce = (0, *range(2, x.dim()))  # batch and every spatial axis: 2-D images or 3-D volumes
         count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
@@ -73,7 +74,7 @@ class SyncBatchNorm(BatchNorm2d):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
 
 def _warn_single_process() -> None:

@@ -154,6 +154,9 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     # A resumed run's weights come from its checkpoint; its init_from run may be gone by now.
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities,
                               init=resume_from is None).to(device)
+    for flag in ("channels_last", "compile"):
+        if not isinstance(cfg.trainer.get(flag, False), bool):
+            raise SegbenchError(f"trainer.{flag}={cfg.trainer.get(flag)!r} must be true or false")
     channels_last = bool(cfg.trainer.get("channels_last", False))
     if channels_last and precision.dtype is None and torch.device(device).type == "cpu":
         # Measured here (torch 2.14.1, AVX-512 CPU): the ResUNet's fp32 NHWC backward dies in a

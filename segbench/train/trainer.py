@@ -96,6 +96,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
     start, best, last_val, freeze_step = prepared.start, prepared.best, prepared.last_val, prepared.freeze_step
     train_set, batch = splits.train, int(cfg.data.batch_size)
     net = distributed.wrap(model, ctx)
+    if cfg.trainer.get("compile"):
+        # Training steps only: evaluation and checkpoints use the plain module (same weights).
+        net = torch.compile(net)
 
     writer = None
     if ctx.is_main:
