@@ -48,6 +48,9 @@ def test_stop_at_ends_the_run_at_the_first_validation_that_reaches_it(tiny_cfg, 
     assert metrics["steps"] == 1 and [h["step"] for h in metrics["val"]["history"]] == [1]
     assert metrics["test"]["last"]["step"] == 1
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+    again = train(tiny_cfg("trainer.val_every=1", "trainer.max_steps=4", "trainer.stop_at=0.0",
+                           f"trainer.resume={tmp_path}"), tmp_path)
+    assert again["steps"] == 1  # a run that reached its target is finished: resuming it trains nothing
     history = train(tiny_cfg("trainer.val_every=1", "trainer.max_steps=2"), tmp_path / "full")["val"]["history"]
     assert [h["step"] for h in history] == [1, 2]
     assert 0 < history[0]["seconds"] < history[1]["seconds"] and history[0]["eval_seconds"] > 0

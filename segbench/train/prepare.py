@@ -24,6 +24,7 @@ from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, load_che
                                        resume_path)
 from segbench.train.distributed import resolve_device
 from segbench.train.losses import build_loss
+from segbench.train.metrics import MAIN_METRIC
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
 from segbench.train.precision import Precision, precision_for
 
@@ -188,7 +189,7 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     prepared = Prepared(splits, model, loss_fn, optimizer, scheduler, total_steps, freeze_step,
                         precision=precision, channels_last=channels_last)
     if state is not None:
-        _resume(prepared, state, resume_from, Path(run_dir))
+        _resume(prepared, state, resume_from, Path(run_dir), cfg.trainer.get("stop_at"))
     return prepared
 
 
@@ -210,9 +211,11 @@ def _checkpoint_to_resume(cfg: DictConfig, path: Path) -> dict:
     return state
 
 
-def _resume(prepared: Prepared, state: dict, path: Path, run_dir: Path) -> None:
+def _resume(prepared: Prepared, state: dict, path: Path, run_dir: Path, stop_at: float | None = None) -> None:
     step = int(state["step"])
-    if step >= prepared.total_steps and (run_dir / "metrics.json").is_file():
+    main = MAIN_METRIC[prepared.splits.train.target_kind]
+    stopped = stop_at is not None and state.get("last_val", {}).get(main, -1.0) >= float(stop_at)
+    if (step >= prepared.total_steps or stopped) and (run_dir / "metrics.json").is_file():
         raise RunFinished(run_dir, step, prepared.total_steps)
     load_model_state(prepared.model, state, path)
     try:
