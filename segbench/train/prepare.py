@@ -145,7 +145,7 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     """Build and check the run; raise ``SegbenchError`` (one line) or ``RunFinished``, never write."""
     check_config(cfg)
     precision = precision_for(cfg.trainer.get("precision", "32"), torch.device(device))
-    resolve_device(cfg.trainer.device)
+    target_device = resolve_device(cfg.trainer.device)  # where the run will train (preflight checks on the CPU)
     resume_from = resume_path(cfg.trainer.resume, Path(run_dir))
     state = _checkpoint_to_resume(cfg, resume_from) if resume_from is not None else None
     seed_everything(int(cfg.seed))
@@ -158,6 +158,11 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     for flag in ("channels_last", "compile"):
         if not isinstance(cfg.trainer.get(flag, False), bool):
             raise SegbenchError(f"trainer.{flag}={cfg.trainer.get(flag)!r} must be true or false")
+    if cfg.trainer.get("compile") and target_device.type == "cpu":
+        # Measured here (torch 2.14.1, 2-core AVX-512 CPU): a compiled ResUNet's training step dies in
+        # a segfault inside inductor's generated kernels. Refused rather than crashing a sweep.
+        raise SegbenchError("trainer.compile=true crashes on the CPU in this torch build (inductor's kernels "
+                            "segfault); use it on a CUDA device or set trainer.compile=false")
     channels_last = bool(cfg.trainer.get("channels_last", False))
     if channels_last and precision.dtype is None and torch.device(device).type == "cpu":
         # Measured here (torch 2.14.1, AVX-512 CPU): the ResUNet's fp32 NHWC backward dies in a
