@@ -51,6 +51,15 @@ class Number:
         return text + (" (or null)" if self.nullable else "")
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A boolean: ``true`` or ``false``, never text or a number."""
+
+    def problem(self, value) -> str | None:
+        return None if isinstance(value, bool) else "must be true or false"
+
+
+FLAG = Flag()
 COUNT = Number(integer=True, lo=1)
 OPTIONAL_COUNT = Number(integer=True, lo=1, nullable=True)
 NON_NEGATIVE_INT = Number(integer=True, lo=0)
@@ -58,7 +67,7 @@ POSITIVE = Number(lo=0, lo_open=True)
 FRACTION = Number(lo=0, hi=1)
 MOMENTUM = Number(lo=0, hi=1, nullable=True)
 
-RULES: dict[str, Number] = {
+RULES: dict[str, Number | Flag] = {
     "seed": Number(integer=True, lo=0),
     "data.batch_size": COUNT,
     "data.val_batch_size": COUNT,
@@ -84,6 +93,9 @@ RULES: dict[str, Number] = {
     "trainer.val_every": COUNT,
     "trainer.stop_at": Number(lo=0, hi=1, nullable=True),
     "trainer.checkpoint_every": COUNT,
+    "trainer.channels_last": FLAG,
+    "trainer.compile": FLAG,
+    "data.cache": FLAG,
     "trainer.threads": OPTIONAL_COUNT,
     "trainer.log_images": NON_NEGATIVE_INT,
     "trainer.precise_bn_batches": Number(integer=True, lo=0, nullable=True),

@@ -21,6 +21,7 @@ from PIL import Image
 
 from segbench import cli
 from segbench.config import group_options
+from segbench.errors import SegbenchError
 from segbench.data.voc_phantom import write_voc_phantom
 from tests.conftest import SMALL
 
@@ -337,3 +338,17 @@ def test_every_shipped_experiment_passes_the_checks(experiment):
     from segbench.schema import check_config
 
     check_config(compose([f"experiment={experiment}"]))
+
+
+@pytest.mark.parametrize("key", ["trainer.compile", "trainer.channels_last", "data.cache"])
+def test_flags_set_as_text_outside_the_command_line_are_one_line(key):
+    """A YAML file or the Python API can hand a flag as text; the rule table refuses it by name."""
+    from omegaconf import OmegaConf
+
+    from segbench.config import compose
+    from segbench.schema import check_config
+
+    cfg = compose([])
+    OmegaConf.update(cfg, key, "yes", force_add=True)
+    with pytest.raises(SegbenchError, match=rf"{key}='yes' must be true or false"):
+        check_config(cfg)

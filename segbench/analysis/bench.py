@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from segbench.analysis.bench_device import bench_device, describe, gemm_peak, step_flops, timed
 from segbench.analysis.bench_tta import compare_candidates, line
-from segbench.errors import OneLineArgumentParser, at_least
+from segbench.errors import OneLineArgumentParser, SegbenchError, at_least
 from segbench.models import build_model
 from segbench.nn import NORMS
 from segbench.progress import progress
@@ -260,8 +260,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-3d", action="store_true", help="leave out 3-D voxels/s per norm")
     parser.add_argument("--patch", type=at_least(1), nargs=3, default=[32, 48, 48], help="3-D patch (D H W)")
     args = parser.parse_args(argv)
-    from segbench.errors import SegbenchError
-
     if not 0 < args.target_dice < 1:
         raise SegbenchError(f"--target-dice={args.target_dice:g} must be between 0 and 1")
     device = bench_device(args.device)

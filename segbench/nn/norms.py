@@ -181,6 +181,14 @@ def has_3d_form(name: str) -> bool:
     return "dims" in inspect.signature(NORMS[canonical_norm_name(name)]).parameters
 
 
+def check_dims(name: str, dims: int) -> None:
+    """Refuse, in one line, a norm without a form for ``dims``-D feature maps."""
+    if dims != 2 and not has_3d_form(name):
+        volumetric = ", ".join(k for k in NORMS if has_3d_form(k))
+        raise SegbenchError(f"norm={canonical_norm_name(name)} has no 3-D form in segbench; for 3-D models use "
+                            f"one of: {volumetric}")
+
+
 def canonical_norm_name(name: str) -> str:
     """``"Group_Norm"`` -> ``"group"``; unknown names raise with the full list."""
     key = str(name).lower().replace("_", "").replace("-", "")
@@ -214,8 +222,6 @@ def build_norm(name: str, num_channels: int, *, context: dict | None = None, **o
         raise SegbenchError(f"norm '{key}' takes no option {unknown[0]!r}; its options: {choices}")
     builder = NORMS[key]
     accepted = inspect.signature(builder).parameters
-    if (context or {}).get("dims", 2) != 2 and "dims" not in accepted:
-        volumetric = ", ".join(k for k in NORMS if has_3d_form(k))
-        raise SegbenchError(f"norm={key} has no 3-D form in segbench; for 3-D models use one of: {volumetric}")
+    check_dims(key, (context or {}).get("dims", 2))
     extra = {k: v for k, v in (context or {}).items() if k in accepted and k not in options}
     return builder(num_channels, **options, **extra)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from segbench.nn.conditional import Conditioner
-from segbench.nn.norms import ACTIVATING_NORMS, CONDITIONAL_NORMS, build_norm, canonical_norm_name
+from segbench.nn.norms import ACTIVATING_NORMS, CONDITIONAL_NORMS, build_norm, canonical_norm_name, check_dims
 from segbench.nn.weight_std import StdConv2d, StdConv3d
 
 CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -42,11 +42,8 @@ class NormSlot:
         self.in_channels, self.cond_channels, self.style_dim = in_channels, cond_channels, style_dim
         n_cond = in_channels if cond_channels is None else len(cond_channels)
         self._context = {"cond_channels": n_cond, "style_dim": style_dim, "dims": dims}
-        if self._factory is None and dims != 2:
-            from segbench.nn.norms import has_3d_form
-
-            if not has_3d_form(self.name):
-                build_norm(self.name, 1, context={"dims": dims})  # raises the one-line refusal
+        if self._factory is None:
+            check_dims(self.name, dims)  # before any layer is built
         self._built: dict[str, int] = {}
         self._last_conv: nn.Conv2d | None = None  # for a norm that works with the conv in front (CBN)
 

@@ -77,9 +77,9 @@ def overlay(images: torch.Tensor, target: torch.Tensor, logits: torch.Tensor, ki
     """(N, 3, H', W') pictures: first input channel in grey, truth-only green, prediction-only red, both
     yellow; upscaled (nearest) to at least ``min_side`` pixels and with a legend strip underneath."""
     images, target, logits = images[:limit], target[:limit], logits[:limit]
-    if images.dim() == 5:  # volumes: the axial slice with most truth (or the middle one)
-        z = (target.flatten(3).sum(-1).sum(1) if target.dim() == 5 else target.new_zeros(target.shape[:3])).argmax(1)
-        z = torch.where(z > 0, z, torch.full_like(z, images.shape[2] // 2))
+    if images.dim() == 5:  # volumes (multilabel targets): the axial slice with most truth, else the middle one
+        truth = target.flatten(3).sum(-1).sum(1)  # (N, D)
+        z = torch.where(truth.amax(1) > 0, truth.argmax(1), images.shape[2] // 2)
         pick = torch.arange(len(images))
         images, target, logits = images[pick, :, z], target[pick, :, z], logits[pick, :, z]
     grey = images[:, :1].float()

@@ -52,7 +52,6 @@ class Prepared:
     start: int = 0
     best: dict = field(default_factory=dict)
     last_val: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)  # (step, seconds, metric) per validation; a resume starts afresh
     resumed_from: Path | None = None
     precision: Precision = field(default_factory=Precision)
     channels_last: bool = False
@@ -155,9 +154,6 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     # A resumed run's weights come from its checkpoint; its init_from run may be gone by now.
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities,
                               init=resume_from is None).to(device)
-    for flag in ("channels_last", "compile"):
-        if not isinstance(cfg.trainer.get(flag, False), bool):
-            raise SegbenchError(f"trainer.{flag}={cfg.trainer.get(flag)!r} must be true or false")
     if cfg.trainer.get("compile") and target_device.type == "cpu":
         # Measured here (torch 2.14.1, 2-core AVX-512 CPU): a compiled ResUNet's training step dies in
         # a segfault inside inductor's generated kernels. Refused rather than crashing a sweep.

@@ -123,7 +123,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
     train_time, images_seen = 0.0, 0
     # Each validation's main metric with the wall seconds since train() was called (this process's
     # part of a resumed run): what `segbench bench` reads time to accuracy from.
-    history, eval_seconds = list(prepared.history), 0.0
+    history, eval_seconds = [], 0.0
     stop_at = cfg.trainer.get("stop_at")
     done = start
     tick = time.perf_counter()
@@ -152,6 +152,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
             writer.add_scalar("train/images_seen", done * batch * ctx.world_size, done)
         progress.update(1)
         progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(train_time, 1e-9):.1f}")
+        reached = False
         if done % int(cfg.trainer.val_every) == 0 or done == total_steps:
             eval_start = time.perf_counter()
             last_val = _validate(cfg, model, net, splits, loss_fn, ctx, writer, done, eval_batch)
@@ -159,14 +160,13 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
             improved = last_val[main_metric] >= best.get(main_metric, -math.inf)
             history.append({"step": done, "seconds": round(time.perf_counter() - started, 3),
                             "eval_seconds": round(eval_seconds, 3), main_metric: last_val[main_metric]})
+            reached = stop_at is not None and last_val[main_metric] >= stop_at
             if ctx.is_main:
                 log.info("step %d/%d val: %s%s", done, total_steps, _summary(last_val), " (best)" if improved else "")
             if ctx.is_main and improved:
                 best = {**last_val, "step": done}
                 save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val,
                                 prepared.precision.scaler)
-        reached = stop_at is not None and bool(history) and history[-1]["step"] == done \
-            and history[-1][main_metric] >= stop_at
         if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps or reached):
             save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
                             prepared.precision.scaler)
@@ -174,7 +174,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         if reached:  # every rank saw the same (all-reduced) validation, so all stop together
             if ctx.is_main:
                 log.info("val %s %.4g reached trainer.stop_at=%g at step %d; stopping", main_metric,
-                         history[-1][main_metric], stop_at, done)
+                         last_val[main_metric], stop_at, done)
             break
     progress.close()
     total_steps = done
