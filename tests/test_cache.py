@@ -38,6 +38,26 @@ def test_cached_samples_equal_samples_read_from_nifti(root, tmp_path):
     assert all(v.folder is not None for v in cached.volumes) and all(v.folder is None for v in direct.volumes)
 
 
+@pytest.mark.parametrize("size", [(32, 40), (17, 64), (80, 90)])  # inside, odd and larger than the volume
+def test_slices_read_at_size_equal_the_full_pad_and_crop_pipeline(root, tmp_path, size):
+    """The loader reads only the centre window and leaves out the pad and crop steps: the samples
+    must be those of the full pipeline (whole slice, albumentations' pad + centre crop, augment)."""
+    from segbench.data.common import build_transform
+
+    ds = BratsSlices(str(root), "train", modalities=T1, size=size, cache_dir=str(tmp_path / "cache"))
+    full = build_transform(size, augment=True, pad_label=0)
+    assert len(ds.transform.transforms) == len(full.transforms) - 2
+    for i in range(0, len(ds), 5):
+        v, z = ds.index[i]
+        images, labels = ds.volumes[v].slice(z)
+        full.set_random_seed(3 + i)
+        out = full(image=images.astype(np.float32).transpose(1, 2, 0), mask=labels)
+        image, target = ds.finish(out["image"], out["mask"], (ds.volumes[v].scale, ds.volumes[v].shift))
+        x, y = ds[(i, 3 + i)]
+        np.testing.assert_array_equal(x.numpy(), image.transpose(2, 0, 1))
+        np.testing.assert_array_equal(y.numpy(), target)
+
+
 def test_cache_is_reused_and_a_changed_source_is_rebuilt(root, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = load_brats(str(root), T1, True, str(cache))

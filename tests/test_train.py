@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -54,6 +55,18 @@ def test_stop_at_ends_the_run_at_the_first_validation_that_reaches_it(tiny_cfg, 
     history = train(tiny_cfg("trainer.val_every=1", "trainer.max_steps=2"), tmp_path / "full")["val"]["history"]
     assert [h["step"] for h in history] == [1, 2]
     assert 0 < history[0]["seconds"] < history[1]["seconds"] and history[0]["eval_seconds"] > 0
+
+
+def test_after_step_runs_once_per_step_outside_the_timed_loop(tiny_cfg, tmp_path):
+    calls = []
+
+    def slow_hook(step):  # segbench bench's bare steps run here; they must not count as training time
+        calls.append(step)
+        time.sleep(0.5)
+
+    metrics = train(tiny_cfg("trainer.max_steps=4", "trainer.val_every=10"), tmp_path, after_step=slow_hook)
+    assert calls == [1, 2, 3, 4]
+    assert metrics["images_per_s"] > 3 * metrics["batch_size"] / 0.5  # the hook's 0.5 s per step left out
 
 
 def test_splits_are_disjoint_by_subject(tiny_cfg):

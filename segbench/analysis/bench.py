@@ -115,8 +115,13 @@ def precision_speed(batch: int, size, steps: int, rounds: int, width: int, depth
 
 def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, rounds: int, device) -> dict:
     """The whole ``train()`` loop (loader, augmentation, logging) against a bare loop over the same
-    model, batch size and data pre-loaded into memory, both in float32; rounds alternate, and the
-    median of the paired ratios counts (with their spread)."""
+    model, batch size and data pre-loaded into memory, both in float32.
+
+    The two are interleaved step by step (the bare step runs in the trainer's ``after_step``, outside
+    its timed window): a shared machine's speed drifts by several percent within seconds, which
+    swamped the few percent being measured when each ran for its own ten seconds. Each round is one
+    run of each; the median of the rounds' ratios counts, with their spread.
+    """
     import tempfile
 
     from torch.utils.data import DataLoader
@@ -133,22 +138,29 @@ def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, r
     batches = [(x.to(device), y.to(device))
                for x, y in itertools.islice(DataLoader(train_set, batch_size=batch, shuffle=True), steps)]
 
-    def bare() -> float:
-        model = _model("batch", train_set.in_channels, width, depth).to(device)
+    def one_round() -> tuple[float, float]:
+        model = _model("batch", train_set.in_channels, width, depth).to(device).train()
         opt = torch.optim.Adam(model.parameters())
-        model.train()
-        _bare_step(model, *batches[0], opt).item()  # warm-up, as the trainer's first step is not timed either
-        loop = lambda: [_bare_step(model, x, y, opt).item() for x, y in batches]  # noqa: E731
-        return len(batches) * batch / timed(loop, 1, device)
+        bare_seconds = []
+
+        def bare_step(step: int) -> None:
+            images, target = batches[(step - 1) % len(batches)]
+            seconds = timed(lambda: _bare_step(model, images, target, opt).item(), 1, device)
+            if step > 1:  # the trainer does not time its first step (warm-up) either
+                bare_seconds.append(seconds)
+
+        with tempfile.TemporaryDirectory() as run_dir:
+            ours = train(cfg, run_dir, after_step=bare_step)["images_per_s"]
+        return ours, len(bare_seconds) * batch / sum(bare_seconds)
 
     ours, theirs = [], []
     quiet = logging.getLogger("segbench")
     level, quiet.level = quiet.level, logging.WARNING
     try:
-        for _ in progress(range(rounds), "rounds", rounds, "round"):  # alternate: a noisy neighbour slows both alike
-            theirs.append(bare())
-            with tempfile.TemporaryDirectory() as run_dir:
-                ours.append(train(cfg, run_dir)["images_per_s"])
+        for _ in progress(range(rounds), "rounds", rounds, "round"):
+            trainer_rate, bare_rate = one_round()
+            ours.append(trainer_rate)
+            theirs.append(bare_rate)
     finally:
         quiet.setLevel(level)
     ratios = [o / t for o, t in zip(ours, theirs)]
@@ -218,7 +230,8 @@ def summary(report: dict) -> list[str]:
     step, loop = report["train_step"], report["trainer_loop"]
     lines.append(f"train_step / bare step: {step['ratio']:.3f} ({step['segbench_step_images_per_s']:.1f} vs "
                  f"{step['bare_step_images_per_s']:.1f} images/s)")
-    lines.append(f"whole train() loop / bare loop over pre-loaded batches: median {loop['ratio_trainer_over_bare']:.3f} "
+    lines.append(f"whole train() loop / bare loop over pre-loaded batches, interleaved step by step: median "
+                 f"{loop['ratio_trainer_over_bare']:.3f} "
                  f"(rounds {', '.join(f'{r:.3f}' for r in loop['ratio_per_round'])})")
     lines.append(f"loader alone: {report['loader']['images_per_s']:.0f} images/s with {report['loader']['workers']} "
                  f"workers = {report['loader']['ratio_loader_over_training']:.0f}x training")

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from segbench.data.brats_volume import Volume, VolumeCache, preprocess
 from segbench.data.common import FITS, SegmentationDataset, subject_split
@@ -171,7 +172,8 @@ class BratsSlices(SegmentationDataset):
         # Per sample, the case it belongs to: evaluation puts a case's slices back into one volume.
         self.cases = [self.volumes[i].subject for i, _ in self.index]
         self.spacing = self.volumes[0].spacing if self.volumes else (1.0, 1.0, 1.0)
-        super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0, resize=fit == "resize")
+        super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0, resize=fit == "resize",
+                         loaded_at_size=fit == "pad")
         self.fit = fit
 
     @property
@@ -199,9 +201,15 @@ class BratsSlices(SegmentationDataset):
         window = ([_centre_window(full, want) for full, want in zip(volume.shape[1:], self.size)]
                   if self.fit == "pad" else [(0, full) for full in volume.shape[1:]])
         images, labels = volume.read_box((z, z + 1), *window)
-        return images[0].astype(np.float32).transpose(1, 2, 0), labels[0], (volume.scale, volume.shift)  # (H, W, M)
+        # (H, W, M) float32 in one contiguous block, as OpenCV's warps want it; cast by torch, whose
+        # float16 conversion is vectorised (numpy's took 4x as long, the loader's largest single cost).
+        image = torch.from_numpy(images[0]).permute(1, 2, 0).float().contiguous().numpy()
+        return image, labels[0], (volume.scale, volume.shift)
 
     def finish(self, image: np.ndarray, labels: np.ndarray, extra):
         scale, shift = extra
-        image = image * scale + shift  # (H, W, M) z-scored per volume
-        return image, region_masks(labels, self.regions)
+        # z-score per volume, channel by channel: on (H, W, M) numpy's inner loop would run over the
+        # M = 4 channels only, ten times slower than over whole planes.
+        planes = np.ascontiguousarray(image.transpose(2, 0, 1))
+        planes = planes * scale[:, None, None] + shift[:, None, None]
+        return planes.transpose(1, 2, 0), region_masks(labels, self.regions)  # (H, W, M) view of (M, H, W)

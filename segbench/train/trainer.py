@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,11 +40,13 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None] | None = None) -> dict:
     """Train ``cfg`` and write TensorBoard events, checkpoints and metrics.json under ``run_dir``.
 
     Choices (best checkpoint, sigmoid threshold) are made on val; the test split is evaluated
     once, at the end, for the last and the best-by-val checkpoint, and is what results report.
+    ``after_step(step)`` runs after each step, outside the time images/s is measured over:
+    ``segbench bench`` interleaves a bare loop's steps there, so both see the same machine.
     """
     started = time.perf_counter()  # time to accuracy counts from here: data, model, everything
     run_dir = Path(run_dir)
@@ -64,7 +67,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             remove_orphans(run_dir)
         if ctx.is_main:
             _log_start(cfg, run_dir, ctx, prepared)
-        metrics = _train(cfg, run_dir, ctx, prepared, started)
+        metrics = _train(cfg, run_dir, ctx, prepared, started, after_step)
         if ctx.is_main:
             _log_end(metrics, run_dir)
         return metrics
@@ -90,7 +93,7 @@ def _log_end(metrics: dict, run_dir: Path) -> None:
              tested, run_dir)
 
 
-def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step=None) -> dict:
     splits, model, loss_fn = prepared.splits, prepared.model, prepared.loss_fn
     optimizer, scheduler, total_steps = prepared.optimizer, prepared.scheduler, prepared.total_steps
     start, best, last_val, freeze_step = prepared.start, prepared.best, prepared.last_val, prepared.freeze_step
@@ -170,6 +173,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps or reached):
             save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
                             prepared.precision.scaler)
+        if after_step is not None:
+            after_step(done)
         tick = time.perf_counter()
         if reached:  # every rank saw the same (all-reduced) validation, so all stop together
             if ctx.is_main:
