@@ -195,7 +195,6 @@ CASES = [
     ("betas-one", _nothing, ["train", "optim.betas=[0.9]"], ["optim.betas"]),
     ("precision-unknown", _nothing, ["train", "trainer.precision=bf16"], ["trainer.precision='bf16'", "bf16-mixed"]),
     ("channels-last-fp32-cpu", _nothing, ["train", "trainer.precision=32", "trainer.channels_last=true"], ["channels_last", "bf16-mixed"]),
-    ("compile-on-cpu", _nothing, ["train", "trainer.device=cpu", "trainer.compile=true"], ["trainer.compile", "CUDA"]),
     ("seed-negative", _nothing, ["train", "seed=-1"], ["seed=-1"]),
     ("depth-0", _nothing, ["train", "model.depth=0"], ["model.depth=0"]),
     ("cond-channel-out-of-range", _nothing, ["train", "norm=spade", "norm.cond_channels=[9]"], ["cond_channels", "9"]),

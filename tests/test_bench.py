@@ -14,7 +14,8 @@ from tests.test_cli import segbench
 def test_bench_prints_every_phase(tiny_brats):
     result = segbench("bench", "--data", str(tiny_brats), "--width", "4", "--depth", "2", "--size", "32", "32",
                       "--batch-size", "2", "--steps", "1", "--rounds", "1", "--loop-steps", "2", "--loop-rounds", "1",
-                      "--device", "cpu", "--patch", "16", "16", "16", "--tta-steps", "2", "--tta-val-every", "1", "--target-dice", "0.01")
+                      "--device", "cpu", "--patch", "16", "16", "16", "--tta-steps", "2", "--tta-val-every", "1", "--target-dice", "0.01",
+                      "--skip-compile")  # compiling is the slow test's job (test_train)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["device_type"] == "cpu" and report["device"]

@@ -69,6 +69,16 @@ def test_after_step_runs_once_per_step_outside_the_timed_loop(tiny_cfg, tmp_path
     assert metrics["images_per_s"] > 3 * metrics["batch_size"] / 0.5  # the hook's 0.5 s per step left out
 
 
+def test_gpu_run_with_fp32_channels_last_passes_the_cpu_preflight(tiny_cfg, tmp_path, monkeypatch):
+    """Refused where it crashes (float32 NHWC backward on the CPU), not for a run bound for a GPU,
+    whose dry run on the CPU stays NCHW."""
+    from segbench.train import prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "resolve_device", lambda name: torch.device("cuda"))
+    prepared = prepare_module.prepare(tiny_cfg("trainer.precision=32", "trainer.channels_last=true"), tmp_path)
+    assert not prepared.channels_last
+
+
 def test_splits_are_disjoint_by_subject(tiny_cfg):
     from omegaconf import OmegaConf
 
@@ -262,3 +272,13 @@ def test_bf16_step_runs_the_forward_in_bfloat16():
                       torch.nn.BCEWithLogitsLoss(), opt, precision_for("bf16-mixed", torch.device("cpu")))
     assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_compiled_training_matches_eager_closely(tiny_cfg, tmp_path, precision):
+    """Float32 on the CPU is the case that segfaulted (inductor's channels-last conv backward)."""
+    runs = {compiled: train(tiny_cfg(f"trainer.precision={precision}", "trainer.max_steps=2", "trainer.val_every=2",
+                                     f"trainer.compile={str(compiled).lower()}"), tmp_path / str(compiled))
+            for compiled in (False, True)}
+    tolerance = 1e-3 if precision == "32" else 2e-2
+    assert runs[True]["val"]["final"]["loss"] == pytest.approx(runs[False]["val"]["final"]["loss"], rel=tolerance)

@@ -31,7 +31,7 @@ from segbench.nn import NORMS
 from segbench.progress import progress
 from segbench.train.losses import MultilabelLoss
 from segbench.train.precision import precision_for
-from segbench.train.step import train_step
+from segbench.train.step import compile_for_training, train_step
 
 
 def _bare_step(model, images, target, optimizer):
@@ -75,30 +75,36 @@ def train_step_vs_bare(batch: int, size, steps: int, rounds: int, width: int, de
             "ratio": t_bare / t_ours}
 
 
-def precision_settings(device) -> list[tuple[str, bool]]:
-    """(trainer.precision, channels_last) pairs worth timing on ``device``; on the CPU float32
-    channels-last is left out (its backward crashes in this torch build, and segbench refuses it)."""
+def precision_settings(device, compiled: bool = True) -> list[tuple[str, bool, bool]]:
+    """(trainer.precision, channels_last, compiled) settings worth timing on ``device``; on the CPU
+    float32 channels-last is left out (its backward crashes in this torch build, and segbench
+    refuses it). Compiled steps leave the memory format to inductor."""
     if device.type == "cuda":
-        return [(p, cl) for p in ("32", "bf16-mixed", "16-mixed") for cl in (False, True)]
-    return [("32", False), ("bf16-mixed", False), ("bf16-mixed", True)]
+        eager = [(p, cl, False) for p in ("32", "bf16-mixed", "16-mixed") for cl in (False, True)]
+    else:
+        eager = [("32", False, False), ("bf16-mixed", False, False), ("bf16-mixed", True, False)]
+    return eager + ([("32", False, True), ("bf16-mixed", False, True)] if compiled else [])
 
 
-def precision_speed(batch: int, size, steps: int, rounds: int, width: int, depth: int, device) -> dict:
-    """``train_step`` images/s per ``trainer.precision`` and memory format, rounds interleaved in one
-    process (the machine's load hits every setting alike), ratios to float32 NCHW, and achieved
-    FLOP/s (``torch.utils.flop_counter``) as a share of a GEMM peak measured here in the same dtype."""
+def precision_speed(batch: int, size, steps: int, rounds: int, width: int, depth: int, device,
+                    compiled: bool = True) -> dict:
+    """``train_step`` images/s per ``trainer.precision``, memory format and ``trainer.compile``,
+    rounds interleaved in one process (the machine's load hits every setting alike), ratios to
+    float32 NCHW eager, and achieved FLOP/s (``torch.utils.flop_counter``) as a share of a GEMM peak
+    measured here in the same dtype. A compiled step's compilation is its untimed warm-up."""
     images, target = _inputs(batch, size, device)
     loss_fn = MultilabelLoss("bce")
     steps_of = {}
-    for name, channels_last in precision_settings(device):
+    for name, channels_last, compile_it in precision_settings(device, compiled):
         model = _model("batch", 4, width, depth).to(device)
         x = images
         if channels_last:
             model, x = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
         opt, precision = torch.optim.Adam(model.parameters()), precision_for(name, device)
-        step = (lambda m, x, o, p: lambda: train_step(m, x, target, loss_fn, o, p))(model, x, opt, precision)
-        step()  # warm-up
-        steps_of[f"{name}{' channels_last' if channels_last else ''}"] = step
+        net = compile_for_training(model, device, precision) if compile_it else model
+        step = (lambda m, x, o, p: lambda: train_step(m, x, target, loss_fn, o, p))(net, x, opt, precision)
+        step()  # warm-up (and compilation)
+        steps_of[name + (" channels_last" if channels_last else "") + (" compiled" if compile_it else "")] = step
     flops = step_flops(steps_of["32"])  # the same arithmetic whatever the dtype
     seconds = dict.fromkeys(steps_of, 0.0)
     for _ in range(rounds):
@@ -269,6 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tta-val-every", type=at_least(1), default=50)
     parser.add_argument("--skip-norms", action="store_true")
     parser.add_argument("--skip-precision", action="store_true")
+    parser.add_argument("--skip-compile", action="store_true", help="leave trainer.compile out of the precision table "
+                        "(compiling takes about a minute per setting on 2 CPU cores)")
     parser.add_argument("--skip-tta", action="store_true", help="leave out time to accuracy (the longest part)")
     parser.add_argument("--skip-3d", action="store_true", help="leave out 3-D voxels/s per norm")
     parser.add_argument("--patch", type=at_least(1), nargs=3, default=[32, 48, 48], help="3-D patch (D H W)")
@@ -297,9 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"4/{phases} each of the {len(NORMS)} norms")
         report["per_norm"] = per_norm(args.batch_size, size, args.steps, args.width, args.depth, device)
     if not args.skip_precision:
-        say(f"5/{phases} precision and memory format, with FLOP/s against a measured GEMM peak")
+        say(f"5/{phases} precision, memory format and trainer.compile, with FLOP/s against a measured GEMM peak")
         report["precision"] = precision_speed(args.batch_size, size, args.steps, args.rounds, args.width, args.depth,
-                                              device)
+                                              device, compiled=not args.skip_compile)
     if not args.skip_3d:
         say(f"6/{phases} 3-D training voxels/s per norm (resunet3d, patch {'x'.join(map(str, args.patch))})")
         report["per_norm_3d"] = per_norm_3d(2, tuple(args.patch), args.steps, 8, 4, device)

@@ -25,7 +25,7 @@ from segbench.train.evaluate import evaluate, overlay
 from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
 from segbench.train.prepare import Prepared, RunFinished, prepare
 from segbench.train.rundir import remove_orphans, run_lock
-from segbench.train.step import train_step
+from segbench.train.step import compile_for_training, train_step
 
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
     net = distributed.wrap(model, ctx)
     if cfg.trainer.get("compile"):
         # Training steps only: evaluation and checkpoints use the plain module (same weights).
-        net = torch.compile(net)
+        net = compile_for_training(net, ctx.device, prepared.precision)
 
     writer = None
     if ctx.is_main:
