@@ -53,6 +53,12 @@ class Precision:
     scaler: torch.amp.GradScaler | None = None
 
     @property
+    def nhwc_backward_crashes(self) -> bool:
+        """Float32 on the CPU: this torch build's channels-last conv backward segfaults there
+        (measured, torch 2.14.1 on an AVX-512 CPU), while bf16's channels-last backward trains."""
+        return self.device_type == "cpu" and self.dtype is None
+
+    @property
     def name(self) -> str:
         return {None: "32", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}[self.dtype]
 

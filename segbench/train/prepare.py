@@ -155,14 +155,12 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities,
                               init=resume_from is None).to(device)
     channels_last = bool(cfg.trainer.get("channels_last", False))
-    fp32_nhwc_crashes = precision.dtype is None and torch.device(device).type == "cpu"
-    if channels_last and fp32_nhwc_crashes and target_device.type == "cpu":
-        # Measured here (torch 2.14.1, AVX-512 CPU): the ResUNet's fp32 NHWC backward dies in a
-        # segfault, while bf16 NHWC trains. Refused rather than crashing a sweep.
+    if channels_last and precision.nhwc_backward_crashes and target_device.type == "cpu":
+        # Refused rather than crashing a sweep.
         raise SegbenchError("trainer.channels_last=true needs trainer.precision=bf16-mixed on the CPU (the fp32 "
                             "channels-last backward crashes in this torch build); or set trainer.channels_last=false")
     # A GPU run's preflight dry run on the CPU stays NCHW in float32, for the same crash.
-    channels_last = channels_last and not fp32_nhwc_crashes
+    channels_last = channels_last and not precision.nhwc_backward_crashes
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model_dims, data_dims = getattr(model, "dims", 2), getattr(train_set, "spatial_dims", 2)

@@ -28,13 +28,13 @@ def train_step(model, images, target, loss_fn, optimizer, precision: Precision |
 def compile_for_training(model, device: torch.device, precision: Precision | None = None):
     """``torch.compile(model)`` for training steps (``trainer.compile``).
 
-    On the CPU inductor lays conv activations out channels-last, and this torch build's float32
-    channels-last conv backward segfaults (measured on tiny ResUNets; the reason float32
-    ``channels_last`` is refused), so float32 keeps NCHW there. bf16's channels-last backward is
-    sound and keeps inductor's choice.
+    Inductor lays conv activations out channels-last, which calls the very channels-last backward
+    that crashes in float32 on the CPU (``Precision.nhwc_backward_crashes``; it segfaulted on tiny
+    ResUNets), so there the compiled step keeps NCHW; elsewhere inductor's choice stands.
     """
-    float32_on_cpu = device.type == "cpu" and (precision or FP32).dtype is None
-    return torch.compile(model, options={"layout_optimization": False} if float32_on_cpu else None)
+    precision = precision or Precision(device.type)
+    options = {"layout_optimization": False} if precision.nhwc_backward_crashes else None
+    return torch.compile(model, options=options)
 
 
 FP32 = Precision()  # no autocast, no scaler
