@@ -128,11 +128,16 @@ def _compare(argv: list[str]) -> None:
                                                    "override that differs), e.g. norm")
     parser.add_argument("--smooth", type=float, default=0.6, help="EMA weight of the training-loss curve "
                                                                   "(TensorBoard's default 0.6; 0: raw)")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="equivalence margin in the metric's units (default: study.margin, which the runs "
+                             "declared before they ran)")
     args = parser.parse_args(argv)
     from segbench.analysis.compare import compare
 
-    out = compare(args.runs, args.out, args.metric, args.by.split(",") if args.by else None, args.smooth)
-    print(f"report: {out / 'summary.md'}\ncurves: {out / 'curves.png'}")
+    out = compare(args.runs, args.out, args.metric, args.by.split(",") if args.by else None, args.smooth,
+                  args.margin)
+    verdict_lines = (out / "verdicts.txt").read_text() if (out / "verdicts.txt").exists() else ""
+    print(f"{verdict_lines}report: {out / 'summary.md'}\ncurves: {out / 'curves.png'}")
 
 
 def _diagnose(argv: list[str]) -> None:

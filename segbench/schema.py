@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from segbench.errors import SegbenchError
+from segbench.errors import SegbenchError, invalid_choice
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,11 @@ RULES: dict[str, Number | Flag] = {
     "trainer.val_every": COUNT,
     "trainer.stop_at": Number(lo=0, hi=1, nullable=True),
     "trainer.checkpoint_every": COUNT,
+    "trainer.until_plateau": FLAG,
+    "study.margin": POSITIVE,
+    "norm.update_stats": FLAG,
+    "model.inner_act": FLAG,
+    "trainer.plateau_epsilon": POSITIVE,
     "trainer.channels_last": FLAG,
     "trainer.compile": FLAG,
     "data.cache": FLAG,
@@ -121,6 +126,8 @@ RULES: dict[str, Number | Flag] = {
     "loss.pos_weight": Number(lo=0, lo_open=True, nullable=True),
     "loss.dice_weight": Number(lo=0),
 }
+# Words from a fixed set (choices of a registry are checked by the registry itself).
+CHOICE_RULES: dict[str, tuple[str, ...]] = {"study.scope": ("subjects", "population")}
 # Lists of numbers: every element follows the rule, and the list has the given length (None: any).
 LIST_RULES: dict[str, tuple[Number, int | None]] = {
     "data.size": (COUNT, 2),
@@ -139,6 +146,9 @@ def check_config(cfg: DictConfig) -> None:
         problem = rule.problem(value)
         if problem:
             raise SegbenchError(f"{key}={value!r} {problem}")
+    for key, choices in CHOICE_RULES.items():
+        if _has(cfg, key) and _value(cfg, key) not in choices:
+            raise invalid_choice(key, _value(cfg, key), choices)
     for key, (rule, length) in LIST_RULES.items():
         if not _has(cfg, key):
             continue

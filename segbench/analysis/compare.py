@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.analysis import stats
+from segbench.analysis import stats, verdicts
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.predictions import prediction_grid
 from segbench.errors import SegbenchError, one_line
@@ -79,6 +79,8 @@ def _train_eval_loss(run: Run) -> float | None:
 COLUMNS = (  # (column, how to read it from a run, digits)
     ("test_{m}", lambda r, m: result(r, m, "best"), 3),
     ("test_{m}_last", lambda r, m: result(r, m, "last"), 3),
+    ("test_dice_at_0.5", lambda r, m: result(r, "dice_at_0.5"), 3),
+    ("test_soft_dice", lambda r, m: result(r, "soft_dice"), 3),
     ("test_auroc", lambda r, m: result(r, "auroc"), 3),
     ("test_ap", lambda r, m: result(r, "ap"), 3),
     ("test_hd95", lambda r, m: result(r, "hd95"), 1),
@@ -94,32 +96,23 @@ def summarize(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
     rows = []
     for key in sorted(arms, key=_sort_key):
         runs = arms[key]
+        converged = [verdicts.run_convergence(r).get("converged") for r in runs]
+        # The lr the optimizer used (after optim.lr_scaling), not the one the config named.
         row = {"arm": _label(key), "norm": runs[0].metrics.get("norm"),
                "batch_size": runs[0].metrics.get("global_batch_size"), "seeds": len(runs),
-               "lr": ",".join(sorted({str(r.metrics.get("lr")) for r in runs}))}
+               "lr": ",".join(sorted({f"{r.metrics.get('lr_applied', r.metrics.get('lr')):.3g}" for r in runs})),
+               "steps": ",".join(sorted({str(r.metrics.get("steps")) for r in runs})),
+               "converged": f"{sum(c is True for c in converged)}/{len(runs)}"
+                            + (f" ({sum(c is None for c in converged)} unknown)" if None in converged else ""),
+               "failed_seeds": "; ".join(verdicts.failed_seeds(runs))}
         for name, read, _ in COLUMNS:
             col = name.format(m=metric)
             mean, lo, hi = stats.mean_ci([read(r, metric) for r in runs])
+            lo, hi, clipped = verdicts.clip_interval(lo, hi, verdicts.metric_range(col))
             row[col], row[f"{col}_low"], row[f"{col}_high"] = mean, lo, hi
+            row[f"{col}_clipped"] = clipped
         rows.append(row)
     return rows
-
-
-def paired_comparisons(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
-    """Every pair of arms that differ in exactly one key, paired on their shared seeds."""
-    keys = sorted(arms, key=_sort_key)
-    out = []
-    for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
-            differ = [k for (k, va), (_, vb) in zip(a, b) if va != vb]
-            if len(differ) != 1:
-                continue
-            by_seed = [{r.metrics.get("seed"): result(r, metric) for r in arms[k]} for k in (a, b)]
-            res = stats.paired(*by_seed)
-            res.update({"a": _label(a), "b": _label(b), "differs_in": differ[0],
-                        "same": _label(tuple(kv for kv in a if kv[0] != differ[0]))})
-            out.append(res)
-    return out
 
 
 def _cell(row: dict, col: str, digits: int) -> str:
@@ -128,36 +121,83 @@ def _cell(row: dict, col: str, digits: int) -> str:
         return "-"
     if lo is None or not np.isfinite(lo):
         return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" + ("†" if row.get(f"{col}_clipped") else "")
 
 
-def _resolved(p: dict) -> str:
-    if not (np.isfinite(p["low"]) and np.isfinite(p["high"])):
-        return f"no interval at n={p['n']}"
-    if p["low"] > 0:
-        return "a > b"
-    if p["high"] < 0:
-        return "a < b"
-    return f"not resolved at n={p['n']}"
+def _f(value, spec: str = "+.3f") -> str:
+    return "-" if value is None or not np.isfinite(value) else format(value, spec)
 
 
-def markdown(rows: list[dict], pairs: list[dict], metric: str) -> str:
+def _ci(lo, hi, spec: str = "+.3f") -> str:
+    return "-" if lo is None or not np.isfinite(lo) else f"[{format(lo, spec)}, {format(hi, spec)}]"
+
+
+def _population(p: dict) -> str:
+    c = p.get("crossed")
+    if not c:
+        return "-"
+    return f"{_f(c['diff'])} {_ci(c['low'], c['high'])} ({c['subjects']} subjects)"
+
+
+def markdown(rows: list[dict], pairs: list[dict], metric: str, design_note: str = "", scope: str = "subjects") -> str:
     cols = [(name.format(m=metric), digits) for name, _, digits in COLUMNS]
     best_value = max((r[f"test_{metric}"] for r in rows if np.isfinite(r[f"test_{metric}"])), default=None)
-    lines = ["| arm | seeds | lr | " + " | ".join(c for c, _ in cols) + " |", "|---" * (3 + len(cols)) + "|"]
+    lines = ["| arm | seeds | lr applied | steps | converged | " + " | ".join(c for c, _ in cols) + " |",
+             "|---" * (5 + len(cols)) + "|"]
     for row in rows:
         mark = " **(highest mean)**" if best_value is not None and row[f"test_{metric}"] == best_value and len(rows) > 1 else ""
-        lines.append(f"| {row['arm']}{mark} | {row['seeds']} | {row['lr']} | "
+        lines.append(f"| {row['arm']}{mark} | {row['seeds']} | {row['lr']} | {row['steps']} | {row['converged']} | "
                      + " | ".join(_cell(row, c, d) for c, d in cols) + " |")
-    if pairs:
-        lines += ["", f"Paired differences a - b of test {metric} (best-by-val checkpoint), on shared seeds:", "",
-                  "| a | b | n | a - b [95% CI] | sign-flip p | Wilcoxon p | detectable (80% power) | resolved |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for p in pairs:
-            ci = "-" if not np.isfinite(p["low"]) else f"[{p['low']:+.3f}, {p['high']:+.3f}]"
-            lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {p['diff']:+.3f} {ci} | {p['p_sign_flip']:.3f} | "
-                         f"{p['p_wilcoxon']:.3f} | {p['detectable']:.3f} | {_resolved(p)} |")
+    lines += ["", "† interval clipped to the metric's range (a t-interval at few seeds can leave it)."]
+    failed = [(row["arm"], row["failed_seeds"]) for row in rows if row["failed_seeds"]]
+    if failed:
+        lines += ["", "**Failed seeds** (val selection metric far below the arm's others; kept in every mean above):"]
+        lines += [f"- {arm}: {names}" for arm, names in failed]
+    if not pairs:
+        return "\n".join(lines)
+    level = pairs[0]["level"]
+    lines += ["", f"### Paired differences a - b of test {metric} (best-by-val checkpoint), on shared seeds", "",
+              f"{design_note}. Family: the {len(pairs)} comparisons below, Holm-adjusted; a verdict needs adjusted "
+              f"p < {level:g}. Verdicts use the scope **{'these test subjects' if scope == 'subjects' else 'a new subject'}** "
+              "(study.scope); the other scope is shown beside it. Scopes: *these subjects* = seeds random, test "
+              "subjects fixed (t-interval over per-seed means); *a new subject* = seeds and subjects both random "
+              "(crossed variance components, Satterthwaite df).", "",
+              "| a | b | n | budget | converged | a - b [95% CI] | median | Hodges-Lehmann [rank CI] | p | Holm p | "
+              "TOST p (Holm) | equivalent at n within | detectable (80%) | a new subject: a - b [95% CI] | verdict |",
+              "|---" * 15 + "|"]
+    for p in pairs:
+        conv = {True: "both", False: "no", None: "unknown"}[p["converged"]]
+        lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {p['budget'] or 'same batch'} | {conv} | "
+                     f"{_f(p['diff'])} {_ci(p['low'], p['high'])}{'†' if p['clipped'] else ''} | {_f(p['median'])} | "
+                     f"{_f(p['hodges_lehmann'])} {_ci(p['hl_low'], p['hl_high'])} | {_f(p['p'], '.3f')} | "
+                     f"{_f(p['p_holm'], '.3f')} | {_f(p['p_tost_holm'], '.3f')} | ±{_f(p['equivalence_margin_supported'], '.3f')} | "
+                     f"{_f(p['detectable'], '.3f')} | {_population(p)} | {_verdict(p, scope)} |")
+    plan = [p for p in pairs if not p["decided"] and not p.get("early")]
+    if plan:
+        lines += ["", f"**Seeds planned from these runs as a pilot** (margin ±{pairs[0]['margin']:g}, 80 % power, "
+                      f"level {level:g}; the per-seed spread of each comparison):"]
+        for p in plan:
+            need = p["seeds_to_detect_margin"] or "over 1000"
+            equiv = p["seeds_for_equivalence"] or "over 1000"
+            lines.append(f"- {p['a']} vs {p['b']}: inconclusive at n = {p['n']}; about {need} paired seeds to detect a "
+                         f"difference of {p['margin']:g}, about {equiv} to show equivalence within ±{p['margin']:g}; "
+                         f"at n = {p['n']} equivalence could be claimed only within "
+                         f"±{_f(p['equivalence_margin_supported'], '.3f')}.")
+    if min((p["n"] for p in pairs), default=0) < verdicts.SMALL_N:
+        lines += ["", f"Note: some comparisons have fewer than {verdicts.SMALL_N} paired seeds; their intervals say "
+                      "little, and the exact sign-flip test cannot reach p < 0.05 below 6 seeds."]
     return "\n".join(lines)
+
+
+def _verdict(p: dict, scope: str) -> str:
+    """The verdict in the study's scope; a difference for these subjects that a new subject's
+    interval does not support is said to be limited to these subjects."""
+    text = p["verdict"]
+    crossed = p.get("crossed")
+    if scope == "population" and p["decided"] and not text.startswith("equivalent") and crossed:
+        if crossed["low"] <= 0 <= crossed["high"]:
+            return f"inconclusive for a new subject (these subjects: {text})"
+    return text
 
 
 def _ema(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
@@ -257,7 +297,7 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
 
 
 def compare(paths: list[str], out: str | None = None, metric: str | None = None, by: list[str] | None = None,
-            smooth: float = 0.6) -> Path:
+            smooth: float = 0.6, margin: float | None = None) -> Path:
     """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``.
 
     Args:
@@ -265,9 +305,12 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
             e.g. ``["norm"]`` when each norm was run with options of its own.
         smooth: exponential-moving-average weight of the per-step training loss (TensorBoard's
             default 0.6; 0 draws the raw curve only).
+        margin: the equivalence margin, when not the one the runs declared (``study.margin``).
     """
     if not 0 <= smooth < 1:
         raise SegbenchError(f"--smooth={smooth} must be at least 0 and below 1 (TensorBoard's default is 0.6)")
+    if margin is not None and not (np.isfinite(margin) and margin > 0):
+        raise SegbenchError(f"--margin={margin} must be a positive number in the metric's units, e.g. 0.02")
     runs = find_runs(paths)
     metric = metric or runs[0].metrics.get("report_metric", "dice")
     main_metric = runs[0].metrics.get("main_metric", metric)
@@ -286,7 +329,10 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
         (out_dir / "predictions.png").unlink(missing_ok=True)
         pictures = f"(no prediction grid: {one_line(err)})\n\n"
     rows = summarize(arms, metric)
-    pairs = paired_comparisons(arms, metric)
+    design, design_note = verdicts.describe_design(runs, margin)
+    pairs = verdicts.paired_comparisons(arms, metric, result, _label, _sort_key, design)
+    scopes = {(r.config.get("study") or {}).get("scope", "subjects") for r in runs}
+    scope = "population" if "population" in scopes else "subjects"
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -294,7 +340,10 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
     write_text(out_dir / "summary.csv", buffer.getvalue())
     if pairs:
         buffer = io.StringIO()
-        fields = ["a", "b", "differs_in", "same", "n", "diff", "low", "high", "p_sign_flip", "p_wilcoxon", "detectable"]
+        fields = ["a", "b", "differs_in", "same", "n", "budget", "converged", "diff", "low", "high", "median",
+                  "hodges_lehmann", "hl_low", "hl_high", "p", "p_holm", "p_tost", "p_tost_holm", "margin",
+                  "equivalence_margin_supported", "p_sign_flip", "p_wilcoxon", "detectable", "seeds_to_detect_margin",
+                  "seeds_for_equivalence", "verdict"]
         writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(pairs)
@@ -307,6 +356,9 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
               "cells are mean [95% t-interval over seeds]. `val_selection` is the val number used to choose and is "
               "not a result. `train_eval_loss`: training images in eval mode, measured alike for every arm.\n\n"
               "![curves](curves.png)\n\n" + pictures)
-    write_text(out_dir / "summary.md", header + markdown(rows, pairs, metric) + "\n\n"
+    write_text(out_dir / "verdicts.txt", "".join(
+        f"{p['a']} vs {p['b']}: {_verdict(p, scope)} (a - b {_f(p['diff'])} {_ci(p['low'], p['high'])}, n={p['n']}, "
+        f"Holm p={_f(p['p_holm'], '.3f')})\n" for p in pairs))
+    write_text(out_dir / "summary.md", header + markdown(rows, pairs, metric, design_note, scope) + "\n\n"
                + "\n".join(f"- {r.path}" for r in runs) + "\n")
     return out_dir

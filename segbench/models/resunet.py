@@ -13,13 +13,18 @@ from segbench.nn.slot import NormSlot, apply_norm
 
 
 class ResBlock(nn.Module):
-    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus a (projected) shortcut, then ReLU (3x3x3 in 3-D)."""
+    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus a (projected) shortcut, then ReLU (3x3x3 in 3-D).
 
-    def __init__(self, cin: int, cout: int, stride: int, slot: NormSlot):
+    ``inner_act=False`` drops the ReLU between the two convs (conv -> norm -> conv): the wiring of
+    the first question's posted code, which feeds ``Z10``, the norm's output, to the next conv and
+    never uses ``A10 = relu(Z10)``.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, slot: NormSlot, inner_act: bool = True):
         super().__init__()
         self.conv1 = slot.conv(cin, cout, 3, stride, 1)
-        self.norm1 = slot(cout, act=True)
-        self.act1 = slot.activation()
+        self.norm1 = slot(cout, act=inner_act)
+        self.act1 = slot.activation() if inner_act else nn.Identity()
         self.conv2 = slot.conv(cout, cout, 3, 1, 1)
         self.norm2 = slot(cout)
         self.project = None
@@ -47,11 +52,13 @@ class ResUNet(nn.Module):
         cond_channels: input channels that condition AdaIN/SPADE (None: all of them).
         dims: 2 for slices (N, C, H, W), 3 for volumes (N, C, D, H, W): the same blocks, convs and
             norm slot in 3-D (``model=resunet3d``).
+        inner_act: the ReLU between each block's two convs; False gives the first question's
+            conv -> norm -> conv wiring (see ``ResBlock``).
     """
 
     def __init__(self, in_channels: int = 4, out_channels: int = 1, width: int = 16, depth: int = 4,
                  norm: str | Callable[[int], nn.Module] = "batch", norm_options: dict | None = None,
-                 cond_channels: list[int] | None = None, dims: int = 2):
+                 cond_channels: list[int] | None = None, dims: int = 2, inner_act: bool = True):
         super().__init__()
         if depth < 1:
             raise SegbenchError(f"model.depth={depth} must be at least 1")
@@ -62,10 +69,10 @@ class ResUNet(nn.Module):
         up, head = (nn.ConvTranspose3d, nn.Conv3d) if dims == 3 else (nn.ConvTranspose2d, nn.Conv2d)
         self.conditioner = slot.conditioner()
         widths = [width * 2 ** i for i in range(depth)]
-        self.stem = ResBlock(in_channels, widths[0], 1, slot)
-        self.down = nn.ModuleList(ResBlock(widths[i - 1], widths[i], 2, slot) for i in range(1, depth))
+        self.stem = ResBlock(in_channels, widths[0], 1, slot, inner_act)
+        self.down = nn.ModuleList(ResBlock(widths[i - 1], widths[i], 2, slot, inner_act) for i in range(1, depth))
         self.up = nn.ModuleList(up(widths[i], widths[i - 1], 2, stride=2) for i in range(depth - 1, 0, -1))
-        self.decode = nn.ModuleList(ResBlock(2 * widths[i - 1], widths[i - 1], 1, slot)
+        self.decode = nn.ModuleList(ResBlock(2 * widths[i - 1], widths[i - 1], 1, slot, inner_act)
                                     for i in range(depth - 1, 0, -1))
         self.head = head(widths[0], out_channels, 1)
 

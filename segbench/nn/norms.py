@@ -22,8 +22,9 @@ def _none(num_channels: int, dims: int = 2) -> nn.Module:
 
 
 def _batch(num_channels: int, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
-           track_running_stats: bool = True, eval_stats: str = "running", dims: int = 2) -> nn.Module:
-    return BatchNorm2d(num_channels, eps, momentum, affine, track_running_stats, eval_stats)
+           track_running_stats: bool = True, eval_stats: str = "running", update_stats: bool = True,
+           dims: int = 2) -> nn.Module:
+    return BatchNorm2d(num_channels, eps, momentum, affine, track_running_stats, eval_stats, update_stats)
 
 
 def _syncbatch(num_channels: int, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,

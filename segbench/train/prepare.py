@@ -8,6 +8,7 @@ per process) and only then writes.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +213,11 @@ def _resume(prepared: Prepared, state: dict, path: Path, run_dir: Path, stop_at:
     step = int(state["step"])
     main = MAIN_METRIC[prepared.splits.train.target_kind]
     stopped = stop_at is not None and state.get("last_val", {}).get(main, -1.0) >= float(stop_at)
+    if (run_dir / "metrics.json").is_file() and not stopped:
+        # A run that trainer.until_plateau stopped at its plateau is finished too.
+        ended = json.loads((run_dir / "metrics.json").read_text())
+        stopped = ended.get("steps") == step and (ended.get("convergence") or {}).get("converged") is True \
+            and bool(state.get("config", {}).get("trainer", {}).get("until_plateau"))
     if (step >= prepared.total_steps or stopped) and (run_dir / "metrics.json").is_file():
         raise RunFinished(run_dir, step, prepared.total_steps)
     load_model_state(prepared.model, state, path)

@@ -21,6 +21,7 @@ from segbench.nn.bn_stats import recompute_bn_stats, train_mode
 from segbench.nn.slot import norm_scalars
 from segbench.train import distributed, hparams
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
+from segbench.train.convergence import plateau
 from segbench.train.evaluate import evaluate, overlay
 from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
 from segbench.train.prepare import Prepared, RunFinished, prepare
@@ -164,6 +165,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
             history.append({"step": done, "seconds": round(time.perf_counter() - started, 3),
                             "eval_seconds": round(eval_seconds, 3), main_metric: last_val[main_metric]})
             reached = stop_at is not None and last_val[main_metric] >= stop_at
+            if cfg.trainer.get("until_plateau") and not reached:
+                # Train each run until its own plateau, max_steps (or images, epochs) the cap.
+                reached = bool(plateau(history, main_metric, float(cfg.trainer.plateau_epsilon))["converged"])
             if ctx.is_main:
                 log.info("step %d/%d val: %s%s", done, total_steps, _summary(last_val), " (best)" if improved else "")
             if ctx.is_main and improved:
@@ -178,8 +182,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         tick = time.perf_counter()
         if reached:  # every rank saw the same (all-reduced) validation, so all stop together
             if ctx.is_main:
-                log.info("val %s %.4g reached trainer.stop_at=%g at step %d; stopping", main_metric,
-                         last_val[main_metric], stop_at, done)
+                why = (f"reached trainer.stop_at={stop_at:g}" if stop_at is not None and last_val[main_metric] >= stop_at
+                       else "reached its plateau (trainer.until_plateau)")
+                log.info("val %s %.4g %s at step %d; stopping", main_metric, last_val[main_metric], why, done)
             break
     progress.close()
     total_steps = done
@@ -193,7 +198,10 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         "global_batch_size": batch * ctx.world_size, "world_size": ctx.world_size,
         "precision": prepared.precision.name, "norm": cfg.norm.name, "model": cfg.model.name,
         "batch_size": batch, "seed": int(cfg.seed),
-        "lr": float(cfg.optim.lr), "train_samples": len(train_set), "val_samples": len(splits.val),
+        "lr": float(cfg.optim.lr), "lr_applied": float(optimizer.param_groups[0]["initial_lr"]),
+        "images_seen": total_steps * batch * ctx.world_size,
+        "budget": _budget(cfg), "convergence": plateau(history, main_metric, float(cfg.trainer.get("plateau_epsilon", 0.01))),
+        "train_samples": len(train_set), "val_samples": len(splits.val),
         "test_samples": len(splits.test) if splits.test is not None else 0,
         "norm_state": _mean_over_layers(norm_scalars(model)),
     }
@@ -203,6 +211,16 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         write_json(run_dir / "metrics.json", metrics)
         log.info("wrote %s", run_dir / "metrics.json")
     return metrics
+
+
+def _budget(cfg: DictConfig) -> str:
+    """What the training budget was set in: images (equal for every batch size), epochs or steps."""
+    trainer = cfg.trainer
+    if trainer.get("max_images"):
+        return f"{int(trainer.max_images)} images"
+    if trainer.get("max_epochs"):
+        return f"{int(trainer.max_epochs)} epochs"
+    return f"{int(trainer.max_steps)} steps" + (" (cap; until plateau)" if trainer.get("until_plateau") else "")
 
 
 def _mean_over_layers(per_layer: dict[str, dict[str, float]]) -> dict[str, float]:
