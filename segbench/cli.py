@@ -18,6 +18,7 @@ commands:
   make-data KIND --out DIR write a phantom dataset: brain-phantom (BraTS layout) or voc-phantom (VOCdevkit)
   data-stats ROOT          subjects, tumour share, lesions, volumes, per-site intensity of a BraTS-layout folder
   compare RUN_OR_SWEEP...  summary.md/.csv, paired.csv, curves.png, by_batch_size.png, predictions.png
+  study OVERRIDES... --out DIR   paired seeds in rounds until every comparison is decided (or --max-seeds)
   diagnose RUN_DIR         what batch norm did in a run: running vs batch vs recomputed statistics
   bench                    images/s: segbench's training step vs a bare loop, the loader, each norm
 """
@@ -140,6 +141,28 @@ def _compare(argv: list[str]) -> None:
     print(f"{verdict_lines}report: {out / 'summary.md'}\ncurves: {out / 'curves.png'}")
 
 
+def _study(argv: list[str]) -> None:
+    parser = OneLineArgumentParser(prog="segbench study",
+                                   description="train -m OVERRIDES over rounds of paired seeds until decided")
+    parser.add_argument("overrides", nargs="+", help="Hydra overrides of the sweep, e.g. experiment=why_bn_failed "
+                                                     "cause=none,bn_tf1 (no seed=)")
+    parser.add_argument("--out", required=True, help="study folder (one sweep folder per round)")
+    parser.add_argument("--first-seeds", type=at_least(2), default=4, help="seeds of the first round (default 4)")
+    parser.add_argument("--seeds-per-round", type=at_least(1), default=4, help="seeds added per round (default 4)")
+    parser.add_argument("--max-seeds", type=at_least(2), default=20, help="cap on paired seeds (default 20)")
+    parser.add_argument("--start-seed", type=at_least(0), default=0, help="first seed (default 0)")
+    parser.add_argument("--margin", type=float, default=None, help="equivalence margin (default: study.margin)")
+    parser.add_argument("--metric", default=None, help="test metric (default: dice or miou)")
+    args = parser.parse_args(argv)
+    from segbench.analysis.compare import compare
+    from segbench.analysis.study import run_study
+
+    final = run_study(args.overrides, args.out, args.first_seeds, args.seeds_per_round, args.max_seeds,
+                      args.start_seed, args.margin, args.metric)
+    out = compare([args.out], args.out, args.metric)
+    print(f"{sum(v['decided'] for v in final)} of {len(final)} comparisons decided; report: {out / 'summary.md'}")
+
+
 def _diagnose(argv: list[str]) -> None:
     parser = OneLineArgumentParser(prog="segbench diagnose")
     parser.add_argument("run_dir")
@@ -158,7 +181,7 @@ def _bench(argv: list[str]) -> None:
     bench_main(argv)
 
 
-COMMANDS = {"train": _train, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "diagnose": _diagnose, "bench": _bench}
+COMMANDS = {"train": _train, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,9 +77,13 @@ def test_submitit_local_sweep_of_two_runs(tmp_path, tiny_brats):
 
 
 def test_diagnose_names_stale_statistics(tiny_cfg, tmp_path):
+    import json
+
     train(tiny_cfg("norm.momentum=0.0", "trainer.max_steps=12", "trainer.val_every=12"), tmp_path)
     text = diagnose(str(tmp_path), batches=5)
-    assert "running statistics are stale" in text
+    result = json.loads((tmp_path / "diagnose.json").read_text())
+    # momentum 0 leaves every layer at exactly (0, 1): "never updated", whether or not eval suffered on this tiny run
+    assert result["statistics"]["never_updated"] and "never updated" in text
     assert (tmp_path / "diagnose.json").exists() and (tmp_path / "diagnose.md").exists()
 
 
@@ -144,3 +148,46 @@ def test_compare_without_the_runs_data_still_compares(sweep, tmp_path, monkeypat
     out = compare([str(sweep)], str(tmp_path / "report"))
     assert "(no prediction grid: data.root='/moved' does not exist)" in (out / "summary.md").read_text()
     assert not (out / "predictions.png").exists() and (out / "curves.png").exists()
+
+
+@pytest.mark.parametrize("scores, state, expected", [
+    ({"running": 0.40, "batch": 0.80, "batch_1": 0.70, "precise": 0.82},
+     {"never_updated": True, "momentum": 0.001, "steps": 600, "initial_share_left": 0.55, "updates_run": False,
+      "eval_stats": ["running"]}, "never_updated"),
+    ({"running": 0.60, "batch": 0.80, "batch_1": 0.70, "precise": 0.82},
+     {"never_updated": False, "momentum": 0.001, "steps": 600, "initial_share_left": 0.55, "updates_run": True,
+      "eval_stats": ["running"]}, "too_slow"),
+    ({"running": 0.60, "batch": 0.80, "batch_1": 0.70, "precise": 0.82},
+     {"never_updated": False, "momentum": 0.1, "steps": 600, "initial_share_left": 0.0, "updates_run": True,
+      "eval_stats": ["running"]}, "stale"),
+    ({"running": 0.85, "batch": 0.70, "batch_1": 0.50, "precise": 0.86},
+     {"never_updated": False, "momentum": 0.1, "steps": 600, "initial_share_left": 0.0, "updates_run": True,
+      "eval_stats": ["batch"]}, "batch_stats_at_eval"),
+    ({"running": 0.85, "batch": 0.84, "batch_1": 0.80, "precise": 0.86},
+     {"never_updated": False, "momentum": 0.1, "steps": 600, "initial_share_left": 0.0, "updates_run": True,
+      "eval_stats": ["running"]}, "healthy"),
+    ({"running": 0.82, "batch": 0.84, "batch_1": 0.80, "precise": 0.86},
+     {"never_updated": False, "momentum": 0.1, "steps": 600, "initial_share_left": 0.0, "updates_run": True,
+      "eval_stats": ["running"]}, "unclear"),
+])
+def test_diagnose_names_each_cause_from_its_evidence(scores, state, expected):
+    from segbench.analysis.diagnose import name_cause
+
+    cause, lines = name_cause("dice", scores, state, 0.0, [{"mean_shift": 1.0, "log_var_ratio": 0.5}], 4)
+    assert cause == expected and lines
+
+
+def test_never_updated_statistics_stay_at_their_initial_values(tiny_cfg, tmp_path):
+    import torch
+
+    from segbench.analysis.diagnose import statistics_state
+
+    train(tiny_cfg("norm=batch_tf1", "norm.update_stats=false", "trainer.max_steps=4", "trainer.val_every=4"), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    means = [v for k, v in state.items() if k.endswith("running_mean")]
+    assert means and all(bool(torch.all(m == 0)) for m in means)
+    from segbench.models import ResUNet
+
+    model = ResUNet(4, 1, width=4, depth=3, norm="batch", norm_options={"momentum": 0.001, "update_stats": False})
+    assert statistics_state(model, 600)["never_updated"]
+    assert abs(statistics_state(model, 600)["initial_share_left"] - 0.999 ** 600) < 1e-9

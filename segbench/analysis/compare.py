@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from segbench.analysis import stats, verdicts
+from segbench.analysis.decide import Design
 from segbench.analysis.runs import Run, find_runs
+from segbench.analysis.study import read_design
 from segbench.analysis.predictions import prediction_grid
 from segbench.errors import SegbenchError, one_line
 from segbench.io import save_figure, write_text
@@ -330,6 +332,11 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
         pictures = f"(no prediction grid: {one_line(err)})\n\n"
     rows = summarize(arms, metric)
     design, design_note = verdicts.describe_design(runs, margin)
+    planned = read_design(paths)
+    if planned:  # a sequential study: judged at alpha / looks, as its rounds were
+        design = Design(design.margin, float(planned["alpha"]), int(planned["looks"]), design.power)
+        design_note += (f"; sequential study: {planned['looks']} looks planned ({planned['first']} seeds, then "
+                        f"{planned['per_round']} per round up to {planned['max_seeds']}), each at alpha/{planned['looks']}")
     pairs = verdicts.paired_comparisons(arms, metric, result, _label, _sort_key, design)
     scopes = {(r.config.get("study") or {}).get("scope", "subjects") for r in runs}
     scope = "population" if "population" in scopes else "subjects"

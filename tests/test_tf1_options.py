@@ -1,0 +1,62 @@
+"""The first question's settings as options: TF1's BN defaults, never-run updates, the skipped activation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from segbench.config import compose
+from segbench.models import ResUNet
+from segbench.nn import build_norm
+
+
+def test_batch_tf1_preset_is_tf1s_defaults():
+    cfg = compose(["norm=batch_tf1"])
+    assert cfg.norm.name == "batch" and cfg.norm.momentum == pytest.approx(0.001) and cfg.norm.eps == pytest.approx(1e-3)
+    layer = build_norm("batch", 3, momentum=cfg.norm.momentum, eps=cfg.norm.eps)
+    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    layer.train()(x)
+    # TF1: moving = decay * moving + (1 - decay) * batch, decay 0.999, from (0, 1).
+    mean = x.mean((0, 2, 3))
+    assert torch.allclose(layer.running_mean, 0.001 * mean, atol=1e-6)
+    var = x.var((0, 2, 3), unbiased=True)
+    assert torch.allclose(layer.running_var, 0.999 + 0.001 * var, atol=1e-6)
+
+
+def test_never_updated_bn_trains_like_bn_and_keeps_zero_one():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6, 6) * 3 + 2
+    frozen = build_norm("batch", 3, update_stats=False).train()
+    plain = build_norm("batch", 3).train()
+    assert torch.allclose(frozen(x), plain(x), atol=1e-6)  # training output: batch statistics either way
+    assert torch.all(frozen.running_mean == 0) and torch.all(frozen.running_var == 1)
+    frozen.eval()
+    expected = (x - 0) / torch.sqrt(torch.tensor(1.0 + frozen.eps))  # eval with (0, 1)
+    assert torch.allclose(frozen(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_inner_act_false_drops_the_relu_between_a_blocks_convs(dims):
+    torch.manual_seed(0)
+    with_act = ResUNet(4, 1, width=4, depth=2, norm="batch", dims=dims)
+    torch.manual_seed(0)
+    without = ResUNet(4, 1, width=4, depth=2, norm="batch", dims=dims, inner_act=False)
+    assert isinstance(with_act.stem.act1, nn.ReLU) and isinstance(without.stem.act1, nn.Identity)
+    # Same seeds for every shared layer: the arms differ in the wiring only.
+    for (name, a), (_, b) in zip(with_act.state_dict().items(), without.state_dict().items()):
+        assert torch.equal(a, b), name
+    shape = (1, 4, 8, 8) if dims == 2 else (1, 4, 4, 8, 8)
+    assert without(torch.randn(shape)).shape[1] == 1
+
+
+def test_every_cause_composes():
+    from segbench.config import group_options
+
+    causes = group_options("cause")
+    assert {"none", "bn_pytorch", "bn_tf1", "bn_tf1_never_updated", "none_no_inner_act",
+            "bn_pytorch_no_inner_act"} <= set(causes)
+    for cause in causes:
+        cfg = compose(["experiment=why_bn_failed", f"cause={cause}"])
+        assert cfg.trainer.max_steps == 600 and cfg.study.margin == pytest.approx(0.02)
+    assert compose(["experiment=why_bn_failed", "cause=bn_tf1_never_updated"]).norm.update_stats is False
