@@ -73,6 +73,8 @@ RULES: dict[str, Number | Flag] = {
     "data.val_batch_size": COUNT,
     "data.num_workers": NON_NEGATIVE_INT,
     "data.split_seed": Number(integer=True, lo=0),
+    "data.folds": Number(integer=True, lo=2, nullable=True),
+    "data.fold": NON_NEGATIVE_INT,
     "data.val_fraction": Number(lo=0, hi=1, hi_open=True),
     "data.test_fraction": Number(lo=0, hi=1, hi_open=True),
     "data.tumor_fraction": Number(lo=0, hi=1, nullable=True),

@@ -143,3 +143,30 @@ def test_study_adds_seeds_in_rounds_and_compare_reads_its_design(tmp_path, tiny_
     design = json.loads((out / "study.json").read_text())
     assert design["looks"] == 2 and (out / "round_1").is_dir()
     assert "sequential study: 2 looks planned" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_folds_test_every_subject_once_and_keep_sites_mixed(folds):
+    from segbench.data.common import subject_split
+
+    subjects = [f"S{i:02d}" for i in range(23)]
+    sites = {s: f"site{i % 3}" for i, s in enumerate(subjects)}
+    tests = [subject_split(subjects, "test", 0.2, 7, strata=sites, folds=folds, fold=k) for k in range(folds)]
+    assert sorted(s for t in tests for s in t) == subjects  # each subject tested exactly once
+    for k in range(folds):
+        parts = [subject_split(subjects, split, 0.2, 7, strata=sites, folds=folds, fold=k) for split in ("train", "val", "test")]
+        assert set.union(*parts) == set(subjects) and sum(map(len, parts)) == len(subjects)
+        assert len({sites[s] for s in parts[2]}) == 3
+    with pytest.raises(Exception, match="data.fold=5"):
+        subject_split(subjects, "test", 0.2, 7, folds=5, fold=5)
+
+
+def test_compare_pools_a_seeds_folds_into_one_value(tmp_path):
+    for seed in range(3):
+        for fold, (a, b) in enumerate([(0.9, 0.8), (0.7, 0.6)]):
+            _run(tmp_path / f"a{seed}{fold}", ["norm=batch", f"data.fold={fold}"], seed, a + 0.01 * seed, FLAT)
+            _run(tmp_path / f"b{seed}{fold}", ["norm=group", f"data.fold={fold}"], seed, b + 0.01 * seed, FLAT)
+    pairs, text = _read(compare([str(tmp_path)], str(tmp_path / "out")))
+    assert len(pairs) == 1 and int(pairs[0]["n"]) == 3  # seeds are the replicates, folds are not
+    assert float(pairs[0]["diff"]) == pytest.approx(0.1)
+    assert "3 x 2 folds" in text

@@ -60,3 +60,27 @@ def test_every_cause_composes():
         cfg = compose(["experiment=why_bn_failed", f"cause={cause}"])
         assert cfg.trainer.max_steps == 600 and cfg.study.margin == pytest.approx(0.02)
     assert compose(["experiment=why_bn_failed", "cause=bn_tf1_never_updated"]).norm.update_stats is False
+
+
+def test_until_plateau_stops_at_the_plateau_and_a_resume_trains_nothing(tiny_cfg, tmp_path):
+    from segbench.train.trainer import train
+
+    # epsilon 1: no validation can improve by that much, so the check passes at its 4th validation.
+    cfg = tiny_cfg("trainer.max_steps=40", "trainer.val_every=2", "trainer.until_plateau=true",
+                   "trainer.plateau_epsilon=1.0")
+    metrics = train(cfg, tmp_path)
+    assert metrics["steps"] == 8 and metrics["convergence"]["converged"] is True
+    assert metrics["budget"] == "40 steps (cap; until plateau)"
+    again = train(tiny_cfg("trainer.max_steps=40", "trainer.val_every=2", "trainer.until_plateau=true",
+                           "trainer.plateau_epsilon=1.0", "trainer.resume=true"), tmp_path)
+    assert again["steps"] == 8
+
+
+def test_convergence_rule_on_known_curves():
+    from segbench.train.convergence import plateau
+
+    rising = [{"step": 50 * i, "m": 0.1 * i} for i in range(1, 9)]
+    flat = [{"step": 50 * i, "m": min(0.8, 0.2 * i)} for i in range(1, 9)]
+    assert plateau(rising, "m")["converged"] is False
+    assert plateau(flat, "m")["converged"] is True
+    assert plateau(flat[:3], "m")["converged"] is None  # too few validations to tell

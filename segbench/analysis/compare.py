@@ -25,7 +25,7 @@ from segbench.errors import SegbenchError, one_line
 from segbench.io import save_figure, write_text
 
 # Keys that never define an arm: the replicate, and settings that do not change what is learned.
-IGNORED_KEYS = {"seed", "trainer.device", "trainer.progress", "trainer.threads", "hydra.launcher.n_jobs",
+IGNORED_KEYS = {"seed", "data.fold", "trainer.device", "trainer.progress", "trainer.threads", "hydra.launcher.n_jobs",
                 "data.num_workers", "trainer.log_images", "hydra.sweep.dir", "hydra.run.dir"}
 LINESTYLES = ["-", "--", ":", "-."]
 
@@ -99,9 +99,12 @@ def summarize(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
     for key in sorted(arms, key=_sort_key):
         runs = arms[key]
         converged = [verdicts.run_convergence(r).get("converged") for r in runs]
+        folds = sorted({r.overrides.get("data.fold") for r in runs if "data.fold" in r.overrides})
         # The lr the optimizer used (after optim.lr_scaling), not the one the config named.
         row = {"arm": _label(key), "norm": runs[0].metrics.get("norm"),
-               "batch_size": runs[0].metrics.get("global_batch_size"), "seeds": len(runs),
+               "batch_size": runs[0].metrics.get("global_batch_size"),
+               "seeds": len({r.metrics.get("seed") for r in runs}) if not folds else
+               f"{len({r.metrics.get('seed') for r in runs})} x {len(folds)} folds",
                "lr": ",".join(sorted({f"{r.metrics.get('lr_applied', r.metrics.get('lr')):.3g}" for r in runs})),
                "steps": ",".join(sorted({str(r.metrics.get("steps")) for r in runs})),
                "converged": f"{sum(c is True for c in converged)}/{len(runs)}"
@@ -109,7 +112,7 @@ def summarize(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
                "failed_seeds": "; ".join(verdicts.failed_seeds(runs))}
         for name, read, _ in COLUMNS:
             col = name.format(m=metric)
-            mean, lo, hi = stats.mean_ci([read(r, metric) for r in runs])
+            mean, lo, hi = stats.mean_ci(list(verdicts.per_seed(runs, lambda r: read(r, metric)).values()))
             lo, hi, clipped = verdicts.clip_interval(lo, hi, verdicts.metric_range(col))
             row[col], row[f"{col}_low"], row[f"{col}_high"] = mean, lo, hi
             row[f"{col}_clipped"] = clipped

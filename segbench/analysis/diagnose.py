@@ -193,7 +193,7 @@ def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt", split
     layers = layer_divergence(model, precise_model)
     flips = batchmate_dependence(model, val_set, max(2, int(cfg.data.batch_size)))
     cause, verdict = name_cause(metric, scores, state, flips, layers, int(cfg.data.batch_size))
-    result = {"metric": metric, "split": split, **scores, "precise_batches": used, "cause": cause,
+    result = {"metric": metric, "split": split, "checkpoint": checkpoint, **scores, "precise_batches": used, "cause": cause,
               "statistics": state, "gap_precise_minus_running": scores["precise"] - scores["running"],
               "gap_batch_minus_running": scores["batch"] - scores["running"],
               "batchmate_flip_fraction": flips, "layers": layers, "verdict": verdict}

@@ -9,6 +9,7 @@ margin the study declared in its config (``study.margin``) before it ran.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import numpy as np
 
@@ -48,6 +49,18 @@ def factor(key: str, varying: list[str]) -> str:
         if parent in varying:
             return parent
     return key
+
+
+def per_seed(runs: list[Run], read) -> dict:
+    """``{seed: value}`` of an arm; the folds of a cross-validated seed (``data.fold``) pooled into
+    one value, weighted by their test subjects, so every subject counts once and a fold is not a seed."""
+    parts: dict = defaultdict(list)
+    for run in runs:
+        value = read(run)
+        if value is not None and np.isfinite(value):
+            weight = run.metrics.get("test", {}).get("best", {}).get("cases") or 1
+            parts[run.metrics.get("seed")].append((float(value), float(weight)))
+    return {seed: sum(v * w for v, w in items) / sum(w for _, w in items) for seed, items in parts.items()}
 
 
 def run_convergence(run: Run) -> dict:
@@ -93,7 +106,12 @@ def crossed(runs_a: list[Run], runs_b: list[Run], metric: str) -> dict | None:
     """The "new subject" scope: per-(seed, subject) differences, seeds and subjects crossed random."""
     if metric not in ("dice", "hd95"):
         return None  # per-subject scores exist for Dice (test split at its val threshold) and HD95
-    by_seed = [{r.metrics.get("seed"): _case_scores(r, metric) for r in runs} for runs in (runs_a, runs_b)]
+    by_seed = []
+    for runs in (runs_a, runs_b):
+        merged: dict = defaultdict(dict)  # a cross-validated seed's folds together hold every subject once
+        for r in runs:
+            merged[r.metrics.get("seed")].update(_case_scores(r, metric))
+        by_seed.append(merged)
     seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
     cases = sorted(set.intersection(*[set(by_seed[k][s]) for s in seeds for k in (0, 1)])) if seeds else []
     if len(seeds) < 2 or len(cases) < 2:
@@ -114,7 +132,7 @@ def paired_comparisons(arms: dict[tuple, list[Run]], metric: str, result, label,
             factors = sorted({factor(k, varying) for k in differ})
             if len(factors) != 1:
                 continue
-            by_seed = [{r.metrics.get("seed"): result(r, metric) for r in arms[k]} for k in (a, b)]
+            by_seed = [per_seed(arms[k], lambda r: result(r, metric)) for k in (a, b)]
             res = stats.paired(*by_seed)
             lo, hi, clipped = clip_interval(res["low"], res["high"], (-_span(metric), _span(metric)))
             res.update({"a": label(a), "b": label(b), "differs_in": factors[0], "low": lo, "high": hi,

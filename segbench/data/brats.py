@@ -136,12 +136,15 @@ class BratsSlices(SegmentationDataset):
         cache: memory-map subjects from the preprocessing cache (built on first use); False reads
             every subject into memory instead.
         cache_dir: where the cache lives (None: ``$SEGBENCH_CACHE`` or ``~/.cache/segbench``).
+        folds, fold: k-fold cross-validation by subject (stratified by site): test is fold ``fold``
+            of ``folds``, val a ``val_fraction`` of the rest (``test_fraction`` is then unused).
     """
 
     def __init__(self, root: str, split: str = "train", modalities=MODALITIES, target: str = "whole_tumor",
                  val_fraction: float = 0.2, test_fraction: float = 0.2, tumor_fraction: float | None = 0.5,
                  min_brain_fraction: float = 0.05, size=(96, 112), augment: bool = True, seed: int = 0,
-                 cache: bool = True, cache_dir: str | None = None, fit: str = "pad"):
+                 cache: bool = True, cache_dir: str | None = None, fit: str = "pad", folds: int | None = None,
+                 fold: int = 0):
         modalities = tuple(modalities)
         if not modalities:
             raise SegbenchError(f"data.modalities is empty; name one or more of: {', '.join(MODALITIES)}")
@@ -160,7 +163,7 @@ class BratsSlices(SegmentationDataset):
         volumes = load_brats(str(root), modalities, cache, cache_dir)
         sites = read_sites(str(root))
         chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
-                               strata=sites)
+                               strata=sites, folds=folds, fold=fold)
         self.volumes = [v for v in volumes if v.subject in chosen]
         rng = np.random.default_rng(seed)
         self.index = []

@@ -38,15 +38,28 @@ def check_split_fractions(val_fraction, test_fraction) -> None:
 
 
 def subject_split(subjects: list[str], split: str, val_fraction: float, seed: int, test_fraction: float = 0.0,
-                  strata: dict[str, str] | None = None) -> set[str]:
+                  strata: dict[str, str] | None = None, folds: int | None = None, fold: int = 0) -> set[str]:
     """The subjects of ``split``: a seeded shuffle, test first, then val, the rest train.
 
     With ``strata`` (subject -> site) the shuffled subjects are dealt out site by site in turn,
     so every split holds its share of every site. At least one subject goes to val (and to test
     when ``test_fraction`` > 0) while at least one is left for training.
+
+    With ``folds`` = k (cross-validation over subjects, as nnU-Net does) ``test_fraction`` is not
+    used: each site's shuffled subjects are dealt to the k folds in turn and test is fold ``fold``,
+    so the k folds test every subject exactly once; val is then ``val_fraction`` of all subjects,
+    taken from the rest.
     """
     if split not in SPLITS:
         raise invalid_choice("split", split, SPLITS)
+    if folds is not None:
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+            raise SegbenchError(f"data.folds={folds!r} must be an integer of at least 2 (or null: no cross-validation)")
+        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+            raise SegbenchError(f"data.fold={fold!r} must be an integer from 0 to {folds - 1} (data.folds={folds})")
+        if len(subjects) < 2 * folds:
+            raise SegbenchError(f"data.folds={folds} needs at least {2 * folds} subjects; this data has {len(subjects)}")
+        test_fraction = 0.0
     check_split_fractions(val_fraction, test_fraction)
     rng = np.random.default_rng(seed)
     groups: dict[str, list[str]] = {}
@@ -55,8 +68,16 @@ def subject_split(subjects: list[str], split: str, val_fraction: float, seed: in
     for members in groups.values():
         rng.shuffle(members)
     order = [m for rnd in itertools.zip_longest(*groups.values()) for m in rnd if m is not None]
+    if folds is not None:
+        # Site by site, subjects are dealt to folds in turn (one counter over all sites), so each fold
+        # holds its share of every site and the folds differ in size by at most one subject.
+        dealt = [m for members in groups.values() for m in members]
+        test = [m for i, m in enumerate(dealt) if i % folds == fold]
+        chosen = set(test)
+        order = test + [m for m in order if m not in chosen]
     n = len(order)
-    n_test = max(1, int(round(n * test_fraction))) if test_fraction > 0 and n > 2 else 0
+    n_test = len(test) if folds is not None else (
+        max(1, int(round(n * test_fraction))) if test_fraction > 0 and n > 2 else 0)
     n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 and n - n_test > 1 else 0
     bounds = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, n)}
     lo, hi = bounds[split]
