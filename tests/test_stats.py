@@ -59,3 +59,8 @@ def test_detectable_difference_has_about_the_stated_power():
 def test_verdict_follows_the_interval(low, high, direction, expected):
     n = 1 if np.isnan(low) else 5
     assert stats.verdict({"low": low, "high": high, "n": n}, direction) == expected
+
+
+@pytest.mark.parametrize("x", SAMPLES)
+def test_t_test_p_is_scipys(x):
+    assert stats.t_test_p(x) == pytest.approx(sps.ttest_1samp(x, 0).pvalue)

@@ -57,16 +57,30 @@ def test_stop_at_ends_the_run_at_the_first_validation_that_reaches_it(tiny_cfg, 
     assert 0 < history[0]["seconds"] < history[1]["seconds"] and history[0]["eval_seconds"] > 0
 
 
-def test_after_step_runs_once_per_step_outside_the_timed_loop(tiny_cfg, tmp_path):
+def test_after_step_runs_once_per_step_outside_the_timed_loop(tiny_cfg, tmp_path, monkeypatch):
+    import types
+
+    import segbench.train.trainer as trainer_module
+
+    # A fake clock, so nothing here depends on the machine's speed: each reading advances it by
+    # 1 ms, and the hook (where segbench bench's bare steps run) takes 1,000 s of it.
+    clock = {"now": 0.0}
+
+    def perf_counter():
+        clock["now"] += 0.001
+        return clock["now"]
+
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
     calls = []
 
-    def slow_hook(step):  # segbench bench's bare steps run here; they must not count as training time
+    def slow_hook(step):
         calls.append(step)
-        time.sleep(0.5)
+        clock["now"] += 1000.0
 
     metrics = train(tiny_cfg("trainer.max_steps=4", "trainer.val_every=10"), tmp_path, after_step=slow_hook)
     assert calls == [1, 2, 3, 4]
-    assert metrics["images_per_s"] > 3 * metrics["batch_size"] / 0.5  # the hook's 0.5 s per step left out
+    # Counted, the hook would make it 12 images in over 3,000 s; left out, a handful of clock readings.
+    assert metrics["images_per_s"] * 3000 > 3 * metrics["batch_size"] * 10
 
 
 def test_gpu_run_with_fp32_channels_last_passes_the_cpu_preflight(tiny_cfg, tmp_path, monkeypatch):

@@ -67,7 +67,7 @@ def decide_family(diff_sets: list, design: Design, directions: list[int] | None 
     Returns one dict per comparison with the verdict, raw and Holm-adjusted p of the difference
     test and of TOST, the rank-based estimate and (``plan``) the seeds the plan says it needs:
     to detect a difference of the margin at the design's power, and to show equivalence within it
-    (only undecided comparisons get them when ``plan`` is False, as in the looks of a sequential study).
+    (skipped with ``plan=False``, as in the intermediate looks of a sequential study).
     """
     k = len(diff_sets)
     directions = directions or [0] * k
@@ -88,8 +88,7 @@ def decide_family(diff_sets: list, design: Design, directions: list[int] | None 
                "margin": design.margin, "level": design.level, "family": k,
                "equivalence_margin_supported": stats.equivalence_margin(d, design.level),
                "seeds_to_detect_margin": None, "seeds_for_equivalence": None}
-        undecided = not (adj_diff[i] < design.level or adj_tost[i] < design.level)
-        if plan or undecided:
+        if plan:
             res["seeds_to_detect_margin"] = stats.seeds_needed(sd, design.margin, design.level, design.power)
             res["seeds_for_equivalence"] = stats.seeds_for_equivalence(sd, design.margin, design.level, design.power)
         if n < 2:
@@ -136,12 +135,16 @@ def sequential(run_round: Callable[[list[int]], None], read: Callable[[], list[l
         run_round(seeds)
         used += seeds
         look += 1
-        verdicts = decide_family(read(), design, directions, converged() if converged else None, plan=False)
-        if report:
-            report(look, verdicts)
+        diffs, flags = read(), converged() if converged else None
+        verdicts = decide_family(diffs, design, directions, flags, plan=False)
         left = max_seeds - len(used)
         # More seeds cannot turn an early-training comparison into a verdict on final performance.
         if all(v["decided"] or v.get("early") for v in verdicts) or left <= 0 or look >= design.looks:
+            verdicts = decide_family(diffs, design, directions, flags)  # the last look, with its seed plan
+            if report:
+                report(look, verdicts)
             return verdicts
+        if report:
+            report(look, verdicts)
         seeds = list(range(next_seed, next_seed + min(per_round, left)))
         next_seed += len(seeds)

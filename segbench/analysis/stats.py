@@ -118,9 +118,11 @@ def t_test_p(diffs) -> float:
     d = _clean(diffs)
     if len(d) < 2:
         return math.nan
-    if not d.std(ddof=1) > 0:
+    sd = d.std(ddof=1)
+    if not sd > 0:
         return 0.0 if d.mean() != 0 else 1.0
-    return float(sps.ttest_1samp(d, 0.0).pvalue)
+    t = d.mean() / (sd / math.sqrt(len(d)))  # scipy's ttest_1samp, without its overhead (tests compare)
+    return float(2 * sps.t.sf(abs(t), len(d) - 1))
 
 
 def tost_p(diffs, margin: float) -> float:
