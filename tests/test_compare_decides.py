@@ -170,3 +170,12 @@ def test_compare_pools_a_seeds_folds_into_one_value(tmp_path):
     assert len(pairs) == 1 and int(pairs[0]["n"]) == 3  # seeds are the replicates, folds are not
     assert float(pairs[0]["diff"]) == pytest.approx(0.1)
     assert "3 x 2 folds" in text
+
+
+def test_one_straggler_in_six_does_not_make_an_arm_early_training(tmp_path):
+    for seed in range(6):
+        _run(tmp_path / f"a{seed}", ["norm=batch"], seed, 0.9 + 0.001 * seed, RISING if seed == 0 else FLAT)
+        _run(tmp_path / f"b{seed}", ["norm=none"], seed, 0.7 + 0.002 * seed, FLAT)
+    pairs, text = _read(compare([str(tmp_path)], str(tmp_path / "out")))
+    assert pairs[0]["converged"] == "True" and "| 5/6 |" in text
+    assert pairs[0]["verdict"] == "a > b"

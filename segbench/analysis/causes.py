@@ -20,7 +20,7 @@ from segbench.analysis.compare import result
 from segbench.analysis.decide import Design, decide_family
 from segbench.analysis.diagnose import diagnose
 from segbench.analysis.runs import Run, find_runs
-from segbench.analysis.verdicts import run_convergence
+from segbench.analysis.verdicts import arm_converged, run_convergence
 
 # (arm, its no-BN twin, what it adds, the cause diagnose should name on it)
 TRAINED = (("bn_pytorch", "none", "BN, PyTorch's defaults (momentum 0.1, eps 1e-5)", "healthy"),
@@ -95,7 +95,7 @@ def cause_table(sweep: str, design: Design | None = None) -> tuple[str, dict]:
 
 
 def _converged(arms, arm: str, twin: str) -> bool | None:
-    flags = [run_convergence(r).get("converged") for name in (arm, twin) for r in arms.get(name, {}).values()]
+    flags = [arm_converged(list(arms.get(name, {}).values())) for name in (arm, twin)]
     return False if False in flags else (None if None in flags else True)
 
 

@@ -167,15 +167,15 @@ def markdown(rows: list[dict], pairs: list[dict], metric: str, design_note: str 
               "(study.scope); the other scope is shown beside it. Scopes: *these subjects* = seeds random, test "
               "subjects fixed (t-interval over per-seed means); *a new subject* = seeds and subjects both random "
               "(crossed variance components, Satterthwaite df).", "",
-              "| a | b | n | budget | converged | a - b [95% CI] | median | Hodges-Lehmann [rank CI] | p | Holm p | "
-              "TOST p (Holm) | equivalent at n within | detectable (80%) | a new subject: a - b [95% CI] | verdict |",
-              "|---" * 15 + "|"]
+              "| a | b | n | budget | converged | a - b [95% CI] | median | Hodges-Lehmann [rank CI] | t-test p | Holm p | "
+              "sign-flip p | TOST p (Holm) | equivalent at n within | detectable (80%) | a new subject: a - b [95% CI] | "
+              "verdict |", "|---" * 16 + "|"]
     for p in pairs:
         conv = {True: "both", False: "no", None: "unknown"}[p["converged"]]
         lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {p['budget'] or 'same batch'} | {conv} | "
                      f"{_f(p['diff'])} {_ci(p['low'], p['high'])}{'†' if p['clipped'] else ''} | {_f(p['median'])} | "
                      f"{_f(p['hodges_lehmann'])} {_ci(p['hl_low'], p['hl_high'])} | {_f(p['p'], '.3f')} | "
-                     f"{_f(p['p_holm'], '.3f')} | {_f(p['p_tost_holm'], '.3f')} | ±{_f(p['equivalence_margin_supported'], '.3f')} | "
+                     f"{_f(p['p_holm'], '.3f')} | {_f(p['p_sign_flip'], '.3f')} | {_f(p['p_tost_holm'], '.3f')} | ±{_f(p['equivalence_margin_supported'], '.3f')} | "
                      f"{_f(p['detectable'], '.3f')} | {_population(p)} | {_verdict(p, scope)} |")
     plan = [p for p in pairs if not p["decided"] and not p.get("early")]
     if plan:

@@ -71,12 +71,17 @@ def run_convergence(run: Run) -> dict:
     return plateau(run.metrics.get("val", {}).get("history", []), run.metrics.get("main_metric", "dice_tuned"))
 
 
+CONVERGED_SHARE = 0.8  # an arm has converged when at least this share of its runs has
+
+
 def arm_converged(runs: list[Run]) -> bool | None:
-    """True when every run converged, False when one did not, None when one could not be checked."""
+    """Whether an arm reached its plateau: at least 80 % of its runs converged (one straggler in
+    five, e.g. a 0.012 gain against a 0.01 rule, does not make the arm early-training; the table
+    shows k/n); None when a run could not be checked."""
     flags = [run_convergence(r).get("converged") for r in runs]
-    if any(f is False for f in flags):
-        return False
-    return None if any(f is None for f in flags) else True
+    if not flags or any(f is None for f in flags):
+        return None
+    return sum(f is True for f in flags) >= CONVERGED_SHARE * len(flags)
 
 
 def failed_seeds(runs: list[Run]) -> list[str]:
