@@ -18,7 +18,7 @@ import numpy as np
 from segbench.analysis import stats
 from segbench.analysis.compare import result
 from segbench.analysis.decide import Design, decide_family
-from segbench.analysis.diagnose import diagnose
+from segbench.analysis.diagnose import diagnose, name_cause
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.verdicts import arm_converged, run_convergence
 
@@ -54,6 +54,11 @@ def diagnose_all(runs: list[Run]) -> dict[str, dict]:
         if cached.get("split") != "test" or cached.get("checkpoint") != "best.pt" or "cause" not in cached:
             diagnose(str(run.path), checkpoint="best.pt", split="test")
             cached = json.loads(path.read_text())
+        else:  # the scores are measured once; the naming rule is applied to them afresh
+            scores = {k: cached[k] for k in ("running", "batch", "batch_1", "precise")}
+            cached["cause"], cached["verdict"] = name_cause(cached["metric"], scores, cached["statistics"],
+                                                            cached["batchmate_flip_fraction"], cached["layers"],
+                                                            int(run.config.get("data", {}).get("batch_size", 4)))
         out[str(run.path)] = cached
     return out
 

@@ -86,8 +86,11 @@ def statistics_state(model, steps: int) -> dict:
             "eval_stats": sorted({getattr(m, "eval_stats", "running") for m in layers})}
 
 
-GAP = 0.05  # eval metric lost to the statistics before a cause is named
-CLOSE = 0.02  # within this, two ways of evaluating agree
+# Eval metric lost to the running statistics before a cause is named: CLOSE (within it, two ways
+# of evaluating agree) when the statistics' own state points at the cause (exactly (0, 1), or most
+# of it left by a slow momentum), GAP when only the scores do.
+GAP = 0.05
+CLOSE = 0.02
 
 
 def name_cause(metric: str, scores: dict, state: dict, flips: float, layers: list[dict], batch_size: int) -> tuple[str, list[str]]:
@@ -113,13 +116,13 @@ def name_cause(metric: str, scores: dict, state: dict, flips: float, layers: lis
         else:
             lines.append(f"this run evaluates with batch statistics, which cost little here ({batch:.2f} at the eval "
                          f"batch, {batch1:.2f} at batch 1, {precise:.2f} recomputed)")
-    elif gap > GAP and state["never_updated"]:
+    elif gap > CLOSE and state["never_updated"]:
         cause = "never_updated"
         lines.append(f"running statistics were never updated: every BN layer still holds its initial (0, 1) "
                      f"(TF1: the UPDATE_OPS were never run, e.g. optimizer.minimize without a control dependency on "
                      f"tf.GraphKeys.UPDATE_OPS; here momentum={state['momentum']}, update_stats="
                      f"{state['updates_run']}); eval {metric} {running:.2f} vs {precise:.2f} with recomputed statistics")
-    elif gap > GAP and state["initial_share_left"] > 0.05:
+    elif gap > CLOSE and state["initial_share_left"] > 0.05:
         cause = "too_slow"
         lines.append(f"running statistics update too slowly for this run: momentum {state['momentum']:g} over "
                      f"{state['steps']} steps leaves {100 * state['initial_share_left']:.0f}% of the initial (0, 1) in them "
@@ -136,7 +139,8 @@ def name_cause(metric: str, scores: dict, state: dict, flips: float, layers: lis
     else:
         cause = "unclear"
         lines.append(f"no single cause: running {running:.2f}, batch {batch:.2f}, batch 1 {batch1:.2f}, recomputed "
-                     f"{precise:.2f}; the gaps are between {CLOSE} and {GAP}, where this check cannot tell causes apart")
+                     f"{precise:.2f}; the gaps are between {CLOSE} and {GAP} and the statistics' state points at "
+                     "nothing, where this check cannot tell causes apart")
     if not evaluates_with_batch and state["never_updated"] and cause != "never_updated":
         lines.append("the running statistics were never updated (still (0, 1)), but eval does not suffer from it here")
     if batch_size <= 2:
