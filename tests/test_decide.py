@@ -9,11 +9,11 @@ from scipy import stats as sps
 from segbench.analysis import stats
 from segbench.analysis.decide import Design, decide_family, planned_looks, sequential
 
-statsmodels = pytest.importorskip("statsmodels")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_tost_matches_statsmodels_ttost_paired(seed):
+    pytest.importorskip("statsmodels")  # a test-only dependency (segbench[test])
     from statsmodels.stats.weightstats import ttost_paired
 
     rng = np.random.default_rng(seed)
@@ -27,6 +27,7 @@ def test_tost_matches_statsmodels_ttost_paired(seed):
 
 
 def test_holm_matches_statsmodels():
+    pytest.importorskip("statsmodels")  # a test-only dependency (segbench[test])
     from statsmodels.stats.multitest import multipletests
 
     p = [0.01, 0.04, 0.03, 0.2, 0.005, float("nan")]
@@ -37,6 +38,7 @@ def test_holm_matches_statsmodels():
 
 @pytest.mark.parametrize("n, effect", [(3, 0.05), (5, 0.02), (12, 0.01)])
 def test_power_and_detectable_difference_match_statsmodels(n, effect):
+    pytest.importorskip("statsmodels")  # a test-only dependency (segbench[test])
     from statsmodels.stats.power import TTestPower
 
     sd = 0.03
@@ -63,6 +65,7 @@ def test_hodges_lehmann_interval_inverts_the_exact_wilcoxon_test():
 
 
 def test_crossed_interval_components_match_statsmodels_mixedlm():
+    pytest.importorskip("statsmodels")  # a test-only dependency (segbench[test])
     import pandas as pd
     import statsmodels.formula.api as smf
 
