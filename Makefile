@@ -33,7 +33,7 @@ demo: $(STAMP) data ## no BN vs PyTorch BN vs BN with TF1's defaults, 3 paired s
 	$(BIN)/segbench train -m experiment=seed_bn_vs_nobn norm=none,batch,batch_tf1 seed=0,1,2 trainer.progress=false \
 		trainer.threads=1 hydra/launcher=parallel hydra.launcher.n_jobs=2 hydra.sweep.dir=$(DEMO_RUNS)
 	$(BIN)/segbench compare $(DEMO_RUNS) --out $(DEMO_REPORT)
-	@echo "why BN with TF1's defaults predicts worse (segbench diagnose on seed 0, test split):"
+	@echo "what BN with TF1's defaults did to the statistics (segbench diagnose, seed 0, test split):"
 	@$(BIN)/segbench diagnose $$(ls -d $(DEMO_RUNS)/*norm=batch_tf1*seed=0) --split test | grep -E '^(cause|- )'
 	@echo "report: $(DEMO_REPORT)/summary.md and $(DEMO_REPORT)/curves.png; TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_RUNS)"
 

@@ -84,3 +84,14 @@ def test_convergence_rule_on_known_curves():
     assert plateau(rising, "m")["converged"] is False
     assert plateau(flat, "m")["converged"] is True
     assert plateau(flat[:3], "m")["converged"] is None  # too few validations to tell
+
+
+def test_precise_bn_recomputes_a_never_updating_bn_and_leaves_it_never_updating():
+    from segbench.nn.bn_stats import recompute_bn_stats
+
+    model = nn.Sequential(build_norm("batch", 3, update_stats=False))
+    batches = [torch.randn(4, 3, 5, 5) * 2 + 3 for _ in range(3)]
+    recompute_bn_stats(model, batches, "cpu")
+    layer = model[0]
+    assert torch.allclose(layer.running_mean, torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0), atol=1e-5)
+    assert layer.update_stats is False

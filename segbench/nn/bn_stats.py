@@ -26,20 +26,24 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], device
     layers = [m for _, m in bn_layers(model)]
     if not layers:
         return 0
-    saved = [(m.momentum, m.training) for m in layers]
+    saved = [(m.momentum, m.training, getattr(m, "update_stats", None)) for m in layers]
     was_training = model.training
     model.eval()
     for m in layers:
         m.reset_running_stats()
         m.momentum = None
         m.train()
+        if hasattr(m, "update_stats"):  # a never-updating BN (TF1's missing UPDATE_OPS) is recomputed too
+            m.update_stats = True
     count = 0
     for images in batches:
         model(images.to(device))
         count += 1
-    for m, (momentum, training) in zip(layers, saved):
+    for m, (momentum, training, update_stats) in zip(layers, saved):
         m.momentum = momentum
         m.train(training)
+        if update_stats is not None:
+            m.update_stats = update_stats
     model.train(was_training)
     return count
 
