@@ -130,11 +130,11 @@ def _share(res: dict) -> str:
 
 
 def _markdown(rows, arms, diag, design: Design) -> str:
-    n = min(len(v) for v in arms.values())
+    counts = sorted({len(v) for v in arms.values()})
     steps = sorted({r.metrics.get("steps") for v in arms.values() for r in v.values()})
     conv = sum(run_convergence(r).get("converged") is True for v in arms.values() for r in v.values())
     total = sum(len(v) for v in arms.values())
-    lines = [f"{n} paired seeds per arm, {', '.join(map(str, steps))} steps; {conv} of {total} runs converged by "
+    lines = [f"{counts[0]}-{counts[-1]} paired seeds per arm, {', '.join(map(str, steps))} steps; {conv} of {total} runs converged by "
              f"the rule in `segbench/train/convergence.py`. Each cause minus its no-BN twin, mean [95 % t-interval]; "
              f"Holm over the causes, one family per column; margin ±{design.margin:g} Dice declared before the run; "
              "scope: these test subjects.", "",
@@ -176,6 +176,11 @@ def answer_lines(numbers: dict) -> list[str]:
              f"{'; '.join(both) if both else 'none of the causes, at these seeds'}."]
     lines.append(f"2. **Learn slower without predicting worse**: {'; '.join(slower_only) if slower_only else 'none'}.")
     lines.append(f"3. **No resolved effect on either**: {'; '.join(neither) if neither else 'none'}.")
+    strong = [f"{r['what']}: test Dice {r['worse']['diff']:+.3f} [{r['worse']['low']:+.3f}, {r['worse']['high']:+.3f}], "
+              f"worse in {_share(r['worse'])} seeds (raw p {r['worse']['p']:.3f}, Holm {r['worse']['p_holm']:.3f})"
+              for r in rows if not _held(r["worse"]) and r["worse"].get("p", 1) < 0.05]
+    if strong:
+        lines.append(f"   Signals the family correction does not yet let through: {'; '.join(strong)}.")
     names = {r["arm"] for r in rows if _held(r["worse"])}
     fixes = []
     if names & {"bn_tf1_never_updated", "bn_tf1"}:
