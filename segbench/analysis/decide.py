@@ -27,9 +27,6 @@ import numpy as np
 
 from segbench.analysis import stats
 
-DECIDED = ("held", "did not hold", "a > b", "a < b", "equivalent")
-
-
 @dataclass(frozen=True)
 class Design:
     """What a study declares before it runs.
