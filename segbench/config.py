@@ -104,7 +104,7 @@ def _check_added_keys(parsed, plain: list[str]) -> None:
 def _check_study(cfg) -> None:
     """Split fractions and the lr grid, checked before Hydra makes a run directory."""
     from segbench.data.common import check_split_fractions
-    from segbench.train.lr_grid import lr_grid
+    from segbench.schema import lr_grid
 
     data = cfg.get("data") or {}
     if "val_fraction" in data or "test_fraction" in data:

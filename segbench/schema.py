@@ -193,3 +193,22 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             out[name] = value
     return out
+
+
+def lr_grid(cfg) -> list[float]:
+    """The grid from ``study.lr_grid`` (empty: no grid), checked before anything is written."""
+    grid = OmegaConf.select(cfg, "study.lr_grid")
+    if grid is None:
+        return []
+    if isinstance(grid, (int, float)):
+        grid = [grid]
+    values = []
+    for value in grid:
+        try:
+            lr = float(value)
+        except (TypeError, ValueError):
+            raise SegbenchError(f"study.lr_grid holds {value!r}; give positive numbers, e.g. [1e-3,3e-3]") from None
+        if not (math.isfinite(lr) and lr > 0):
+            raise SegbenchError(f"study.lr_grid holds {value!r}; every learning rate must be a positive number")
+        values.append(lr)
+    return sorted(set(values))

@@ -13,8 +13,8 @@ from segbench.errors import SegbenchError
 from segbench.models import ResUNet
 from segbench.nn import NORMS
 from segbench.nn.norms import has_3d_form
-from segbench.train.inference import sliding_window
-from segbench.train.metrics import CaseMetrics
+from segbench.eval.inference import sliding_window
+from segbench.eval.metrics import CaseMetrics
 from tests.conftest import SMALL
 from tests.test_cli import segbench
 

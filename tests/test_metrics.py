@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from segbench.train import metrics as M
+from segbench.eval import metrics as M
 from segbench.train.losses import SoftmaxCrossEntropy, build_loss, soft_dice_loss
-from segbench.train.metrics import CaseMetrics, ConfusionMatrix
+from segbench.eval.metrics import CaseMetrics, ConfusionMatrix
 
 
 def logits_for(pred, classes):

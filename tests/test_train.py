@@ -245,7 +245,7 @@ def test_each_validation_is_logged_and_the_best_marked(tiny_cfg, tmp_path, caplo
 
 
 def test_overlay_is_readable_and_has_a_legend():
-    from segbench.train.evaluate import LEGEND, overlay
+    from segbench.eval.evaluate import LEGEND, overlay
 
     images = torch.zeros(1, 4, 48, 48)
     target = torch.zeros(1, 1, 48, 48)

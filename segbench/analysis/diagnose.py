@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 from segbench.nn.bn_stats import batch_statistics, bn_layers, recompute_bn_stats, running_statistics
 from segbench.errors import SegbenchError
 from segbench.io import write_json, write_text
-from segbench.train.distributed import DistContext
-from segbench.train.evaluate import evaluate
-from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
+from segbench.ranks import DistContext
+from segbench.eval.evaluate import evaluate
+from segbench.eval.metrics import MAIN_METRIC, REPORT_METRIC
 
 
 def _load(run_dir: Path, checkpoint: str, split: str = "val"):

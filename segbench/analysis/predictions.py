@@ -51,8 +51,8 @@ def prediction_grid(arms: dict[tuple, list[Run]], labels: dict[tuple, str], out:
     import matplotlib.pyplot as plt
 
     from segbench.data import build_datasets
-    from segbench.train.evaluate import base_dataset
-    from segbench.train.inference import predict
+    from segbench.eval.evaluate import base_dataset
+    from segbench.eval.inference import predict
 
     first = min(next(iter(arms.values())), key=lambda r: r.metrics.get("seed", 0))
     data = _checkpoint(first)[1]["config"]["data"]  # resolved when the run trained: its data root as it was

@@ -24,6 +24,8 @@ from segbench.progress import progress
 
 
 SPLITS = ("train", "val", "test")
+# Class-mask label of pixels no loss or metric counts (VOC's object borders, padding).
+IGNORE_INDEX = 255
 FITS = ("pad", "resize")  # data.fit: how an image meets data.size
 
 

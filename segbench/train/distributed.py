@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 
 import os
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -18,20 +17,9 @@ import torch.distributed as dist
 from torch import nn
 
 from segbench.errors import SegbenchError, invalid_choice
+from segbench.ranks import DistContext, all_reduce_sum, broadcast_object  # noqa: F401 (re-exported)
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class DistContext:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
@@ -83,25 +71,6 @@ def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
         model = use_torch_syncbn(model)
         return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index])
     return nn.parallel.DistributedDataParallel(model)
-
-
-def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's ``obj`` on every rank (a no-op on one process)."""
-    if ctx.world_size == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum a tensor over ranks (a copy; the input is left alone)."""
-    if ctx.world_size == 1:
-        return tensor
-    out = tensor.clone()
-    device_tensor = out.to(ctx.device) if ctx.device.type == "cuda" else out
-    dist.all_reduce(device_tensor)
-    return device_tensor.to(tensor.device)
 
 
 @contextlib.contextmanager

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from segbench.data.common import IGNORE_INDEX
 from segbench.errors import SegbenchError, invalid_choice
-
-IGNORE_INDEX = 255
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

@@ -13,28 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from segbench.errors import SegbenchError
 from segbench.io import write_json
+from segbench.schema import lr_grid
 from segbench.train.trainer import train
-
-
-def lr_grid(cfg: DictConfig) -> list[float]:
-    """The grid from ``study.lr_grid`` (empty: no grid), checked before anything is written."""
-    grid = OmegaConf.select(cfg, "study.lr_grid")
-    if grid is None:
-        return []
-    if isinstance(grid, (int, float)):
-        grid = [grid]
-    values = []
-    for value in grid:
-        try:
-            lr = float(value)
-        except (TypeError, ValueError):
-            raise SegbenchError(f"study.lr_grid holds {value!r}; give positive numbers, e.g. [1e-3,3e-3]") from None
-        if not (math.isfinite(lr) and lr > 0):
-            raise SegbenchError(f"study.lr_grid holds {value!r}; every learning rate must be a positive number")
-        values.append(lr)
-    return sorted(set(values))
 
 
 def train_with_lr_grid(cfg: DictConfig, run_dir: str | Path) -> dict:

@@ -25,7 +25,7 @@ from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, load_che
                                        resume_path)
 from segbench.train.distributed import resolve_device
 from segbench.train.losses import build_loss
-from segbench.train.metrics import MAIN_METRIC
+from segbench.eval.metrics import MAIN_METRIC
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
 from segbench.train.precision import Precision, precision_for
 
@@ -118,8 +118,8 @@ def dry_run(prepared: Prepared, cfg: DictConfig) -> None:
 
     from torch.utils.data import default_collate
 
-    from segbench.train.evaluate import base_dataset
-    from segbench.train.inference import predict
+    from segbench.eval.evaluate import base_dataset
+    from segbench.eval.inference import predict
     from segbench.train.step import train_step
 
     splits = prepared.splits

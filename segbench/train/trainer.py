@@ -22,8 +22,8 @@ from segbench.nn.slot import norm_scalars
 from segbench.train import distributed, hparams
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.convergence import plateau
-from segbench.train.evaluate import evaluate, overlay
-from segbench.train.metrics import MAIN_METRIC, REPORT_METRIC
+from segbench.eval.evaluate import evaluate, overlay
+from segbench.eval.metrics import MAIN_METRIC, REPORT_METRIC
 from segbench.train.prepare import Prepared, RunFinished, prepare
 from segbench.train.rundir import remove_orphans, run_lock
 from segbench.train.step import compile_for_training, train_step

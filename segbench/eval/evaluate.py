@@ -6,9 +6,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from segbench.progress import progress
-from segbench.train.distributed import DistContext, all_reduce_sum
-from segbench.train.inference import predict
-from segbench.train.metrics import build_metric
+from segbench.ranks import DistContext, all_reduce_sum
+from segbench.eval.inference import predict
+from segbench.eval.metrics import build_metric
 
 
 def base_dataset(dataset):

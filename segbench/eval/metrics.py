@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from segbench.train.losses import IGNORE_INDEX
+from segbench.data.common import IGNORE_INDEX
 
 # Logit histogram: bins of 0.1 between -12 and 12 (probabilities 6e-6 .. 1 - 6e-6) plus two
 # overflow bins. A threshold is a bin edge; "predicted positive" means logit >= edge.
