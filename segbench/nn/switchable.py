@@ -32,7 +32,7 @@ class SwitchableNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        xf = x.float().reshape(n, c, -1)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(n, c, -1)  # half -> float32, float64 stays
         mean_in = xf.mean(-1, keepdim=True)  # (N, C, 1)
         moment_in = xf.square().mean(-1, keepdim=True)
         var_in = moment_in - mean_in.square()

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from segbench.train.step import compile_for_training, train_step
 
 
 log = logging.getLogger(__name__)
+PREPARING = threading.Lock()
 
 
 def _summary(results: dict, keys=("loss", "dice", "dice_tuned", "threshold_tuned", "auroc", "ap", "hd95", "miou",
@@ -37,19 +39,34 @@ def _summary(results: dict, keys=("loss", "dice", "dice_tuned", "threshold_tuned
     return ", ".join(f"{k} {results[k]:.4g}" for k in keys if isinstance(results.get(k), (int, float)))
 
 
+class Stopwatch(dict):
+    """Wall seconds per phase of a run, summed (``metrics.json`` ``seconds``): where its time went."""
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[phase] = self.get(phase, 0.0) + time.perf_counter() - start
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None] | None = None) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None] | None = None,
+          step_fn: Callable[..., torch.Tensor] | None = None) -> dict:
     """Train ``cfg`` and write TensorBoard events, checkpoints and metrics.json under ``run_dir``.
 
     Choices (best checkpoint, sigmoid threshold) are made on val; the test split is evaluated
     once, at the end, for the last and the best-by-val checkpoint, and is what results report.
     ``after_step(step)`` runs after each step, outside the time images/s is measured over:
     ``segbench bench`` interleaves a bare loop's steps there, so both see the same machine.
+    ``step_fn`` takes ``train_step``'s place: packed seeds (``segbench.train.packed``) pass theirs.
     """
     started = time.perf_counter()  # time to accuracy counts from here: data, model, everything
+    timing = Stopwatch()
     run_dir = Path(run_dir)
     ctx = distributed.setup(cfg.trainer.device)
     run_dir = distributed.shared_run_dir(run_dir, ctx)
@@ -58,7 +75,9 @@ def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size all run long: let cuDNN pick its fastest kernels
     try:
-        with distributed.main_rank_first(ctx):  # one rank builds a missing data cache, the others open it
+        # PREPARING: seeding and building a model use the process-wide RNG; packed seeds prepare
+        # in threads of one process, so each member seeds and builds its model alone.
+        with distributed.main_rank_first(ctx), PREPARING, timing("prepare"):  # one rank builds a missing data cache, the others open it
             prepared = prepare(cfg, run_dir, ctx.world_size, ctx.device)
     except RunFinished as finished:
         log.info("%s", finished)
@@ -68,7 +87,7 @@ def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None
             remove_orphans(run_dir)
         if ctx.is_main:
             _log_start(cfg, run_dir, ctx, prepared)
-        metrics = _train(cfg, run_dir, ctx, prepared, started, after_step)
+        metrics = _train(cfg, run_dir, ctx, prepared, started, after_step, step_fn, timing)
         if ctx.is_main:
             _log_end(metrics, run_dir)
         return metrics
@@ -94,7 +113,10 @@ def _log_end(metrics: dict, run_dir: Path) -> None:
              tested, run_dir)
 
 
-def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step=None) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step=None,
+           step_fn=None, timing: Stopwatch | None = None) -> dict:
+    timing = Stopwatch() if timing is None else timing
+    step_fn = step_fn or train_step
     splits, model, loss_fn = prepared.splits, prepared.model, prepared.loss_fn
     optimizer, scheduler, total_steps = prepared.optimizer, prepared.scheduler, prepared.total_steps
     start, best, last_val, freeze_step = prepared.start, prepared.best, prepared.last_val, prepared.freeze_step
@@ -131,12 +153,15 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
     stop_at = cfg.trainer.get("stop_at")
     done = start
     tick = time.perf_counter()
+    fetched = time.perf_counter()
     for step, (images, target) in enumerate(loader, start=start):
+        timing["data"] = timing.get("data", 0.0) + time.perf_counter() - fetched
+        step_start = time.perf_counter()
         images, target = images.to(ctx.device, non_blocking=True), target.to(ctx.device, non_blocking=True)
         if prepared.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         train_mode(net, freeze_bn=step >= freeze_step)
-        loss = train_step(net, images, target, loss_fn, optimizer, prepared.precision)
+        loss = step_fn(net, images, target, loss_fn, optimizer, prepared.precision)
         loss_value = float(distributed.all_reduce_sum(loss.cpu().double().view(1), ctx)[0]) / ctx.world_size
         if not math.isfinite(loss_value):
             kept = (f"last good checkpoint: {ckpt_dir / 'last.pt'} (step {_saved_step(ckpt_dir / 'last.pt')})"
@@ -147,6 +172,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         scheduler.step()
         done = step + 1
         now = time.perf_counter()
+        timing["steps"] = timing.get("steps", 0.0) + now - step_start
         if step > start:  # the first step pays for allocation and warm-up; throughput is steady state
             train_time += now - tick
             images_seen += len(images) * ctx.world_size
@@ -159,7 +185,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         reached = False
         if done % int(cfg.trainer.val_every) == 0 or done == total_steps:
             eval_start = time.perf_counter()
-            last_val = _validate(cfg, model, net, splits, loss_fn, ctx, writer, done, eval_batch)
+            last_val = _validate(cfg, model, net, splits, loss_fn, ctx, writer, done, eval_batch, timing)
             eval_seconds += time.perf_counter() - eval_start
             improved = last_val[main_metric] >= best.get(main_metric, -math.inf)
             history.append({"step": done, "seconds": round(time.perf_counter() - started, 3),
@@ -172,14 +198,16 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
                 log.info("step %d/%d val: %s%s", done, total_steps, _summary(last_val), " (best)" if improved else "")
             if ctx.is_main and improved:
                 best = {**last_val, "step": done}
-                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val,
-                                prepared.precision.scaler)
+                with timing("checkpoints"):
+                    save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val,
+                                    prepared.precision.scaler)
         if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps or reached):
-            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
-                            prepared.precision.scaler)
+            with timing("checkpoints"):
+                save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
+                                prepared.precision.scaler)
         if after_step is not None:
             after_step(done)
-        tick = time.perf_counter()
+        tick = fetched = time.perf_counter()
         if reached:  # every rank saw the same (all-reduced) validation, so all stop together
             if ctx.is_main:
                 why = (f"reached trainer.stop_at={stop_at:g}" if stop_at is not None and last_val[main_metric] >= stop_at
@@ -190,7 +218,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
     total_steps = done
 
     best = distributed.broadcast_object(best, ctx)
-    test = _test(cfg, model, net, splits, loss_fn, ctx, writer, total_steps, eval_batch, last_val, best, ckpt_dir)
+    with timing("test"):
+        test = _test(cfg, model, net, splits, loss_fn, ctx, writer, total_steps, eval_batch, last_val, best, ckpt_dir)
     metrics = {
         "val": {"final": last_val, "best": best, "history": history}, "test": test,
         "main_metric": main_metric, "report_metric": REPORT_METRIC[train_set.target_kind],
@@ -204,6 +233,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         "train_samples": len(train_set), "val_samples": len(splits.val),
         "test_samples": len(splits.test) if splits.test is not None else 0,
         "norm_state": _mean_over_layers(norm_scalars(model)),
+        # This process's wall seconds by phase (a resumed run: since its resume); "total" from
+        # train() being called to metrics.json, the rest of it being logging and bookkeeping.
+        "seconds": {**{k: round(v, 3) for k, v in timing.items()}, "total": round(time.perf_counter() - started, 3)},
     }
     if ctx.is_main:
         hparams.write_end(writer)
@@ -237,20 +269,33 @@ def _scalars(results: dict) -> dict[str, float]:
     return {k: v for k, v in results.items() if isinstance(v, (int, float))}
 
 
-def _validate(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch) -> dict:
+def _validate(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, timing: Stopwatch) -> dict:
     k = int(cfg.trainer.get("precise_bn_batches") or 0)
     if k:
+        # Its own generator, seeded by run and step: the same batches after a resume, and in a
+        # packed run (whose members share the process-wide RNG) as in a separate one.
+        order = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
         batches = (images for images, _ in itertools.islice(
-            DataLoader(splits.train, batch_size=int(cfg.data.batch_size), shuffle=True), k))
-        recompute_bn_stats(model, batches, ctx.device)
+            DataLoader(splits.train, batch_size=int(cfg.data.batch_size), shuffle=True, generator=order), k))
+        with timing("precise_bn"):
+            recompute_bn_stats(model, batches, ctx.device)
     # Evaluate the bare module: ranks hold different numbers of cases, and DDP's forward would
     # wait for the others at every batch (it syncs buffers).
     net.eval()
-    results, first = evaluate(model, splits.val, loss_fn, ctx, eval_batch, hd95=bool(cfg.trainer.get("val_hd95", True)))
+    hd95 = bool(cfg.trainer.get("val_hd95", True))
+    with timing("val_hd95" if hd95 else "val"):
+        results, first = evaluate(model, splits.val, loss_fn, ctx, eval_batch, hd95=hd95)
     results = _scalars(results)
     # Every arm's fit measured the same way: eval mode, fixed training images, no augmentation.
-    fit, _ = evaluate(model, splits.train_eval, loss_fn, ctx, eval_batch, hd95=False)
+    with timing("train_eval"):
+        fit, _ = evaluate(model, splits.train_eval, loss_fn, ctx, eval_batch, hd95=False)
     results["train_eval_loss"] = fit["loss"]
+    with timing("tensorboard"):
+        _log_validation(cfg, model, splits, writer, step, results, first)
+    return results
+
+
+def _log_validation(cfg, model, splits, writer, step, results, first) -> None:
     if writer:
         for name, value in results.items():
             tag = "train_eval/loss" if name == "train_eval_loss" else f"val/{name}"
@@ -261,7 +306,6 @@ def _validate(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch) -
         if first is not None and cfg.trainer.log_images:
             kind = splits.train.target_kind
             writer.add_images("val/overlay", overlay(*first, kind, int(cfg.trainer.log_images)), step)
-    return results
 
 
 def _test(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, last_val, best, ckpt_dir) -> dict:

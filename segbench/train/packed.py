@@ -1,0 +1,213 @@
+"""Several seeds of one arm trained as one packed network, each still an ordinary run.
+
+Every member is a full ``train()`` of its own config in its own thread: its own model built from
+its seed, data order and augmentation from its seed, its optimizer, schedule, checkpoints,
+TensorBoard run, validations and metrics.json, so ``compare``, resume and ``diagnose`` see K
+ordinary runs. Only the gradient is shared work: the members meet once per optimizer step and the
+last to arrive computes every member's loss and gradient in one ``torch.func.vmap`` over their
+stacked weights (a batched conv is one grouped conv: the idea of Packed-Ensembles, Laurent et al.,
+ICLR 2023). Each member then takes its own optimizer step on its own weights.
+
+Exact by construction, not by approximation: vmap computes each member's function separately, so
+in float64 packed and separate runs agree to rounding (1e-12 over 20 steps, tested per norm). In
+float32 the grouped kernels sum in another order, and training amplifies those last-bit
+differences as it does between two thread counts (measured by ``segbench bench --packed``).
+
+What cannot pack: norms that read a tensor's value into Python (``.item()``, which vmap refuses),
+DDP, ``torch.compile`` and float16's loss scaler; ``pack_refusal`` names the reason and the
+launcher then trains those seeds one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import threading
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# Norms whose forward reads a value into Python (vmap cannot batch that): why, in one line.
+UNPACKABLE_NORMS = {
+    "batchrenorm": "batch renorm clips r and d with Python numbers read from its running statistics",
+    "crossbatch": "cross-iteration BN keeps its window of past statistics by Python-side indexing",
+}
+
+
+def pack_refusal(cfg: DictConfig) -> str | None:
+    """Why runs of ``cfg`` cannot be packed, or None when they can."""
+    from segbench.nn.norms import canonical_norm_name
+
+    norm = canonical_norm_name(str(cfg.norm.name))
+    if norm in UNPACKABLE_NORMS:
+        return f"norm={cfg.norm.name} cannot pack: {UNPACKABLE_NORMS[norm]}"
+    if str(cfg.trainer.get("precision", "32")) in ("16", "16-mixed"):
+        return "trainer.precision=16-mixed cannot pack: each member would need its own loss scaler"
+    if cfg.trainer.get("compile"):
+        return "trainer.compile=true cannot pack: the packed step is a vmapped functional call"
+    if cfg.get("study") is not None and cfg.study.get("lr_grid"):
+        return "study.lr_grid cannot pack: a grid trains each lr in turn inside one run"
+    return None
+
+
+class PackedSteps:
+    """The meeting point of K member threads: one vmapped forward and backward per optimizer step.
+
+    A member calls ``step(...)`` (same arguments as ``train_step``) once per step and ``leave()``
+    when its training ends; the others then carry on packed without it. Members may be at
+    different steps (a resumed pack): each member's function depends only on its own inputs.
+    """
+
+    def __init__(self, members: int):
+        self._cond = threading.Condition()
+        self._active = members
+        self._pending: dict[int, tuple] = {}
+        self._results: dict[int, torch.Tensor | BaseException] = {}
+        self._base: torch.nn.Module | None = None
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._pending and len(self._pending) >= self._active:
+                self._run_pending()
+
+    def __call__(self, model, images, target, loss_fn, optimizer, precision=None) -> torch.Tensor:
+        me = threading.get_ident()
+        with self._cond:
+            self._pending[me] = (model, images, target, loss_fn, optimizer, precision)
+            if len(self._pending) >= self._active:
+                self._run_pending()
+            else:
+                self._cond.wait_for(lambda: me in self._results)
+            result = self._results.pop(me)
+        if isinstance(result, BaseException):
+            raise result
+        loss, grads = result
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return loss  # as train_step: the caller stops before any update reaches the weights
+        for param, grad in zip(model.parameters(), grads):
+            param.grad = grad
+        optimizer.step()
+        return loss
+
+    def _run_pending(self) -> None:
+        """Compute every pending member's loss and gradients (called holding the lock)."""
+        pending, self._pending = self._pending, {}
+        try:
+            results = self._packed_grads(list(pending.values()))
+        except BaseException as err:  # every waiting member raises it, not only the one that ran it
+            results = [err] * len(pending)
+        self._results.update(zip(pending, results))
+        self._cond.notify_all()
+
+    def _packed_grads(self, members: list[tuple]) -> list:
+        from torch.func import functional_call, vmap
+
+        models = [m[0] for m in members]
+        loss_fn, precision = members[0][3], members[0][5]
+        if len(members) == 1 or len({(tuple(m[1].shape), tuple(m[2].shape)) for m in members}) > 1:
+            return [self._alone(*m[:4], m[5]) for m in members]  # nothing to pack, or shapes differ
+        if self._base is None:
+            # A weightless copy to call functionally: the members' own modules stay untouched,
+            # so a member that left can evaluate while the others train.
+            self._base = copy.deepcopy(models[0]).to("meta")
+        for base_module, module in zip(self._base.modules(), models[0].modules()):
+            base_module.training = module.training  # train_mode (and frozen BN) as the members set it
+        names = [n for n, _ in models[0].named_parameters()]
+        buffer_names = [n for n, _ in models[0].named_buffers()]
+        params = {n: torch.stack([p.detach() for p in ps]).requires_grad_()
+                  for n, ps in zip(names, zip(*(m.parameters() for m in models)))}
+        buffers = {n: torch.stack([b for b in bs]) for n, bs in zip(buffer_names, zip(*(m.buffers() for m in models)))}
+
+        def member_loss(p, b, images, target):
+            return loss_fn(functional_call(self._base, (p, b), (images,)), target)
+
+        images = torch.stack([m[1] for m in members])
+        target = torch.stack([m[2] for m in members])
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
+            losses = vmap(member_loss, randomness="error")(params, buffers, images, target)
+        grads = torch.autograd.grad(losses.sum(), list(params.values()), allow_unused=True)
+        out = []
+        with torch.no_grad():
+            for k, model in enumerate(models):
+                for buffer, stacked in zip(model.buffers(), buffers.values()):
+                    buffer.copy_(stacked[k])  # running statistics, batch counters
+                member_grads = [None if g is None else g[k].clone() for g in grads]
+                out.append((losses[k].detach(), member_grads))
+        return out
+
+    @staticmethod
+    def _alone(model, images, target, loss_fn, precision):
+        """One member by itself: the ordinary forward and backward."""
+        model.zero_grad(set_to_none=True)
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
+            loss = loss_fn(model(images), target)
+        if not torch.isfinite(loss):
+            return loss.detach(), []
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        return loss.detach(), list(grads)
+
+
+class _MemberLog(logging.Filter):
+    """Pass only records logged by one member's thread (each run's own log file)."""
+
+    def __init__(self, thread_name: str):
+        super().__init__()
+        self.thread_name = thread_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName == self.thread_name
+
+
+@contextlib.contextmanager
+def run_log(run_dir: str | Path, name: str | None):
+    """This thread's log lines also into ``run_dir/name`` (a run trained outside Hydra's own job)."""
+    if not name:
+        yield
+        return
+    handler = logging.FileHandler(Path(run_dir) / name)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handler.addFilter(_MemberLog(threading.current_thread().name))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def train_packed(cfgs: list[DictConfig], run_dirs: list[str | Path], log_names: list[str | None] | None = None) -> list:
+    """Train ``cfgs[k]`` into ``run_dirs[k]`` for every k, packed; returns each run's metrics
+    (or the exception that ended it, so one diverged seed does not take its pack down).
+
+    ``log_names``: a log file per run (relative to its folder) that the member's lines go to.
+    """
+    from segbench.train.trainer import train
+
+    reasons = {r for r in map(pack_refusal, cfgs) if r}
+    if reasons:
+        raise ValueError(f"cannot pack these runs: {sorted(reasons)[0]}")
+    steps = PackedSteps(len(cfgs))
+    results: list = [None] * len(cfgs)
+    log_names = log_names or [None] * len(cfgs)
+
+    def member(k: int) -> None:
+        with run_log(run_dirs[k], log_names[k]):
+            try:
+                results[k] = train(cfgs[k], run_dirs[k], step_fn=steps)
+            except BaseException as err:  # noqa: BLE001 (reported per run by the caller)
+                results[k] = err
+            finally:
+                steps.leave()
+
+    threads = [threading.Thread(target=member, args=(k,), name=f"seed-{cfgs[k].seed}") for k in range(len(cfgs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

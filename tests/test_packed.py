@@ -1,0 +1,141 @@
+"""Packed seeds: K members trained through one vmapped step equal K separate runs (the exactness test).
+
+Per packable norm, in float64 (where rounding cannot hide a semantic difference): 20 Adam steps of
+K separately trained ResUNets against the same K trained packed, losses and final weights within
+1e-10 relative. End to end, a packed pair of runs writes two ordinary run folders whose results
+match separately trained runs of the same seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+
+import pytest
+import torch
+
+from segbench.models.resunet import ResUNet
+from segbench.nn.norms import NORMS
+from segbench.train.packed import UNPACKABLE_NORMS, PackedSteps, pack_refusal, train_packed
+from segbench.train.step import train_step
+from segbench.train.trainer import train
+
+PACKABLE = sorted(set(NORMS) - set(UNPACKABLE_NORMS))
+K, STEPS = 3, 20
+
+
+def _members(norm: str, dtype=torch.float64) -> list[torch.nn.Module]:
+    out = []
+    for seed in range(K):
+        torch.manual_seed(100 + seed)
+        out.append(ResUNet(4, 1, width=8, depth=2, norm=norm).to(dtype).train())
+    return out
+
+
+def _data(dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(K, 2, 4, 16, 16, generator=g, dtype=dtype),
+             (torch.rand(K, 2, 1, 16, 16, generator=g) > 0.7).to(dtype)) for _ in range(STEPS)]
+
+
+def _loss(logits, target):
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+
+
+def _train_packed_threads(models, data, lr=1e-2):
+    """Each member in its own thread, stepping through PackedSteps as the trainer does."""
+    steps, losses = PackedSteps(len(models)), [[] for _ in models]
+    optimizers = [torch.optim.Adam(m.parameters(), lr) for m in models]
+    errors = []
+
+    def member(k):
+        try:
+            for images, target in data:
+                losses[k].append(float(steps(models[k], images[k], target[k], _loss, optimizers[k])))
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+        finally:
+            steps.leave()
+
+    threads = [threading.Thread(target=member, args=(k,)) for k in range(len(models))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return losses
+
+
+def _train_separately(models, data, lr=1e-2):
+    losses = [[] for _ in models]
+    for k, model in enumerate(models):
+        optimizer = torch.optim.Adam(model.parameters(), lr)
+        for images, target in data:
+            losses[k].append(float(train_step(model, images[k], target[k], _loss, optimizer)))
+    return losses
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("norm", PACKABLE)
+def test_packed_members_equal_separate_runs(norm):
+    separate = _members(norm)
+    packed = copy.deepcopy(separate)
+    data = _data()
+    expected = _train_separately(separate, data)
+    got = _train_packed_threads(packed, data)
+    for k in range(K):
+        assert got[k] == pytest.approx(expected[k], rel=1e-10), f"{norm}: member {k}'s losses differ"
+    for a, b in zip(packed, separate):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            if x.is_floating_point():
+                assert _relative(x, y) < 1e-10, f"{norm}: {name} differs"
+            else:
+                assert torch.equal(x, y), f"{norm}: {name} differs"  # BN's batch counters
+
+
+def test_a_member_leaving_early_lets_the_others_go_on():
+    models, data = _members("batch"), _data()
+    steps = PackedSteps(len(models))
+    optimizers = [torch.optim.Adam(m.parameters(), 1e-2) for m in models]
+    done = []
+
+    def member(k, n):
+        try:
+            for images, target in data[:n]:
+                steps(models[k], images[k], target[k], _loss, optimizers[k])
+            done.append(k)
+        finally:
+            steps.leave()
+
+    threads = [threading.Thread(target=member, args=(k, 3 + 5 * k)) for k in range(K)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(done) == list(range(K))
+
+
+@pytest.mark.parametrize("norm", sorted(UNPACKABLE_NORMS))
+def test_unpackable_norms_are_refused_with_the_reason(tiny_cfg, norm):
+    reason = pack_refusal(tiny_cfg(f"norm={norm}"))
+    assert reason and reason.startswith(f"norm={norm} cannot pack")
+
+
+def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_path):
+    seeds = (5, 6)
+    overrides = ("norm=batch", "trainer.max_steps=4", "trainer.val_every=2")
+    separate = [train(tiny_cfg(*overrides, f"seed={s}"), tmp_path / f"alone_{s}") for s in seeds]
+    packed = train_packed([tiny_cfg(*overrides, f"seed={s}") for s in seeds],
+                          [tmp_path / f"packed_{s}" for s in seeds])
+    for s, alone, together in zip(seeds, separate, packed):
+        assert not isinstance(together, BaseException), together
+        saved = json.loads((tmp_path / f"packed_{s}" / "metrics.json").read_text())
+        assert saved["seed"] == s and saved["steps"] == 4
+        assert (tmp_path / f"packed_{s}" / "checkpoints" / "last.pt").is_file()
+        assert list((tmp_path / f"packed_{s}" / "tb").glob("events.*"))
+        assert together["val"]["final"]["loss"] == pytest.approx(alone["val"]["final"]["loss"], rel=1e-4)
+        assert together["test"]["last"]["soft_dice"] == pytest.approx(alone["test"]["last"]["soft_dice"], rel=1e-4)
