@@ -260,6 +260,7 @@ CASES = [
      ["compare", "{run}", "--out", "{tmp}/c"], ["metrics.json"]),
     ("diagnose-negative-batches", _nothing, ["diagnose", "{run}", "--batches", "-3"], ["--batches", "at least 1"]),
     ("bench-batch-0", _nothing, ["bench", "--batch-size", "0"], ["--batch-size", "at least 1"]),
+    ("bench-packs-0", _nothing, ["bench", "--packs", "0"], ["--packs='0'", "positive"]),
     ("bench-without-data", _nothing, ["bench", "--data", "{tmp}/absent"], ["absent", "does not exist"]),
     ("make-data-unknown-kind", _nothing, ["make-data", "nosuch", "--out", "{tmp}/x"], ["invalid choice"]),
     ("make-data-no-images", _nothing, ["make-data", "voc-phantom", "--out", "{tmp}/x", "--images", "0"], ["--images"]),

@@ -15,7 +15,7 @@ def test_bench_prints_every_phase(tiny_brats):
     result = segbench("bench", "--data", str(tiny_brats), "--width", "4", "--depth", "2", "--size", "32", "32",
                       "--batch-size", "2", "--steps", "1", "--rounds", "1", "--loop-steps", "2", "--loop-rounds", "1",
                       "--device", "cpu", "--patch", "16", "16", "16", "--tta-steps", "2", "--tta-val-every", "1", "--target-dice", "0.01",
-                      "--skip-compile")  # compiling is the slow test's job (test_train)
+                      "--skip-compile", "--skip-seeds")  # compiling is the slow test's job (test_train)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["device_type"] == "cpu" and report["device"]
@@ -34,6 +34,22 @@ def test_bench_prints_every_phase(tiny_brats):
     assert not tta["reached"] or tta["seconds"] >= tta["train_seconds"] > 0
     assert "monai_unet" in report["time_to_accuracy"]
     assert "time to accuracy, resunet" in result.stderr and "device:" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_prints_the_run_breakdown_and_seed_runs_per_hour(tiny_brats):
+    result = segbench("bench", "--only-seeds", "--data", str(tiny_brats), "--seeds", "2", "--seed-steps", "2",
+                      "--seed-val-every", "1", "--packs", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    phases = report["run_breakdown"]["seconds"]
+    assert {"steps", "val", "train_eval", "test", "tensorboard"} <= set(phases)
+    assert sum(report["run_breakdown"]["share"].values()) == pytest.approx(1.0)
+    ways = report["seeds_per_hour"]["ways"]
+    assert set(ways) == {"one seed per process, 2 jobs", "packed K=2"}
+    assert ways["one seed per process, 2 jobs"]["relative"] == 1.0
+    assert ways["packed K=2"]["max_abs_test_dice_difference"] < 0.05  # two steps: float32 noise only
+    assert "seed-runs per hour" in result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

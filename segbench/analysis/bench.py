@@ -232,7 +232,11 @@ def say(message: str) -> None:
 
 def summary(report: dict) -> list[str]:
     """The figures a reader wants, one line each."""
-    lines = [f"device: {report['device']}"]
+    from segbench.analysis.bench_seeds import lines as seed_lines
+
+    lines = [f"device: {report['device']}"] + seed_lines(report.get("run_breakdown"), report.get("seeds_per_hour"))
+    if "train_step" not in report:  # --only-seeds
+        return lines
     step, loop = report["train_step"], report["trainer_loop"]
     lines.append(f"train_step / bare step: {step['ratio']:.3f} ({step['segbench_step_images_per_s']:.1f} vs "
                  f"{step['bare_step_images_per_s']:.1f} images/s)")
@@ -280,7 +284,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-tta", action="store_true", help="leave out time to accuracy (the longest part)")
     parser.add_argument("--skip-3d", action="store_true", help="leave out 3-D voxels/s per norm")
     parser.add_argument("--patch", type=at_least(1), nargs=3, default=[32, 48, 48], help="3-D patch (D H W)")
+    parser.add_argument("--skip-seeds", action="store_true", help="leave out the run breakdown and seed-runs per hour")
+    parser.add_argument("--only-seeds", action="store_true", help="only the run breakdown and seed-runs per hour")
+    parser.add_argument("--seeds", type=at_least(1), default=8, help="seeds per way in seed-runs per hour")
+    parser.add_argument("--seed-steps", type=at_least(1), default=150, help="steps of each of those runs "
+                        "(the study's 600 shortened; validations keep the study's 1 per 50 steps)")
+    parser.add_argument("--seed-val-every", type=at_least(1), default=50)
+    parser.add_argument("--packs", default="4,8", help="comma-separated K of the packed ways")
     args = parser.parse_args(argv)
+    try:
+        packs = [int(k) for k in args.packs.split(",") if k.strip()]
+    except ValueError:
+        raise SegbenchError(f"--packs={args.packs!r}: give comma-separated positive numbers, e.g. 4,8") from None
+    if not packs or min(packs) < 1:
+        raise SegbenchError(f"--packs={args.packs!r}: give comma-separated positive numbers, e.g. 4,8")
     if not 0 < args.target_dice < 1:
         raise SegbenchError(f"--target-dice={args.target_dice:g} must be between 0 and 1")
     device = bench_device(args.device)
@@ -290,7 +307,9 @@ def main(argv: list[str] | None = None) -> dict:
     find_subjects(args.data)  # a missing data folder is one line now, not after minutes of timing
     report = {"device": describe(device), "device_type": device.type, "threads": torch.get_num_threads(),
               "batch_size": args.batch_size, "size": list(size), "model": f"resunet width={args.width} depth={args.depth}"}
-    phases = 7
+    if args.only_seeds:
+        return _seeds(report, args, packs, "1/1")
+    phases = 8
     say(f"1/{phases} segbench's train_step vs a bare PyTorch step on {report['device']}")
     report["train_step"] = train_step_vs_bare(args.batch_size, size, args.steps, args.rounds, args.width, args.depth,
                                               device)
@@ -315,6 +334,23 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"7/{phases} time to val Dice {args.target_dice:g} on {args.data}")
         report["time_to_accuracy"] = compare_candidates(args.data, args.target_dice, args.tta_steps,
                                                         args.tta_val_every, device.type, say)
+    if not args.skip_seeds:
+        return _seeds(report, args, packs, f"8/{phases}")
+    return _finish(report)
+
+
+def _seeds(report: dict, args, packs: list[int], phase: str) -> dict:
+    from segbench.analysis import bench_seeds
+
+    say(f"{phase} where a study run's time goes, and seed-runs per hour packed (K={args.packs}) vs one seed per "
+        f"process ({args.seeds} seeds of {args.seed_steps} steps each way)")
+    report["run_breakdown"] = bench_seeds.breakdown(args.data, args.seed_steps, args.seed_val_every)
+    report["seeds_per_hour"] = bench_seeds.seeds_per_hour(args.data, args.seeds, args.seed_steps,
+                                                          args.seed_val_every, packs)
+    return _finish(report)
+
+
+def _finish(report: dict) -> dict:
     for text in summary(report):
         print(f"bench: {text}", file=sys.stderr)
     print(json.dumps(report, indent=2))

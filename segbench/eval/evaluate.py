@@ -38,13 +38,19 @@ def _rank_share(dataset, ids: list[int], ctx: DistContext) -> list[int]:
 
 @torch.no_grad()
 def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, num_workers: int = 0,
-             threshold: float = 0.5, hd95: bool = True, tune: bool = True) -> tuple[dict, tuple | None]:
+             threshold: float = 0.5, hd95: bool = True, tune: bool = True,
+             channels_last: bool | None = None) -> tuple[dict, tuple | None]:
     """Loss and metrics of ``model`` over ``dataset`` (summed across ranks), and the first batch.
 
     The caller chooses the mode: eval (running statistics) is what validation means here.
     ``threshold`` is where sigmoid masks are cut for Dice and HD95. With ``tune`` the result also
     holds the threshold that maximises mean per-case Dice on this data (``threshold_tuned``): a
     choice, so pass ``tune=False`` for a split that results are reported on.
+    ``channels_last`` (None: on the CPU, for images) feeds the model NHWC images: the CPU's conv
+    kernels run about 1.3x faster on them (width-8 ResUNet, measured by ``segbench bench``), and
+    only the logits' last bits change: per-case Dice and HD95 of a study run's val and test came
+    out identical, AUROC within 1e-5 (a pixel on a histogram bin edge can move a bin); tested. The backward pass, which crashes in NHWC float32 on the
+    CPU, is never run here.
     """
     base = base_dataset(dataset)
     metric = build_metric(base, threshold, hd95, tune)
@@ -55,8 +61,12 @@ def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, nu
     loader = DataLoader(Subset(dataset, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of per-batch loss x batch, images
     first, seen = None, 0
+    if channels_last is None:
+        channels_last = ctx.device.type == "cpu"
     for images, target in progress(loader, "evaluating", len(loader), "batch"):
         images, target = images.to(ctx.device), target.to(ctx.device)
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         logits = predict(model, images, base)
         loss_sum += torch.tensor([float(loss_fn(logits, target)) * len(images), len(images)], dtype=torch.float64)
         metric.update(logits, target, [ids[p] for p in positions[seen:seen + len(images)]])
