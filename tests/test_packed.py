@@ -43,13 +43,14 @@ def _loss(logits, target):
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
 
 
-def _train_packed_threads(models, data, lr=1e-2):
+def _train_packed_threads(models, data, lr=1e-2, vectorize=True):
     """Each member in its own thread, stepping through PackedSteps as the trainer does."""
-    steps, losses = PackedSteps(len(models)), [[] for _ in models]
+    steps, losses = PackedSteps(len(models), vectorize), [[] for _ in models]
     optimizers = [torch.optim.Adam(m.parameters(), lr) for m in models]
     errors = []
 
     def member(k):
+        steps.enter()
         try:
             for images, target in data:
                 losses[k].append(float(steps(models[k], images[k], target[k], _loss, optimizers[k])))
@@ -97,6 +98,18 @@ def test_packed_members_equal_separate_runs(norm):
                 assert torch.equal(x, y), f"{norm}: {name} differs"  # BN's batch counters
 
 
+@pytest.mark.parametrize("norm", ["batch", "group", "evonorms0"])
+def test_members_taking_turns_equal_separate_float32_runs_bit_for_bit(norm):
+    separate = _members(norm, torch.float32)
+    packed = copy.deepcopy(separate)
+    data = _data(torch.float32)
+    expected = _train_separately(separate, data)
+    assert _train_packed_threads(packed, data, vectorize=False) == expected
+    for a, b in zip(packed, separate):
+        for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+            assert torch.equal(x, y)
+
+
 def test_a_member_leaving_early_lets_the_others_go_on():
     models, data = _members("batch"), _data()
     steps = PackedSteps(len(models))
@@ -104,6 +117,7 @@ def test_a_member_leaving_early_lets_the_others_go_on():
     done = []
 
     def member(k, n):
+        steps.enter()
         try:
             for images, target in data[:n]:
                 steps(models[k], images[k], target[k], _loss, optimizers[k])
@@ -125,17 +139,21 @@ def test_unpackable_norms_are_refused_with_the_reason(tiny_cfg, norm):
     assert reason and reason.startswith(f"norm={norm} cannot pack")
 
 
-def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("vectorize", [False, True], ids=["turns", "vmap"])
+def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_path, vectorize):
     seeds = (5, 6)
     overrides = ("norm=batch", "trainer.max_steps=4", "trainer.val_every=2")
     separate = [train(tiny_cfg(*overrides, f"seed={s}"), tmp_path / f"alone_{s}") for s in seeds]
     packed = train_packed([tiny_cfg(*overrides, f"seed={s}") for s in seeds],
-                          [tmp_path / f"packed_{s}" for s in seeds])
+                          [tmp_path / f"packed_{s}" for s in seeds], vectorize=vectorize)
     for s, alone, together in zip(seeds, separate, packed):
         assert not isinstance(together, BaseException), together
         saved = json.loads((tmp_path / f"packed_{s}" / "metrics.json").read_text())
         assert saved["seed"] == s and saved["steps"] == 4
         assert (tmp_path / f"packed_{s}" / "checkpoints" / "last.pt").is_file()
         assert list((tmp_path / f"packed_{s}" / "tb").glob("events.*"))
+        if not vectorize:  # the same kernels in the same order: the same numbers
+            assert together["test"]["last"]["per_case"] == alone["test"]["last"]["per_case"]
+            assert together["val"]["final"]["loss"] == alone["val"]["final"]["loss"]
         assert together["val"]["final"]["loss"] == pytest.approx(alone["val"]["final"]["loss"], rel=1e-4)
         assert together["test"]["last"]["soft_dice"] == pytest.approx(alone["test"]["last"]["soft_dice"], rel=1e-4)

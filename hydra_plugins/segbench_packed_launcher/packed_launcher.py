@@ -36,12 +36,12 @@ def _collect(cfg):
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, pack: int = 4) -> None:
+    def __init__(self, pack: int = 4, vectorize: bool | None = None) -> None:
         super().__init__()
         if int(pack) < 1:
             print(f"segbench: error: hydra.launcher.pack={pack} must be a positive number of seeds", file=sys.stderr)
             sys.exit(2)
-        self.pack = int(pack)
+        self.pack, self.vectorize = int(pack), vectorize
         self.config = self.task_function = self.hydra_context = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
@@ -89,7 +89,7 @@ class PackedLauncher(Launcher):
         refusal = next(filter(None, map(pack_refusal, cfgs)), None)
         if len(cfgs) > 1 and refusal is None:
             log.info("training seeds %s packed in one process", ", ".join(str(c.seed) for c in cfgs))
-            results = train_packed(list(cfgs), list(dirs), list(logs))
+            results = train_packed(list(cfgs), list(dirs), list(logs), self.vectorize)
         else:
             if refusal:
                 log.info("%s; training seeds %s one by one", refusal, ", ".join(str(c.seed) for c in cfgs))

@@ -346,7 +346,8 @@ def _seeds(report: dict, args, packs: list[int], phase: str) -> dict:
         f"process ({args.seeds} seeds of {args.seed_steps} steps each way)")
     report["run_breakdown"] = bench_seeds.breakdown(args.data, args.seed_steps, args.seed_val_every)
     report["seeds_per_hour"] = bench_seeds.seeds_per_hour(args.data, args.seeds, args.seed_steps,
-                                                          args.seed_val_every, packs)
+                                                          args.seed_val_every, packs,
+                                                          vmap_too=report["device_type"] == "cpu")
     return _finish(report)
 
 

@@ -61,13 +61,17 @@ def _test_dice(sweep: Path) -> dict[int, float]:
     return out
 
 
-def seeds_per_hour(data: str, seeds: int, steps: int, val_every: int, packs: list[int], jobs: int = 2) -> dict:
+def seeds_per_hour(data: str, seeds: int, steps: int, val_every: int, packs: list[int], jobs: int = 2,
+                   vmap_too: bool = True) -> dict:
     """Seed-runs per hour: ``jobs`` processes of one seed each (today's way) against packs of K."""
     seed_list = ",".join(str(FIRST_SEED + 1 + i) for i in range(seeds))
     common = [*STUDY, *_budget(steps, val_every), f"seed={seed_list}"]
     ways = {f"one seed per process, {jobs} jobs": ["trainer.threads=1", "hydra/launcher=parallel",
                                                     f"hydra.launcher.n_jobs={jobs}"]}
     ways.update({f"packed K={k}": ["hydra/launcher=packed", f"hydra.launcher.pack={k}"] for k in packs})
+    if vmap_too:  # the default on a CPU takes turns; the vmapped step beside it, at the largest K
+        ways[f"packed K={max(packs)}, vmap"] = ["hydra/launcher=packed", f"hydra.launcher.pack={max(packs)}",
+                                               "hydra.launcher.vectorize=true"]
     out, dice = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for n, (name, extra) in enumerate(ways.items()):

@@ -57,23 +57,35 @@ def pack_refusal(cfg: DictConfig) -> str | None:
 class PackedSteps:
     """The meeting point of K member threads: one vmapped forward and backward per optimizer step.
 
-    A member calls ``step(...)`` (same arguments as ``train_step``) once per step and ``leave()``
-    when its training ends; the others then carry on packed without it. Members may be at
+    A member thread calls ``enter()`` first, ``step(...)`` (same arguments as ``train_step``) once
+    per step, and ``leave()`` when its training ends; the others then carry on packed without it. ``vectorize=False`` runs
+    the members' forward and backward one after another instead: no vmap, float32 results equal
+    to separate runs bit for bit, and only the process (start-up, data cache) shared. Members may be at
     different steps (a resumed pack): each member's function depends only on its own inputs.
     """
 
-    def __init__(self, members: int):
-        self._cond = threading.Condition()
+    def __init__(self, members: int, vectorize: bool = True):
+        self.vectorize = vectorize
+        # Members take turns: only the one holding this lock runs, and it lets go only while it
+        # waits for the others' steps. Nothing of two members ever runs at once, which matters:
+        # two threads evaluating NHWC convs at once on the CPU gave one of them wrong logits
+        # (torch 2.14.1), and datasets' augmentation objects are not made for threads either.
+        self._cond = threading.Condition(threading.RLock())
         self._active = members
         self._pending: dict[int, tuple] = {}
         self._results: dict[int, torch.Tensor | BaseException] = {}
         self._base: torch.nn.Module | None = None
 
+    def enter(self) -> None:
+        """A member's thread starts: wait for its turn."""
+        self._cond.acquire()
+
     def leave(self) -> None:
-        with self._cond:
-            self._active -= 1
-            if self._pending and len(self._pending) >= self._active:
-                self._run_pending()
+        """A member's training ended (finished, refused or failed); its turn passes on."""
+        self._active -= 1
+        if self._pending and len(self._pending) >= self._active:
+            self._run_pending()
+        self._cond.release()
 
     def __call__(self, model, images, target, loss_fn, optimizer, precision=None) -> torch.Tensor:
         me = threading.get_ident()
@@ -110,8 +122,11 @@ class PackedSteps:
 
         models = [m[0] for m in members]
         loss_fn, precision = members[0][3], members[0][5]
-        if len(members) == 1 or len({(tuple(m[1].shape), tuple(m[2].shape)) for m in members}) > 1:
-            return [self._alone(*m[:4], m[5]) for m in members]  # nothing to pack, or shapes differ
+        if (not self.vectorize or len(members) == 1
+                or len({(tuple(m[1].shape), tuple(m[2].shape)) for m in members}) > 1):
+            # One member after another: the very kernels (and numbers) of separate runs. Also for
+            # a lone member or batches of different shapes.
+            return [self._alone(*m[:4], m[5]) for m in members]
         if self._base is None:
             # A weightless copy to call functionally: the members' own modules stay untouched,
             # so a member that left can evaluate while the others train.
@@ -181,23 +196,35 @@ def run_log(run_dir: str | Path, name: str | None):
         handler.close()
 
 
-def train_packed(cfgs: list[DictConfig], run_dirs: list[str | Path], log_names: list[str | None] | None = None) -> list:
+def vectorize_by_default(cfg: DictConfig) -> bool:
+    """vmap where it pays: on a GPU many small kernels become one; on the CPU a grouped conv is no
+    faster than the convs it replaces (``segbench bench`` measures both), so there members take
+    turns, which also keeps their float32 numbers those of separate runs."""
+    from segbench.train.distributed import resolve_device
+
+    return resolve_device(str(cfg.trainer.device)).type == "cuda"
+
+
+def train_packed(cfgs: list[DictConfig], run_dirs: list[str | Path], log_names: list[str | None] | None = None,
+                 vectorize: bool | None = None) -> list:
     """Train ``cfgs[k]`` into ``run_dirs[k]`` for every k, packed; returns each run's metrics
     (or the exception that ended it, so one diverged seed does not take its pack down).
 
     ``log_names``: a log file per run (relative to its folder) that the member's lines go to.
+    ``vectorize``: one vmapped step for all (None: ``vectorize_by_default``) or members in turn.
     """
     from segbench.train.trainer import train
 
     reasons = {r for r in map(pack_refusal, cfgs) if r}
     if reasons:
         raise ValueError(f"cannot pack these runs: {sorted(reasons)[0]}")
-    steps = PackedSteps(len(cfgs))
+    steps = PackedSteps(len(cfgs), vectorize_by_default(cfgs[0]) if vectorize is None else vectorize)
     results: list = [None] * len(cfgs)
     log_names = log_names or [None] * len(cfgs)
 
     def member(k: int) -> None:
         with run_log(run_dirs[k], log_names[k]):
+            steps.enter()
             try:
                 results[k] = train(cfgs[k], run_dirs[k], step_fn=steps)
             except BaseException as err:  # noqa: BLE001 (reported per run by the caller)
