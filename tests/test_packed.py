@@ -135,8 +135,9 @@ def test_a_member_leaving_early_lets_the_others_go_on():
 
 @pytest.mark.parametrize("norm", sorted(UNPACKABLE_NORMS))
 def test_unpackable_norms_are_refused_with_the_reason(tiny_cfg, norm):
-    reason = pack_refusal(tiny_cfg(f"norm={norm}"))
+    reason = pack_refusal(tiny_cfg(f"norm={norm}"), vectorize=True)
     assert reason and reason.startswith(f"norm={norm} cannot pack")
+    assert pack_refusal(tiny_cfg(f"norm={norm}"), vectorize=False) is None  # taking turns needs no vmap
 
 
 @pytest.mark.parametrize("vectorize", [False, True], ids=["turns", "vmap"])
@@ -157,3 +158,19 @@ def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_pa
             assert together["val"]["final"]["loss"] == alone["val"]["final"]["loss"]
         assert together["val"]["final"]["loss"] == pytest.approx(alone["val"]["final"]["loss"], rel=1e-4)
         assert together["test"]["last"]["soft_dice"] == pytest.approx(alone["test"]["last"]["soft_dice"], rel=1e-4)
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("hydra.launcher.pack=0", "hydra.launcher.pack=0 must be a positive"),
+    ("hydra.launcher.pack=four", "hydra.launcher.pack='four'"),
+    ("hydra.launcher.vectorize=maybe", "hydra.launcher.vectorize='maybe' must be true"),
+])
+def test_bad_launcher_settings_are_one_line_exit_2_and_write_nothing(tiny_brats, tmp_path, setting, fragment):
+    from tests.conftest import SMALL
+    from tests.test_cli import segbench
+
+    result = segbench("train", "-m", f"data.root={tiny_brats}", *SMALL, "seed=1,2", "hydra/launcher=packed", setting,
+                      f"hydra.sweep.dir={tmp_path}/sweep")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not (tmp_path / "sweep").exists()

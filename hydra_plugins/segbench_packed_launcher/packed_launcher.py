@@ -5,8 +5,9 @@
 
 Jobs that differ only in ``seed`` form an arm; each arm's jobs go in packs of ``pack``. Every job
 still gets its own folder, ``.hydra/`` files and log from Hydra, so the runs are ordinary runs;
-``segbench.train.packed`` trains each pack through one vmapped step. Runs that cannot pack (the
-norm, float16, an lr grid) train one by one, said so in the log. Imports of torch and segbench wait
+``segbench.train.packed`` trains each pack in one process (``hydra.launcher.vectorize``: one vmapped
+step, or members in turn). Runs that cannot pack (float16, an lr grid, ``torch.compile``, and for
+vmap two norms) train one by one, said so in the log. Imports of torch and segbench wait
 until a sweep launches: Hydra imports every launcher plugin at each start.
 """
 
@@ -35,13 +36,22 @@ def _collect(cfg):
     return resolved, Path(hydra_cfg.runtime.output_dir), f"{hydra_cfg.job.name}.log"
 
 
+def _refuse(message: str) -> None:
+    sys.stderr.flush()
+    print(f"segbench: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 class PackedLauncher(Launcher):
     def __init__(self, pack: int = 4, vectorize: bool | None = None) -> None:
         super().__init__()
-        if int(pack) < 1:
-            print(f"segbench: error: hydra.launcher.pack={pack} must be a positive number of seeds", file=sys.stderr)
-            sys.exit(2)
-        self.pack, self.vectorize = int(pack), vectorize
+        # Checked before Hydra writes anything: a bad value is one line and exit 2, as elsewhere.
+        if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+            _refuse(f"hydra.launcher.pack={pack!r} must be a positive whole number of seeds per process")
+        if vectorize is not None and not isinstance(vectorize, bool):
+            _refuse(f"hydra.launcher.vectorize={vectorize!r} must be true (one vmapped step), false (members "
+                    "in turn) or null (vmap on a GPU, turns on the CPU)")
+        self.pack, self.vectorize = pack, vectorize
         self.config = self.task_function = self.hydra_context = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
@@ -86,7 +96,7 @@ class PackedLauncher(Launcher):
                                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         cfgs, dirs, logs = zip(*(ret.return_value for ret in collected.values()))
-        refusal = next(filter(None, map(pack_refusal, cfgs)), None)
+        refusal = next(filter(None, (pack_refusal(cfg, self.vectorize) for cfg in cfgs)), None)
         if len(cfgs) > 1 and refusal is None:
             log.info("training seeds %s packed in one process", ", ".join(str(c.seed) for c in cfgs))
             results = train_packed(list(cfgs), list(dirs), list(logs), self.vectorize)

@@ -3,15 +3,20 @@
 Every member is a full ``train()`` of its own config in its own thread: its own model built from
 its seed, data order and augmentation from its seed, its optimizer, schedule, checkpoints,
 TensorBoard run, validations and metrics.json, so ``compare``, resume and ``diagnose`` see K
-ordinary runs. Only the gradient is shared work: the members meet once per optimizer step and the
-last to arrive computes every member's loss and gradient in one ``torch.func.vmap`` over their
-stacked weights (a batched conv is one grouped conv: the idea of Packed-Ensembles, Laurent et al.,
-ICLR 2023). Each member then takes its own optimizer step on its own weights.
+ordinary runs. The members take turns (one thread runs at a time) and meet once per optimizer
+step; the last to arrive computes every member's loss and gradient, and each member then takes
+its own optimizer step on its own weights. Two ways to compute them:
 
-Exact by construction, not by approximation: vmap computes each member's function separately, so
-in float64 packed and separate runs agree to rounding (1e-12 over 20 steps, tested per norm). In
-float32 the grouped kernels sum in another order, and training amplifies those last-bit
-differences as it does between two thread counts (measured by ``segbench bench --packed``).
+- ``vectorize=True`` (the default on a GPU): one ``torch.func.vmap`` over the members' stacked
+  weights, where a batched conv becomes one grouped conv (the idea of Packed-Ensembles, Laurent
+  et al., ICLR 2023): many small kernels become one. vmap computes each member's function on its
+  own, so packed and separate runs agree to rounding: 1e-10 over 20 steps in float64, tested per
+  norm. In float32 the grouped kernels sum in another order and training grows those last-bit
+  differences, as it does between two thread counts.
+- ``vectorize=False`` (the default on the CPU, where a grouped conv is no faster than the convs
+  it replaces): members' forward and backward one after another, the very kernels of separate
+  runs, so float32 results equal separate runs bit for bit (tested); what the pack shares is the
+  process: imports, Hydra, the preflight dry run and the data cache.
 
 What cannot pack: norms that read a tensor's value into Python (``.item()``, which vmap refuses),
 DDP, ``torch.compile`` and float16's loss scaler; ``pack_refusal`` names the reason and the
@@ -38,13 +43,15 @@ UNPACKABLE_NORMS = {
 }
 
 
-def pack_refusal(cfg: DictConfig) -> str | None:
-    """Why runs of ``cfg`` cannot be packed, or None when they can."""
+def pack_refusal(cfg: DictConfig, vectorize: bool | None = None) -> str | None:
+    """Why runs of ``cfg`` cannot be packed (``vectorize``: into one vmapped step; None: the
+    default for its device), or None when they can."""
     from segbench.nn.norms import canonical_norm_name
 
+    vectorize = vectorize_by_default(cfg) if vectorize is None else vectorize
     norm = canonical_norm_name(str(cfg.norm.name))
-    if norm in UNPACKABLE_NORMS:
-        return f"norm={cfg.norm.name} cannot pack: {UNPACKABLE_NORMS[norm]}"
+    if vectorize and norm in UNPACKABLE_NORMS:
+        return f"norm={cfg.norm.name} cannot pack into one vmapped step: {UNPACKABLE_NORMS[norm]}"
     if str(cfg.trainer.get("precision", "32")) in ("16", "16-mixed"):
         return "trainer.precision=16-mixed cannot pack: each member would need its own loss scaler"
     if cfg.trainer.get("compile"):
@@ -215,10 +222,11 @@ def train_packed(cfgs: list[DictConfig], run_dirs: list[str | Path], log_names: 
     """
     from segbench.train.trainer import train
 
-    reasons = {r for r in map(pack_refusal, cfgs) if r}
+    vectorize = vectorize_by_default(cfgs[0]) if vectorize is None else vectorize
+    reasons = sorted({r for r in (pack_refusal(cfg, vectorize) for cfg in cfgs) if r})
     if reasons:
-        raise ValueError(f"cannot pack these runs: {sorted(reasons)[0]}")
-    steps = PackedSteps(len(cfgs), vectorize_by_default(cfgs[0]) if vectorize is None else vectorize)
+        raise ValueError(f"cannot pack these runs: {reasons[0]}")
+    steps = PackedSteps(len(cfgs), vectorize)
     results: list = [None] * len(cfgs)
     log_names = log_names or [None] * len(cfgs)
 
