@@ -93,6 +93,7 @@ RULES: dict[str, Number | Flag] = {
     "trainer.max_epochs": OPTIONAL_COUNT,
     "trainer.max_images": OPTIONAL_COUNT,
     "trainer.val_every": COUNT,
+    "trainer.validations": OPTIONAL_COUNT,
     "trainer.stop_at": Number(lo=0, hi=1, nullable=True),
     "trainer.checkpoint_every": COUNT,
     "trainer.until_plateau": FLAG,

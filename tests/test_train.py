@@ -296,3 +296,8 @@ def test_compiled_training_matches_eager_closely(tiny_cfg, tmp_path, precision):
             for compiled in (False, True)}
     tolerance = 1e-3 if precision == "32" else 2e-2
     assert runs[True]["val"]["final"]["loss"] == pytest.approx(runs[False]["val"]["final"]["loss"], rel=tolerance)
+
+
+def test_validations_spreads_that_many_evenly_over_the_budget(tiny_cfg, tmp_path):
+    metrics = train(tiny_cfg("trainer.max_steps=6", "trainer.validations=3", "trainer.val_every=100"), tmp_path)
+    assert [h["step"] for h in metrics["val"]["history"]] == [2, 4, 6]

@@ -151,6 +151,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
     # part of a resumed run): what `segbench bench` reads time to accuracy from.
     history, eval_seconds = [], 0.0
     stop_at = cfg.trainer.get("stop_at")
+    validations = cfg.trainer.get("validations")
+    val_every = max(1, total_steps // int(validations)) if validations else int(cfg.trainer.val_every)
     done = start
     tick = time.perf_counter()
     fetched = time.perf_counter()
@@ -183,7 +185,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         progress.update(1)
         progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(train_time, 1e-9):.1f}")
         reached = False
-        if done % int(cfg.trainer.val_every) == 0 or done == total_steps:
+        if done % val_every == 0 or done == total_steps:
             eval_start = time.perf_counter()
             last_val = _validate(cfg, model, net, splits, loss_fn, ctx, writer, done, eval_batch, timing)
             eval_seconds += time.perf_counter() - eval_start
