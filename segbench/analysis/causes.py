@@ -63,9 +63,10 @@ def diagnose_all(runs: list[Run]) -> dict[str, dict]:
     return out
 
 
-def cause_table(sweep: str, design: Design | None = None) -> tuple[str, dict]:
-    """The answer table (markdown) and its numbers for a ``why_bn_failed`` sweep folder."""
-    runs = find_runs([sweep])
+def cause_table(sweep: str | list[str], design: Design | None = None) -> tuple[str, dict]:
+    """The answer table (markdown) and its numbers for ``why_bn_failed`` sweep folders (one, or
+    several holding more seeds of the same arms)."""
+    runs = find_runs([sweep] if isinstance(sweep, str) else list(sweep))
     design = design or Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
     arms: dict[str, dict[int, Run]] = defaultdict(dict)
     for run in runs:
@@ -154,7 +155,7 @@ def _markdown(rows, arms, diag, design: Design) -> str:
     return "\n".join(lines)
 
 
-def write_cause_report(sweep: str, out: str) -> Path:
+def write_cause_report(sweep: str | list[str], out: str) -> Path:
     text, numbers = cause_table(sweep)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
