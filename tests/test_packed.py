@@ -22,7 +22,7 @@ from segbench.train.step import train_step
 from segbench.train.trainer import train
 
 PACKABLE = sorted(set(NORMS) - set(UNPACKABLE_NORMS))
-K, STEPS = 3, 20
+K, STEPS = 2, 20
 
 
 def _members(norm: str, dtype=torch.float64) -> list[torch.nn.Module]:
@@ -140,7 +140,7 @@ def test_unpackable_norms_are_refused_with_the_reason(tiny_cfg, norm):
     assert pack_refusal(tiny_cfg(f"norm={norm}"), vectorize=False) is None  # taking turns needs no vmap
 
 
-@pytest.mark.parametrize("vectorize", [False, True], ids=["turns", "vmap"])
+@pytest.mark.parametrize("vectorize", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["turns", "vmap"])
 def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_path, vectorize):
     seeds = (5, 6)
     overrides = ("norm=batch", "trainer.max_steps=4", "trainer.val_every=2")
@@ -160,10 +160,11 @@ def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_pa
         assert together["test"]["last"]["soft_dice"] == pytest.approx(alone["test"]["last"]["soft_dice"], rel=1e-4)
 
 
-@pytest.mark.parametrize("setting, fragment", [
+@pytest.mark.parametrize("setting, fragment", [  # each case pays the sweep's preflight dry runs: one in the fast suite
     ("hydra.launcher.pack=0", "hydra.launcher.pack=0 must be a positive"),
-    ("hydra.launcher.pack=four", "hydra.launcher.pack='four'"),
-    ("hydra.launcher.vectorize=maybe", "hydra.launcher.vectorize='maybe' must be true"),
+    pytest.param("hydra.launcher.pack=four", "hydra.launcher.pack='four'", marks=pytest.mark.slow),
+    pytest.param("hydra.launcher.vectorize=maybe", "hydra.launcher.vectorize='maybe' must be true",
+                 marks=pytest.mark.slow),
 ])
 def test_bad_launcher_settings_are_one_line_exit_2_and_write_nothing(tiny_brats, tmp_path, setting, fragment):
     from tests.conftest import SMALL
