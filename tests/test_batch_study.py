@@ -1,0 +1,40 @@
+"""The batch-size study's planned contrasts, on runs written with known numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segbench.analysis.batch_study import contrasts, markdown
+from tests.test_compare_decides import FLAT, _run
+
+TRUTH = {("none", 2): 0.86, ("none", 16): 0.86, ("batch", 2): 0.78, ("batch", 16): 0.90,
+         ("group", 2): 0.88, ("group", 16): 0.89}
+
+
+def test_small_batch_bn_deficit_is_found_and_the_rest_judged_in_one_family(tmp_path):
+    rng = np.random.default_rng(0)
+    for (norm, batch), dice in TRUTH.items():
+        for seed in range(8):
+            noise = rng.normal(0, 0.004)
+            _run(tmp_path / f"{norm}_{batch}_{seed}", [f"norm={norm}", f"data.batch_size={batch}"], seed,
+                 dice + noise, FLAT, batch=batch)
+    numbers = contrasts([str(tmp_path)])
+    rows = {r["label"]: r for r in numbers["rows"]}
+    assert len(rows) == 7 and all(r["family"] == 7 for r in rows.values())
+    assert rows["BN − GN at the small batch"]["verdict"].startswith("held")
+    assert abs(rows["BN − GN at the small batch"]["diff"] - (0.78 - 0.88)) < 0.01
+    assert rows["BN small batch − BN large batch"]["verdict"].startswith("held")
+    assert abs(rows["interaction: (BN − GN) large − (BN − GN) small"]["diff"] - ((0.90 - 0.89) - (0.78 - 0.88))) < 0.01
+    assert rows["BN − GN at the large batch"]["verdict"].startswith("held")  # +0.01 with seed sd 0.006
+    text = markdown(numbers)
+    assert "batch bs=2" in text and "8/8" in text
+
+
+def test_unconverged_arms_are_never_judged(tmp_path):
+    rising = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    for (norm, batch), dice in TRUTH.items():
+        for seed in range(6):
+            _run(tmp_path / f"{norm}_{batch}_{seed}", [f"norm={norm}", f"data.batch_size={batch}"], seed,
+                 dice + 0.001 * seed, rising if batch == 16 else FLAT, batch=batch)
+    rows = {r["label"]: r for r in contrasts([str(tmp_path)])["rows"]}
+    assert rows["BN − GN at the large batch"]["verdict"].startswith("early-training")
