@@ -21,7 +21,7 @@ from segbench.analysis import stats
 from segbench.analysis.compare import result
 from segbench.analysis.decide import Design, decide_family
 from segbench.analysis.runs import Run, find_runs
-from segbench.analysis.verdicts import arm_converged
+from segbench.analysis.verdicts import arm_converged, run_convergence
 
 # (label, terms: (+1/-1, norm, batch) summed per seed, claimed direction, what it asks)
 CONTRASTS = (
@@ -75,8 +75,7 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
                                                 [r["converged"] for r in rows])):
         row.update(verdict)
     per_arm = {f"{n} bs={b}": {"seeds": len(by), "mean": float(np.mean([result(r, metric) for r in by.values()])),
-                               "converged": sum(bool((r.metrics.get("convergence") or {}).get("converged"))
-                                                for r in by.values()),
+                               "converged": sum(run_convergence(r).get("converged") is True for r in by.values()),
                                "steps": sorted({r.metrics.get("steps") for r in by.values()})}
                for (n, b), by in sorted(arms.items())}
     return {"rows": rows, "arms": per_arm, "metric": metric, "margin": design.margin, "batches": size,
