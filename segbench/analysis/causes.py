@@ -43,8 +43,9 @@ def _fit_auc(run: Run) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
-def diagnose_all(runs: list[Run]) -> dict[str, dict]:
-    """``diagnose --split test --checkpoint best.pt`` on every BN run (reused when already written)."""
+def diagnose_all(runs: list[Run], missing: bool = True) -> dict[str, dict]:
+    """``diagnose --split test --checkpoint best.pt`` on every BN run (reused when already written;
+    ``missing=False``: only the runs already diagnosed, the others left out)."""
     out = {}
     for run in runs:
         if not _cause(run).startswith("bn_"):
@@ -52,6 +53,8 @@ def diagnose_all(runs: list[Run]) -> dict[str, dict]:
         path = run.path / "diagnose.json"
         cached = json.loads(path.read_text()) if path.exists() else {}
         if cached.get("split") != "test" or cached.get("checkpoint") != "best.pt" or "cause" not in cached:
+            if not missing:
+                continue
             diagnose(str(run.path), checkpoint="best.pt", split="test")
             cached = json.loads(path.read_text())
         else:  # the scores are measured once; the naming rule is applied to them afresh
@@ -63,7 +66,7 @@ def diagnose_all(runs: list[Run]) -> dict[str, dict]:
     return out
 
 
-def cause_table(sweep: str | list[str], design: Design | None = None) -> tuple[str, dict]:
+def cause_table(sweep: str | list[str], design: Design | None = None, diagnose_missing: bool = True) -> tuple[str, dict]:
     """The answer table (markdown) and its numbers for ``why_bn_failed`` sweep folders (one, or
     several holding more seeds of the same arms)."""
     runs = find_runs([sweep] if isinstance(sweep, str) else list(sweep))
@@ -71,7 +74,7 @@ def cause_table(sweep: str | list[str], design: Design | None = None) -> tuple[s
     arms: dict[str, dict[int, Run]] = defaultdict(dict)
     for run in runs:
         arms[_cause(run)][run.metrics["seed"]] = run
-    diag = diagnose_all(runs)
+    diag = diagnose_all(runs, diagnose_missing)
     rows = []
     for arm, twin, what, _ in TRAINED:
         if arm in arms and twin in arms:
@@ -146,8 +149,12 @@ def _markdown(rows, arms, diag, design: Design) -> str:
         lines.append(f"| {r['what']} | {_cell(r['slower'])} | {_cell(r['worse'])} | {_share(r['worse'])} | "
                      f"{_cell(r['worse_05']) if r['worse_05'] is not None else '—'} |")
     rates = hit_rate(arms, diag)
+    bn_runs = sum(len(v) for c, v in arms.items() if c.startswith("bn_"))
     if rates:
-        lines += ["", "`segbench diagnose --split test --checkpoint best.pt` on every BN run, against the cause each "
+        scope = ("every BN run" if len(diag) == bn_runs else
+                 f"{len(diag)} of the {bn_runs} BN runs (the others not diagnosed yet; the batch-statistics rows "
+                 "above read only the diagnosed ones)")
+        lines += ["", f"`segbench diagnose --split test --checkpoint best.pt` on {scope}, against the cause each "
                       "arm was built with:", ""]
         for arm, h in rates.items():
             lines.append(f"- {arm} (expected `{h['expected']}`): named right {h['right']}, named wrong {h['wrong']}, "
@@ -177,12 +184,25 @@ def answer_lines(numbers: dict) -> list[str]:
              f"{'; '.join(both) if both else 'none of the causes, at these seeds'}."]
     lines.append(f"2. **Learn slower without predicting worse**: {'; '.join(slower_only) if slower_only else 'none'}.")
     lines.append(f"3. **No resolved effect on either**: {'; '.join(neither) if neither else 'none'}.")
-    strong = [f"{r['what']}: test Dice {r['worse']['diff']:+.3f} [{r['worse']['low']:+.3f}, {r['worse']['high']:+.3f}], "
-              f"worse in {_share(r['worse'])} seeds (raw p {r['worse']['p']:.3f}, Holm {r['worse']['p_holm']:.3f})"
-              for r in rows if not _held(r["worse"]) and r["worse"].get("p", 1) < 0.05]
+    def signal(r):
+        return (f"{r['what']}: test Dice {r['worse']['diff']:+.3f} [{r['worse']['low']:+.3f}, {r['worse']['high']:+.3f}], "
+                f"worse in {_share(r['worse'])} seeds (raw p {r['worse']['p']:.3f}, Holm {r['worse']['p_holm']:.3f})")
+
+    def early(r):  # passed the family's correction, but an arm had not reached its plateau
+        return (not _held(r["worse"]) and r["worse"]["verdict"].startswith("early-training")
+                and "held" in r["worse"]["verdict"])
+
+    passed_early = [r for r in rows if early(r)]
+    neither = [r["what"] for r in rows if not _held(r["worse"]) and not _held(r["slower"]) and r not in passed_early]
+    lines[2] = f"3. **No resolved effect on either**: {'; '.join(neither) if neither else 'none'}."
+    strong = [r for r in rows if not _held(r["worse"]) and not early(r) and r["worse"].get("p", 1) < 0.05]
+    if passed_early:
+        lines.append("   Through the family correction, but early-training (not every run of the arm or its twin at "
+                     f"its plateau, so not yet a verdict on final performance): {'; '.join(map(signal, passed_early))}.")
     if strong:
-        lines.append(f"   Signals the family correction does not yet let through: {'; '.join(strong)}.")
+        lines.append(f"   Signals the family correction does not yet let through: {'; '.join(map(signal, strong))}.")
     names = {r["arm"] for r in rows if _held(r["worse"])}
+    names_early = {r["arm"] for r in passed_early}
     fixes = []
     if names & {"bn_tf1_never_updated", "bn_tf1"}:
         fixes.append("run the moving-average updates (`with tf.control_dependencies(tf.get_collection("
@@ -190,6 +210,10 @@ def answer_lines(numbers: dict) -> list[str]:
                      "0.999 to 0.9-0.99 for a run this short (PyTorch's momentum 0.1 is decay 0.9)")
     if any(n.startswith("bn_pytorch (batch") or n.startswith("bn_tf1 (batch") for n in names):
         fixes.append("evaluate with `is_training=False`: batch statistics at test time cost Dice")
+    if not fixes and names_early & {"bn_tf1_never_updated", "bn_tf1"}:
+        fixes.append("on early-training evidence (see above): run the moving-average updates (`with "
+                     "tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)): train_op = "
+                     "optimizer.minimize(loss)`) and lower `decay` from 0.999 to 0.9-0.99 for a run this short")
     if not fixes:
         fixes.append("nothing in the BN settings tested here explains the symptom at these seeds")
     lines.append(f"4. **What to change in the asker's code**: {'; '.join(fixes)}.")
