@@ -164,6 +164,20 @@ def claim_batch_size(out, seeds, quick):
             "", "![](norm_vs_batch_size/by_batch_size.png)", ""]
 
 
+def claim_batch_size_converged(out, seeds, quick):
+    """BN, GN and no norm at batch 2 and 16, equal images, every arm trained to its plateau."""
+    from segbench.analysis.batch_study import contrasts, markdown
+
+    extra = ["trainer.max_images=200"] if quick else []
+    sweep("norm_vs_batch_size_converged", out, seeds, "norm=none,batch,group", "data.batch_size=2,16",
+          "trainer.threads=1", *extra)
+    numbers = contrasts([str(out / "runs" / "norm_vs_batch_size_converged")])
+    return ["## 3c. Norm x batch size at equal images, trained to convergence", "",
+            "`experiment=norm_vs_batch_size_converged`: ResUNet width 8, 6,400 images per run (batch 2: 3,200 "
+            "steps, batch 16: 400), Adam 2e-3 at batch 4 scaled by sqrt(batch / 4), cosine decay, 12 validations "
+            "per run; the planned contrasts of `segbench/analysis/batch_study.py`.", "", markdown(numbers), ""]
+
+
 NEWCOMERS = ("frn", "evonorm_s0", "ws_group")
 
 
@@ -252,7 +266,7 @@ def claim_why_bn_failed(out, seeds, quick):
             "![](why_bn_failed/curves.png)", ""]
 
 
-CLAIMS = (claim_why_bn_failed, claim_bn_slower, claim_stale_stats, claim_batch_size, claim_fcn, claim_conditional, claim_newcomers)
+CLAIMS = (claim_why_bn_failed, claim_bn_slower, claim_stale_stats, claim_batch_size, claim_batch_size_converged, claim_fcn, claim_conditional, claim_newcomers)
 
 
 def main() -> None:
