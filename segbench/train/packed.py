@@ -26,7 +26,6 @@ launcher then trains those seeds one by one.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import threading
 from pathlib import Path
@@ -65,9 +64,9 @@ class PackedSteps:
     """The meeting point of K member threads: one vmapped forward and backward per optimizer step.
 
     A member thread calls ``enter()`` first, ``step(...)`` (same arguments as ``train_step``) once
-    per step, and ``leave()`` when its training ends; the others then carry on packed without it. ``vectorize=False`` runs
-    the members' forward and backward one after another instead: no vmap, float32 results equal
-    to separate runs bit for bit, and only the process (start-up, data cache) shared. Members may be at
+    per step, and ``leave()`` when its training ends; the others then carry on packed without it.
+    ``vectorize=False`` runs the members' forward and backward one after another instead: no vmap,
+    float32 results equal to separate runs bit for bit, only the process shared. Members may be at
     different steps (a resumed pack): each member's function depends only on its own inputs.
     """
 
@@ -81,7 +80,6 @@ class PackedSteps:
         self._active = members
         self._pending: dict[int, tuple] = {}
         self._results: dict[int, torch.Tensor | BaseException] = {}
-        self._base: torch.nn.Module | None = None
 
     def enter(self) -> None:
         """A member's thread starts: wait for its turn."""
@@ -134,12 +132,6 @@ class PackedSteps:
             # One member after another: the very kernels (and numbers) of separate runs. Also for
             # a lone member or batches of different shapes.
             return [self._alone(*m[:4], m[5]) for m in members]
-        if self._base is None:
-            # A weightless copy to call functionally: the members' own modules stay untouched,
-            # so a member that left can evaluate while the others train.
-            self._base = copy.deepcopy(models[0]).to("meta")
-        for base_module, module in zip(self._base.modules(), models[0].modules()):
-            base_module.training = module.training  # train_mode (and frozen BN) as the members set it
         names = [n for n, _ in models[0].named_parameters()]
         buffer_names = [n for n, _ in models[0].named_buffers()]
         params = {n: torch.stack([p.detach() for p in ps]).requires_grad_()
@@ -147,7 +139,9 @@ class PackedSteps:
         buffers = {n: torch.stack([b for b in bs]) for n, bs in zip(buffer_names, zip(*(m.buffers() for m in models)))}
 
         def member_loss(p, b, images, target):
-            return loss_fn(functional_call(self._base, (p, b), (images,)), target)
+            # The first member's module as the function: members take turns, so none of them is
+            # using it now, and its train/eval flags are the ones train_mode set for all of them.
+            return loss_fn(functional_call(models[0], (p, b), (images,)), target)
 
         images = torch.stack([m[1] for m in members])
         target = torch.stack([m[2] for m in members])
