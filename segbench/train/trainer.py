@@ -42,13 +42,16 @@ def _summary(results: dict, keys=("loss", "dice", "dice_tuned", "threshold_tuned
 class Stopwatch(dict):
     """Wall seconds per phase of a run, summed (``metrics.json`` ``seconds``): where its time went."""
 
+    def add(self, phase: str, seconds: float) -> None:
+        self[phase] = self.get(phase, 0.0) + seconds
+
     @contextlib.contextmanager
     def __call__(self, phase: str):
         start = time.perf_counter()
         try:
             yield
         finally:
-            self[phase] = self.get(phase, 0.0) + time.perf_counter() - start
+            self.add(phase, time.perf_counter() - start)
 
 
 class TrainingDiverged(RuntimeError):
@@ -113,10 +116,9 @@ def _log_end(metrics: dict, run_dir: Path) -> None:
              tested, run_dir)
 
 
-def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step=None,
-           step_fn=None, timing: Stopwatch | None = None) -> dict:
-    timing = Stopwatch() if timing is None else timing
-    step_fn = step_fn or train_step
+def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step,
+           step_fn, timing: Stopwatch) -> dict:
+    step_fn = step_fn or train_step  # looked up at call time, so a test may replace train_step
     splits, model, loss_fn = prepared.splits, prepared.model, prepared.loss_fn
     optimizer, scheduler, total_steps = prepared.optimizer, prepared.scheduler, prepared.total_steps
     start, best, last_val, freeze_step = prepared.start, prepared.best, prepared.last_val, prepared.freeze_step
@@ -157,7 +159,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
     tick = time.perf_counter()
     fetched = time.perf_counter()
     for step, (images, target) in enumerate(loader, start=start):
-        timing["data"] = timing.get("data", 0.0) + time.perf_counter() - fetched
+        timing.add("data", time.perf_counter() - fetched)
         step_start = time.perf_counter()
         images, target = images.to(ctx.device, non_blocking=True), target.to(ctx.device, non_blocking=True)
         if prepared.channels_last:
@@ -174,7 +176,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         scheduler.step()
         done = step + 1
         now = time.perf_counter()
-        timing["steps"] = timing.get("steps", 0.0) + now - step_start
+        timing.add("steps", now - step_start)
         if step > start:  # the first step pays for allocation and warm-up; throughput is steady state
             train_time += now - tick
             images_seen += len(images) * ctx.world_size
