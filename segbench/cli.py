@@ -25,6 +25,8 @@ commands:
 
 
 def _make_data(argv: list[str]) -> None:
+    from segbench.data.layouts import LAYOUTS
+
     parser = OneLineArgumentParser(prog="segbench make-data")
     parser.add_argument("kind", choices=["brain-phantom", "voc-phantom"])
     parser.add_argument("--out", required=True, help="folder to write (created if missing)")
@@ -34,6 +36,8 @@ def _make_data(argv: list[str]) -> None:
     parser.add_argument("--images", type=at_least(4), default=None, help="voc-phantom: images (default 60)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="brain-phantom: rewrite subjects already there")
+    parser.add_argument("--layout", default="brats2021", choices=list(LAYOUTS),
+                        help="brain-phantom: how the folder is laid out (default brats2021)")
     args = parser.parse_args(argv)
     if args.kind == "brain-phantom":
         from segbench.data.brain_phantom import PhantomConfig, write_brain_phantom
@@ -43,9 +47,9 @@ def _make_data(argv: list[str]) -> None:
                             voxel_mm=args.voxel_mm, seed=args.seed)
         out, written = write_brain_phantom(
             args.out, cfg, progress=lambda i, n: print(f"\rsubject {i}/{n}", end="", file=sys.stderr),
-            force=args.force)
+            force=args.force, layout=args.layout)
         kept = cfg.subjects - written
-        print(f"\nwrote {written} BraTS-layout subjects to {out}" +
+        print(f"\nwrote {written} {args.layout}-layout subjects to {out}" +
               (f"; kept {kept} already there (--force rewrites them)" if kept else ""))
         from segbench.data.stats import data_stats
 

@@ -211,7 +211,7 @@ CASES = [
     # BraTS files: unreadable, wrong labels, wrong voxels, wrong shapes, missing.
     ("nifti-truncated", lambda w: truncate(_file(w, "flair")), ["train"], ["flair.nii.gz", "cannot read"]),
     ("nifti-garbage", lambda w: _file(w, "seg").write_bytes(b"\x1f\x8b garbage"), ["train"], ["seg.nii.gz"]),
-    ("label-7", _set_label(7), ["train"], ["label value(s) 7", "BraTS labels"]),
+    ("label-7", _set_label(7), ["train"], ["label value(s) 7", "layout's labels are 0 (background)"]),
     ("label-300", _set_label(300), ["train"], ["300"]),
     ("label-negative", _set_label(-1), ["train"], ["-1"]),
     ("label-fractional", _set_label(1.5, np.float32), ["train"], ["1.5"]),
@@ -220,7 +220,7 @@ CASES = [
     ("modality-all-zero", _all_zero("t1ce"), ["train"], ["t1ce.nii.gz", "all zero"]),
     ("modality-other-shape", _other_shape("t2"), ["train"], ["t2.nii.gz", "shape"]),
     ("modality-missing", lambda w: _file(w, "flair").unlink(), ["train"], ["flair.nii.gz"]),
-    ("data-root-empty", lambda w: shutil.rmtree(w.brats) or w.brats.mkdir(), ["train"], ["no BraTS subject"]),
+    ("data-root-empty", lambda w: shutil.rmtree(w.brats) or w.brats.mkdir(), ["train"], ["holds no subjects in a known layout"]),
     # Image/mask folders and VOC.
     ("folder-mask-outside-classes", lambda w: _folder_data(w, bad_value=7),
      ["train", "data=folder", "data.root={tmp}/folder", "data.size=[32,32]", "+data.classes={0:0,255:1}"],

@@ -12,6 +12,7 @@ import pytest
 from segbench.data import brats_volume
 from segbench.data.brats import BratsSlices, load_brats
 from segbench.data.brats_volume import VolumeCache, preprocess
+from segbench.data.layouts import find_layout
 from segbench.errors import SegbenchError
 
 T1 = ("t1", "flair")
@@ -64,7 +65,7 @@ def test_cache_is_reused_and_a_changed_source_is_rebuilt(root, tmp_path, monkeyp
     load_brats.cache_clear()
     built = []
     real = brats_volume.preprocess
-    monkeypatch.setattr(brats_volume, "preprocess", lambda *a: built.append(a[0].name) or real(*a))
+    monkeypatch.setattr(brats_volume, "preprocess", lambda *a: built.append(a[0].id) or real(*a))
     again = load_brats(str(root), T1, True, str(cache))
     assert built == []  # nothing read from NIfTI the second time
     np.testing.assert_array_equal(first[0].whole()[0], again[0].whole()[0])
@@ -76,8 +77,9 @@ def test_cache_is_reused_and_a_changed_source_is_rebuilt(root, tmp_path, monkeyp
 
 
 def test_whole_volume_and_boxes_match_the_uncropped_volume(root, tmp_path):
-    volume = VolumeCache(str(root), T1, tmp_path / "cache").build(sorted(p for p in root.iterdir() if p.is_dir())[0])
-    direct = preprocess(root / volume.subject, T1)
+    subject = find_layout(root).subjects[0]
+    volume = VolumeCache(str(root), T1, tmp_path / "cache").build(subject)
+    direct = preprocess(subject, T1)
     images, labels = volume.whole()
     assert images.shape[0] == labels.shape[0] == volume.shape[0] and images.shape[2:] == labels.shape[1:]
     z0, z1, y0, y1, x0, x1 = volume.box

@@ -32,11 +32,12 @@ def test_phantom_is_deterministic_and_has_every_tumour_label():
 def phantom_stats(tmp_path_factory):
     """Twelve real-size (2 mm) subjects in three sites, and their data-stats figures."""
     from segbench.data.brain_phantom import write_brain_phantom
+    from segbench.data.layouts import find_layout
     from segbench.data.stats import subject_stats
 
     root, written = write_brain_phantom(tmp_path_factory.mktemp("ph"), PhantomConfig(subjects=12, sites=3, seed=5))
     assert written == 12
-    return root, [subject_stats(p) for p in sorted(root.glob("BraTS*"))]
+    return root, [subject_stats(s) for s in find_layout(root).subjects]
 
 
 def test_phantom_has_one_to_three_connected_nested_lesions(phantom_stats):
@@ -135,10 +136,10 @@ def test_augmentation_replays_for_the_same_seed(tiny_brats):
     assert torch.equal(data[(3, 42)][0], data[(3, 42)][0])
 
 
-def test_regions_follow_the_brats_convention_for_labels_4_and_3():
-    labels = np.array([[0, 1, 2, 3, 4]])
+def test_regions_follow_the_canonical_brats_codes():
+    labels = np.array([[0, 1, 2, 4]])  # every layout's codes are mapped to these when a subject is read
     wt, tc, et = region_masks(labels, ("WT", "TC", "ET"))
-    assert wt.tolist() == [[0, 1, 1, 1, 1]] and tc.tolist() == [[0, 1, 0, 1, 1]] and et.tolist() == [[0, 0, 0, 1, 1]]
+    assert wt.tolist() == [[0, 1, 1, 1]] and tc.tolist() == [[0, 1, 0, 1]] and et.tolist() == [[0, 0, 0, 1]]
 
 
 def test_missing_modality_names_the_subject(tmp_path, tiny_brats):
@@ -146,7 +147,7 @@ def test_missing_modality_names_the_subject(tmp_path, tiny_brats):
     shutil.copytree(tiny_brats, root)
     subject = sorted(p for p in root.iterdir() if p.is_dir())[1]
     (subject / f"{subject.name}_flair.nii.gz").unlink()
-    with pytest.raises(SegbenchError, match=f"subject {subject.name}: no {subject.name}_flair"):
+    with pytest.raises(SegbenchError, match=f"subject {subject.name}: no flair image"):
         load_brats(str(root), ("flair",))
 
 

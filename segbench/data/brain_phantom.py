@@ -12,8 +12,6 @@ Everything is drawn from one seed.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,8 @@ import numpy as np
 from scipy import ndimage
 
 from segbench.data.brats import SITES_FILE
+from segbench.data.layouts import LAYOUTS, subject_exists, subject_id, write_index, write_subject
+from segbench.errors import invalid_choice
 from segbench.io import write_text
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -201,41 +201,34 @@ def make_subject(index: int, maps: np.ndarray, cfg: PhantomConfig) -> tuple[dict
 
 
 def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConfig(), progress=None,
-                        force: bool = False) -> tuple[Path, int]:
-    """Write ``cfg.subjects`` BraTS-layout subject folders under ``out``.
+                        force: bool = False, layout: str = "brats2021") -> tuple[Path, int]:
+    """Write ``cfg.subjects`` subjects under ``out`` in ``layout`` (any of ``segbench.data.layouts``:
+    BraTS 2021 or 2023 naming, MSD Task01, nnU-Net raw); the same volumes whichever the layout.
 
-    Each subject folder is written to a temporary name and renamed when complete, so an
-    interrupted run leaves no half-written subject behind; subjects already there are kept
-    unless ``force`` (then each is replaced once its new version is complete).
+    Each subject is written under temporary names and renamed when complete, so an interrupted
+    run leaves no half-written subject behind; subjects already there are kept unless ``force``
+    (then each is replaced once its new version is complete).
 
     Returns:
         ``(out, written)``: the folder and how many subjects this call wrote (the rest existed).
     """
-    import nibabel as nib
-
+    if layout not in LAYOUTS:
+        raise invalid_choice("--layout", layout, LAYOUTS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     maps, affine = load_tissue_maps(cfg.voxel_mm)
+    prefix = cfg.prefix if layout != "brats2023" or cfg.prefix != PhantomConfig.prefix else "BraTS-GLI"
+    sids = [subject_id(layout, prefix, i) for i in range(cfg.subjects)]
     written = 0
-    for i in range(cfg.subjects):
-        sid = f"{cfg.prefix}_{i:05d}"
-        if (out / sid).is_dir() and not force:
+    for i, sid in enumerate(sids):
+        if subject_exists(layout, out, sid) and not force:
             continue
         images, labels = make_subject(i, maps, cfg)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.", dir=out))
-        try:
-            for modality, image in images.items():
-                nib.save(nib.Nifti1Image(image, affine), tmp / f"{sid}_{modality}.nii.gz")
-            nib.save(nib.Nifti1Image(labels, affine), tmp / f"{sid}_seg.nii.gz")
-            if (out / sid).is_dir():
-                shutil.rmtree(out / sid)
-            os.replace(tmp, out / sid)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        write_subject(layout, out, sid, images, labels, affine)
         written += 1
         if progress:
             progress(i + 1, cfg.subjects)
-    rows = "".join(f"{cfg.prefix}_{i:05d}\tsite{site_of(i, cfg)}\n" for i in range(cfg.subjects))
+    write_index(layout, out, sids)
+    rows = "".join(f"{sid}\tsite{site_of(i, cfg)}\n" for i, sid in enumerate(sids))
     write_text(out / SITES_FILE, "subject\tsite\n" + rows)
     return out, written

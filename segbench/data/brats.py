@@ -1,8 +1,9 @@
-"""BraTS 2020/2021-style NIfTI folders as 2D axial slices.
+"""Brain-MRI NIfTI folders (BraTS 2018-2025, MSD Task01, nnU-Net raw) as 2D axial slices.
 
-One folder per subject, ``<id>/<id>_<modality>.nii.gz`` and ``<id>/<id>_seg.nii.gz``, labels
-1 necrotic core, 2 oedema, 4 (or, in BraTS 2023+, 3) enhancing tumour. The phantom from
-``segbench make-data brain-phantom`` and the real challenge data are read by this same code.
+The layout is found by itself (``segbench.data.layouts``) and every subject is read through the
+preprocessing cache (``segbench.data.brats_volume``): reoriented to RAS from its affine, labels
+mapped to BraTS 2021's codes. The phantom from ``segbench make-data brain-phantom`` and the real
+challenge data are read by this same code.
 """
 
 from __future__ import annotations
@@ -15,32 +16,22 @@ import numpy as np
 import torch
 
 from segbench.data.brats_volume import Volume, VolumeCache, preprocess
+from segbench.data.layouts import MODALITIES, Subject, find_layout
 from segbench.data.common import FITS, SegmentationDataset, subject_split
 from segbench.errors import SegbenchError, invalid_choice
 from segbench.io import check_writable
 from segbench.progress import progress
 
 log = logging.getLogger(__name__)
-MODALITIES = ("t1", "t1ce", "t2", "flair")
 TARGETS = {"whole_tumor": ("WT",), "regions": ("WT", "TC", "ET")}
-# Which labels make up each BraTS region; 3 is how BraTS 2023 renamed enhancing tumour (4).
-REGION_LABELS = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (3, 4)}
-MISSING_HELP = ("make a phantom with 'segbench make-data brain-phantom --out {root}' "
-                "or put real BraTS data there (see data/README.md)")
+# Which canonical labels (segbench.data.layouts: 1 necrotic, 2 oedema, 4 enhancing) make up each region.
+REGION_LABELS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 
 
-def find_subjects(root: str) -> list[Path]:
-    """Subject folders (``<id>/<id>_seg.nii.gz``) under ``root``, sorted; a clear error when there are none."""
-    base = Path(root)
-    if not base.is_dir():
-        state = "is a file, not a folder" if base.exists() else "does not exist"
-        raise SegbenchError(f"data.root={root!r} {state}; " + MISSING_HELP.format(root=root))
-    folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    folders = [p for p in folders if any(p.glob(f"{p.name}_seg.nii*"))]
-    if not folders:
-        raise SegbenchError(f"data.root={root!r} holds no BraTS subject folders (<id>/<id>_seg.nii.gz); "
-                            + MISSING_HELP.format(root=root))
-    return folders
+def find_subjects(root: str) -> list[Subject]:
+    """The subjects under ``root`` in whichever layout it ships (``segbench.data.layouts``), sorted;
+    a clear error when there are none."""
+    return find_layout(root).subjects
 
 
 SITES_FILE = "sites.tsv"  # subject<TAB>site: written by the phantom, read by the split and data-stats
@@ -78,27 +69,61 @@ def select_slices(has_tumor: np.ndarray, tumor_fraction: float | None, rng) -> n
 
 
 @functools.lru_cache(maxsize=4)
-def load_brats(root: str, modalities: tuple[str, ...], cache: bool = True, cache_dir: str | None = None
-               ) -> tuple[Volume, ...]:
+def load_brats(root: str, modalities: tuple[str, ...], cache: bool = True, cache_dir: str | None = None,
+               spacing: tuple[float, float, float] | None = None) -> tuple[Volume, ...]:
     """Every subject under ``root``, opened once per process (train, val and test share it).
 
     With ``cache`` the subjects are memory-mapped from the preprocessing cache, building what is
     missing or stale first (see ``segbench.data.brats_volume``); without it every subject is read
-    from NIfTI into memory, as for a one-off look at a small folder.
+    from NIfTI into memory, as for a one-off look at a small folder. ``spacing`` (x, y, z mm):
+    every subject resampled to it; None keeps each subject's grid, and subjects whose voxel sizes
+    differ are refused (a 2-D net would mix millimetre scales, silently).
     """
-    folders = find_subjects(root)
+    layout = find_layout(root)
+    log.info("%s", layout.summary())
+    subjects = layout.subjects
     if not cache:
-        return tuple(preprocess(p, modalities) for p in progress(folders, f"loading {root}", len(folders), "subject"))
-    store = VolumeCache(root, modalities, cache_dir)
-    volumes = [store.open(p) for p in folders]
+        volumes = [preprocess(s, modalities, spacing)
+                   for s in progress(subjects, f"loading {root}", len(subjects), "subject")]
+        return tuple(check_spacing(volumes))
+    store = VolumeCache(root, modalities, cache_dir, spacing)
+    volumes = [store.open(s) for s in subjects]
     stale = [i for i, v in enumerate(volumes) if v is None]
     if stale:
         check_writable(store.folder, "data.cache_dir")
-        log.info("caching %d of %d subjects of %s in %s (once; later runs reuse it)", len(stale), len(folders),
+        log.info("caching %d of %d subjects of %s in %s (once; later runs reuse it)", len(stale), len(subjects),
                  root, store.folder)
     for i in progress(stale, f"caching {root}", len(stale), "subject"):
-        volumes[i] = store.build(folders[i])
-    return tuple(volumes)
+        volumes[i] = store.build(subjects[i])
+    return tuple(check_spacing(volumes))
+
+
+SPACING_TOLERANCE = 0.02  # relative: 0.9375 mm beside 0.94 mm is one grid, 1 mm beside 5 mm is not
+
+
+def check_spacing(volumes: list[Volume]) -> list[Volume]:
+    """``volumes`` when they share one voxel size; else one line naming a subject that differs."""
+    first = volumes[0]
+    for v in volumes[1:]:
+        if not np.allclose(v.spacing, first.spacing, rtol=SPACING_TOLERANCE):
+            zyx = lambda s: " x ".join(f"{x:g}" for x in s[::-1])  # noqa: E731 - shown as NIfTI's x, y, z
+            raise SegbenchError(f"subject {v.subject} has voxels of {zyx(v.spacing)} mm but {first.subject} has "
+                                f"{zyx(first.spacing)} mm; resample every subject to one grid with "
+                                "data.spacing=[x,y,z] (mm), e.g. data.spacing=[1,1,1]")
+    return volumes
+
+
+def parse_spacing(value) -> tuple[float, float, float] | None:
+    """``data.spacing``: null, or three positive millimetre sizes (x, y, z)."""
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(np.isfinite(v) and v > 0 for v in out):
+        raise SegbenchError(f"data.spacing={value!r} must be null or three positive sizes in mm, e.g. [1,1,1]")
+    return out
 
 
 def region_masks(labels: np.ndarray, regions: tuple[str, ...]) -> np.ndarray:
@@ -138,13 +163,15 @@ class BratsSlices(SegmentationDataset):
         cache_dir: where the cache lives (None: ``$SEGBENCH_CACHE`` or ``~/.cache/segbench``).
         folds, fold: k-fold cross-validation by subject (stratified by site): test is fold ``fold``
             of ``folds``, val a ``val_fraction`` of the rest (``test_fraction`` is then unused).
+        spacing: (x, y, z) mm every subject is resampled to; None keeps each subject's grid and
+            refuses subjects whose voxel sizes differ.
     """
 
     def __init__(self, root: str, split: str = "train", modalities=MODALITIES, target: str = "whole_tumor",
                  val_fraction: float = 0.2, test_fraction: float = 0.2, tumor_fraction: float | None = 0.5,
                  min_brain_fraction: float = 0.05, size=(96, 112), augment: bool = True, seed: int = 0,
                  cache: bool = True, cache_dir: str | None = None, fit: str = "pad", folds: int | None = None,
-                 fold: int = 0):
+                 fold: int = 0, spacing=None):
         modalities = tuple(modalities)
         if not modalities:
             raise SegbenchError(f"data.modalities is empty; name one or more of: {', '.join(MODALITIES)}")
@@ -160,7 +187,7 @@ class BratsSlices(SegmentationDataset):
         self.modalities, self.regions = modalities, TARGETS[target]
         if tumor_fraction is not None and not 0 <= float(tumor_fraction) <= 1:
             raise SegbenchError(f"data.tumor_fraction={tumor_fraction} must be between 0 and 1 (or null: every slice)")
-        volumes = load_brats(str(root), modalities, cache, cache_dir)
+        volumes = load_brats(str(root), modalities, cache, cache_dir, parse_spacing(spacing))
         sites = read_sites(str(root))
         chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
                                strata=sites, folds=folds, fold=fold)
@@ -174,7 +201,8 @@ class BratsSlices(SegmentationDataset):
             self.index += [(i, int(z)) for z in brain]
         # Per sample, the case it belongs to: evaluation puts a case's slices back into one volume.
         self.cases = [self.volumes[i].subject for i, _ in self.index]
-        self.spacing = self.volumes[0].spacing if self.volumes else (1.0, 1.0, 1.0)
+        # Each case's own voxel size (Z, H, W) in mm, for its HD95.
+        self.spacing = {v.subject: v.spacing for v in self.volumes}
         super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0, resize=fit == "resize",
                          loaded_at_size=fit == "pad")
         self.fit = fit

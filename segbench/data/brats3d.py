@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from segbench.data.brats import MODALITIES, TARGETS, load_brats, read_sites, region_masks
+from segbench.data.brats import MODALITIES, TARGETS, load_brats, parse_spacing, read_sites, region_masks
 from segbench.data.common import SPLITS, subject_split
 from segbench.errors import SegbenchError, invalid_choice
 
@@ -23,7 +23,7 @@ class BratsVolumes(Dataset):
     """Patches (train) or whole subjects (val, test) of a BraTS folder, with multi-label targets.
 
     Args:
-        root, split, modalities, target, val_fraction, test_fraction, seed, cache, cache_dir:
+        root, split, modalities, target, val_fraction, test_fraction, seed, cache, cache_dir, spacing:
             as ``BratsSlices``.
         patch: (D, H, W) of a training patch, and of the sliding window at evaluation.
         foreground_fraction: share of training patches centred on a tumour voxel.
@@ -42,7 +42,7 @@ class BratsVolumes(Dataset):
                  foreground_fraction: float = 0.33, patches_per_subject: int = 8, augment: bool = True,
                  rotate: float = 10.0, scale=(0.9, 1.1), overlap: float = 0.5, window_batch: int = 2,
                  seed: int = 0, cache: bool = True, cache_dir: str | None = None, folds: int | None = None,
-                 fold: int = 0):
+                 fold: int = 0, spacing=None):
         if split not in SPLITS:
             raise invalid_choice("split", split, SPLITS)
         modalities = tuple(modalities)
@@ -61,7 +61,7 @@ class BratsVolumes(Dataset):
         if int(patches_per_subject) < 1 or int(window_batch) < 1:
             raise SegbenchError("data.patches_per_subject and data.window_batch must be at least 1")
         self.modalities, self.regions, self.split = modalities, TARGETS[target], split
-        volumes = load_brats(str(root), modalities, cache, cache_dir)
+        volumes = load_brats(str(root), modalities, cache, cache_dir, parse_spacing(spacing))
         chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
                                strata=read_sites(str(root)), folds=folds, fold=fold)
         self.volumes = [v for v in volumes if v.subject in chosen]
@@ -74,7 +74,8 @@ class BratsVolumes(Dataset):
         self.whole = split != "train"
         # Val and test: one item per subject; per-case metrics see the whole volume at once.
         self.cases = [v.subject for v in self.volumes] if self.whole else None
-        self.spacing = self.volumes[0].spacing if self.volumes else (1.0, 1.0, 1.0)
+        # Each case's own voxel size (Z, H, W) in mm, for its HD95.
+        self.spacing = {v.subject: v.spacing for v in self.volumes}
         self._tumour: dict[int, np.ndarray] = {}
 
     in_channels = property(lambda self: len(self.modalities))

@@ -25,44 +25,50 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.data.layouts import Subject
 from segbench.errors import SegbenchError
 
-CACHE_VERSION = 1
-BRATS_LABELS = (0, 1, 2, 3, 4)  # background, necrotic core, oedema, enhancing (3 in BraTS 2023+, else 4)
+CACHE_VERSION = 2  # 2: volumes brought to RAS from their affine, labels mapped from each layout's codes
 
 
-def find_file(folder: Path, subject: str, suffix: str) -> Path:
-    for ext in (".nii.gz", ".nii"):
-        path = folder / f"{subject}_{suffix}{ext}"
-        if path.exists():
-            return path
-    raise SegbenchError(f"subject {subject}: no {subject}_{suffix}.nii.gz in {folder}")
-
-
-def read_nifti(path: Path, subject: str):
-    """A NIfTI image and its voxels; unreadable, truncated or non-3-D files are one-line errors."""
+def read_nifti(path: Path, subject: str, channel: int | None = None):
+    """A NIfTI image reoriented to RAS (from its affine: flips and axis swaps, no resampling) and
+    its voxels (channel ``channel`` of a 4-D image); unreadable, truncated or wrongly shaped files
+    are one-line errors."""
     import nibabel as nib
 
     try:
-        image = nib.load(path)
+        image = nib.as_closest_canonical(nib.load(path))
         voxels = np.asarray(image.dataobj)
     except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib each raise their own kinds
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SegbenchError(f"subject {subject}: cannot read {path} ({reason}); is it a truncated or "
                             "corrupt .nii.gz?") from None
-    if voxels.ndim != 3:
-        raise SegbenchError(f"subject {subject}: {path.name} has shape {voxels.shape}; BraTS images are 3-D")
+    if channel is None and voxels.ndim != 3:
+        raise SegbenchError(f"subject {subject}: {path.name} has shape {voxels.shape}; a 3-D image is expected")
+    if channel is not None:
+        if voxels.ndim != 4 or channel >= voxels.shape[3]:
+            raise SegbenchError(f"subject {subject}: {path.name} has shape {voxels.shape}; dataset.json names "
+                                f"channel {channel} of a 4-D image")
+        voxels = voxels[..., channel]
     return image, voxels
 
 
-def _check_labels(seg: np.ndarray, path: Path, subject: str) -> np.ndarray:
+def _map_labels(seg: np.ndarray, path: Path, subject: Subject) -> np.ndarray:
+    """The label map in canonical codes (1 necrotic, 2 oedema, 4 enhancing); a code the subject's
+    layout does not define is refused with the subject, the file and the codes it defines."""
     values = np.unique(seg)
-    bad = [v for v in values.tolist() if v not in BRATS_LABELS]
+    bad = [v for v in values.tolist() if v not in subject.labels]
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
-        raise SegbenchError(f"subject {subject}: {path.name} holds label value(s) {shown}; BraTS labels are "
-                            "0 (background), 1 (necrotic core), 2 (oedema), 3 or 4 (enhancing tumour)")
-    return seg.astype(np.uint8)
+        names = {0: "background", 1: "necrotic", 2: "oedema", 4: "enhancing"}
+        valid = ", ".join(f"{k} ({names[v]})" for k, v in sorted(subject.labels.items()))
+        raise SegbenchError(f"subject {subject.id}: {path.name} holds label value(s) {shown}; the {subject.layout} "
+                            f"layout's labels are {valid}")
+    table = np.zeros(int(max(subject.labels)) + 1, np.uint8)
+    for raw, canon in subject.labels.items():
+        table[int(raw)] = canon
+    return table[seg.astype(np.int64)]
 
 
 def _to_axial(volume: np.ndarray) -> np.ndarray:
@@ -70,14 +76,13 @@ def _to_axial(volume: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.flip(volume.transpose(2, 1, 0), axis=1))
 
 
-def source_files(folder: Path, modalities: tuple[str, ...]) -> list[Path]:
-    subject = folder.name
-    return [find_file(folder, subject, "seg")] + [find_file(folder, subject, m) for m in modalities]
+def source_files(subject: Subject, modalities: tuple[str, ...]) -> list[Path]:
+    return subject.sources(modalities)
 
 
 def _stamp(paths: list[Path]) -> dict[str, list[int]]:
     """What says a source changed: each file's size and modification time."""
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
+    return {f"{p.parent.name}/{p.name}": [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
 
 
 @dataclass
@@ -152,32 +157,55 @@ class Volume:
         return self.read_box(*((0, s) for s in self.shape))
 
 
-def preprocess(folder: Path, modalities: tuple[str, ...]) -> Volume:
-    """One subject read from NIfTI and checked: readable files, one shape, BraTS labels, finite
-    voxels and no all-zero modality, each refused naming the subject and the file."""
-    subject = folder.name
-    seg_path = find_file(folder, subject, "seg")
-    seg_img, seg = read_nifti(seg_path, subject)
-    seg = _check_labels(seg, seg_path, subject)
+def read_subject(subject: Subject, modalities: tuple[str, ...], spacing=None):
+    """One subject's images (float32) and canonical labels (uint8), each (X, Y, Z) in RAS, and the
+    voxel size (x, y, z) in mm, checked: readable files, one shape, known labels, finite voxels and
+    no all-zero modality, each refused naming the subject and the file. ``spacing`` (x, y, z mm):
+    resample to it (linear for images, nearest for labels); None keeps the stored grid."""
+    seg_img, seg = read_nifti(subject.seg, subject.id)
+    seg = _map_labels(seg, subject.seg, subject)
     zooms = tuple(float(z) for z in seg_img.header.get_zooms()[:3])
-    images = []
+    images, read = [], {}
     for modality in modalities:
-        path = find_file(folder, subject, modality)
-        image = read_nifti(path, subject)[1].astype(np.float32)
+        where = subject.channel(modality)
+        if (where.path, where.index) not in read:
+            read[(where.path, where.index)] = read_nifti(where.path, subject.id, where.index)[1]
+        image = read[(where.path, where.index)].astype(np.float32)
+        path = where.path
         if image.shape != seg.shape:
-            raise SegbenchError(f"subject {subject}: {path.name} has shape {image.shape} but "
-                                f"{seg_path.name} has {seg.shape}")
+            raise SegbenchError(f"subject {subject.id}: {path.name} has shape {image.shape} but "
+                                f"{subject.seg.name} has {seg.shape}")
         finite = np.isfinite(image)
         if not finite.all():
-            raise SegbenchError(f"subject {subject}: {path.name} has {int((~finite).sum())} NaN or infinite "
+            raise SegbenchError(f"subject {subject.id}: {path.name} has {int((~finite).sum())} NaN or infinite "
                                 "voxel(s); fix or drop the subject")
         if not image.any():
-            raise SegbenchError(f"subject {subject}: {path.name} is all zero (a failed export?); fix or drop "
+            raise SegbenchError(f"subject {subject.id}: {path.name} is all zero (a failed export?); fix or drop "
                                 "the subject")
         images.append(image)
+    if spacing is not None:
+        images, seg, zooms = _resample(images, seg, zooms, tuple(float(v) for v in spacing))
+    return images, seg, zooms
+
+
+def _resample(images, seg, zooms, spacing):
+    from scipy import ndimage
+
+    factor = [z / s for z, s in zip(zooms, spacing)]
+    if np.allclose(factor, 1.0, rtol=1e-3):
+        return images, seg, zooms
+    shape = tuple(max(1, int(round(n * f))) for n, f in zip(seg.shape, factor))
+    exact = [n / m for n, m in zip(shape, seg.shape)]  # the factor zoom() uses for that output shape
+    images = [ndimage.zoom(im, exact, order=1).clip(min=0) for im in images]
+    return images, ndimage.zoom(seg, exact, order=0), tuple(z * n / m for z, n, m in zip(zooms, seg.shape, shape))
+
+
+def preprocess(subject: Subject, modalities: tuple[str, ...], spacing=None) -> Volume:
+    """One subject read from NIfTI (``read_subject``), scaled, brought to axial order and cropped."""
+    images, seg, zooms = read_subject(subject, modalities, spacing)
     brain = np.any(np.stack(images) > 0, axis=0)
     if not brain.any():
-        raise SegbenchError(f"subject {subject}: no image has a positive voxel (is the intensity inverted?)")
+        raise SegbenchError(f"subject {subject.id}: no image has a positive voxel (is the intensity inverted?)")
     scaled, scale, shift = [], [], []
     for image in images:
         top = float(np.percentile(image[brain], 99.5)) or 1.0
@@ -192,7 +220,7 @@ def preprocess(folder: Path, modalities: tuple[str, ...]) -> Volume:
                 for v in _extent(keep.any(axis=tuple(a for a in range(3) if a != axis))))
     crop = (slice(box[0], box[1]), slice(box[2], box[3]), slice(box[4], box[5]))
     stacked = np.stack([s[crop] for s in scaled], axis=1).astype(np.float16)  # (z, M, h, w)
-    return Volume(subject, labels.shape, box, np.asarray(scale, np.float32), np.asarray(shift, np.float32),
+    return Volume(subject.id, labels.shape, box, np.asarray(scale, np.float32), np.asarray(shift, np.float32),
                   brain.mean(axis=(1, 2)), labels.any(axis=(1, 2)), (zooms[2], zooms[1], zooms[0]),
                   None, stacked, np.ascontiguousarray(labels[crop]))
 
@@ -210,27 +238,29 @@ def default_cache_dir() -> Path:
 
 
 class VolumeCache:
-    """The cache folder of one data root and modality set: ``<cache_dir>/brats-<hash>/<subject>/``.
+    """The cache folder of one data root, modality set and resampling: ``<cache_dir>/brats-<hash>/<subject>/``.
 
     Outside the data root on purpose: real BraTS often sits on a read-only share, and a run
     must not change the folder it reads.
     """
 
-    def __init__(self, root: str, modalities: tuple[str, ...], cache_dir: str | os.PathLike | None = None):
-        key = json.dumps([str(Path(root).resolve()), list(modalities), CACHE_VERSION])
+    def __init__(self, root: str, modalities: tuple[str, ...], cache_dir: str | os.PathLike | None = None,
+                 spacing=None):
+        spacing = None if spacing is None else [float(v) for v in spacing]
+        key = json.dumps([str(Path(root).resolve()), list(modalities), CACHE_VERSION] + ([spacing] if spacing else []))
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         self.folder = Path(cache_dir or default_cache_dir()) / f"brats-{digest}"
-        self.root, self.modalities = root, tuple(modalities)
+        self.root, self.modalities, self.spacing = root, tuple(modalities), spacing
 
-    def open(self, subject_folder: Path) -> Volume | None:
+    def open(self, subject: Subject) -> Volume | None:
         """The cached subject, or None when it is missing or its sources have changed since."""
-        where = self.folder / subject_folder.name
+        where = self.folder / subject.id
         try:
             meta = json.loads((where / "meta.json").read_text())
         except (OSError, ValueError):
             return None
         try:
-            current = _stamp(source_files(subject_folder, self.modalities))
+            current = _stamp(source_files(subject, self.modalities))
         except SegbenchError:
             return None  # a file went missing: rebuilding names it
         if meta.get("version") != CACHE_VERSION or meta.get("sources") != current:
@@ -240,15 +270,17 @@ class VolumeCache:
                       np.asarray(meta["brain_fraction"], np.float64), np.asarray(meta["tumor_slices"], bool),
                       tuple(meta["spacing"]), where)
 
-    def build(self, subject_folder: Path) -> Volume:
+    def build(self, subject: Subject) -> Volume:
         """Preprocess one subject and store it; the stored copy appears whole or not at all."""
-        sources = source_files(subject_folder, self.modalities)
+        sources = source_files(subject, self.modalities)
         stamp = _stamp(sources)  # taken before reading, so a file changed meanwhile is rebuilt next time
-        volume = preprocess(subject_folder, self.modalities)
+        volume = preprocess(subject, self.modalities, self.spacing)
         self.folder.mkdir(parents=True, exist_ok=True)
         readme = self.folder / "source.txt"
         if not readme.exists():
-            readme.write_text(f"segbench BraTS cache of {Path(self.root).resolve()} ({', '.join(self.modalities)})\n")
+            resampled = f", resampled to {self.spacing} mm" if self.spacing else ""
+            readme.write_text(f"segbench BraTS cache of {Path(self.root).resolve()} ({', '.join(self.modalities)}"
+                              f"{resampled})\n")
         tmp = Path(tempfile.mkdtemp(prefix=f".{volume.subject}.", dir=self.folder))
         try:
             np.save(tmp / "images.npy", volume.images)

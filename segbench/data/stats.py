@@ -1,4 +1,4 @@
-"""``segbench data-stats ROOT``: the figures that say whether a BraTS-layout folder looks like BraTS.
+"""``segbench data-stats ROOT``: the figures that say whether a brain-MRI folder (any layout) looks like BraTS.
 
 Works on real BraTS and on the phantom alike: subjects, slices, how much of the data is tumour,
 how many separate lesions a subject has, whole-tumour volumes, and how much image intensity
@@ -8,23 +8,23 @@ differs between subjects of a site and between sites (where a ``sites.tsv`` name
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from segbench.data.brats import MODALITIES, REGION_LABELS, find_subjects, read_sites, select_slices
-from segbench.data.brats_volume import find_file, read_nifti
+from segbench.data.brats import REGION_LABELS, read_sites, select_slices
+from segbench.data.brats_volume import read_subject
+from segbench.data.layouts import MODALITIES, Subject, find_layout
 
 
-def subject_stats(folder: Path, min_brain_fraction: float = 0.05) -> dict:
-    """Tumour and intensity figures of one subject folder (raw intensities, before any normalization)."""
-    sid = folder.name
-    seg_img, seg = read_nifti(find_file(folder, sid, "seg"), sid)
-    images = {m: read_nifti(find_file(folder, sid, m), sid)[1].astype(np.float32) for m in MODALITIES}
+def subject_stats(subject: Subject, min_brain_fraction: float = 0.05, modalities=MODALITIES) -> dict:
+    """Tumour and intensity figures of one subject (raw intensities, before any normalization)."""
+    sid = subject.id
+    arrays, seg, zooms = read_subject(subject, tuple(modalities))
+    images = dict(zip(modalities, arrays))
     brain = np.any(np.stack(list(images.values())) > 0, axis=0)
     wt = np.isin(seg, REGION_LABELS["WT"])
-    voxel_ml = float(np.prod(seg_img.header.get_zooms()[:3])) / 1000.0
+    voxel_ml = float(np.prod(zooms)) / 1000.0
     brain_per_slice = brain.mean(axis=(0, 1))  # axial slices are the last axis of a RAS volume
     slices = np.flatnonzero(brain_per_slice >= min_brain_fraction)
     tumour_slices = wt[:, :, slices].any(axis=(0, 1))
@@ -44,9 +44,10 @@ def subject_stats(folder: Path, min_brain_fraction: float = 0.05) -> dict:
 
 def data_stats(root: str, tumor_fraction: float | None = 0.5, min_brain_fraction: float = 0.05) -> str:
     """A plain-text table of the folder's figures (also what ``make-data`` prints at its end)."""
-    folders = find_subjects(root)
+    layout = find_layout(root)
+    modalities = [m for m in MODALITIES if all(m in s.channels for s in layout.subjects)]
     sites = read_sites(root)
-    rows = [subject_stats(f, min_brain_fraction) for f in folders]
+    rows = [subject_stats(s, min_brain_fraction, modalities) for s in layout.subjects]
     rng = np.random.default_rng(0)
     used = [select_slices(r["tumour_per_slice"], tumor_fraction, rng) for r in rows]
     n_used = sum(len(u) for u in used)
@@ -55,7 +56,7 @@ def data_stats(root: str, tumor_fraction: float | None = 0.5, min_brain_fraction
     volumes = np.array([r["wt_ml"] for r in rows])
     pct = np.percentile(volumes, [10, 25, 50, 75, 90])
     lines = [
-        f"folder: {root}",
+        f"folder: {layout.summary()}",
         f"subjects: {len(rows)}; sites: {len(set(sites.values())) if sites else 'unknown (no sites.tsv)'}",
         f"brain slices (>= {min_brain_fraction:.0%} brain): {sum(r['brain_slices'] for r in rows)}; "
         f"holding tumour: {sum(r['tumour_slices'] for r in rows) / max(1, sum(r['brain_slices'] for r in rows)):.1%}",
@@ -69,9 +70,9 @@ def data_stats(root: str, tumor_fraction: float | None = 0.5, min_brain_fraction
         "",
         "per-site intensity (raw median inside the brain; CV = std / mean across the site's subjects)",
         "and tumour-vs-brain contrast (in brain standard deviations, mean over the site's subjects):",
-        "| site | subjects | " + " | ".join(f"{m} median (CV)" for m in MODALITIES) + " | "
-        + " | ".join(f"{m} contrast" for m in MODALITIES) + " |",
-        "|---" * (2 + 2 * len(MODALITIES)) + "|",
+        "| site | subjects | " + " | ".join(f"{m} median (CV)" for m in modalities) + " | "
+        + " | ".join(f"{m} contrast" for m in modalities) + " |",
+        "|---" * (2 + 2 * len(modalities)) + "|",
     ]
     groups = defaultdict(list)
     for r in rows:
@@ -79,13 +80,13 @@ def data_stats(root: str, tumor_fraction: float | None = 0.5, min_brain_fraction
     for site in sorted(groups):
         members = groups[site]
         cells = []
-        for m in MODALITIES:
+        for m in modalities:
             med = np.array([r["median"][m] for r in members])
             cells.append(f"{med.mean():.0f} ({med.std() / max(med.mean(), 1e-6):.2f})")
-        cells += [f"{np.mean([r['contrast'][m] for r in members]):+.2f}" for m in MODALITIES]
+        cells += [f"{np.mean([r['contrast'][m] for r in members]):+.2f}" for m in modalities]
         lines.append(f"| {site} | {len(members)} | " + " | ".join(cells) + " |")
     if len(groups) > 1:
-        means = {m: np.array([np.mean([r["median"][m] for r in g]) for g in groups.values()]) for m in MODALITIES}
+        means = {m: np.array([np.mean([r["median"][m] for r in g]) for g in groups.values()]) for m in modalities}
         lines.append("between-site CV of the site means: "
                      + ", ".join(f"{m} {v.std() / max(v.mean(), 1e-6):.2f}" for m, v in means.items()))
     return "\n".join(lines)

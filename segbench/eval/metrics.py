@@ -10,6 +10,8 @@ test. Softmax targets get the FCN paper's four numbers from a confusion matrix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -88,7 +90,8 @@ class CaseMetrics:
     Args:
         names: one name per output channel (e.g. ``("WT",)`` or ``("WT", "TC", "ET")``).
         case_ids: the case of every sample of the dataset, in dataset order.
-        spacing: (Z, H, W) voxel size in mm, for HD95.
+        spacing: (Z, H, W) voxel size in mm, for HD95: one for every case, or a mapping from case
+            id to that case's own.
         threshold: the probability at which masks are cut for Dice and HD95.
         hd95: compute HD95 (needs each case's masks; a few ms per case).
         tune: also report the threshold that maximises mean per-case Dice on these cases
@@ -97,7 +100,8 @@ class CaseMetrics:
 
     def __init__(self, names: tuple[str, ...], case_ids: list[str], spacing=(1.0, 1.0, 1.0),
                  threshold: float = 0.5, hd95: bool = True, tune: bool = True):
-        self.names, self.spacing, self.compute_hd95, self.tune = tuple(names), tuple(spacing), hd95, tune
+        self.names, self.compute_hd95, self.tune = tuple(names), hd95, tune
+        self.spacing = dict(spacing) if isinstance(spacing, Mapping) else tuple(spacing)
         self.cases = list(dict.fromkeys(case_ids))
         position = {c: i for i, c in enumerate(self.cases)}
         self.case_of = [position[c] for c in case_ids]
@@ -109,6 +113,10 @@ class CaseMetrics:
         self.seen = torch.zeros(n, dtype=torch.float64)  # 1 for cases this process finished
         self._open: int | None = None
         self._slices: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def spacing_of(self, case: str) -> tuple:
+        """The voxel size HD95 uses for ``case``."""
+        return tuple(self.spacing[case]) if isinstance(self.spacing, dict) else self.spacing
 
     @property
     def threshold(self) -> float:
@@ -146,7 +154,7 @@ class CaseMetrics:
             pred = np.concatenate([s[0] for s in self._slices], axis=1)  # (K, Z, H, W)
             truth = np.concatenate([s[1] for s in self._slices], axis=1)
             for c in range(len(self.names)):
-                self.hd[self._open, c] = hd95(pred[c], truth[c], self.spacing)
+                self.hd[self._open, c] = hd95(pred[c], truth[c], self.spacing_of(self.cases[self._open]))
         self.seen[self._open] = 1
         self._open, self._slices = None, []
 
