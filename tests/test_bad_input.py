@@ -87,6 +87,14 @@ def _set_label(value, dtype=np.int16):
     return lambda w: _edit_nifti(_file(w, "seg"), change, dtype)
 
 
+def _set_zooms(where: Where, zooms) -> None:
+    """One subject's every file given voxels of ``zooms`` mm, the others kept as they are."""
+    folder, _ = _subject(where)
+    for path in folder.glob("*.nii.gz"):
+        image = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([*zooms, 1.0])), path)
+
+
 def _set_voxels(suffix, value):
     def change(image):
         image = image.astype(np.float32)
@@ -221,6 +229,8 @@ CASES = [
     ("modality-other-shape", _other_shape("t2"), ["train"], ["t2.nii.gz", "shape"]),
     ("modality-missing", lambda w: _file(w, "flair").unlink(), ["train"], ["flair.nii.gz"]),
     ("data-root-empty", lambda w: shutil.rmtree(w.brats) or w.brats.mkdir(), ["train"], ["holds no subjects in a known layout"]),
+    ("spacing-not-three-sizes", _nothing, ["train", "data.spacing=[1,0,1]"], ["data.spacing=", "three positive"]),
+    ("mixed-voxel-sizes", lambda w: _set_zooms(w, (1.0, 1.0, 5.0)), ["train"], ["1 x 1 x 5 mm", "data.spacing"]),
     # Image/mask folders and VOC.
     ("folder-mask-outside-classes", lambda w: _folder_data(w, bad_value=7),
      ["train", "data=folder", "data.root={tmp}/folder", "data.size=[32,32]", "+data.classes={0:0,255:1}"],
