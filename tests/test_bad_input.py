@@ -229,6 +229,9 @@ CASES = [
     ("modality-other-shape", _other_shape("t2"), ["train"], ["t2.nii.gz", "shape"]),
     ("modality-missing", lambda w: _file(w, "flair").unlink(), ["train"], ["flair.nii.gz"]),
     ("data-root-empty", lambda w: shutil.rmtree(w.brats) or w.brats.mkdir(), ["train"], ["holds no subjects in a known layout"]),
+    ("swap-needs-the-conv", _nothing, ["train", "model=segresnet", "norm=ws_group"], ["cannot be swapped into an existing model"]),
+    ("torchvision-weights-missing", _nothing, ["train", "model=torchvision_seg", "model.weights={tmp}/w.pth"],
+     ["model.weights=", "downloads nothing"]),
     ("spacing-not-three-sizes", _nothing, ["train", "data.spacing=[1,0,1]"], ["data.spacing=", "three positive"]),
     ("mixed-voxel-sizes", lambda w: _set_zooms(w, (1.0, 1.0, 5.0)), ["train"], ["1 x 1 x 5 mm", "data.spacing"]),
     # Image/mask folders and VOC.

@@ -29,7 +29,17 @@ def _monai_unet(in_channels: int, num_outputs: int, **kw) -> nn.Module:
     return monai_unet(in_channels, num_outputs, **kw)
 
 
-MODELS = {"resunet": _resunet, "resunet3d": _resunet3d, "fcn8s": _fcn(8), "fcn16s": _fcn(16), "fcn32s": _fcn(32), "monai_unet": _monai_unet}
+def _external(builder: str):
+    def build(in_channels: int, num_outputs: int, **kw) -> nn.Module:
+        from segbench.models import external  # MONAI and torchvision's nets: imported only when asked for
+
+        return getattr(external, builder)(in_channels, num_outputs, **kw)
+    return build
+
+
+MODELS = {"resunet": _resunet, "resunet3d": _resunet3d, "fcn8s": _fcn(8), "fcn16s": _fcn(16), "fcn32s": _fcn(32),
+          "monai_unet": _monai_unet, "dynunet": _external("dynunet"), "segresnet": _external("segresnet"),
+          "torchvision_seg": _external("torchvision_seg")}
 
 
 def build_model(name: str, in_channels: int, num_outputs: int, **kw) -> nn.Module:
