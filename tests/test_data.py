@@ -250,3 +250,45 @@ def test_folder_fit_resize_scales_instead_of_padding(png_folder):
     assert pad_mask.shape == big_mask.shape == (1, 80, 96)
     # The 10 x 18 square: padding keeps its area, resizing to twice the size quadruples it.
     assert int(pad_mask.sum()) == 10 * 18 and int(big_mask.sum()) == 20 * 36
+
+
+def test_a_palette_masks_void_border_is_ignored_with_binary_targets(tmp_path):
+    """VOC-style palette masks: 255 is "void", not foreground; a grayscale 255 stays foreground."""
+    for name, mode in (("pal", "P"), ("gray", "L")):
+        (tmp_path / name).mkdir()
+        for k in range(4):
+            mask = np.zeros((16, 16), np.uint8)
+            mask[4:8, 4:8] = 1 if mode == "P" else 255
+            mask[8, :] = 255  # the border
+            Image.fromarray(np.full((16, 16, 3), 100 + k, np.uint8)).save(tmp_path / name / f"c{k}.png")
+            saved = Image.fromarray(mask)
+            if mode == "P":
+                saved.putpalette([0, 0, 0, 128, 0, 0] + [224, 224, 192] * 254)  # VOC's colours: 255 is void
+            saved.save(tmp_path / name / f"c{k}_mask.png")
+    pal = ImageMaskFolder(str(tmp_path / "pal"), "train", size=(16, 16), augment=False, val_fraction=0.25,
+                          test_fraction=0.25)
+    target = pal[0][1]
+    assert set(target.unique().tolist()) == {0.0, 1.0, 255.0} and bool((target[0, 8] == 255).all())
+    gray = ImageMaskFolder(str(tmp_path / "gray"), "train", size=(16, 16), augment=False, val_fraction=0.25,
+                           test_fraction=0.25)
+    assert set(gray[0][1].unique().tolist()) == {0.0, 1.0}
+
+
+def test_ignored_pixels_count_in_neither_the_loss_nor_the_metrics():
+    from segbench.eval.metrics import CaseMetrics
+    from segbench.train.losses import MultilabelLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    marked = target.clone()
+    marked[:, :, :2] = 255  # two void rows
+    for kind in ("bce", "dice", "bce_dice"):
+        loss = MultilabelLoss(kind)
+        expected = loss(logits[:, :, 2:], target[:, :, 2:])
+        torch.testing.assert_close(loss(logits, marked), expected)
+    plain, masked = (CaseMetrics(("WT",), ["a", "a"], tune=False) for _ in range(2))
+    plain.update(logits[:, :, 2:], target[:, :, 2:], [0, 1])
+    masked.update(logits, marked, [0, 1])
+    a, b = plain.compute(), masked.compute()
+    assert a["dice"] == b["dice"] and a["soft_dice"] == pytest.approx(b["soft_dice"]) and a["ap"] == b["ap"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segbench.data.common import FITS, SegmentationDataset, check_masks, subject_split
+from segbench.data.common import FITS, IGNORE_INDEX, SegmentationDataset, check_masks, subject_split
 from segbench.errors import SegbenchError, invalid_choice
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -108,21 +108,27 @@ class ImageMaskFolder(SegmentationDataset):
     def load(self, i: int):
         image_path, mask_path = self.pairs[i]
         image = np.asarray(Image.open(image_path))
-        mask = np.asarray(Image.open(mask_path))
+        opened = Image.open(mask_path)
+        # A palette mask's 255 is VOC's "void" border: ignored with binary targets, never foreground.
+        void = opened.mode == "P" and not self.classes
+        mask = np.asarray(opened)
         if mask.ndim == 3:
             mask = mask[..., 0]
         if image.shape[:2] != mask.shape:
             raise SegbenchError(f"{image_path} is {image.shape[:2]} but its mask {mask_path.name} is {mask.shape}")
         if image.ndim == 2:
             image = image[..., None]
-        return image, mask, None
+        return image, mask, void
 
     def finish(self, image, mask, extra):
         image = image.astype(np.float32)
         image = (image - image.mean()) / (image.std() + 1e-6)  # per-image z-score: file formats differ in range
         if self.target_kind == "multilabel":
             fg = np.isin(mask, [k for k, v in self.classes.items() if v > 0]) if self.classes else mask > 0
-            return image, fg[None].astype(np.float32)
+            target = fg[None].astype(np.float32)
+            if extra:  # the mask was a palette image: its 255 is void
+                target[0][mask == IGNORE_INDEX] = IGNORE_INDEX
+            return image, target
         target = np.full(mask.shape, 255, np.int64)  # padding stays 255: ignored by the loss and metrics
         for value, cls in self.classes.items():
             target[mask == value] = cls

@@ -124,8 +124,12 @@ class CaseMetrics:
 
     def update(self, logits: torch.Tensor, target: torch.Tensor, sample_ids: list[int]) -> None:
         """Add a batch: ``logits`` and ``target`` (N, K, H, W) slices, or (N, K, D, H, W) whole
-        volumes, for dataset samples ``sample_ids``."""
-        logits, target = logits.detach().float().cpu(), target.detach().cpu() > 0.5
+        volumes, for dataset samples ``sample_ids``. Target pixels of ``IGNORE_INDEX`` (a palette
+        mask's void border) count nowhere: neither as tumour nor as background."""
+        logits, target = logits.detach().float().cpu(), target.detach().cpu()
+        ignored = target == IGNORE_INDEX
+        valid = ~ignored if bool(ignored.any()) else None
+        target = (target > 0.5) & ~ignored
         bins = ((logits + LOGIT_RANGE) / BIN_WIDTH).floor().long().add(1).clamp(0, N_BINS - 1)
         prob = torch.sigmoid(logits).double()
         for j, sample in enumerate(sample_ids):
@@ -136,12 +140,19 @@ class CaseMetrics:
             for c in range(len(self.names)):
                 t = target[j, c].flatten()
                 b = bins[j, c].flatten()
+                if valid is not None:
+                    keep = valid[j, c].flatten()
+                    t, b = t[keep], b[keep]
                 self.hist[case, c, 0] += torch.bincount(b[~t], minlength=N_BINS).double()
                 self.hist[case, c, 1] += torch.bincount(b[t], minlength=N_BINS).double()
             p, tt = prob[j].flatten(1), target[j].flatten(1).double()
+            if valid is not None:
+                p = p * valid[j].flatten(1)
             self.soft[case] += torch.stack([(p * tt).sum(1), p.sum(1), tt.sum(1)], dim=1)
             if self.compute_hd95:
                 pred, truth = (bins[j] > self.edge).numpy(), target[j].numpy()
+                if valid is not None:
+                    pred = pred & valid[j].numpy()
                 if pred.ndim == 3:  # a slice: one (K, 1, H, W) layer of the case's volume
                     pred, truth = pred[:, None], truth[:, None]
                 self._slices.append((pred, truth))

@@ -10,9 +10,13 @@ from segbench.data.common import IGNORE_INDEX
 from segbench.errors import SegbenchError, invalid_choice
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - mean over samples and channels of (2|P∩T| + s) / (|P| + |T| + s), P = sigmoid(logits)."""
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - mean over samples and channels of (2|P∩T| + s) / (|P| + |T| + s), P = sigmoid(logits)
+    (only over ``valid`` pixels when given)."""
     prob = torch.sigmoid(logits)
+    if valid is not None:
+        prob, target = prob * valid, target * valid
     dims = (2, 3)
     inter = (prob * target).sum(dims)
     total = prob.sum(dims) + target.sum(dims)
@@ -20,7 +24,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
 
 
 class MultilabelLoss(nn.Module):
-    """``bce``, ``dice`` or ``bce_dice`` on (N, K, H, W) logits against float masks."""
+    """``bce``, ``dice`` or ``bce_dice`` on (N, K, H, W) logits against float masks; pixels whose
+    target is ``IGNORE_INDEX`` (a palette mask's void border) are left out of both."""
 
     def __init__(self, kind: str = "bce", dice_weight: float = 1.0, pos_weight: float | None = None):
         super().__init__()
@@ -29,11 +34,19 @@ class MultilabelLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros(())
+        valid = None
+        if bool((target == IGNORE_INDEX).any()):  # one reduction; targets are 0/1 everywhere else
+            valid = (target != IGNORE_INDEX).to(logits.dtype)
+            target = target * valid
         if self.kind in ("bce", "bce_dice"):
             pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-            loss = loss + F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)  # mean over pixels
+            if valid is None:
+                loss = loss + F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)  # mean over pixels
+            else:
+                each = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw, reduction="none")
+                loss = loss + (each * valid).sum() / valid.sum().clamp(min=1)
         if self.kind in ("dice", "bce_dice"):
-            loss = loss + self.dice_weight * soft_dice_loss(logits, target)
+            loss = loss + self.dice_weight * soft_dice_loss(logits, target, valid=valid)
         return loss
 
 
