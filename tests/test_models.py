@@ -14,7 +14,8 @@ from segbench.nn import NORMS, build_norm
 # Tiny widths; SPADE's hidden width shrunk so FCN's padded 100-pixel border stays cheap.
 MODEL_KW = {"resunet": {"width": 8, "depth": 3}, "fcn8s": {"width": 0.125}, "fcn16s": {"width": 0.125},
             "fcn32s": {"width": 0.125}, "monai_unet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}}
-SLOT_MODELS = sorted(set(MODELS) - {"monai_unet", "resunet3d"})  # MONAI: own norms; 3-D: tests/test_3d.py
+# MONAI's UNet: its own norms; 3-D: tests/test_3d.py; the library networks with swapped norms: tests/test_swap.py.
+SLOT_MODELS = sorted(set(MODELS) - {"monai_unet", "resunet3d", "dynunet", "segresnet", "torchvision_seg"})
 NORM_KW = {"spade": {"hidden": 8}, "group": {"num_groups": 4}}
 SIZE = {"resunet": (32, 40), "fcn8s": (37, 45), "fcn16s": (37, 45), "fcn32s": (37, 45), "monai_unet": (32, 40)}
 

@@ -121,6 +121,34 @@ def _batchrenorm(num_channels: int, momentum: float = 0.01, eps: float = 1e-5, a
     return BatchRenorm2d(num_channels, eps, momentum, affine, r_max, d_max, hold_steps, r_relax_steps, d_relax_steps)
 
 
+def _layer_channels(num_channels: int, eps: float = 1e-6, affine: bool = True, dims: int = 2) -> nn.Module:
+    # ConvNeXt's LayerNorm2d: each position over its channels (not ``layer``, which is over C, H, W).
+    from segbench.nn.channel_norms import LayerNormChannels
+
+    return LayerNormChannels(num_channels, eps, affine)
+
+
+def _rms_channels(num_channels: int, eps: float = 1e-6, affine: bool = True, dims: int = 2) -> nn.Module:
+    from segbench.nn.channel_norms import RMSNormChannels
+
+    return RMSNormChannels(num_channels, eps, affine)
+
+
+def _grn(num_channels: int, eps: float = 1e-6, dims: int = 2) -> nn.Module:
+    from segbench.nn.channel_norms import GlobalResponseNorm
+
+    return GlobalResponseNorm(num_channels, eps)
+
+
+def _ghost_batch(num_channels: int, virtual_batch: int = 2, momentum: float = 0.1, eps: float = 1e-5,
+                 affine: bool = True, dims: int = 2) -> nn.Module:
+    from segbench.nn.channel_norms import GhostBatchNorm
+
+    if int(virtual_batch) < 1 or momentum is None:
+        raise SegbenchError(f"norm.virtual_batch={virtual_batch} must be at least 1 and norm.momentum a number")
+    return GhostBatchNorm(num_channels, int(virtual_batch), eps, float(momentum), affine)
+
+
 def _adain(num_channels: int, style_dim: int = 64, eps: float = 1e-5, dims: int = 2) -> nn.Module:
     from segbench.nn.conditional import AdaIN
 
@@ -158,13 +186,19 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
     "crossbatch": _crossbatch,
     "switchable": _switchable,
     "frozenbatch": _frozen_batch,
+    "layerchannels": _layer_channels,
+    "rmschannels": _rms_channels,
+    "grn": _grn,
+    "ghostbatch": _ghost_batch,
 }
 
 ALIASES = {"identity": "none", "bn": "batch", "batchnorm": "batch", "syncbn": "syncbatch",
            "syncbatchnorm": "syncbatch", "in": "instance", "instancenorm": "instance",
            "gn": "group", "groupnorm": "group", "ln": "layer", "layernorm": "layer",
            "brn": "batchrenorm", "frntlu": "frn", "wsgn": "wsgroup", "cbn": "crossbatch",
-           "crossiterationbatch": "crossbatch", "sn": "switchable", "frozenbn": "frozenbatch"}
+           "crossiterationbatch": "crossbatch", "sn": "switchable", "frozenbn": "frozenbatch",
+           "layernorm2d": "layerchannels", "convnextlayernorm": "layerchannels", "rmsnorm": "rmschannels",
+           "rmsnorm2d": "rmschannels", "globalresponsenorm": "grn", "ghostbn": "ghostbatch", "gbn": "ghostbatch"}
 
 CONDITIONAL_NORMS = frozenset({"adain", "spade"})
 # Norm-activation layers: where the model would apply ReLU after the norm, they apply their own
