@@ -15,7 +15,7 @@ from segbench.nn import NORMS, build_norm
 MODEL_KW = {"resunet": {"width": 8, "depth": 3}, "fcn8s": {"width": 0.125}, "fcn16s": {"width": 0.125},
             "fcn32s": {"width": 0.125}, "monai_unet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}}
 # MONAI's UNet: its own norms; 3-D: tests/test_3d.py; the library networks with swapped norms: tests/test_swap.py.
-SLOT_MODELS = sorted(set(MODELS) - {"monai_unet", "resunet3d", "dynunet", "segresnet", "torchvision_seg"})
+SLOT_MODELS = sorted(set(MODELS) - {"monai_unet", "resunet3d", "dynunet", "segresnet", "torchvision_seg", "smp_unet"})
 NORM_KW = {"spade": {"hidden": 8}, "group": {"num_groups": 4}}
 SIZE = {"resunet": (32, 40), "fcn8s": (37, 45), "fcn16s": (37, 45), "fcn32s": (37, 45), "monai_unet": (32, 40)}
 

@@ -124,3 +124,26 @@ def test_torchvision_networks_take_four_modalities_and_any_norm(arch, norm):
 def test_torchvision_weights_must_be_a_local_file(tmp_path):
     with pytest.raises(SegbenchError, match="is not a file; segbench downloads nothing"):
         build_model("torchvision_seg", 3, 1, norm="batch", weights=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "layer_channels", "instance"])
+def test_smp_unet_on_a_timm_encoder_takes_any_norm(norm):
+    pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(0)
+    model = build_model("smp_unet", 4, 1, norm=norm, norm_options={"num_groups": 4} if norm == "group" else None,
+                        decoder_channels=[32, 16, 8, 8])
+    out = model(torch.randn(2, 4, 32, 32))
+    assert out.shape == (2, 1, 32, 32)
+    out.mean().backward()
+    assert model.norm_report and all(k.endswith(f"-> {norm.replace('_', '')}") for k in model.norm_report)
+
+
+def test_timms_norm_activation_layers_keep_their_activation():
+    timm_layers = pytest.importorskip("timm.layers")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), timm_layers.BatchNormAct2d(8, act_layer=nn.ReLU))
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    before = model(x)
+    swap_norms(model, "batch")
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # the ReLU is still there
+    assert (model(x) >= 0).all()

@@ -39,7 +39,7 @@ def _external(builder: str):
 
 MODELS = {"resunet": _resunet, "resunet3d": _resunet3d, "fcn8s": _fcn(8), "fcn16s": _fcn(16), "fcn32s": _fcn(32),
           "monai_unet": _monai_unet, "dynunet": _external("dynunet"), "segresnet": _external("segresnet"),
-          "torchvision_seg": _external("torchvision_seg")}
+          "torchvision_seg": _external("torchvision_seg"), "smp_unet": _external("smp_unet")}
 
 
 def build_model(name: str, in_channels: int, num_outputs: int, **kw) -> nn.Module:

@@ -3,10 +3,11 @@
 ``model=dynunet`` (MONAI's ``DynUNet`` in nnU-Net's configuration: 3x3 kernels, a stride-1 first
 stage then stride 2, instance norm by default in nnU-Net), ``model=segresnet`` (MONAI's
 ``SegResNet``, group norm by default) and ``model=torchvision_seg`` (torchvision's
-``fcn_resnet50`` / ``deeplabv3_resnet50``, batch norm by default). Each is built as its library
+``fcn_resnet50`` / ``deeplabv3_resnet50``, batch norm by default) and ``model=smp_unet``
+(segmentation_models_pytorch's ``Unet`` on a timm encoder). Each is built as its library
 builds it, then every norm layer is replaced by ``norm=`` through ``segbench.nn.swap.swap_norms``,
 so the same ``norm=batch,group,instance`` sweep runs on them as on the ResUNet. No weights are
-downloaded: torchvision's take an optional local file (``model.weights``).
+downloaded: torchvision's and smp's take an optional local file (``model.weights``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,26 @@ def _swap(model: Wrapped, norm: str, norm_options: dict | None, cond_channels) -
     return model
 
 
+def _check_weights(weights: str | None, what: str) -> None:
+    if weights is not None and not Path(weights).is_file():
+        raise SegbenchError(f"model.weights={weights!r} is not a file; segbench downloads nothing: save a state "
+                            f"dict of {what} there, or leave model.weights=null to start from random weights")
+
+
+def _load_local(net: nn.Module, weights: str | None, what: str) -> None:
+    """Load a local state dict into ``net``: every tensor whose name and shape fit (a 21-class head is skipped)."""
+    _check_weights(weights, what)
+    if weights is None:
+        return
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    own = net.state_dict()
+    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not kept:
+        raise SegbenchError(f"model.weights={weights!r}: none of its tensors fits {what}")
+    net.load_state_dict(kept, strict=False)
+    log.info("model.weights: %d of %d tensors loaded from %s", len(kept), len(own), weights)
+
+
 def _monai(name: str):
     try:
         from monai.networks import nets
@@ -94,19 +115,31 @@ def torchvision_seg(in_channels: int, num_outputs: int, norm: str = "batch", nor
 
     if arch not in TORCHVISION_ARCHS:
         raise invalid_choice("model.arch", arch, TORCHVISION_ARCHS)
-    if weights is not None and not Path(weights).is_file():
-        raise SegbenchError(f"model.weights={weights!r} is not a file; segbench downloads nothing: save a state "
-                            f"dict of torchvision's {arch} there, or leave model.weights=null to start from random weights")
+    _check_weights(weights, f"torchvision's {arch}")
     net = getattr(segmentation, arch)(weights=None, weights_backbone=None, num_classes=num_outputs, aux_loss=False)
-    if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        own = net.state_dict()
-        kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}  # a 21-class head is skipped
-        if not kept:
-            raise SegbenchError(f"model.weights={weights!r}: none of its tensors fits torchvision's {arch}")
-        net.load_state_dict(kept, strict=False)
-        log.info("model.weights: %d of %d tensors loaded from %s", len(kept), len(own), weights)
+    _load_local(net, weights, f"torchvision's {arch}")
     if in_channels != 3:  # an MRI's 4 modalities: a first conv of the right width, the others as they are
         old = net.backbone.conv1
         net.backbone.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
     return _swap(Wrapped(net, 2, 8, "torchvision_seg"), norm, norm_options, cond_channels)
+
+
+def smp_unet(in_channels: int, num_outputs: int, norm: str = "batch", norm_options: dict | None = None,
+             cond_channels=None, encoder: str = "tu-resnet18", encoder_depth: int = 4,
+             decoder_channels=(128, 64, 32, 16), weights: str | None = None) -> nn.Module:
+    """segmentation_models_pytorch's ``Unet`` on an encoder (``tu-<name>``: any timm model), random
+    weights or a local state dict (``model.weights``); nothing is downloaded."""
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise SegbenchError("model=smp_unet needs segmentation_models_pytorch: pip install 'segbench[models]'") from None
+    if len(decoder_channels) != int(encoder_depth):
+        raise SegbenchError(f"model.decoder_channels={list(decoder_channels)} needs one entry per encoder stage "
+                            f"(model.encoder_depth={encoder_depth})")
+    try:
+        net = smp.Unet(encoder_name=encoder, encoder_weights=None, encoder_depth=int(encoder_depth),
+                       decoder_channels=tuple(decoder_channels), in_channels=in_channels, classes=num_outputs)
+    except (KeyError, ValueError, RuntimeError) as err:  # an unknown encoder name
+        raise SegbenchError(f"model.encoder={encoder!r}: {str(err).splitlines()[0] if str(err) else 'unknown'}") from None
+    _load_local(net, weights, f"smp Unet({encoder})")
+    return _swap(Wrapped(net, 2, 2 ** int(encoder_depth), "smp_unet"), norm, norm_options, cond_channels)

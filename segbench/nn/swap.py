@@ -6,7 +6,8 @@ normalization layer by one built for its channel count. A MONAI ``DynUNet``, a t
 ``deeplabv3_resnet50`` or a user's own net then takes part in a norm study without being rewritten.
 
 What is replaced: ``BatchNorm{1,2,3}d``, ``SyncBatchNorm``, ``InstanceNorm{1,2,3}d``, ``GroupNorm``
-and channel LayerNorms written for feature maps (timm's and torchvision's ``LayerNorm2d``). A plain
+and channel LayerNorms written for feature maps (timm's and torchvision's ``LayerNorm2d``); timm's
+norm-activation layers (``BatchNormAct2d``, ...) keep their activation after the new norm. A plain
 ``nn.LayerNorm`` normalizes a token's last dimensions, not a feature map's channels, and is left
 as it is (counted in the report). Every tensor of the old layer whose name and shape the new one
 shares (affine weight and bias, running statistics) is carried over, so swapping BN for BN
@@ -96,6 +97,9 @@ def swap_norms(model: nn.Module, norm: str, options: dict | None = None, dims: i
                 raise SegbenchError(f"norm={name} for {child_name} ({type(child).__name__}, {channels} channels): "
                                     f"{str(err).splitlines()[0]}") from None
             _carry_over(child, new)
+            if isinstance(getattr(child, "act", None), nn.Module):
+                # timm's norm-activation layers (BatchNormAct2d, GroupNormAct): keep their dropout and activation.
+                new = nn.Sequential(new, getattr(child, "drop", nn.Identity()), child.act)
             setattr(parent, child_name, new)
             report[f"{type(child).__name__} -> {name}"] += 1
     if not any("->" in k for k in report):
