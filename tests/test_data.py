@@ -292,3 +292,30 @@ def test_ignored_pixels_count_in_neither_the_loss_nor_the_metrics():
     masked.update(logits, marked, [0, 1])
     a, b = plain.compute(), masked.compute()
     assert a["dice"] == b["dice"] and a["soft_dice"] == pytest.approx(b["soft_dice"]) and a["ap"] == b["ap"]
+
+
+def test_a_by_site_split_tests_on_sites_never_seen_in_training(tiny_cfg, tiny_brats, tmp_path):
+    import json
+
+    from segbench.data.brats import read_sites
+
+    sites = read_sites(str(tiny_brats))
+    train(tiny_cfg("data.test_sites=[site1]"), tmp_path / "run")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["test"] and {sites[s] for s in split["test"]} == {"site1"}
+    assert "site1" not in {sites[s] for s in split["train"] + split["val"]}
+    assert not set(split["train"]) & set(split["val"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"test_sites": ["siteX"]}, "names 'siteX'; the data's sites: a, b"),
+    ({"test_sites": ["b"]}, "site b has 1 subject"),
+    ({"test_sites": ["a"], "folds": 2}, "two different splits"),
+    ({"test_sites": ["a"], "strata": {}}, "needs the subjects' sites"),
+])
+def test_a_by_site_split_refuses_what_cannot_be_held_out(kwargs, message):
+    from segbench.data.common import subject_split
+
+    options = {"strata": {"s1": "a", "s2": "a", "s3": "a", "s4": "b"}, **kwargs}
+    with pytest.raises(SegbenchError, match=message):
+        subject_split(["s1", "s2", "s3", "s4"], "train", 0.25, 0, **options)

@@ -165,13 +165,15 @@ class BratsSlices(SegmentationDataset):
             of ``folds``, val a ``val_fraction`` of the rest (``test_fraction`` is then unused).
         spacing: (x, y, z) mm every subject is resampled to; None keeps each subject's grid and
             refuses subjects whose voxel sizes differ.
+        test_sites: split by site (``sites.tsv``): test is every subject of these sites, train and
+            val come from the others only (None: subjects split across sites).
     """
 
     def __init__(self, root: str, split: str = "train", modalities=MODALITIES, target: str = "whole_tumor",
                  val_fraction: float = 0.2, test_fraction: float = 0.2, tumor_fraction: float | None = 0.5,
                  min_brain_fraction: float = 0.05, size=(96, 112), augment: bool = True, seed: int = 0,
                  cache: bool = True, cache_dir: str | None = None, fit: str = "pad", folds: int | None = None,
-                 fold: int = 0, spacing=None):
+                 fold: int = 0, spacing=None, test_sites=None):
         modalities = tuple(modalities)
         if not modalities:
             raise SegbenchError(f"data.modalities is empty; name one or more of: {', '.join(MODALITIES)}")
@@ -190,7 +192,7 @@ class BratsSlices(SegmentationDataset):
         volumes = load_brats(str(root), modalities, cache, cache_dir, parse_spacing(spacing))
         sites = read_sites(str(root))
         chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
-                               strata=sites, folds=folds, fold=fold)
+                               strata=sites, folds=folds, fold=fold, test_sites=test_sites)
         self.volumes = [v for v in volumes if v.subject in chosen]
         rng = np.random.default_rng(seed)
         self.index = []

@@ -40,7 +40,8 @@ def check_split_fractions(val_fraction, test_fraction) -> None:
 
 
 def subject_split(subjects: list[str], split: str, val_fraction: float, seed: int, test_fraction: float = 0.0,
-                  strata: dict[str, str] | None = None, folds: int | None = None, fold: int = 0) -> set[str]:
+                  strata: dict[str, str] | None = None, folds: int | None = None, fold: int = 0,
+                  test_sites: list[str] | None = None) -> set[str]:
     """The subjects of ``split``: a seeded shuffle, test first, then val, the rest train.
 
     With ``strata`` (subject -> site) the shuffled subjects are dealt out site by site in turn,
@@ -51,9 +52,15 @@ def subject_split(subjects: list[str], split: str, val_fraction: float, seed: in
     used: each site's shuffled subjects are dealt to the k folds in turn and test is fold ``fold``,
     so the k folds test every subject exactly once; val is then ``val_fraction`` of all subjects,
     taken from the rest.
+
+    With ``test_sites`` (site names of ``strata``) the split is by site: test is every subject of
+    those sites, and val and train come from the other sites only, so no scanner of the test
+    set was seen in training (what a new hospital's data is).
     """
     if split not in SPLITS:
         raise invalid_choice("split", split, SPLITS)
+    if test_sites is not None:
+        return _site_split(subjects, split, val_fraction, seed, strata, folds, list(test_sites))
     if folds is not None:
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
             raise SegbenchError(f"data.folds={folds!r} must be an integer of at least 2 (or null: no cross-validation)")
@@ -84,6 +91,33 @@ def subject_split(subjects: list[str], split: str, val_fraction: float, seed: in
     bounds = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, n)}
     lo, hi = bounds[split]
     return set(order[lo:hi])
+
+
+MIN_SITE_SUBJECTS = 2  # a held-out site of one subject is a case report, not a test set
+
+
+def _site_split(subjects, split, val_fraction, seed, strata, folds, test_sites) -> set[str]:
+    if folds is not None:
+        raise SegbenchError("data.test_sites and data.folds are two different splits; set one of them")
+    if not strata:
+        raise SegbenchError("data.test_sites needs the subjects' sites: a sites.tsv (subject<TAB>site) in data.root")
+    sites = sorted({strata.get(s, "") for s in subjects} - {""})
+    bad = [t for t in test_sites if t not in sites]
+    if bad or not test_sites:
+        raise SegbenchError(f"data.test_sites={test_sites} names {bad[0] if bad else 'no site'!r}; the data's sites: "
+                            f"{', '.join(sites)}")
+    for site in test_sites:
+        n = sum(strata.get(s) == site for s in subjects)
+        if n < MIN_SITE_SUBJECTS:
+            raise SegbenchError(f"data.test_sites: site {site} has {n} subject(s); a held-out site needs at least "
+                                f"{MIN_SITE_SUBJECTS}")
+    test = {s for s in subjects if strata.get(s) in test_sites}
+    rest = [s for s in subjects if s not in test]
+    if len(rest) < 2:
+        raise SegbenchError(f"data.test_sites={test_sites} leaves {len(rest)} subject(s) to train and validate on")
+    if split == "test":
+        return test
+    return subject_split(rest, split, val_fraction, seed, 0.0, strata)
 
 
 def _read_problem(path: Path):

@@ -138,6 +138,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
             hparams.write_start(writer, cfg, ctx.world_size, MAIN_METRIC[train_set.target_kind],
                                 REPORT_METRIC[train_set.target_kind])
             hparams.write_layout(writer, MAIN_METRIC[train_set.target_kind], REPORT_METRIC[train_set.target_kind])
+            _write_split(run_dir, splits)
     sampler = StepBatchSampler(len(train_set), batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
     workers = int(cfg.data.num_workers)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
@@ -247,6 +248,18 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         write_json(run_dir / "metrics.json", metrics)
         log.info("wrote %s", run_dir / "metrics.json")
     return metrics
+
+
+def _write_split(run_dir: Path, splits) -> None:
+    """``split.json``: which subjects each split holds (readers of whole subjects), so a reader can check
+    that train and test share no subject, or no site under ``data.test_sites``."""
+    def subjects(dataset):
+        volumes = getattr(dataset, "volumes", None)
+        return None if volumes is None else sorted({v.subject for v in volumes})
+
+    found = {name: subjects(getattr(splits, name)) for name in ("train", "val", "test") if getattr(splits, name) is not None}
+    if any(v is not None for v in found.values()):
+        write_json(run_dir / "split.json", found)
 
 
 def _budget(cfg: DictConfig) -> str:
