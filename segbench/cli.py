@@ -20,6 +20,7 @@ commands:
   compare RUN_OR_SWEEP...  summary.md/.csv, paired.csv, curves.png, by_batch_size.png, predictions.png
   study OVERRIDES... --out DIR   paired seeds in rounds until every comparison is decided (or --max-seeds)
   diagnose RUN_DIR         what batch norm did in a run: running vs batch vs recomputed statistics
+  adapt RUN_DIR            test-time adaptation on its test split: AdaBN statistics, TENT (no test label read)
   bench                    images/s: segbench's training step vs a bare loop, the loader, each norm
 """
 
@@ -179,13 +180,33 @@ def _diagnose(argv: list[str]) -> None:
     print(diagnose(args.run_dir, args.batches, args.checkpoint, args.split))
 
 
+def _adapt(argv: list[str]) -> None:
+    parser = OneLineArgumentParser(prog="segbench adapt",
+                                   description="test-time adaptation on the run's test split (its images, never its masks)")
+    parser.add_argument("run_dir")
+    parser.add_argument("--methods", default="none,adabn,tent", help="comma-separated: none, adabn, tent")
+    parser.add_argument("--batches", type=at_least(1), default=20, help="test batches for the BN statistics (AdaBN)")
+    parser.add_argument("--tent-steps", type=at_least(1), default=20, help="test batches TENT adapts on")
+    parser.add_argument("--tent-lr", type=float, default=1e-3, help="TENT's Adam learning rate (default 1e-3)")
+    parser.add_argument("--checkpoint", default="best.pt", choices=["last.pt", "best.pt"])
+    args = parser.parse_args(argv)
+    from segbench.analysis.adapt import adapt
+
+    out = adapt(args.run_dir, [m for m in args.methods.split(",") if m], args.batches, args.tent_steps, args.tent_lr,
+                args.checkpoint)
+    metric = out["metric"]
+    print(f"test sites {out['test_sites']}; threshold {out['threshold_from_val']:.3f} chosen on val (training sites)")
+    for method, r in out["methods"].items():
+        print(f"{method:6s} {metric} {r[metric]:.4f}  dice_at_0.5 {r['dice_at_0.5']:.4f}  ap {r['ap']:.4f}")
+
+
 def _bench(argv: list[str]) -> None:
     from segbench.analysis.bench import main as bench_main
 
     bench_main(argv)
 
 
-COMMANDS = {"train": _train, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "bench": _bench}
+COMMANDS = {"train": _train, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "adapt": _adapt, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> None:
