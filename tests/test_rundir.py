@@ -128,3 +128,13 @@ def test_dry_run_turns_a_failing_first_step_into_one_line(tiny_cfg):
     with pytest.raises(SegbenchError, match=r"^a first training step with this config fails: RuntimeError: "
                                             r"shape mismatch$"):
         dry_run(prepared, cfg)
+
+
+def test_an_option_added_later_at_its_null_default_does_not_block_a_resume():
+    from segbench.train.checkpoint import changed_settings
+
+    saved = {"data": {"root": "d", "folds": None}, "trainer": {"max_steps": 5}}
+    assert changed_settings(saved, {"data": {"root": "d", "folds": None, "test_sites": None},
+                                    "trainer": {"max_steps": 9}}) == []
+    assert changed_settings(saved, {"data": {"root": "d", "folds": None, "test_sites": ["site1"]},
+                                    "trainer": {"max_steps": 5}}) == ["data.test_sites"]
