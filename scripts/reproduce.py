@@ -173,8 +173,8 @@ def claim_batch_size_converged(out, seeds, quick):
           "trainer.threads=1", *extra)
     numbers = contrasts([str(out / "runs" / "norm_vs_batch_size_converged")])
     return ["## 3c. Norm x batch size at equal images, trained to convergence", "",
-            "`experiment=norm_vs_batch_size_converged`: ResUNet width 8, 6,400 images per run (batch 2: 3,200 "
-            "steps, batch 16: 400), Adam 2e-3 at batch 4 scaled by sqrt(batch / 4), cosine decay, 12 validations "
+            "`experiment=norm_vs_batch_size_converged`: ResUNet width 8, 12,800 images per run (batch 2: 6,400 "
+            "steps, batch 16: 800), Adam 2e-3 at batch 4 scaled by sqrt(batch / 4), cosine decay, 12 validations "
             "per run; the planned contrasts of `segbench/analysis/batch_study.py`.", "", markdown(numbers), ""]
 
 
