@@ -147,3 +147,23 @@ def test_timms_norm_activation_layers_keep_their_activation():
     swap_norms(model, "batch")
     torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # the ReLU is still there
     assert (model(x) >= 0).all()
+
+
+def test_a_users_own_network_trains_in_segbench_loop_with_the_chosen_norm(tiny_cfg, tmp_path):
+    from segbench.models import MODELS, register_model
+    from segbench.train.trainer import train
+
+    def build(in_channels, num_outputs, hidden=8):
+        return nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(),
+                             nn.Conv2d(hidden, num_outputs, 1))
+    register_model("tiny_user_net", build)
+    try:
+        metrics = train(tiny_cfg("model=custom", "model.name=tiny_user_net", "+model.hidden=4", "norm=group",
+                                 "norm.num_groups=2"), tmp_path / "run")
+        assert metrics["model"] == "tiny_user_net" and 0 <= metrics["test"]["best"]["dice"] <= 1
+        with pytest.raises(SegbenchError, match="model=custom needs model.name="):
+            build_model("custom", 4, 1)
+        with pytest.raises(SegbenchError, match="is a built-in model"):
+            register_model("resunet", build)
+    finally:
+        MODELS.pop("tiny_user_net", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from segbench.errors import invalid_choice
+from segbench.errors import SegbenchError, invalid_choice
 from segbench.models.fcn import FCN, fcn8s, fcn16s, fcn32s
 from segbench.models.resunet import ResUNet
 
@@ -40,13 +40,35 @@ def _external(builder: str):
 MODELS = {"resunet": _resunet, "resunet3d": _resunet3d, "fcn8s": _fcn(8), "fcn16s": _fcn(16), "fcn32s": _fcn(32),
           "monai_unet": _monai_unet, "dynunet": _external("dynunet"), "segresnet": _external("segresnet"),
           "torchvision_seg": _external("torchvision_seg"), "smp_unet": _external("smp_unet")}
+BUILT_IN = frozenset(MODELS)
+
+
+def register_model(name: str, builder, dims: int = 2) -> None:
+    """Make a user's own network a segbench model (Python API; ``model=custom model.name=<name>``).
+
+    ``builder(in_channels, num_outputs, **options)`` returns any ``nn.Module``; its norm layers are
+    then replaced by the run's ``norm=`` (``segbench.nn.swap.swap_norms``), and ``model.*`` keys
+    other than ``name`` reach the builder as ``options``.
+    """
+    def build(in_channels: int, num_outputs: int, norm: str = "batch", norm_options: dict | None = None,
+              cond_channels=None, **options) -> nn.Module:
+        from segbench.models.external import Wrapped, _swap
+
+        net = builder(in_channels, num_outputs, **options)
+        return _swap(Wrapped(net, dims, 1, name), norm, norm_options, cond_channels)
+    if name in BUILT_IN:
+        raise SegbenchError(f"register_model: {name!r} is a built-in model; choose another name")
+    MODELS[name] = build
 
 
 def build_model(name: str, in_channels: int, num_outputs: int, **kw) -> nn.Module:
     """Build a registered model; ``kw`` holds its own options and the norm slot's."""
+    if name == "custom":
+        raise SegbenchError("model=custom needs model.name=<a name given to segbench.models.register_model>; "
+                            f"registered: {', '.join(sorted(set(MODELS) - BUILT_IN)) or 'none'}")
     if name not in MODELS:
         raise invalid_choice("model", name, MODELS)
     return MODELS[name](in_channels, num_outputs, **kw)
 
 
-__all__ = ["MODELS", "build_model", "ResUNet", "FCN", "fcn8s", "fcn16s", "fcn32s"]
+__all__ = ["MODELS", "build_model", "register_model", "ResUNet", "FCN", "fcn8s", "fcn16s", "fcn32s"]
