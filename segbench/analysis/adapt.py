@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -86,16 +87,14 @@ def tent(model: nn.Module, images, kind: str, device, lr: float = 1e-3) -> list[
 def adapt(run_dir: str, methods=METHODS, batches: int = 20, tent_steps: int = 20, tent_lr: float = 1e-3,
           checkpoint: str = "best.pt") -> dict:
     """Score the run's test split after each adaptation method; writes ``adapt.json`` into the run."""
-    from pathlib import Path
-
-    from segbench.analysis.diagnose import _load
+    from segbench.analysis.diagnose import load_run
     from segbench.eval.metrics import REPORT_METRIC
 
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise SegbenchError(f"--methods {','.join(methods)}: choose from {', '.join(METHODS)}")
     run = Path(run_dir)
-    cfg, model, train_set, val_set, test_set, loss_fn, _ = _load(run, checkpoint, "test")
+    cfg, model, train_set, val_set, test_set, loss_fn, _ = load_run(run, checkpoint, "test")
     if "adabn" in methods and not bn_layers(model):
         raise SegbenchError(f"--methods adabn: norm={cfg.norm.name} keeps no running statistics to re-estimate")
     ctx = DistContext(0, 1, 0, torch.device("cpu"))

@@ -28,7 +28,8 @@ from segbench.eval.evaluate import evaluate
 from segbench.eval.metrics import MAIN_METRIC, REPORT_METRIC
 
 
-def _load(run_dir: Path, checkpoint: str, split: str = "val"):
+def load_run(run_dir: Path, checkpoint: str, split: str = "val"):
+    """A finished run's config, model at ``checkpoint``, datasets (test only for ``split="test"``), loss and step."""
     from segbench.data import build_datasets
     from segbench.train.checkpoint import load_checkpoint, load_model_state
     from segbench.train.prepare import loss_from_config, model_from_config
@@ -165,7 +166,7 @@ def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt", split
     run = Path(run_dir)
     if split not in ("val", "test"):
         raise SegbenchError(f"split={split!r} is not valid; choose one of: test, val")
-    cfg, model, train_set, val_set, test_set, loss_fn, step = _load(run, checkpoint, split)
+    cfg, model, train_set, val_set, test_set, loss_fn, step = load_run(run, checkpoint, split)
     if not bn_layers(model):
         return f"{run}: norm={cfg.norm.name} has no batch-norm layers with running statistics; nothing to diagnose"
     ctx = DistContext(0, 1, 0, torch.device("cpu"))

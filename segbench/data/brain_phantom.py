@@ -217,7 +217,8 @@ def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConf
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     maps, affine = load_tissue_maps(cfg.voxel_mm)
-    prefix = cfg.prefix if layout != "brats2023" or cfg.prefix != PhantomConfig.prefix else "BraTS-GLI"
+    # BraTS 2023 names its subjects BraTS-GLI-...; a prefix the caller chose is kept.
+    prefix = "BraTS-GLI" if layout == "brats2023" and cfg.prefix == PhantomConfig.prefix else cfg.prefix
     sids = [subject_id(layout, prefix, i) for i in range(cfg.subjects)]
     written = 0
     for i, sid in enumerate(sids):

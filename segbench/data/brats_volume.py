@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.layouts import Subject
+from segbench.data.layouts import LABEL_NAMES, Subject
 from segbench.errors import SegbenchError
 
 CACHE_VERSION = 2  # 2: volumes brought to RAS from their affine, labels mapped from each layout's codes
 
 
-def read_nifti(path: Path, subject: str, channel: int | None = None):
+def read_nifti(path: Path, subject: str, four_d: bool = False):
     """A NIfTI image reoriented to RAS (from its affine: flips and axis swaps, no resampling) and
-    its voxels (channel ``channel`` of a 4-D image); unreadable, truncated or wrongly shaped files
-    are one-line errors."""
+    its voxels, 3-D (or 4-D, channels last, with ``four_d``); unreadable, truncated or wrongly
+    shaped files are one-line errors."""
     import nibabel as nib
 
     try:
@@ -44,13 +44,9 @@ def read_nifti(path: Path, subject: str, channel: int | None = None):
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SegbenchError(f"subject {subject}: cannot read {path} ({reason}); is it a truncated or "
                             "corrupt .nii.gz?") from None
-    if channel is None and voxels.ndim != 3:
-        raise SegbenchError(f"subject {subject}: {path.name} has shape {voxels.shape}; a 3-D image is expected")
-    if channel is not None:
-        if voxels.ndim != 4 or channel >= voxels.shape[3]:
-            raise SegbenchError(f"subject {subject}: {path.name} has shape {voxels.shape}; dataset.json names "
-                                f"channel {channel} of a 4-D image")
-        voxels = voxels[..., channel]
+    if voxels.ndim != (4 if four_d else 3):
+        raise SegbenchError(f"subject {subject}: {path.name} has shape {voxels.shape}; a "
+                            f"{'4-D (dataset.json names its channels)' if four_d else '3-D'} image is expected")
     return image, voxels
 
 
@@ -61,8 +57,7 @@ def _map_labels(seg: np.ndarray, path: Path, subject: Subject) -> np.ndarray:
     bad = [v for v in values.tolist() if v not in subject.labels]
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
-        names = {0: "background", 1: "necrotic", 2: "oedema", 4: "enhancing"}
-        valid = ", ".join(f"{k} ({names[v]})" for k, v in sorted(subject.labels.items()))
+        valid = ", ".join(f"{k} ({LABEL_NAMES[v]})" for k, v in sorted(subject.labels.items()))
         raise SegbenchError(f"subject {subject.id}: {path.name} holds label value(s) {shown}; the {subject.layout} "
                             f"layout's labels are {valid}")
     table = np.zeros(int(max(subject.labels)) + 1, np.uint8)
@@ -74,10 +69,6 @@ def _map_labels(seg: np.ndarray, path: Path, subject: Subject) -> np.ndarray:
 def _to_axial(volume: np.ndarray) -> np.ndarray:
     """(X, Y, Z) RAS volume -> (Z, H, W) slices, anterior at the top."""
     return np.ascontiguousarray(np.flip(volume.transpose(2, 1, 0), axis=1))
-
-
-def source_files(subject: Subject, modalities: tuple[str, ...]) -> list[Path]:
-    return subject.sources(modalities)
 
 
 def _stamp(paths: list[Path]) -> dict[str, list[int]]:
@@ -165,13 +156,16 @@ def read_subject(subject: Subject, modalities: tuple[str, ...], spacing=None):
     seg_img, seg = read_nifti(subject.seg, subject.id)
     seg = _map_labels(seg, subject.seg, subject)
     zooms = tuple(float(z) for z in seg_img.header.get_zooms()[:3])
-    images, read = [], {}
+    images, read = [], {}  # path -> voxels: an MSD case's 4-D file is decoded once for its four channels
     for modality in modalities:
         where = subject.channel(modality)
-        if (where.path, where.index) not in read:
-            read[(where.path, where.index)] = read_nifti(where.path, subject.id, where.index)[1]
-        image = read[(where.path, where.index)].astype(np.float32)
         path = where.path
+        if path not in read:
+            read[path] = read_nifti(path, subject.id, four_d=where.index is not None)[1]
+        if where.index is not None and where.index >= read[path].shape[3]:
+            raise SegbenchError(f"subject {subject.id}: {path.name} has shape {read[path].shape}; dataset.json "
+                                f"names channel {where.index}")
+        image = (read[path] if where.index is None else read[path][..., where.index]).astype(np.float32)
         if image.shape != seg.shape:
             raise SegbenchError(f"subject {subject.id}: {path.name} has shape {image.shape} but "
                                 f"{subject.seg.name} has {seg.shape}")
@@ -260,7 +254,7 @@ class VolumeCache:
         except (OSError, ValueError):
             return None
         try:
-            current = _stamp(source_files(subject, self.modalities))
+            current = _stamp(subject.sources(self.modalities))
         except SegbenchError:
             return None  # a file went missing: rebuilding names it
         if meta.get("version") != CACHE_VERSION or meta.get("sources") != current:
@@ -272,7 +266,7 @@ class VolumeCache:
 
     def build(self, subject: Subject) -> Volume:
         """Preprocess one subject and store it; the stored copy appears whole or not at all."""
-        sources = source_files(subject, self.modalities)
+        sources = subject.sources(self.modalities)
         stamp = _stamp(sources)  # taken before reading, so a file changed meanwhile is rebuilt next time
         volume = preprocess(subject, self.modalities, self.spacing)
         self.folder.mkdir(parents=True, exist_ok=True)

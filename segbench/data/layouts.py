@@ -33,6 +33,7 @@ import numpy as np
 from segbench.errors import SegbenchError, invalid_choice
 
 NCR, ED, ET = 1, 2, 4  # the canonical codes: necrotic / non-enhancing core, oedema, enhancing tumour
+LABEL_NAMES = {0: "background", NCR: "necrotic", ED: "oedema", ET: "enhancing"}
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 EXTENSIONS = (".nii.gz", ".nii")
 LAYOUTS = ("brats2021", "brats2023", "msd", "nnunet")
@@ -86,11 +87,15 @@ class Layout:
     convention: str
     skipped: list[str] = field(default_factory=list)  # folders or cases without a label map
 
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities every subject has, in canonical order."""
+        return [m for m in MODALITIES if all(m in s.channels for s in self.subjects)]
+
     def summary(self) -> str:
         """The one line that says what was found."""
-        present = [m for m in MODALITIES if all(m in s.channels for s in self.subjects)]
         line = (f"{self.root}: {self.name} layout, {len(self.subjects)} subjects, modalities "
-                f"{', '.join(present) or 'none'}; {self.convention}")
+                f"{', '.join(self.modalities) or 'none'}; {self.convention}")
         if self.skipped:
             shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
             line += f"; skipped {len(self.skipped)} without a label map ({shown})"
@@ -219,8 +224,7 @@ def label_map(labels: dict) -> dict[int, int]:
 
 
 def _describe(mapping: dict[int, int]) -> str:
-    names = {NCR: "necrotic", ED: "oedema", ET: "enhancing"}
-    return "labels " + ", ".join(f"{k} {names[v]}" for k, v in sorted(mapping.items()) if v)
+    return "labels " + ", ".join(f"{k} {LABEL_NAMES[v]}" for k, v in sorted(mapping.items()) if v)
 
 
 def _dataset_json_layout(base: Path) -> Layout:

@@ -45,7 +45,7 @@ def subject_stats(subject: Subject, min_brain_fraction: float = 0.05, modalities
 def data_stats(root: str, tumor_fraction: float | None = 0.5, min_brain_fraction: float = 0.05) -> str:
     """A plain-text table of the folder's figures (also what ``make-data`` prints at its end)."""
     layout = find_layout(root)
-    modalities = [m for m in MODALITIES if all(m in s.channels for s in layout.subjects)]
+    modalities = layout.modalities
     sites = read_sites(root)
     rows = [subject_stats(s, min_brain_fraction, modalities) for s in layout.subjects]
     rng = np.random.default_rng(0)

@@ -52,10 +52,10 @@ def register_model(name: str, builder, dims: int = 2) -> None:
     """
     def build(in_channels: int, num_outputs: int, norm: str = "batch", norm_options: dict | None = None,
               cond_channels=None, **options) -> nn.Module:
-        from segbench.models.external import Wrapped, _swap
+        from segbench.models.external import Wrapped, with_norm
 
         net = builder(in_channels, num_outputs, **options)
-        return _swap(Wrapped(net, dims, 1, name), norm, norm_options, cond_channels)
+        return with_norm(Wrapped(net, dims, 1, name), norm, norm_options, cond_channels)
     if name in BUILT_IN:
         raise SegbenchError(f"register_model: {name!r} is a built-in model; choose another name")
     MODELS[name] = build

@@ -45,7 +45,8 @@ class Wrapped(nn.Module):
         return out["out"] if isinstance(out, dict) else out
 
 
-def _swap(model: Wrapped, norm: str, norm_options: dict | None, cond_channels) -> Wrapped:
+def with_norm(model: Wrapped, norm: str, norm_options: dict | None, cond_channels) -> Wrapped:
+    """``model`` with every norm layer of its network swapped for ``norm`` (what each builder here ends with)."""
     if cond_channels is not None:
         raise SegbenchError(f"norm.cond_channels does not apply to model={model.name}")
     model.norm_report = dict(swap_norms(model.net, norm, norm_options, dims=model.dims))
@@ -54,17 +55,13 @@ def _swap(model: Wrapped, norm: str, norm_options: dict | None, cond_channels) -
     return model
 
 
-def _check_weights(weights: str | None, what: str) -> None:
-    if weights is not None and not Path(weights).is_file():
-        raise SegbenchError(f"model.weights={weights!r} is not a file; segbench downloads nothing: save a state "
-                            f"dict of {what} there, or leave model.weights=null to start from random weights")
-
-
 def _load_local(net: nn.Module, weights: str | None, what: str) -> None:
     """Load a local state dict into ``net``: every tensor whose name and shape fit (a 21-class head is skipped)."""
-    _check_weights(weights, what)
     if weights is None:
         return
+    if not Path(weights).is_file():
+        raise SegbenchError(f"model.weights={weights!r} is not a file; segbench downloads nothing: save a state "
+                            f"dict of {what} there, or leave model.weights=null to start from random weights")
     state = torch.load(weights, map_location="cpu", weights_only=True)
     own = net.state_dict()
     kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -96,7 +93,7 @@ def dynunet(in_channels: int, num_outputs: int, norm: str = "instance", norm_opt
     net = nets.DynUNet(dims, in_channels, num_outputs, kernel_size=list(kernel_size), strides=list(strides),
                        upsample_kernel_size=list(strides)[1:], filters=None if filters is None else list(filters),
                        norm_name=("instance", {"affine": True}), res_block=bool(res_block))
-    return _swap(Wrapped(net, dims, factor, "dynunet"), norm, norm_options, cond_channels)
+    return with_norm(Wrapped(net, dims, factor, "dynunet"), norm, norm_options, cond_channels)
 
 
 def segresnet(in_channels: int, num_outputs: int, norm: str = "group", norm_options: dict | None = None,
@@ -105,7 +102,7 @@ def segresnet(in_channels: int, num_outputs: int, norm: str = "group", norm_opti
     nets = _monai("segresnet")
     net = nets.SegResNet(spatial_dims=dims, in_channels=in_channels, out_channels=num_outputs,
                          init_filters=int(init_filters), blocks_down=tuple(blocks_down))
-    return _swap(Wrapped(net, dims, 2 ** (len(blocks_down) - 1), "segresnet"), norm, norm_options, cond_channels)
+    return with_norm(Wrapped(net, dims, 2 ** (len(blocks_down) - 1), "segresnet"), norm, norm_options, cond_channels)
 
 
 def torchvision_seg(in_channels: int, num_outputs: int, norm: str = "batch", norm_options: dict | None = None,
@@ -115,13 +112,12 @@ def torchvision_seg(in_channels: int, num_outputs: int, norm: str = "batch", nor
 
     if arch not in TORCHVISION_ARCHS:
         raise invalid_choice("model.arch", arch, TORCHVISION_ARCHS)
-    _check_weights(weights, f"torchvision's {arch}")
     net = getattr(segmentation, arch)(weights=None, weights_backbone=None, num_classes=num_outputs, aux_loss=False)
     _load_local(net, weights, f"torchvision's {arch}")
     if in_channels != 3:  # an MRI's 4 modalities: a first conv of the right width, the others as they are
         old = net.backbone.conv1
         net.backbone.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-    return _swap(Wrapped(net, 2, 8, "torchvision_seg"), norm, norm_options, cond_channels)
+    return with_norm(Wrapped(net, 2, 8, "torchvision_seg"), norm, norm_options, cond_channels)
 
 
 def smp_unet(in_channels: int, num_outputs: int, norm: str = "batch", norm_options: dict | None = None,
@@ -142,4 +138,4 @@ def smp_unet(in_channels: int, num_outputs: int, norm: str = "batch", norm_optio
     except (KeyError, ValueError, RuntimeError) as err:  # an unknown encoder name
         raise SegbenchError(f"model.encoder={encoder!r}: {str(err).splitlines()[0] if str(err) else 'unknown'}") from None
     _load_local(net, weights, f"smp Unet({encoder})")
-    return _swap(Wrapped(net, 2, 2 ** int(encoder_depth), "smp_unet"), norm, norm_options, cond_channels)
+    return with_norm(Wrapped(net, 2, 2 ** int(encoder_depth), "smp_unet"), norm, norm_options, cond_channels)

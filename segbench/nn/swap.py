@@ -56,12 +56,6 @@ def _channels_and_dims(layer: nn.Module, dims: int) -> tuple[int, int] | None:
     return None
 
 
-def swappable(norm: str) -> str | None:
-    """None when ``norm`` can be swapped into an existing model, else the reason it cannot."""
-    name = canonical_norm_name(norm)
-    return NOT_SWAPPABLE.get(name)
-
-
 def swap_norms(model: nn.Module, norm: str, options: dict | None = None, dims: int = 2) -> Counter:
     """Replace every normalization layer of ``model`` (in place) by ``norm`` with ``options``.
 
