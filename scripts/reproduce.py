@@ -260,9 +260,9 @@ def claim_why_bn_failed(out, seeds, quick):
     sweep("why_bn_failed", out, seeds, f"cause={','.join(CAUSES)}", "trainer.threads=1", *quick)
     table, numbers = cause_table(str(out / "runs" / "why_bn_failed"))
     return ["## 1. Why batch norm made it worse: each candidate cause of the first question", "",
-            "`experiment=why_bn_failed`: ResUNet width 8, batch 4, Adam lr 2e-3 with cosine decay over 600 steps "
-            "(2,400 images; chosen on val in a pilot of seeds 100-101 so that BN and no BN reach their plateau), "
-            "sigmoid BCE, val every 50 steps.", "", *answer_lines(numbers), "", table, "",
+            "`experiment=why_bn_failed`: ResUNet width 8, batch 4, Adam lr 2e-3 with cosine decay over 1,200 steps "
+            "(4,800 images; lr chosen on val in a pilot of seeds 100-101, budget doubled from 600 steps after "
+            "3 of 12 no-BN runs were still improving there), sigmoid BCE, 16 validations.", "", *answer_lines(numbers), "", table, "",
             "![](why_bn_failed/curves.png)", ""]
 
 
