@@ -85,6 +85,7 @@ class PackedLauncher(Launcher):
 
     def _run_pack(self, jobs, pack_refusal, run_log, train_packed) -> dict[int, JobReturn]:
         from segbench.train.lr_grid import train_with_lr_grid
+        from segbench.train.restart import continue_if_saved
 
         collected = {}
         for idx, overrides in jobs:
@@ -96,6 +97,8 @@ class PackedLauncher(Launcher):
                                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         cfgs, dirs, logs = zip(*(ret.return_value for ret in collected.values()))
+        for cfg, run_dir in zip(cfgs, dirs):
+            continue_if_saved(cfg, run_dir)  # a requeued pack, or the same sweep run again
         refusal = next(filter(None, (pack_refusal(cfg, self.vectorize) for cfg in cfgs)), None)
         if len(cfgs) > 1 and refusal is None:
             log.info("training seeds %s packed in one process", ", ".join(str(c.seed) for c in cfgs))

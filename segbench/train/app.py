@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from segbench.errors import SegbenchError, one_line
@@ -44,6 +45,8 @@ OmegaConf.register_new_resolver("segbench_run_name", run_name, replace=True)
 def hydra_main(cfg: DictConfig) -> float:
     """Train one run; the return value (best validation metric, never test) is what Hydra sweepers optimise."""
     from segbench.train.lr_grid import train_with_lr_grid
+    from segbench.train.preemption import Preempted
+    from segbench.train.restart import continue_if_saved
     from segbench.train.rundir import remove_if_untouched
     from segbench.train.trainer import TrainingDiverged
 
@@ -51,6 +54,8 @@ def hydra_main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     _share_cores(cfg, hydra_cfg)
     try:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            continue_if_saved(cfg, run_dir)  # a requeued member, or the same sweep run again
         if cfg.trainer.resume and hydra_cfg.output_subdir is None and int(os.environ.get("RANK", 0)) == 0:
             _record_resume(cfg, hydra_cfg, run_dir)
         metrics = train_with_lr_grid(cfg, run_dir)
@@ -62,6 +67,10 @@ def hydra_main(cfg: DictConfig) -> float:
     except TrainingDiverged as err:
         print(f"segbench: stopped: {err}", file=sys.stderr)
         sys.exit(1)
+    except Preempted as stopped:  # a cluster's signal: last.pt saved at that step, no test yet
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"segbench: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
     finally:
         from segbench.train.distributed import teardown
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from segbench.config import parse_overrides
 from segbench.errors import SegbenchError
 from segbench.train.checkpoint import resume_path
+from segbench.train.restart import restart_count, saved_checkpoint, sweep_state
 
 # Hydra's own launchers and sweepers: the only ``_target_`` an override may name. Anything else
 # would reach ``hydra.utils.instantiate`` and call an arbitrary function (``shutil.copyfile``...).
@@ -143,6 +144,12 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
     if multirun:  # sweep members are named by what varies (segbench.train.app.run_name)
         os.environ["SEGBENCH_SWEPT_KEYS"] = ",".join(
             o.get_key_element().lstrip("+~") for o in parse_overrides(overrides) if o.is_sweep_override())
+    if not multirun and restart_count() and _value(overrides, "trainer.resume") is None:
+        # SLURM requeued this job, or torchrun restarted it: continue the run it had saved.
+        folder = _run_dir(overrides, False)
+        if folder is not None and saved_checkpoint(folder) is not None:
+            overrides = [*overrides, f"trainer.resume={quote(str(folder))}"]
+            argv = [*argv, overrides[-1]]
     resumed_overrides, run = resume_overrides(overrides, multirun)
     if run is not None:
         flags = [a for a in argv if a.startswith("-")]
@@ -158,6 +165,12 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
             raise SegbenchError(f"hydra.run.dir={target} already holds a run; continue it with "
                                 f"trainer.resume={target}, or choose another folder")
     check_writable(target or _output_base(multirun), "hydra.run.dir" if target else "the output folder")
+    if multirun and target is not None and _value(overrides, "hydra.sweep.subdir") is None:
+        from segbench.train.app import run_name
+
+        found = sweep_state(target, sweep_jobs(overrides, True), run_name, compose).line()
+        if found:
+            print(f"segbench: {found}")
     seen = set()
     for job in sweep_jobs(overrides, multirun):
         cfg = compose(job)

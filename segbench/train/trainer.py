@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import math
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from segbench.train.convergence import plateau
 from segbench.eval.evaluate import evaluate, overlay
 from segbench.eval.metrics import MAIN_METRIC, REPORT_METRIC
 from segbench.train.prepare import Prepared, RunFinished, prepare
+from segbench.train.preemption import Preempted, StopRequest
 from segbench.train.rundir import remove_orphans, run_lock
 from segbench.train.step import compile_for_training, train_step
 
@@ -85,12 +87,17 @@ def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None
     except RunFinished as finished:
         log.info("%s", finished)
         return json.loads((run_dir / "metrics.json").read_text())
-    with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():
+    with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext(), StopRequest() as stop:
         if ctx.is_main:
             remove_orphans(run_dir)
         if ctx.is_main:
             _log_start(cfg, run_dir, ctx, prepared)
-        metrics = _train(cfg, run_dir, ctx, prepared, started, after_step, step_fn, timing)
+        try:
+            metrics = _train(cfg, run_dir, ctx, prepared, started, after_step, step_fn, timing, stop)
+        except Preempted as stopped:
+            if ctx.is_main:
+                log.warning("%s", stopped)
+            stop.hand_on(stopped)  # submitit's requeue when it is there; else Preempted goes up
         if ctx.is_main:
             _log_end(metrics, run_dir)
         return metrics
@@ -117,7 +124,7 @@ def _log_end(metrics: dict, run_dir: Path) -> None:
 
 
 def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step,
-           step_fn, timing: Stopwatch) -> dict:
+           step_fn, timing: Stopwatch, stop: StopRequest) -> dict:
     step_fn = step_fn or train_step  # looked up at call time, so a test may replace train_step
     splits, model, loss_fn = prepared.splits, prepared.model, prepared.loss_fn
     optimizer, scheduler, total_steps = prepared.optimizer, prepared.scheduler, prepared.total_steps
@@ -167,7 +174,11 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
             images = images.contiguous(memory_format=torch.channels_last)
         train_mode(net, freeze_bn=step >= freeze_step)
         loss = step_fn(net, images, target, loss_fn, optimizer, prepared.precision)
-        loss_value = float(distributed.all_reduce_sum(loss.cpu().double().view(1), ctx)[0]) / ctx.world_size
+        # One reduce per step carries the loss and whether any rank was asked to stop (a signal), so
+        # every rank stops at the same step.
+        reduced = distributed.all_reduce_sum(
+            torch.stack([loss.detach().cpu().double(), torch.tensor(float(stop.signum is not None), dtype=torch.float64)]), ctx)
+        loss_value, stopping = float(reduced[0]) / ctx.world_size, bool(reduced[1] > 0)
         if not math.isfinite(loss_value):
             kept = (f"last good checkpoint: {ckpt_dir / 'last.pt'} (step {_saved_step(ckpt_dir / 'last.pt')})"
                     if (ckpt_dir / "last.pt").is_file() else "no checkpoint was saved before it")
@@ -210,6 +221,14 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
             with timing("checkpoints"):
                 save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
                                 prepared.precision.scaler)
+        if stopping:
+            if ctx.is_main:
+                with timing("checkpoints"):
+                    save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
+                                    prepared.precision.scaler)
+                writer.close()
+            progress.close()
+            raise Preempted(stop.signum or signal.SIGTERM, done, ckpt_dir / "last.pt", run_dir)
         if after_step is not None:
             after_step(done)
         tick = fetched = time.perf_counter()
