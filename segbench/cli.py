@@ -91,16 +91,16 @@ def split_hydra_args(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def _train(argv: list[str]) -> None:
-    overrides, other_config = split_hydra_args(argv)
-    if not other_config:  # segbench's checks know its own config only
-        from segbench.train.prepare import RunFinished
-        from segbench.train.preflight import preflight
+    from segbench.train.prepare import RunFinished
+    from segbench.train.preflight import preflight
+    from segbench.trust import config_source
 
-        try:
-            argv, _ = preflight(argv, overrides)
-        except RunFinished as finished:
-            print(f"segbench: {finished}")
-            return
+    overrides, _ = split_hydra_args(argv)
+    try:  # every route into the config (-cp, -cd, -cn, search paths) gets the same checks
+        argv, _ = preflight(argv, overrides, config_source(argv))
+    except RunFinished as finished:
+        print(f"segbench: {finished}")
+        return
     from segbench.train.app import hydra_main
 
     rank = int(os.environ.get("RANK", 0))

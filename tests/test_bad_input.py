@@ -179,6 +179,17 @@ def _nothing(where: Where) -> None:
     pass
 
 
+def _config_folder(yaml_text: str, name: str = "mine") -> Callable[[Where], None]:
+    """A shared config folder with one experiment file (``-cd {tmp}/cfg experiment=mine``)."""
+    def write(where: Where) -> None:
+        (where.tmp / "cfg" / "experiment").mkdir(parents=True, exist_ok=True)
+        (where.tmp / "cfg" / "experiment" / f"{name}.yaml").write_text("# @package _global_\n" + yaml_text)
+    return write
+
+
+CALLBACK = "hydra:\n  callbacks:\n    x:\n      _target_: shutil.copyfile\n      src: a\n      dst: b\n"
+
+
 # (id, what to break, the command (``{brats}``, ``{run}``, ``{tmp}`` filled in), words the line must hold)
 CASES = [
     # Numbers out of type or range.
@@ -277,6 +288,29 @@ CASES = [
     ("bench-without-data", _nothing, ["bench", "--data", "{tmp}/absent"], ["absent", "does not exist"]),
     ("make-data-unknown-kind", _nothing, ["make-data", "nosuch", "--out", "{tmp}/x"], ["invalid choice"]),
     ("make-data-no-images", _nothing, ["make-data", "voc-phantom", "--out", "{tmp}/x", "--images", "0"], ["--images"]),
+    # Config folders are data: every route into the config is checked (-cd, -cp, -cn, search paths).
+    ("config-dir-callback", _config_folder(CALLBACK), ["train", "-cd", "{tmp}/cfg", "experiment=mine"],
+     ["hydra.callbacks.x._target_", "shutil.copyfile"]),
+    ("config-dir-override-target", _nothing,
+     ["train", "-cd", "{tmp}", "+hydra.callbacks.x._target_=shutil.copyfile"], ["shutil.copyfile"]),
+    ("config-path-callback", _config_folder("data:\n  root: null\n" + CALLBACK),
+     ["train", "-cp", "{tmp}/cfg/experiment", "-cn", "mine", "data.root={brats}"], ["hydra.callbacks.x._target_"]),
+    ("search-path-sweeper-target", _config_folder("hydra:\n  sweeper:\n    _target_: os.system\n"),
+     ["train", "-cd", "{tmp}/cfg", "experiment=mine"], ["os.system"]),
+    ("config-dir-yaml-error", _config_folder("model:\n  width: [1, 2\n"), ["train", "-cd", "{tmp}/cfg", "experiment=mine"],
+     ["YAML error", "mine.yaml:", "expected"]),
+    ("config-dir-log-outside", _config_folder("hydra:\n  job_logging:\n    handlers:\n      file:\n        filename: "
+                                              "/tmp/elsewhere.log\n"),
+     ["train", "-cd", "{tmp}/cfg", "experiment=mine"], ["filename", "outside the run folder"]),
+    ("log-handler-factory", _config_folder("hydra:\n  job_logging:\n    handlers:\n      x:\n        '()': os.system\n"),
+     ["train", "-cd", "{tmp}/cfg", "experiment=mine"], ["'()' factory"]),
+    ("log-handler-class", _nothing, ["train", "hydra.job_logging.handlers.file.class=logging.handlers.SMTPHandler"],
+     ["SMTPHandler", "logging.FileHandler"]),
+    ("output-subdir-outside", _nothing, ["train", "hydra.output_subdir=../../x"], ["hydra.output_subdir", "leaves"]),
+    ("config-name-missing", _nothing, ["train", "-cn", "nosuch"], ["nosuch"]),
+    ("config-dir-missing", _nothing, ["train", "-cd", "{tmp}/absent"], ["--config-dir", "no such folder"]),
+    ("experimental-rerun", lambda w: (w.tmp / "x.pickle").write_bytes(b"junk"),
+     ["train", "--experimental-rerun", "{tmp}/x.pickle"], ["--experimental-rerun", "pickle"]),
     ("diagnose-garbage", lambda w: (w.run / "checkpoints" / "last.pt").write_bytes(b"x"), ["diagnose", "{run}"],
      ["last.pt"]),
 ]

@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "segbench"
 # Lower number = lower layer. A module may import its own layer or any lower one.
 LAYERS = {
-    "errors": 0, "io": 0, "progress": 0, "ranks": 0, "schema": 0,
+    "errors": 0, "io": 0, "progress": 0, "ranks": 0, "schema": 0, "trust": 0,
     "nn": 1, "data": 1,
     "models": 2, "config": 2,  # config composes and checks Hydra configs: it names norms and splits
     "eval": 3,

@@ -14,18 +14,10 @@ from pathlib import Path
 
 from segbench.config import parse_overrides
 from segbench.errors import SegbenchError
+from segbench.trust import ALLOWED_TARGETS, ConfigSource, check_config_is_data, compose_with_hydra
 from segbench.train.checkpoint import resume_path
 from segbench.train.restart import restart_count, saved_checkpoint, sweep_state
 
-# Hydra's own launchers and sweepers: the only ``_target_`` an override may name. Anything else
-# would reach ``hydra.utils.instantiate`` and call an arbitrary function (``shutil.copyfile``...).
-ALLOWED_TARGETS = {
-    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
-    "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
-    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
-}
 # Flags after which Hydra prints something and trains nothing: only the overrides are checked.
 SHOW_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
 
@@ -129,10 +121,11 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | None]:
+def preflight(argv: list[str], overrides: list[str], source: ConfigSource = ConfigSource()) -> tuple[list[str], Path | None]:
     """Check a ``segbench train`` command; return the argv Hydra should see and the resumed run (or None).
 
-    Raises ``SegbenchError`` (one line) or ``RunFinished`` (resuming a finished run).
+    ``source``: another config (``-cp``/``-cd``/``-cn``) gets every check but the choices of
+    segbench's own config groups. Raises ``SegbenchError`` (one line) or ``RunFinished``.
     """
     from segbench.config import compose, validate_overrides
     from segbench.train.prepare import dry_run, prepare
@@ -155,7 +148,9 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
         flags = [a for a in argv if a.startswith("-")]
         argv = [*flags, *resumed_overrides, "hydra.output_subdir=null"]  # keep the saved config as it is
         overrides = resumed_overrides
-    validate_overrides(overrides)
+    if source.is_default:
+        validate_overrides(overrides)
+    _check_every_job_is_data(overrides, multirun, source)
     if any(a.split("=", 1)[0] in SHOW_FLAGS for a in argv):
         return argv, run
     target = run or _run_dir(overrides, multirun)
@@ -173,12 +168,32 @@ def preflight(argv: list[str], overrides: list[str]) -> tuple[list[str], Path | 
             print(f"segbench: {found}")
     seen = set()
     for job in sweep_jobs(overrides, multirun):
-        cfg = compose(job)
+        cfg = compose(job) if source.is_default else _without_hydra(compose_with_hydra(job, source))
         key = json.dumps({k: v for k, v in _container(cfg).items() if k != "seed"}, sort_keys=True, default=str)
         if key not in seen:  # seeds do not change what is valid
             seen.add(key)
             dry_run(prepare(cfg, run or Path("."), int(os.environ.get("WORLD_SIZE", 1))), cfg)
     return argv, run
+
+
+def _check_every_job_is_data(overrides: list[str], multirun: bool, source: ConfigSource) -> None:
+    """Compose each job with Hydra's own config, from wherever it comes, and refuse code in it."""
+    fixed_hydra = [o for o in overrides if o.lstrip("+~").startswith("hydra")
+                   and not any(p.is_sweep_override() for p in parse_overrides([o]))]
+    seen = set()
+    for job in sweep_jobs(overrides, multirun):
+        key = tuple(o for o in job if not o.startswith("seed="))
+        if key not in seen:
+            seen.add(key)
+            check_config_is_data(compose_with_hydra([*job, *fixed_hydra], source))
+
+
+def _without_hydra(cfg):
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
 
 
 def _container(cfg) -> dict:
