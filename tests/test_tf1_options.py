@@ -95,3 +95,20 @@ def test_precise_bn_recomputes_a_never_updating_bn_and_leaves_it_never_updating(
     layer = model[0]
     assert torch.allclose(layer.running_mean, torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0), atol=1e-5)
     assert layer.update_stats is False
+
+
+def test_a_cause_that_predicts_worse_is_named_even_when_its_slower_learning_is_unresolved():
+    from segbench.analysis.causes import answer_lines
+
+    def result(verdict, diff):
+        return {"verdict": verdict, "diff": diff, "low": diff - 0.1, "high": diff + 0.1, "p": 0.01, "p_holm": 0.02,
+                "diffs": [diff] * 4}
+
+    rows = [{"arm": "bn_tf1_never_updated", "what": "never updated", "worse": result("held", -0.3),
+             "slower": result("inconclusive at 4 seeds", 5.0)},
+            {"arm": "bn_pytorch", "what": "pytorch", "worse": result("inconclusive at 4 seeds", 0.01),
+             "slower": result("held", 0.1)}]
+    lines = answer_lines({"rows": rows, "runs": 12, "nothing_at_05": []})
+    assert "never updated (learning slower not resolved)" in lines[0]
+    assert "pytorch" in lines[1] and "never updated" not in lines[2]
+    assert "UPDATE_OPS" in next(line for line in lines if line.startswith("4."))
