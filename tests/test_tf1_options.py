@@ -58,7 +58,7 @@ def test_every_cause_composes():
             "bn_pytorch_no_inner_act"} <= set(causes)
     for cause in causes:
         cfg = compose(["experiment=why_bn_failed", f"cause={cause}"])
-        assert cfg.trainer.max_steps == 600 and cfg.study.margin == pytest.approx(0.02)
+        assert cfg.trainer.max_steps == 1200 and cfg.study.margin == pytest.approx(0.02)
     assert compose(["experiment=why_bn_failed", "cause=bn_tf1_never_updated"]).norm.update_stats is False
 
 
