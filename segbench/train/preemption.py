@@ -63,6 +63,6 @@ class StopRequest:
         """After the checkpoint: the handler that was there before (submitit's requeue), else raise."""
         previous = self._previous.get(stopped.signum)
         self.__exit__()
-        if callable(previous) and previous not in (signal.default_int_handler,):
+        if callable(previous):  # not SIG_DFL / SIG_IGN
             previous(stopped.signum, None)
         raise stopped

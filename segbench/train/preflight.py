@@ -150,7 +150,7 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
         overrides = resumed_overrides
     if source.is_default:
         validate_overrides(overrides)
-    _check_every_job_is_data(overrides, multirun, source)
+    arms = _compose_arms(overrides, multirun, source)  # each checked: no code, no path outside the run
     if any(a.split("=", 1)[0] in SHOW_FLAGS for a in argv):
         return argv, run
     target = run or _run_dir(overrides, multirun)
@@ -167,33 +167,31 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
         if found:
             print(f"segbench: {found}")
     seen = set()
-    for job in sweep_jobs(overrides, multirun):
-        cfg = compose(job) if source.is_default else _without_hydra(compose_with_hydra(job, source))
+    for cfg in arms:
         key = json.dumps({k: v for k, v in _container(cfg).items() if k != "seed"}, sort_keys=True, default=str)
-        if key not in seen:  # seeds do not change what is valid
+        if key not in seen:  # two arms may compose alike (an override given at its default)
             seen.add(key)
             dry_run(prepare(cfg, run or Path("."), int(os.environ.get("WORLD_SIZE", 1))), cfg)
     return argv, run
 
 
-def _check_every_job_is_data(overrides: list[str], multirun: bool, source: ConfigSource) -> None:
-    """Compose each job with Hydra's own config, from wherever it comes, and refuse code in it."""
+def _compose_arms(overrides: list[str], multirun: bool, source: ConfigSource) -> list:
+    """Each job's config, composed once per arm (seeds do not change what is valid) with Hydra's own
+    part, from wherever it comes; refused if it names code; returned without the Hydra part."""
+    from omegaconf import OmegaConf
+
     fixed_hydra = [o for o in overrides if o.lstrip("+~").startswith("hydra")
                    and not any(p.is_sweep_override() for p in parse_overrides([o]))]
-    seen = set()
+    arms = {}
     for job in sweep_jobs(overrides, multirun):
         key = tuple(o for o in job if not o.startswith("seed="))
-        if key not in seen:
-            seen.add(key)
-            check_config_is_data(compose_with_hydra([*job, *fixed_hydra], source))
-
-
-def _without_hydra(cfg):
-    from omegaconf import OmegaConf, open_dict
-
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+        if key not in arms:
+            full = compose_with_hydra([*job, *fixed_hydra], source)
+            check_config_is_data(full)
+            cfg = OmegaConf.create({k: v for k, v in OmegaConf.to_container(full, resolve=False).items() if k != "hydra"})
+            OmegaConf.set_struct(cfg, True)  # as Hydra hands it to the run: unknown keys are errors
+            arms[key] = cfg
+    return list(arms.values())
 
 
 def _container(cfg) -> dict:
