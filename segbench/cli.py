@@ -184,7 +184,7 @@ def _adapt(argv: list[str]) -> None:
     parser = OneLineArgumentParser(prog="segbench adapt",
                                    description="test-time adaptation on the run's test split (its images, never its masks)")
     parser.add_argument("run_dir")
-    parser.add_argument("--methods", default="none,adabn,tent", help="comma-separated: none, adabn, tent")
+    parser.add_argument("--methods", default="none,adabn,tent", help="comma-separated: none, adabn, tent, site_bn (per-site BN statistics)")
     parser.add_argument("--batches", type=at_least(1), default=20, help="test batches for the BN statistics (AdaBN)")
     parser.add_argument("--tent-steps", type=at_least(1), default=20, help="test batches TENT adapts on")
     parser.add_argument("--tent-lr", type=float, default=1e-3, help="TENT's Adam learning rate (default 1e-3)")
@@ -197,7 +197,8 @@ def _adapt(argv: list[str]) -> None:
     metric = out["metric"]
     print(f"test sites {out['test_sites']}; threshold {out['threshold_from_val']:.3f} chosen on val (training sites)")
     for method, r in out["methods"].items():
-        print(f"{method:6s} {metric} {r[metric]:.4f}  dice_at_0.5 {r['dice_at_0.5']:.4f}  ap {r['ap']:.4f}")
+        ap = "n/a (pooled over sites)" if r["ap"] is None else f"{r['ap']:.4f}"
+        print(f"{method:7s} {metric} {r[metric]:.4f}  dice_at_0.5 {r['dice_at_0.5']:.4f}  ap {ap}")
 
 
 def _bench(argv: list[str]) -> None:

@@ -103,6 +103,7 @@ RULES: dict[str, Number | Flag] = {
     "trainer.plateau_epsilon": POSITIVE,
     "trainer.channels_last": FLAG,
     "trainer.compile": FLAG,
+    "data.site_batches": FLAG,
     "data.cache": FLAG,
     "trainer.threads": OPTIONAL_COUNT,
     "trainer.log_images": NON_NEGATIVE_INT,

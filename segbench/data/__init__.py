@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Subset
 
 from segbench.errors import SegbenchError, invalid_choice
 
-LOADER_KEYS = ("name", "batch_size", "val_batch_size", "num_workers", "split_seed")
+LOADER_KEYS = ("name", "batch_size", "val_batch_size", "num_workers", "split_seed", "site_batches")
 
 
 def _brats(split: str, seed: int, **opts):
@@ -75,5 +75,9 @@ def build_datasets(data_cfg: dict, train_eval_samples: int = 64) -> Splits:
         raise SegbenchError(f"data={name}: {err}") from None
     if len(val) == 0:
         raise SegbenchError(f"data={name}: the validation split is empty; raise data.val_fraction or add data")
+    if data_cfg.get("site_batches"):  # refused here, before any file of the run is written
+        from segbench.data.site_batches import check_site_batches
+
+        check_site_batches(train, int(data_cfg.get("batch_size", 1)))
     pick = np.sort(np.random.default_rng(seed).choice(len(plain), min(train_eval_samples, len(plain)), replace=False))
     return Splits(train, val, test if len(test) else None, Subset(plain, pick.tolist()))

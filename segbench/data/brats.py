@@ -194,6 +194,7 @@ class BratsSlices(SegmentationDataset):
         chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
                                strata=sites, folds=folds, fold=fold, test_sites=test_sites)
         self.volumes = [v for v in volumes if v.subject in chosen]
+        self.site_of = sites  # subject -> site (sites.tsv); empty when the data names no sites
         rng = np.random.default_rng(seed)
         self.index = []
         for i, v in enumerate(self.volumes):
@@ -208,6 +209,10 @@ class BratsSlices(SegmentationDataset):
         super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0, resize=fit == "resize",
                          loaded_at_size=fit == "pad")
         self.fit = fit
+
+    def sample_sites(self) -> list[str]:
+        """Each sample's site ("" where sites.tsv does not name its subject)."""
+        return [self.site_of.get(case, "") for case in self.cases]
 
     @property
     def in_channels(self) -> int:

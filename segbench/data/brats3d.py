@@ -62,9 +62,9 @@ class BratsVolumes(Dataset):
             raise SegbenchError("data.patches_per_subject and data.window_batch must be at least 1")
         self.modalities, self.regions, self.split = modalities, TARGETS[target], split
         volumes = load_brats(str(root), modalities, cache, cache_dir, parse_spacing(spacing))
+        self.site_of = read_sites(str(root))  # subject -> site; empty when the data names no sites
         chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
-                               strata=read_sites(str(root)), folds=folds, fold=fold,
-                               test_sites=test_sites)
+                               strata=self.site_of, folds=folds, fold=fold, test_sites=test_sites)
         self.volumes = [v for v in volumes if v.subject in chosen]
         self.window = self.size = patch
         self.overlap, self.window_batch = float(overlap), int(window_batch)
@@ -85,6 +85,10 @@ class BratsVolumes(Dataset):
 
     def __len__(self) -> int:
         return len(self.volumes) * (1 if self.whole else self.per_subject)
+
+    def sample_sites(self) -> list[str]:
+        """Each item's site ("" where sites.tsv does not name its subject); item i is volume i mod n."""
+        return [self.site_of.get(self.volumes[i % len(self.volumes)].subject, "") for i in range(len(self))]
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)

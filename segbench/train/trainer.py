@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from segbench.data.common import StepBatchSampler
+from segbench.data.site_batches import SiteBatchSampler, check_site_batches
 from segbench.io import write_json
 from segbench.nn.bn_stats import recompute_bn_stats, train_mode
 from segbench.nn.slot import norm_scalars
@@ -146,7 +147,11 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
                                 REPORT_METRIC[train_set.target_kind])
             hparams.write_layout(writer, MAIN_METRIC[train_set.target_kind], REPORT_METRIC[train_set.target_kind])
             _write_split(run_dir, splits)
-    sampler = StepBatchSampler(len(train_set), batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
+    if cfg.data.get("site_batches"):  # per-site BN's training half: each batch from one site
+        by_site = check_site_batches(train_set, batch * ctx.world_size)
+        sampler = SiteBatchSampler(by_site, batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
+    else:
+        sampler = StepBatchSampler(len(train_set), batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
     workers = int(cfg.data.num_workers)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
                         pin_memory=ctx.device.type == "cuda", persistent_workers=False)
