@@ -15,6 +15,7 @@ USAGE = """segbench <command> [...]    (segbench --version, segbench -h)
 
 commands:
   train [OVERRIDES...]     train with Hydra overrides (add -m for a sweep), e.g. norm=group data.batch_size=2
+  torchrun [OPTS] train ... torchrun's options, then a DDP training run; a lost rank ends it in one line + resume
   make-data KIND --out DIR write a phantom dataset: brain-phantom (BraTS layout) or voc-phantom (VOCdevkit)
   data-stats ROOT          subjects, tumour share, lesions, volumes, per-site intensity of a BraTS-layout folder
   compare RUN_OR_SWEEP...  summary.md/.csv, paired.csv, curves.png, by_batch_size.png, predictions.png
@@ -201,13 +202,20 @@ def _adapt(argv: list[str]) -> None:
         print(f"{method:7s} {metric} {r[metric]:.4f}  dice_at_0.5 {r['dice_at_0.5']:.4f}  ap {ap}")
 
 
+def _torchrun(argv: list[str]) -> None:
+    from segbench.train.launch import main as launch
+
+    launch(argv)
+
+
 def _bench(argv: list[str]) -> None:
     from segbench.analysis.bench import main as bench_main
 
     bench_main(argv)
 
 
-COMMANDS = {"train": _train, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "adapt": _adapt, "bench": _bench}
+COMMANDS = {"train": _train, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "adapt": _adapt, "bench": _bench,
+            "torchrun": _torchrun}
 
 
 def main(argv: list[str] | None = None) -> None:

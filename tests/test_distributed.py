@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,8 +93,6 @@ def test_torchrun_writes_one_run_directory(tmp_path, tiny_brats):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1
-    import json
-
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_batch_size"] == 8 and metrics["steps"] == 5
 
@@ -119,3 +119,53 @@ def test_syncbatch_stays_exact_at_a_large_mean_offset(tmp_path, offset):
     x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(2)) + offset
     expected = torch.nn.BatchNorm2d(3).train()(x)[:4].detach()
     assert (torch.load(out, weights_only=True) - expected).abs().max() < 1e-4
+
+
+def _pid_of_rank(rank: int, marker: str) -> int | None:
+    """The pid of the torchrun worker of ``rank`` whose command line holds ``marker``."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if marker in (proc / "cmdline").read_bytes().decode(errors="replace") and \
+                    f"\0RANK={rank}\0" in "\0" + (proc / "environ").read_bytes().decode(errors="replace"):
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_lost_rank_ends_the_job_in_one_line_with_the_resume_command(tmp_path, tiny_brats, victim):
+    """SIGKILL to one rank mid-run: the job ends, one line per failed rank, no traceback, and the
+    printed command continues the run from its checkpoint."""
+    import shlex
+    import signal
+    import time
+
+    from tests.conftest import TINY
+
+    run_dir = tmp_path / "run"
+    train = ["norm=syncbatch", f"data.root={tiny_brats}", *TINY, "trainer.max_steps=600", "trainer.val_every=600",
+             "trainer.checkpoint_every=5", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "segbench", "torchrun", "--standalone", "--nproc_per_node=2", "train", *train]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    pid = _pid_of_rank(victim, str(run_dir))
+    assert pid is not None and job.poll() is None, "the job ended before a rank could be killed"
+    os.kill(pid, signal.SIGKILL)
+    out, err = job.communicate(timeout=180)
+    assert job.returncode == 1, err[-2000:]
+    assert "Traceback" not in err and "ChildFailedError" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("segbench torchrun:")]
+    assert any(f"rank {victim} (local rank {victim}, pid {pid}) was killed by SIGKILL" in ln for ln in lines), err
+    resume = next(ln for ln in lines if "resumes from its last checkpoint" in ln).split(": ", 2)[2]
+    args = shlex.split(resume)[1:]
+    assert f"trainer.resume={run_dir}" in args
+    done = subprocess.run([sys.executable, "-m", "segbench", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 600 and metrics["world_size"] == 2

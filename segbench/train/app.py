@@ -44,6 +44,7 @@ OmegaConf.register_new_resolver("segbench_run_name", run_name, replace=True)
 @hydra.main(config_path="pkg://segbench.configs", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """Train one run; the return value (best validation metric, never test) is what Hydra sweepers optimise."""
+    from segbench.train.launch import write_run_note
     from segbench.train.lr_grid import train_with_lr_grid
     from segbench.train.preemption import Preempted
     from segbench.train.restart import continue_if_saved
@@ -53,6 +54,7 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     _share_cores(cfg, hydra_cfg)
+    write_run_note(run_dir)
     try:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             continue_if_saved(cfg, run_dir)  # a requeued member, or the same sweep run again
@@ -71,6 +73,14 @@ def hydra_main(cfg: DictConfig) -> float:
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"segbench: {stopped}", file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except RuntimeError as err:
+        if not lost_peer(err):
+            raise
+        last = run_dir / "checkpoints" / "last.pt"
+        saved = f"resume it from {last} with trainer.resume={run_dir}" if last.exists() else "no checkpoint was saved yet"
+        print(f"segbench: rank {os.environ.get('RANK', 0)} lost another rank during a collective "
+              f"({one_line(err)[:160]}); {saved}", file=sys.stderr, flush=True)
+        os._exit(1)  # the process group cannot be torn down without its lost member
     finally:
         from segbench.train.distributed import teardown
 
@@ -79,6 +89,17 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"run directory: {run_dir}")
     # What a sweeper optimises is the val metric: choosing on test would make test a val set.
     return float(metrics["val"]["best"].get(metrics["main_metric"], float("nan")))
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another rank is gone (DDP only)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", 1)) < 2:
+        return False
+    text = str(err).lower()
+    return isinstance(err, dist.DistError) or any(
+        k in text for k in ("connection closed by peer", "connection reset by peer", "gloo", "nccl", "timed out"))
 
 
 def _record_resume(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
