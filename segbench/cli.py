@@ -97,8 +97,14 @@ def _train(argv: list[str]) -> None:
     from segbench.trust import config_source
 
     overrides, _ = split_hydra_args(argv)
+    source = config_source(argv)
+    multirun = "-m" in argv or "--multirun" in argv
+    if multirun and source.is_default and not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        # Named now, not by Hydra later, so a sweep that loses a member can say where its runs are.
+        sweep_dir = pinned_sweep_dir()
+        argv, overrides = [*argv, f"hydra.sweep.dir={sweep_dir}"], [*overrides, f"hydra.sweep.dir={sweep_dir}"]
     try:  # every route into the config (-cp, -cd, -cn, search paths) gets the same checks
-        argv, _ = preflight(argv, overrides, config_source(argv))
+        argv, _ = preflight(argv, overrides, source)
     except RunFinished as finished:
         print(f"segbench: {finished}")
         return
@@ -113,7 +119,40 @@ def _train(argv: list[str]) -> None:
                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
     sys.argv = ["segbench train", *argv]
-    hydra_main()
+    if not multirun:
+        hydra_main()
+        return
+    # A lost sweep worker (killed, out of memory) reaches here as joblib's or submitit's exception;
+    # Hydra would print it as a traceback, so it is asked to pass it on and it is said in lines below.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
+    from segbench.train.app import run_name
+    from segbench.train.preflight import named_run_dir, sweep_jobs
+    from segbench.train.restart import sweep_report
+
+    sweep_dir = named_run_dir(overrides, True)
+    basic = not any(o.startswith("hydra/sweeper=") for o in overrides)  # members known before the sweep runs
+    try:
+        hydra_main()
+    except Exception as err:  # noqa: BLE001 - each member's own errors were said in its process
+        if sweep_dir is None or not basic:
+            raise
+        for line in sweep_report(sweep_dir, sweep_jobs(overrides, True), run_name, err):
+            print(line, file=sys.stderr)
+        sys.exit(1)
+    if sweep_dir is not None and basic:
+        lines = sweep_report(sweep_dir, sweep_jobs(overrides, True), run_name)
+        if len(lines) > 1:  # a member was stopped while the others finished
+            print("\n".join(lines), file=sys.stderr)
+            sys.exit(1)
+
+
+def pinned_sweep_dir() -> str:
+    """Where Hydra's default would put this sweep (``SEGBENCH_OUTPUT`` or ./multirun, date/time)."""
+    import datetime
+
+    now = datetime.datetime.now()
+    return os.path.join(os.environ.get("SEGBENCH_OUTPUT", "multirun"), now.strftime("%Y-%m-%d"), now.strftime("%H-%M-%S"))
 
 
 def _data_stats(argv: list[str]) -> None:

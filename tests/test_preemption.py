@@ -121,3 +121,54 @@ def test_a_requeued_single_run_continues_where_a_fresh_start_is_refused(finished
     requeued = _segbench("train", *overrides, f"hydra.run.dir={run}", env={"SLURM_RESTART_COUNT": "1"})
     assert requeued.returncode == 0, requeued.stderr
     assert "is finished" in requeued.stdout + requeued.stderr
+
+
+def test_the_sweep_report_names_each_member_that_did_not_finish(tmp_path):
+    from segbench.train.restart import member_status, sweep_report
+
+    jobs = [["norm=batch"], ["norm=group"], ["norm=none"]]
+    (tmp_path / "0_norm=batch").mkdir()
+    (tmp_path / "0_norm=batch" / "metrics.json").write_text('{"test": {}, "steps": 4}')
+    (tmp_path / "1_norm=group" / "checkpoints").mkdir(parents=True)
+    torch.save({"step": 7}, tmp_path / "1_norm=group" / "checkpoints" / "last.pt")
+    assert member_status(tmp_path / "1_norm=group") == "unfinished (last.pt at step 7)"
+    assert member_status(tmp_path / "2_norm=none") == "not started"
+    lost = RuntimeError("A worker process managed by the executor was unexpectedly terminated. The exit codes of "
+                        "the workers are {SIGKILL(-9)}")
+    lines = sweep_report(tmp_path, jobs, lambda job: job[0], lost)
+    assert lines[:2] == ["segbench: sweep member 1_norm=group: unfinished (last.pt at step 7)",
+                         "segbench: sweep member 2_norm=none: not started"]
+    assert "exit codes {SIGKILL(-9)}" in lines[2] and "1 of 3 members finished" in lines[2]
+    assert len(sweep_report(tmp_path, jobs[:1], lambda job: job[0])) == 1  # all finished: the summary only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_worker_of_a_parallel_sweep_is_reported_and_the_same_command_continues(tiny_brats, tmp_path, sig):
+    """SIGTERM: that member saves and stops, the other finishes; SIGKILL: joblib stops both. Either
+    way one line per unfinished member, a summary, exit 1, no traceback; the same command then ends
+    the sweep."""
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "norm=batch,instance", f"data.root={tiny_brats}", *SMALL, "trainer.max_steps=150",
+            "trainer.val_every=150", "trainer.checkpoint_every=5", "trainer.precision=32", "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "segbench", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 240
+    while not list(sweep.glob("1_*/checkpoints/last.pt")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    workers = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "LokyProcess"], capture_output=True,
+                             text=True).stdout.split()
+    assert workers and process.poll() is None, "the sweep ended before a worker could be stopped"
+    os.kill(int(workers[-1]), sig)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err[-2000:]
+    assert "Traceback" not in err and "resource_tracker" not in err, err[-2000:]
+    summary = [line for line in err.splitlines() if "the sweep ended early" in line]
+    assert len(summary) == 1 and "of 2 members finished" in summary[0]
+    assert any(line.startswith("segbench: sweep member ") and "unfinished" in line for line in err.splitlines())
+    again = subprocess.run([sys.executable, "-m", "segbench", *args], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert all((member / "metrics.json").is_file() for member in sweep.glob("[01]_*"))

@@ -72,6 +72,10 @@ def hydra_main(cfg: DictConfig) -> float:
     except Preempted as stopped:  # a cluster's signal: last.pt saved at that step, no test yet
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"segbench: {stopped}", file=sys.stderr)
+        if "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
+            # One worker of a local parallel sweep was stopped: the others go on, and the sweep's end
+            # reports this member as unfinished (exiting here would abort the whole joblib batch).
+            return float("nan")
         sys.exit(stopped.exit_code)
     except RuntimeError as err:
         if not lost_peer(err):

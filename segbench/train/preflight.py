@@ -139,7 +139,7 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
             o.get_key_element().lstrip("+~") for o in parse_overrides(overrides) if o.is_sweep_override())
     if not multirun and restart_count() and _value(overrides, "trainer.resume") is None:
         # SLURM requeued this job, or torchrun restarted it: continue the run it had saved.
-        folder = _run_dir(overrides, False)
+        folder = named_run_dir(overrides, False)
         if folder is not None and saved_checkpoint(folder) is not None:
             overrides = [*overrides, f"trainer.resume={quote(str(folder))}"]
             argv = [*argv, overrides[-1]]
@@ -153,7 +153,7 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
     arms = _compose_arms(overrides, multirun, source)  # each checked: no code, no path outside the run
     if any(a.split("=", 1)[0] in SHOW_FLAGS for a in argv):
         return argv, run
-    target = run or _run_dir(overrides, multirun)
+    target = run or named_run_dir(overrides, multirun)
     if target is not None and int(os.environ.get("RANK", 0)) == 0:  # under torchrun rank 0 owns the folder
         check_unlocked(target)
         if run is None and ((target / "checkpoints").is_dir() or (target / "metrics.json").is_file()):
@@ -200,7 +200,7 @@ def _container(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-def _run_dir(overrides: list[str], multirun: bool) -> Path | None:
+def named_run_dir(overrides: list[str], multirun: bool) -> Path | None:
     value = _value(overrides, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     return None if value is None or "${" in value else Path(value)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,3 +109,44 @@ def sweep_state(sweep_dir: Path, jobs: list[list[str]], member_name, compose) ->
             ended = False
         (state.finished if ended else state.unfinished).append(name)
     return state
+
+
+def member_status(run: Path) -> str:
+    """``finished``, ``unfinished (last.pt at step N)`` or ``not started`` for one sweep member's folder."""
+    metrics = run / "metrics.json"
+    try:
+        if metrics.is_file() and "test" in json.loads(metrics.read_text()):
+            return "finished"
+    except (OSError, ValueError):
+        pass
+    checkpoint = saved_checkpoint(run)
+    if checkpoint is None:
+        return "not started" if not run.exists() else "stopped before its first checkpoint"
+    from segbench.train.checkpoint import load_checkpoint
+
+    try:
+        return f"unfinished (last.pt at step {int(load_checkpoint(checkpoint, ('step',))['step'])})"
+    except Exception:  # noqa: BLE001 - a checkpoint cut short by the kill: what matters is that it is not done
+        return "unfinished (its last.pt cannot be read)"
+
+
+def sweep_report(sweep_dir: Path, jobs: list[list[str]], member_name, err: BaseException | None = None) -> list[str]:
+    """One line per member that did not finish, then a summary (``err``: what stopped the sweep, if it was stopped)."""
+    from segbench.errors import one_line
+
+    names = [f"{number}_{member_name(job)}" for number, job in enumerate(jobs)]
+    status = {name: member_status(sweep_dir / name) for name in names}
+    lines = [f"segbench: sweep member {name}: {state}" for name, state in status.items() if state != "finished"]
+    done = sum(state == "finished" for state in status.values())
+    if err is None and done == len(names):
+        return lines + [f"segbench: {done} of {len(names)} members finished in {sweep_dir}"]
+    if err is None:
+        why = "a member was stopped"
+    else:
+        text = one_line(err)
+        codes = re.search(r"exit codes of the workers are (\{[^}]*\})", text)  # joblib's (loky's) wording
+        why = f"a worker process was lost, exit codes {codes.group(1)}" if codes else \
+            f"{type(err).__name__}: {text.split('. ')[0][:160]}"
+    lines.append(f"segbench: the sweep ended early ({why}); {done} of {len(names)} members finished in {sweep_dir}; "
+                 "the same command continues the others and leaves the finished ones")
+    return lines
