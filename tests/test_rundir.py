@@ -138,3 +138,49 @@ def test_an_option_added_later_at_its_null_default_does_not_block_a_resume():
                                     "trainer": {"max_steps": 9}}) == []
     assert changed_settings(saved, {"data": {"root": "d", "folds": None, "test_sites": ["site1"]},
                                     "trainer": {"max_steps": 5}}) == ["data.test_sites"]
+
+
+def test_a_named_run_folder_is_claimed_before_hydra_writes(tmp_path):
+    """The lock is taken in the preflight, by the process that will train: a second start is refused
+    before it has written anything, a stale lock is taken over, and planted links are refused."""
+    from segbench.train.rundir import LOCK_NAME, claim
+
+    run = tmp_path / "run"
+    lock = claim(run)
+    assert lock.read_text().split()[1] == str(os.getpid()) and claim(run) == lock  # held: kept
+    lock.write_text(f"{socket.gethostname()} {_dead_pid()}\n")
+    assert claim(run).read_text().split()[1] == str(os.getpid())  # stale: taken over
+    lock.write_text(f"{socket.gethostname()} 1\n")  # a live process (init)
+    with pytest.raises(SegbenchError, match="is in use by another segbench run"):
+        claim(run)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".hydra").symlink_to(tmp_path)
+    with pytest.raises(SegbenchError, match=r"\.hydra is a symbolic link"):
+        claim(other)
+    assert not (other / LOCK_NAME).exists()
+
+
+def test_a_second_run_started_into_a_busy_folder_changes_nothing_of_the_first(tiny_brats, tmp_path):
+    import time
+
+    from tests.conftest import SMALL
+
+    run = tmp_path / "run"
+    first_args = [f"data.root={tiny_brats}", *SMALL, "trainer.max_steps=100000", "trainer.val_every=100000",
+                  f"hydra.run.dir={run}", "seed=1"]
+    first = subprocess.Popen([sys.executable, "-m", "segbench", "train", *first_args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (run / ".hydra" / "overrides.yaml").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        saved = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix in (".yaml", ".lock")}
+        second = subprocess.run([sys.executable, "-m", "segbench", "train", f"data.root={tiny_brats}", *SMALL,
+                                 f"hydra.run.dir={run}", "seed=2"], capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert "is in use by another segbench run" in second.stderr
+        assert {p: p.read_bytes() for p in saved} == saved  # the first run's .hydra/ and lock untouched
+    finally:
+        first.kill()
+        first.wait()

@@ -130,7 +130,7 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
     from segbench.config import compose, validate_overrides
     from segbench.train.prepare import dry_run, prepare
     from segbench.io import check_writable
-    from segbench.train.rundir import check_unlocked
+    from segbench.train.rundir import check_unlocked, claim
 
     multirun = "-m" in argv or "--multirun" in argv
     check_targets(overrides)
@@ -172,6 +172,8 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
         if key not in seen:  # two arms may compose alike (an override given at its default)
             seen.add(key)
             dry_run(prepare(cfg, run or Path("."), int(os.environ.get("WORLD_SIZE", 1))), cfg)
+    if not multirun and target is not None and int(os.environ.get("RANK", 0)) == 0:
+        claim(target)  # before Hydra writes .hydra/: a second run started now is refused untouched
     return argv, run
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 from segbench.errors import SegbenchError
+from segbench.train.restart import restart_count
 
 LOCK_NAME = ".segbench.lock"
-HYDRA_FILES = {".hydra", "app.log"}  # what Hydra writes into a run directory before segbench starts
+HYDRA_FILES = {".hydra", "app.log", LOCK_NAME}  # what is written into a run directory before segbench starts
 
 
 def lock_holder(run_dir: Path) -> str | None:
@@ -27,6 +28,8 @@ def lock_holder(run_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     if host != socket.gethostname():
+        if restart_count():
+            return None  # the cluster restarted this job (maybe on another node): the old holder is gone
         return f"pid {pid} on {host}"  # cannot tell whether it lives; the user can remove the lock file
     try:
         os.kill(int(pid), 0)
@@ -44,12 +47,24 @@ def check_unlocked(run_dir: Path) -> None:
                             f"choose another hydra.run.dir (a stale lock is {run_dir / LOCK_NAME})")
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir`` while training; refuse if a live process holds it, take over a stale lock."""
+def claim(run_dir: Path) -> Path:
+    """Take ``run_dir``'s lock for this process (kept if it holds it already); refuse a live holder.
+
+    Called before Hydra writes ``.hydra/`` into a named run folder, so a second run started at
+    the same moment is refused before it has changed anything of the first one's.
+    """
     check_unlocked(run_dir)
+    for name in (".hydra", "app.log", LOCK_NAME, "checkpoints", "tb"):
+        if (run_dir / name).is_symlink():
+            raise SegbenchError(f"{run_dir / name} is a symbolic link; segbench writes only into real folders "
+                                "and files of the run: remove the link or choose another hydra.run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
+    try:
+        if path.read_text().split()[:2] == [socket.gethostname(), str(os.getpid())]:
+            return path
+    except (OSError, ValueError):
+        pass
     path.unlink(missing_ok=True)  # stale (checked above)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -58,6 +73,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         raise SegbenchError(f"{run_dir} is in use by another segbench run") from None
     with os.fdopen(fd, "w") as handle:
         handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+    return path
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` while training; refuse if a live process holds it, take over a stale lock."""
+    path = claim(run_dir)
     try:
         yield
     finally:
