@@ -216,6 +216,8 @@ CASES = [
     ("channels-last-fp32-cpu", _nothing, ["train", "trainer.precision=32", "trainer.channels_last=true"], ["channels_last", "bf16-mixed"]),
     ("seed-negative", _nothing, ["train", "seed=-1"], ["seed=-1"]),
     ("depth-0", _nothing, ["train", "model.depth=0"], ["model.depth=0"]),
+    ("model-too-large-for-memory", _nothing, ["train", "model.width=4096", "model.depth=5"],
+     ["the first training step needs about", "GiB free on cpu", "lower model.width or model.depth"]),
     ("cond-channel-out-of-range", _nothing, ["train", "norm=spade", "norm.cond_channels=[9]"], ["cond_channels", "9"]),
     ("added-typo-key", _nothing, ["train", "+trainer.max_step=10"], ["+trainer.max_step", "trainer.max_steps"]),
     ("deleted-group", _nothing, ["train", "~norm"], ["~norm", "not supported"]),

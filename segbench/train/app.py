@@ -50,6 +50,7 @@ def hydra_main(cfg: DictConfig) -> float:
     from segbench.train.restart import continue_if_saved
     from segbench.train.rundir import remove_if_untouched
     from segbench.train.trainer import TrainingDiverged
+    import torch
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -65,6 +66,12 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"segbench: error: {one_line(err)}", file=sys.stderr)
         _close_log_files()
         remove_if_untouched(run_dir)  # a run refused at its start leaves nothing behind
+        sys.exit(2)
+    except torch.OutOfMemoryError as err:  # the GPU's: the preflight estimates only a CPU run's memory
+        print(f"segbench: error: out of memory ({one_line(err)[:200]}); lower data.batch_size, data.size or "
+              "model.width, or use trainer.precision=bf16-mixed", file=sys.stderr)
+        _close_log_files()
+        remove_if_untouched(run_dir)
         sys.exit(2)
     except TrainingDiverged as err:
         print(f"segbench: stopped: {err}", file=sys.stderr)

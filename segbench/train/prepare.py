@@ -25,6 +25,7 @@ from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, load_che
                                        resume_path)
 from segbench.train.distributed import resolve_device
 from segbench.train.losses import build_loss
+from segbench.train.memory import check_fits
 from segbench.eval.metrics import MAIN_METRIC
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
 from segbench.train.precision import Precision, precision_for
@@ -152,6 +153,9 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     splits = build_datasets(OmegaConf.to_container(cfg.data, resolve=True), int(cfg.trainer.train_eval_samples))
     train_set = splits.train
     modalities = list(getattr(train_set, "modalities", []) or [])
+    # Refused before a weight is allocated: a model too large for the machine ends in the kernel's kill.
+    check_fits(lambda: model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities, init=False),
+               train_set[(0, 0)][0], int(cfg.data.batch_size), str(cfg.optim.get("name", "adam")), target_device)
     # A resumed run's weights come from its checkpoint; its init_from run may be gone by now.
     model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities,
                               init=resume_from is None).to(device)
