@@ -319,3 +319,39 @@ def test_a_by_site_split_refuses_what_cannot_be_held_out(kwargs, message):
     options = {"strata": {"s1": "a", "s2": "a", "s3": "a", "s4": "b"}, **kwargs}
     with pytest.raises(SegbenchError, match=message):
         subject_split(["s1", "s2", "s3", "s4"], "train", 0.25, 0, **options)
+
+
+@pytest.mark.parametrize("odd_mode", ["L", "RGBA", "P", "I;16"])
+def test_a_folder_mixing_grey_and_colour_images_is_read_as_rgb(png_folder, odd_mode):
+    """One image in another mode among RGB ones: every sample has three channels, the grey one repeated."""
+    target = png_folder / "p1" / "p1_0.png"
+    rgb = np.asarray(Image.open(target))
+    grey = rgb[..., 0].astype(np.uint16 if odd_mode == "I;16" else np.uint8)
+    if odd_mode == "L":
+        Image.fromarray(grey).save(target)
+    elif odd_mode == "I;16":
+        Image.fromarray((grey * 200).astype(np.uint16)).save(target)
+    elif odd_mode == "RGBA":
+        Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])).save(target)
+    else:
+        Image.fromarray(rgb).convert("P").save(target)
+    for split in ("train", "val", "test"):
+        data = ImageMaskFolder(str(png_folder), split, size=(40, 48), augment=False)
+        assert data.in_channels == 3
+        for i in range(len(data)):
+            assert data[i][0].shape == (3, 40, 48)
+    if odd_mode in ("L", "I;16"):
+        from segbench.data.folder import read_image
+
+        image = read_image(target, 3)
+        assert np.array_equal(image[..., 0], image[..., 2])
+
+
+def test_an_all_grey_folder_keeps_one_channel_at_its_bit_depth(png_folder):
+    from segbench.data.folder import read_image
+
+    for path in png_folder.rglob("p?_?.png"):
+        Image.fromarray(np.asarray(Image.open(path))[..., 0].astype(np.uint16) * 257).save(path)
+    data = ImageMaskFolder(str(png_folder), "train", size=(40, 48), augment=False)
+    assert data.in_channels == 1 and data[0][0].shape == (1, 40, 48)
+    assert read_image(next(png_folder.rglob("p1_0.png")), 1).max() > 255  # 16-bit values kept

@@ -62,6 +62,33 @@ def _class_map(classes) -> dict[int, int]:
     return out
 
 
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes of one-channel images
+
+
+def folder_channels(images: list[Path]) -> int:
+    """1 when every image is greyscale, else 3: a folder that mixes them is read as RGB throughout
+    (grey images repeated into three channels, RGBA without its alpha, palettes expanded)."""
+    modes = set()
+    for path in images:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                modes.add(image.mode)
+        except OSError as err:
+            raise SegbenchError(f"{path} is not an image PIL can read ({err})") from None
+    return 1 if modes <= GREY_MODES else 3
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """(H, W, channels): greyscale kept at its bit depth, colour as RGB."""
+    with Image.open(path) as image:
+        if channels == 1:
+            grey = image if image.mode in GREY_MODES - {"1", "LA"} else image.convert("L")
+            return np.asarray(grey)[..., None]
+        if image.mode in GREY_MODES - {"1", "LA", "L"}:  # 16-bit or float grey among colour images
+            return np.repeat(np.asarray(image, dtype=np.float32)[..., None], 3, axis=2)
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 class ImageMaskFolder(SegmentationDataset):
     """Image/mask pairs with a train/val/test split by subject (the file's parent folder) or by file.
 
@@ -96,8 +123,8 @@ class ImageMaskFolder(SegmentationDataset):
         self.target_kind = "multiclass" if multiclass else "multilabel"
         self.num_outputs = max(self.classes.values()) + 1 if multiclass else 1
         self.class_names = tuple(str(i) for i in range(self.num_outputs)) if multiclass else ("foreground",)
-        first = np.asarray(Image.open(self.pairs[0][0])) if self.pairs else np.zeros((1, 1))
-        self.in_channels = 1 if first.ndim == 2 else first.shape[2]
+        # Decided over the whole folder, not this split, so every split feeds the model alike.
+        self.in_channels = folder_channels([image for image, _ in pairs])
         if fit not in FITS:
             raise invalid_choice("data.fit", fit, FITS)
         super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0, resize=fit == "resize")
@@ -107,7 +134,7 @@ class ImageMaskFolder(SegmentationDataset):
 
     def load(self, i: int):
         image_path, mask_path = self.pairs[i]
-        image = np.asarray(Image.open(image_path))
+        image = read_image(image_path, self.in_channels)
         opened = Image.open(mask_path)
         # A palette mask's 255 is VOC's "void" border: ignored with binary targets, never foreground.
         void = opened.mode == "P" and not self.classes
@@ -116,8 +143,6 @@ class ImageMaskFolder(SegmentationDataset):
             mask = mask[..., 0]
         if image.shape[:2] != mask.shape:
             raise SegbenchError(f"{image_path} is {image.shape[:2]} but its mask {mask_path.name} is {mask.shape}")
-        if image.ndim == 2:
-            image = image[..., None]
         return image, mask, void
 
     def finish(self, image, mask, extra):
