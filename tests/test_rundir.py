@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -184,3 +185,16 @@ def test_a_second_run_started_into_a_busy_folder_changes_nothing_of_the_first(ti
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.parametrize("spelling", ["plain", "quoted", "escaped"])
+def test_a_run_folder_with_spaces_resumes_however_its_path_is_quoted(tiny_brats, tmp_path, spelling):
+    from segbench import cli
+    from tests.conftest import SMALL
+
+    run = tmp_path / "my runs" / "run one"
+    cli.main(["train", f"data.root={tiny_brats}", *SMALL, f"hydra.run.dir={run}"])
+    steps = json.loads((run / "metrics.json").read_text())["steps"]
+    path = {"plain": str(run), "quoted": f"'{run}'", "escaped": str(run).replace(" ", "\\ ")}[spelling]
+    cli.main(["train", f"trainer.resume={path}", f"trainer.max_steps={steps + 1}"])
+    assert json.loads((run / "metrics.json").read_text())["steps"] == steps + 1

@@ -52,7 +52,9 @@ def _value(overrides: list[str], key: str) -> str | None:
     found = None
     for override in parse_overrides(overrides):
         if override.get_key_element().lstrip("+") == key:
-            found = override.get_value_element_as_str()
+            value = None if override.is_sweep_override() else override.value()
+            # A parsed string as the user meant it: Hydra's text form escapes spaces ("a\\ b").
+            found = value if isinstance(value, str) else override.get_value_element_as_str()
     return found
 
 
