@@ -169,3 +169,32 @@ def test_a_lost_rank_ends_the_job_in_one_line_with_the_resume_command(tmp_path, 
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 600 and metrics["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_max_restarts_continues_the_run_from_its_checkpoint(tmp_path, tiny_brats):
+    """A rank killed under --max-restarts=1: torchrun restarts every worker, and they continue the run
+    from last.pt (TORCHELASTIC_RESTART_COUNT tells the restarted ranks) instead of refusing the folder."""
+    import signal
+    import time
+
+    from tests.conftest import TINY
+
+    run_dir = tmp_path / "run"
+    train = ["norm=syncbatch", f"data.root={tiny_brats}", *TINY, "trainer.max_steps=600", "trainer.val_every=600",
+             "trainer.checkpoint_every=5", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "segbench", "torchrun", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+           "train", *train]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    pid = _pid_of_rank(1, str(run_dir))
+    assert pid is not None and job.poll() is None, "the job ended before a rank could be killed"
+    os.kill(pid, signal.SIGKILL)
+    _, err = job.communicate(timeout=600)
+    assert job.returncode == 0, err[-3000:]
+    log = (run_dir / "app.log").read_text()
+    assert "resumed at step" in log, log[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 600

@@ -45,7 +45,18 @@ def setup(preference: str) -> DistContext:
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=5))
+        backend, timeout = "nccl" if device.type == "cuda" else "gloo", timedelta(minutes=5)
+        restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restarts not in ("", "0") and "MASTER_ADDR" in os.environ:
+            # torchrun restarted the workers: its store still holds the dead round's addresses under
+            # the default keys (gloo then dials a process that is gone), so each round gets its own.
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True",
+                                  timeout=timeout)
+            dist.init_process_group(backend, store=dist.PrefixStore(f"segbench/restart{restarts}", store),
+                                    rank=rank, world_size=world, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     return DistContext(rank, world, local_rank, device)
 
 
