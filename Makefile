@@ -46,8 +46,9 @@ test-all: $(STAMP) ## every test, slow ones included
 bench: $(STAMP) ## training images/s vs a bare loop, loader images/s, images/s per norm
 	$(BIN)/segbench bench
 
-clean: ## remove runs, reports and generated data (keeps .venv)
+clean: ## remove runs, reports, generated data and the preprocessing cache (keeps .venv)
 	rm -rf runs reports outputs multirun $(PHANTOM)
+	rm -rf "$${SEGBENCH_CACHE:-$$HOME/.cache/segbench}"
 
 reproduce: $(STAMP) data ## CPU versions of the studies, 5 paired seeds -> reports/REPORT.md (see docs/REPORT.md for its run time)
 	test -f data/voc_phantom/.complete || ($(BIN)/segbench make-data voc-phantom --out data/voc_phantom && touch data/voc_phantom/.complete)

@@ -106,9 +106,13 @@ def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None
 
 def _log_start(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> None:
     splits = prepared.splits
-    log.info("run %s: model=%s norm=%s loss=%s optim=%s lr=%g, batch %d x %d rank(s), %d steps on %s, precision %s",
-             run_dir, cfg.model.name, cfg.norm.name, cfg.loss.name, cfg.optim.name, float(cfg.optim.lr),
-             int(cfg.data.batch_size), ctx.world_size, prepared.total_steps, ctx.device, prepared.precision.name)
+    weights = sum(p.numel() for p in prepared.model.parameters())
+    log.info("run %s: model=%s (%s parameters) norm=%s loss=%s optim=%s lr=%g, batch %d x %d rank(s), %d steps on "
+             "%s, precision %s", run_dir, cfg.model.name, f"{weights:,}", cfg.norm.name, cfg.loss.name, cfg.optim.name,
+             float(cfg.optim.lr), int(cfg.data.batch_size), ctx.world_size, prepared.total_steps, ctx.device,
+             prepared.precision.name)
+    if cfg.data.get("site_batches"):
+        log.info("site batches: every training batch from one site (per-site BN's training half)")
     log.info("data %s (%s): %d train / %d val / %d test samples, %s targets, %d input channel(s)",
              cfg.data.name, cfg.data.get("root"), len(splits.train), len(splits.val),
              len(splits.test) if splits.test is not None else 0, splits.train.target_kind, splits.train.in_channels)
