@@ -48,7 +48,7 @@ bench: $(STAMP) ## training images/s vs a bare loop, loader images/s, images/s p
 
 clean: ## remove runs, reports, generated data and the preprocessing cache (keeps .venv)
 	rm -rf runs reports outputs multirun $(PHANTOM)
-	rm -rf "$${SEGBENCH_CACHE:-$$HOME/.cache/segbench}"
+	rm -rf "$${SEGBENCH_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/segbench}"
 
 reproduce: $(STAMP) data ## CPU versions of the studies, 5 paired seeds -> reports/REPORT.md (see docs/REPORT.md for its run time)
 	test -f data/voc_phantom/.complete || ($(BIN)/segbench make-data voc-phantom --out data/voc_phantom && touch data/voc_phantom/.complete)
