@@ -198,3 +198,14 @@ def test_a_run_folder_with_spaces_resumes_however_its_path_is_quoted(tiny_brats,
     path = {"plain": str(run), "quoted": f"'{run}'", "escaped": str(run).replace(" ", "\\ ")}[spelling]
     cli.main(["train", f"trainer.resume={path}", f"trainer.max_steps={steps + 1}"])
     assert json.loads((run / "metrics.json").read_text())["steps"] == steps + 1
+
+
+def test_a_start_killed_before_its_first_checkpoint_leaves_no_stale_curve(tiny_cfg, tmp_path):
+    from segbench.train.trainer import train
+
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "tb" / "events.out.tfevents.1.host.1.0").write_bytes(b"stale")
+    train(tiny_cfg(), run)
+    events = list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].read_bytes() != b"stale"

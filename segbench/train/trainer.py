@@ -144,6 +144,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
+        if not start:  # a start killed before its first checkpoint left events nothing can continue
+            for stale in (run_dir / "tb").glob("events.out.tfevents.*"):
+                stale.unlink()
         # purge_step drops events a killed run logged after its last checkpoint, so the curve continues cleanly.
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
         if not start:  # a resumed run's session was opened by its first start
