@@ -104,6 +104,8 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
     for row, verdict in zip(rows, decide_family([r["diffs"] for r in rows], design, [r["direction"] for r in rows],
                                                 [r["converged"] for r in rows])):
         row.update(verdict)
+        # The decision code counts paired seeds; here a pair is a (seed, held-out site) unit.
+        row["verdict"] = row["verdict"].replace("paired seeds", "paired units").replace(" seeds", " units")
     sites = sorted({site for by in values.values() for _, site in by})
     per_arm = {}
     for name, by in sorted(values.items()):
