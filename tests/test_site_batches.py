@@ -3,6 +3,7 @@
 import copy
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -131,3 +132,27 @@ def test_site_bn_refused_without_bn(tiny_cfg, tmp_path):
     train(tiny_cfg("data.test_sites=[site1]", "norm=group", "norm.num_groups=2"), run)
     with pytest.raises(SegbenchError, match="--methods site_bn: norm=group keeps no running statistics"):
         adapt(str(run), ["site_bn"])
+
+
+@pytest.mark.parametrize("split, sites, message", [
+    ("by_site", None, "data.split=by_site needs the held-out site(s) named: data.test_sites=[<site>] (the data's sites: "
+                      "site0, site1, site2)"),
+    ("by_subject", ["site1"], "data.split=by_subject and data.test_sites=['site1'] ask for two different splits"),
+    ("by_scanner", None, "data.split"),
+])
+def test_the_split_kind_is_checked_in_one_line(tiny_brats, split, sites, message):
+    from segbench.data import check_split_kind
+
+    with pytest.raises(SegbenchError, match=re.escape(message)):
+        check_split_kind(split, {"root": str(tiny_brats), "test_sites": sites})
+
+
+def test_by_site_names_the_same_split_as_test_sites(tiny_cfg, tmp_path):
+    from segbench.data import build_datasets
+    from omegaconf import OmegaConf
+
+    plain = build_datasets(OmegaConf.to_container(tiny_cfg("data.test_sites=[site1]").data, resolve=True))
+    named = build_datasets(OmegaConf.to_container(tiny_cfg("data.test_sites=[site1]", "data.split=by_site").data,
+                                                  resolve=True))
+    assert plain.test.cases == named.test.cases and set(sample_sites(named.test)) == {"site1"}
+    assert not set(sample_sites(named.train)) & {"site1"}

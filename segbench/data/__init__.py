@@ -61,12 +61,34 @@ class Splits:
     train_eval: Dataset
 
 
+SPLIT_KINDS = ("by_subject", "by_site")
+
+
+def check_split_kind(kind, opts: dict) -> None:
+    """``data.split``: null (by site exactly when ``data.test_sites`` names sites), ``by_subject`` or ``by_site``."""
+    if kind is None:
+        return
+    if kind not in SPLIT_KINDS:
+        raise invalid_choice("data.split", kind, SPLIT_KINDS)
+    sites = opts.get("test_sites")
+    if kind == "by_site" and not sites:
+        from segbench.data.brats import read_sites
+
+        known = sorted(set(read_sites(str(opts.get("root", ""))).values())) if opts.get("root") else []
+        raise SegbenchError("data.split=by_site needs the held-out site(s) named: data.test_sites=[<site>]"
+                            + (f" (the data's sites: {', '.join(known)})" if known else " (sites.tsv names them)"))
+    if kind == "by_subject" and sites:
+        raise SegbenchError(f"data.split=by_subject and data.test_sites={list(sites)} ask for two different splits; "
+                            "drop one of them")
+
+
 def build_datasets(data_cfg: dict, train_eval_samples: int = 64) -> Splits:
     """The splits for a ``data`` config group; loader keys are ignored here."""
     name = data_cfg.get("name")
     if name not in DATASETS:
         raise invalid_choice("data.name", name, DATASETS)
     opts = {k: v for k, v in data_cfg.items() if k not in LOADER_KEYS}
+    check_split_kind(opts.pop("split", None), opts)
     seed = int(data_cfg.get("split_seed", 0))
     try:
         train, val, test = (DATASETS[name](split, seed, **opts) for split in ("train", "val", "test"))

@@ -81,8 +81,8 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
     """Dotted keys whose values differ between a checkpoint's config and this run's, outside ``RESUMABLE``."""
     flat_saved, flat_now = flatten(saved), flatten(now)
     keys = sorted(set(flat_saved) | set(flat_now))
-    # An option added after the checkpoint was written, left at its null (off) default, changes nothing:
-    # runs trained before data.spacing or data.test_sites existed still resume.
-    added_off = {k for k in flat_now if k not in flat_saved and flat_now[k] is None}
+    # An option added after the checkpoint was written, left at its null or false (off) default, changes
+    # nothing: runs trained before data.spacing, data.test_sites or data.site_batches existed still resume.
+    added_off = {k for k in flat_now if k not in flat_saved and (flat_now[k] is None or flat_now[k] is False)}
     return [k for k in keys if flat_saved.get(k, "<unset>") != flat_now.get(k, "<unset>")
             and not k.startswith(RESUMABLE) and k not in added_off]
