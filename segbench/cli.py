@@ -119,7 +119,10 @@ def _train(argv: list[str]) -> None:
                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
     sys.argv = ["segbench train", *argv]
-    if not multirun:
+    from segbench.train.preflight import SHOW_FLAGS, named_run_dir, sweep_jobs
+
+    shows = any(a.split("=", 1)[0] in SHOW_FLAGS for a in argv)  # --cfg, --info, --help: nothing trains
+    if not multirun or shows:
         hydra_main()
         return
     # A lost sweep worker (killed, out of memory) reaches here as joblib's or submitit's exception;
@@ -127,11 +130,11 @@ def _train(argv: list[str]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
     from segbench.train.app import run_name
-    from segbench.train.preflight import named_run_dir, sweep_jobs
     from segbench.train.restart import sweep_report
 
     sweep_dir = named_run_dir(overrides, True)
-    basic = not any(o.startswith("hydra/sweeper=") for o in overrides)  # members known before the sweep runs
+    # Members known before the sweep runs, in folders named as segbench names them.
+    basic = not any(o.startswith(("hydra/sweeper=", "hydra.sweep.subdir=")) for o in overrides)
     try:
         hydra_main()
     except Exception as err:  # noqa: BLE001 - each member's own errors were said in its process

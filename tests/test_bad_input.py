@@ -216,6 +216,7 @@ CASES = [
     ("channels-last-fp32-cpu", _nothing, ["train", "trainer.precision=32", "trainer.channels_last=true"], ["channels_last", "bf16-mixed"]),
     ("seed-negative", _nothing, ["train", "seed=-1"], ["seed=-1"]),
     ("depth-0", _nothing, ["train", "model.depth=0"], ["model.depth=0"]),
+    ("multirun-with-cfg", _nothing, ["train", "-m", "norm=batch,group", "--cfg", "job"], ["--cfg", "-m runs a sweep"]),
     ("split-by-site-without-sites", _nothing, ["train", "data.split=by_site"], ["data.split=by_site", "data.test_sites"]),
     ("site-batches-too-few", _nothing, ["train", "data.site_batches=true", "data.batch_size=200"],
      ["data.site_batches=true", "fewer than one batch of 200"]),

@@ -135,6 +135,10 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
     from segbench.train.rundir import check_unlocked, claim
 
     multirun = "-m" in argv or "--multirun" in argv
+    shown = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in SHOW_FLAGS - {"--help", "-h", "--hydra-help"}]
+    if multirun and shown:  # Hydra refuses the pair with a traceback
+        raise SegbenchError(f"{shown[0]} shows one job's config and -m runs a sweep; use one of them "
+                            "(drop -m to see the config a member gets)")
     check_targets(overrides)
     if multirun:  # sweep members are named by what varies (segbench.train.app.run_name)
         os.environ["SEGBENCH_SWEPT_KEYS"] = ",".join(
