@@ -7,7 +7,7 @@ from importlib import resources
 from segbench.errors import SegbenchError, invalid_choice
 
 CONFIG_MODULE = "segbench.configs"
-GROUPS = ("model", "norm", "data", "loss", "optim", "trainer", "experiment")
+GROUPS = ("model", "norm", "data", "loss", "optim", "trainer", "logger", "experiment")
 
 
 def group_options(group: str) -> list[str]:

@@ -23,7 +23,15 @@ ALLOWED_TARGETS = frozenset({
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
     "hydra_plugins.segbench_packed_launcher.packed_launcher.PackedLauncher",
+    "hydra_plugins.segbench_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
 })
+# Launchers and sweepers that come with a package of their own: how to get them.
+PLUGIN_HINTS = {
+    "hydra/launcher/ray": "pip install 'segbench[ray]' (Hydra's Ray launcher), then hydra/launcher=ray_local",
+    "hydra/launcher/ray_local": "pip install 'segbench[ray]' (Hydra's Ray launcher)",
+    "hydra/sweeper/optuna": "pip install 'segbench[optuna]'",
+}
 LOG_HANDLER_CLASSES = frozenset({"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler"})
 RUN_FOLDER_PREFIXES = ("${hydra.runtime.output_dir}/", "${hydra:runtime.output_dir}/")
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train")  # where @hydra.main is declared
@@ -100,6 +108,10 @@ def compose_with_hydra(overrides: list[str], source: ConfigSource):
         raise SegbenchError(f"YAML error: {where}{err.problem or err.context}") from None
     except (HydraException, OmegaConfBaseException, ImportError, ValueError) as err:
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        missing = next((group for group in PLUGIN_HINTS if f"find '{group}'" in first or f"load '{group}'" in first), None)
+        if missing:
+            group, choice = missing.rsplit("/", 1)
+            raise SegbenchError(f"{group}={choice} is not installed: {PLUGIN_HINTS[missing]}") from None
         raise SegbenchError(f"cannot compose the config: {first}") from None
     finally:
         GlobalHydra.instance().clear()

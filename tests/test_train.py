@@ -18,7 +18,7 @@ def test_run_directory_holds_events_checkpoints_and_metrics(tiny_cfg, tmp_path):
     metrics = train(tiny_cfg(), tmp_path)
     scalars = read_scalars(tmp_path / "tb")
     assert {"train/loss", "val/loss", "val/dice", "val/dice_tuned", "val/auroc", "val/ap", "train_eval/loss",
-            "test_last/dice", "test_last/hd95", "train/lr"} <= set(scalars)
+            "zz_test_last/dice", "zz_test_last/hd95", "train/lr"} <= set(scalars)
     assert scalars["train/loss"][0].tolist() == [1, 2, 3]
     assert scalars["val/dice"][0].tolist() == [3]
     for name in ("last.pt", "best.pt"):

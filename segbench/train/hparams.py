@@ -1,6 +1,6 @@
 """TensorBoard's HParams tab, written by every run: its settings at the start, its status at the end.
 
-The metrics the tab shows are the run's own scalars (``val/<main metric>``, ``test_best/*`` …),
+The metrics the tab shows are the run's own scalars (``val/<main metric>``, ``zz_test_best/*`` …),
 which TensorBoard reads from the same folder, so a sweep compares there without any extra command.
 """
 
@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 
 from omegaconf import DictConfig, OmegaConf
+
+# Test results go under "<TEST_GROUP>_best/" and "<TEST_GROUP>_last/". TensorBoard's Time Series tab
+# orders its sections by name, and a plain "test_*" would open the page on single-point charts of the
+# final numbers, before train and val; these names sort after "val".
+TEST_GROUP = "zz_test"
 
 # Always shown: the group choices and the numbers every study varies.
 CHOICES = ("model.name", "norm.name", "loss.name", "optim.name", "data.name")
@@ -32,8 +37,8 @@ def hparams_of(cfg: DictConfig, world_size: int) -> dict:
 
 
 def metric_tags(main_metric: str, report_metric: str) -> list[str]:
-    return [f"val/{main_metric}", f"test_best/{report_metric}", "test_best/auroc", f"test_last/{report_metric}",
-            "train_eval/loss", "train/loss"]
+    return [f"val/{main_metric}", f"{TEST_GROUP}_best/{report_metric}", f"{TEST_GROUP}_best/auroc",
+            f"{TEST_GROUP}_last/{report_metric}", "train_eval/loss", "train/loss"]
 
 
 def write_start(writer, cfg: DictConfig, world_size: int, main_metric: str, report_metric: str) -> None:
@@ -66,6 +71,6 @@ def write_layout(writer, main_metric: str, report_metric: str) -> None:
             "learning rate": ["Multiline", ["train/lr"]],
         },
         "2 test (last and best-by-val checkpoints)": {
-            report_metric: ["Multiline", [f"test_last/{report_metric}", f"test_best/{report_metric}"]],
+            report_metric: ["Multiline", [f"{TEST_GROUP}_last/{report_metric}", f"{TEST_GROUP}_best/{report_metric}"]],
         },
     })

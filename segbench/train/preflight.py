@@ -17,6 +17,7 @@ from segbench.errors import SegbenchError
 from segbench.trust import ALLOWED_TARGETS, ConfigSource, check_config_is_data, compose_with_hydra
 from segbench.train.checkpoint import resume_path
 from segbench.train.restart import restart_count, saved_checkpoint, sweep_state
+from segbench.train.search import is_search
 
 # Flags after which Hydra prints something and trains nothing: only the overrides are checked.
 SHOW_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
@@ -26,6 +27,8 @@ def check_targets(overrides: list[str]) -> None:
     """Refuse an override that names a ``_target_`` (in its key or inside its value) outside the allowlist."""
     for override in parse_overrides(overrides):
         key = override.get_key_element().lstrip("+~")
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            continue  # an interval (an Optuna search): numbers, no target
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         for value in values:
             targets = [value] if key.split(".")[-1] == "_target_" else list(_targets_in(value))
@@ -154,6 +157,8 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
         flags = [a for a in argv if a.startswith("-")]
         argv = [*flags, *resumed_overrides, "hydra.output_subdir=null"]  # keep the saved config as it is
         overrides = resumed_overrides
+    if multirun and is_search(overrides):
+        return _preflight_search(argv, overrides, source)
     if source.is_default:
         validate_overrides(overrides)
     arms = _compose_arms(overrides, multirun, source)  # each checked: no code, no path outside the run
@@ -181,6 +186,26 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
     if not multirun and target is not None and int(os.environ.get("RANK", 0)) == 0:
         claim(target)  # before Hydra writes .hydra/: a second run started now is refused untouched
     return argv, run
+
+
+def _preflight_search(argv: list[str], overrides: list[str], source: ConfigSource) -> tuple[list[str], None]:
+    """An Optuna search: its settings checked at both ends of every searched range, as one arm each."""
+    from segbench.config import validate_overrides
+    from segbench.io import check_writable
+    from segbench.train.prepare import dry_run, prepare
+    from segbench.train.search import SWEEPER, read_search
+
+    search = read_search(overrides)
+    hydra_part = [o for o in overrides if o.startswith("hydra")]
+    for job in search.ends():
+        plain = [o for o in job if not o.startswith("hydra")]
+        if source.is_default:
+            validate_overrides(plain)
+        for cfg in _compose_arms([*plain, *hydra_part, SWEEPER], False, source):
+            dry_run(prepare(cfg, Path("."), int(os.environ.get("WORLD_SIZE", 1))), cfg)
+    target = named_run_dir(overrides, True)
+    check_writable(target or _output_base(True), "hydra.sweep.dir" if target else "the output folder")
+    return argv, None
 
 
 def _compose_arms(overrides: list[str], multirun: bool, source: ConfigSource) -> list:

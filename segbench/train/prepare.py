@@ -24,6 +24,7 @@ from segbench.schema import check_config, flatten
 from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, load_checkpoint, load_model_state,
                                        resume_path)
 from segbench.train.distributed import resolve_device
+from segbench.train.trackers import check_trackers
 from segbench.train.losses import build_loss
 from segbench.train.memory import check_fits
 from segbench.eval.metrics import MAIN_METRIC
@@ -145,6 +146,7 @@ def dry_run(prepared: Prepared, cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.device("cpu")) -> Prepared:
     """Build and check the run; raise ``SegbenchError`` (one line) or ``RunFinished``, never write."""
     check_config(cfg)
+    check_trackers(cfg)
     precision = precision_for(cfg.trainer.get("precision", "32"), torch.device(device))
     target_device = resolve_device(cfg.trainer.device)  # where the run will train (preflight checks on the CPU)
     resume_from = resume_path(cfg.trainer.resume, Path(run_dir))

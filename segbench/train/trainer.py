@@ -22,7 +22,8 @@ from segbench.data.site_batches import SiteBatchSampler, check_site_batches
 from segbench.io import write_json
 from segbench.nn.bn_stats import recompute_bn_stats, train_mode
 from segbench.nn.slot import norm_scalars
-from segbench.train import distributed, hparams
+from segbench.train import distributed
+from segbench.train.hparams import TEST_GROUP
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.convergence import plateau
 from segbench.eval.evaluate import evaluate, overlay
@@ -31,6 +32,7 @@ from segbench.train.prepare import Prepared, RunFinished, prepare
 from segbench.train.preemption import Preempted, StopRequest
 from segbench.train.rundir import remove_orphans, run_lock
 from segbench.train.step import compile_for_training, train_step
+from segbench.train.trackers import RunInfo, Trackers
 
 
 log = logging.getLogger(__name__)
@@ -130,30 +132,33 @@ def _log_end(metrics: dict, run_dir: Path) -> None:
 
 def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step,
            step_fn, timing: Stopwatch, stop: StopRequest) -> dict:
+    train_set = prepared.splits.train
+    start = prepared.start
+    net = distributed.wrap(prepared.model, ctx)
+    if cfg.trainer.get("compile"):
+        # Training steps only: evaluation and checkpoints use the plain module (same weights).
+        net = compile_for_training(net, ctx.device, prepared.precision)
+
+    trackers = None  # the run's trackers (TensorBoard and what logger= adds), on the main rank only
+    if ctx.is_main:
+        kind = train_set.target_kind
+        trackers = Trackers(RunInfo(run_dir, cfg, start, ctx.world_size, MAIN_METRIC[kind], REPORT_METRIC[kind]))
+        if not start:
+            _write_split(run_dir, prepared.splits)
+    try:
+        return _loop(cfg, run_dir, ctx, prepared, started, after_step, step_fn, timing, stop, net, trackers)
+    finally:
+        if trackers:
+            trackers.close()  # after finish(): nothing; after a stop or a failure: each tracker says so
+
+
+def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step, step_fn,
+          timing: Stopwatch, stop: StopRequest, net, trackers) -> dict:
     step_fn = step_fn or train_step  # looked up at call time, so a test may replace train_step
     splits, model, loss_fn = prepared.splits, prepared.model, prepared.loss_fn
     optimizer, scheduler, total_steps = prepared.optimizer, prepared.scheduler, prepared.total_steps
     start, best, last_val, freeze_step = prepared.start, prepared.best, prepared.last_val, prepared.freeze_step
     train_set, batch = splits.train, int(cfg.data.batch_size)
-    net = distributed.wrap(model, ctx)
-    if cfg.trainer.get("compile"):
-        # Training steps only: evaluation and checkpoints use the plain module (same weights).
-        net = compile_for_training(net, ctx.device, prepared.precision)
-
-    writer = None
-    if ctx.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        if not start:  # a start killed before its first checkpoint left events nothing can continue
-            for stale in (run_dir / "tb").glob("events.out.tfevents.*"):
-                stale.unlink()
-        # purge_step drops events a killed run logged after its last checkpoint, so the curve continues cleanly.
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
-        if not start:  # a resumed run's session was opened by its first start
-            hparams.write_start(writer, cfg, ctx.world_size, MAIN_METRIC[train_set.target_kind],
-                                REPORT_METRIC[train_set.target_kind])
-            hparams.write_layout(writer, MAIN_METRIC[train_set.target_kind], REPORT_METRIC[train_set.target_kind])
-            _write_split(run_dir, splits)
     if cfg.data.get("site_batches"):  # per-site BN's training half: each batch from one site
         by_site = check_site_batches(train_set, batch * ctx.world_size)
         sampler = SiteBatchSampler(by_site, batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
@@ -204,16 +209,16 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         if step > start:  # the first step pays for allocation and warm-up; throughput is steady state
             train_time += now - tick
             images_seen += len(images) * ctx.world_size
-        if writer:
-            writer.add_scalar("train/loss", loss_value, done)
-            writer.add_scalar("train/lr", lr, done)  # under train/, not a lone flat chart on top
-            writer.add_scalar("train/images_seen", done * batch * ctx.world_size, done)
+        if trackers:
+            trackers.scalar("train/loss", loss_value, done)
+            trackers.scalar("train/lr", lr, done)  # under train/, not a lone flat chart on top
+            trackers.scalar("train/images_seen", done * batch * ctx.world_size, done)
         progress.update(1)
         progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(train_time, 1e-9):.1f}")
         reached = False
         if done % val_every == 0 or done == total_steps:
             eval_start = time.perf_counter()
-            last_val = _validate(cfg, model, net, splits, loss_fn, ctx, writer, done, eval_batch, timing)
+            last_val = _validate(cfg, model, net, splits, loss_fn, ctx, trackers, done, eval_batch, timing)
             eval_seconds += time.perf_counter() - eval_start
             improved = last_val[main_metric] >= best.get(main_metric, -math.inf)
             history.append({"step": done, "seconds": round(time.perf_counter() - started, 3),
@@ -238,7 +243,6 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
                 with timing("checkpoints"):
                     save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
                                     prepared.precision.scaler)
-                writer.close()
             progress.close()
             raise Preempted(stop.signum or signal.SIGTERM, done, ckpt_dir / "last.pt", run_dir)
         if after_step is not None:
@@ -255,7 +259,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
 
     best = distributed.broadcast_object(best, ctx)
     with timing("test"):
-        test = _test(cfg, model, net, splits, loss_fn, ctx, writer, total_steps, eval_batch, last_val, best, ckpt_dir)
+        test = _test(cfg, model, net, splits, loss_fn, ctx, trackers, total_steps, eval_batch, last_val, best, ckpt_dir)
     metrics = {
         "val": {"final": last_val, "best": best, "history": history}, "test": test,
         "main_metric": main_metric, "report_metric": REPORT_METRIC[train_set.target_kind],
@@ -274,9 +278,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
         "seconds": {**{k: round(v, 3) for k, v in timing.items()}, "total": round(time.perf_counter() - started, 3)},
     }
     if ctx.is_main:
-        hparams.write_end(writer)
-        writer.close()
         write_json(run_dir / "metrics.json", metrics)
+        trackers.finish(metrics)  # after metrics.json: trackers may keep it (MLflow's artifacts)
         log.info("wrote %s", run_dir / "metrics.json")
     return metrics
 
@@ -317,7 +320,7 @@ def _scalars(results: dict) -> dict[str, float]:
     return {k: v for k, v in results.items() if isinstance(v, (int, float))}
 
 
-def _validate(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, timing: Stopwatch) -> dict:
+def _validate(cfg, model, net, splits, loss_fn, ctx, trackers, step, eval_batch, timing: Stopwatch) -> dict:
     k = int(cfg.trainer.get("precise_bn_batches") or 0)
     if k:
         # Its own generator, seeded by run and step: the same batches after a resume, and in a
@@ -339,24 +342,24 @@ def _validate(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, t
         fit, _ = evaluate(model, splits.train_eval, loss_fn, ctx, eval_batch, hd95=False)
     results["train_eval_loss"] = fit["loss"]
     with timing("tensorboard"):
-        _log_validation(cfg, model, splits, writer, step, results, first)
+        _log_validation(cfg, model, splits, trackers, step, results, first)
     return results
 
 
-def _log_validation(cfg, model, splits, writer, step, results, first) -> None:
-    if writer:
+def _log_validation(cfg, model, splits, trackers, step, results, first) -> None:
+    if trackers:
         for name, value in results.items():
             tag = "train_eval/loss" if name == "train_eval_loss" else f"val/{name}"
-            writer.add_scalar(tag, value, step)
+            trackers.scalar(tag, value, step)
         for layer, values in norm_scalars(model).items():
             for key, value in values.items():
-                writer.add_scalar(f"norm/{layer}/{key}", value, step)
+                trackers.scalar(f"norm/{layer}/{key}", value, step)
         if first is not None and cfg.trainer.log_images:
             kind = splits.train.target_kind
-            writer.add_images("val/overlay", overlay(*first, kind, int(cfg.trainer.log_images)), step)
+            trackers.images("val/overlay", overlay(*first, kind, int(cfg.trainer.log_images)), step)
 
 
-def _test(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, last_val, best, ckpt_dir) -> dict:
+def _test(cfg, model, net, splits, loss_fn, ctx, trackers, step, eval_batch, last_val, best, ckpt_dir) -> dict:
     """Test-split results of the last and of the best-by-val checkpoint, each at its val-chosen threshold."""
     if splits.test is None:
         return {}
@@ -369,14 +372,18 @@ def _test(cfg, model, net, splits, loss_fn, ctx, writer, step, eval_batch, last_
         if ctx.is_main:
             log.info("test, %s checkpoint (step %d, threshold %.3f chosen on val): %s", name, ckpt_step,
                      threshold, _summary(results))
-        if writer:
-            for key, value in _scalars(results).items():
-                writer.add_scalar(f"test_{name}/{key}", value, step)
+        log_test(name, results)
         return {**results, "step": ckpt_step}
 
+    def log_test(name: str, results: dict) -> None:
+        if trackers:
+            for key, value in _scalars(results).items():
+                trackers.scalar(f"{TEST_GROUP}_{name}/{key}", value, step)
+
     out = {"last": score("last", last_val, step)}
-    if not best or best.get("step") == step:  # the best checkpoint is the last one
+    if not best or best.get("step") == step:  # the best checkpoint is the last one: its numbers under both names
         out["best"] = out["last"]
+        log_test("best", {k: v for k, v in out["best"].items() if k != "step"})
         return out
     state = load_checkpoint(ckpt_dir / "best.pt") if ctx.is_main else None
     model.load_state_dict(distributed.broadcast_object(state, ctx)["model"])

@@ -1,0 +1,79 @@
+"""Trackers: TensorBoard always, MLflow beside it read back by MLflow's own client, a tracker of one's own."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from segbench.errors import SegbenchError
+from segbench.train import trackers
+from segbench.train.trackers import Tracker, check_trackers, register_tracker
+from segbench.train.trainer import train
+
+
+def test_mlflow_run_reads_back_with_params_step_metrics_test_results_and_checkpoints(tiny_cfg, tmp_path):
+    pytest.importorskip("mlflow", reason="logger=mlflow is an extra: pip install 'segbench[mlflow]'")
+    from mlflow.tracking import MlflowClient
+
+    metrics = train(tiny_cfg("logger=mlflow"), tmp_path)
+    record = json.loads((tmp_path / "mlflow.json").read_text())
+    assert record["tracking_uri"] == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"  # in the run folder, no server
+    client = MlflowClient(record["tracking_uri"])
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == tmp_path.name
+    assert run.data.params["norm.name"] == "batch" and run.data.params["seed"] == "0"
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in sorted(losses, key=lambda m: m.step)] == [1, 2, 3]
+    assert run.data.metrics["zz_test_best/dice"] == pytest.approx(metrics["test"]["best"]["dice"])
+    assert run.data.metrics["val/dice"] == pytest.approx(metrics["val"]["final"]["dice"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "checkpoints"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/best.pt",
+                                                                                      "checkpoints/last.pt"}
+    assert (tmp_path / "tb").is_dir()  # TensorBoard stays, beside MLflow
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tiny_cfg, tmp_path):
+    pytest.importorskip("mlflow", reason="logger=mlflow is an extra: pip install 'segbench[mlflow]'")
+    from mlflow.tracking import MlflowClient
+
+    train(tiny_cfg("logger=mlflow", "trainer.max_steps=2", "trainer.val_every=2"), tmp_path)
+    first = json.loads((tmp_path / "mlflow.json").read_text())["run_id"]
+    train(tiny_cfg("logger=mlflow", "trainer.max_steps=4", "trainer.val_every=2", f"trainer.resume={tmp_path}"), tmp_path)
+    record = json.loads((tmp_path / "mlflow.json").read_text())
+    assert record["run_id"] == first
+    client = MlflowClient(record["tracking_uri"])
+    steps = sorted(m.step for m in client.get_metric_history(first, "train/loss"))
+    assert steps == [1, 2, 3, 4] and client.get_run(first).info.status == "FINISHED"
+
+
+def test_a_tracker_of_ones_own_is_a_short_class(tiny_cfg, tmp_path, monkeypatch):
+    seen = []
+
+    class ListTracker(Tracker):
+        def scalar(self, tag, value, step):
+            seen.append((tag, step))
+
+        def finish(self, metrics):
+            seen.append(("finish", metrics["steps"]))
+
+    monkeypatch.setattr(trackers, "TRACKERS", dict(trackers.TRACKERS))
+    register_tracker("list", ListTracker)
+    train(tiny_cfg("logger.names=[tensorboard,list]"), tmp_path)
+    assert ("train/loss", 3) in seen and ("val/dice", 3) in seen and seen[-1] == ("finish", 3)
+
+
+@pytest.mark.parametrize("names, expected", [
+    ("[tensorboard,wandb]", "logger.names='wandb' is not valid"),
+    ("[mlflow]", "must include tensorboard"),
+])
+def test_bad_tracker_lists_are_one_line(tiny_cfg, names, expected):
+    with pytest.raises(SegbenchError, match=expected):
+        check_trackers(tiny_cfg(f"logger.names={names}"))
+
+
+def test_a_missing_tracker_package_names_the_install_line(tiny_cfg, monkeypatch):
+    monkeypatch.setitem(trackers.NEEDS, "mlflow", ("no_such_module_segbench", "pip install 'segbench[mlflow]'"))
+    with pytest.raises(SegbenchError, match=r"needs the no_such_module_segbench package: pip install 'segbench\[mlflow\]'"):
+        check_trackers(tiny_cfg("logger=mlflow"))
