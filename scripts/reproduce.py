@@ -112,8 +112,8 @@ def curve_mean(run, tag: str) -> float:
 def claim_bn_slower(out, seeds, quick):
     runs = sweep("seed_bn_vs_nobn", out, seeds, "norm=none,batch", "study.lr_grid=[1e-3,3e-3]", *quick)
     m = test_metric(runs)
-    slow = stats.paired(by_seed(runs, lambda r: curve_mean(r, "train_eval/loss"), norm="batch"),
-                        by_seed(runs, lambda r: curve_mean(r, "train_eval/loss"), norm="none"))
+    slow = stats.paired(by_seed(runs, lambda r: curve_mean(r, "train/loss_eval_mode"), norm="batch"),
+                        by_seed(runs, lambda r: curve_mean(r, "train/loss_eval_mode"), norm="none"))
     final = stats.paired(by_seed(runs, lambda r: r.metrics["val"]["final"]["train_eval_loss"], norm="batch"),
                          by_seed(runs, lambda r: r.metrics["val"]["final"]["train_eval_loss"], norm="none"))
     worse = stats.paired(by_seed(runs, lambda r: result(r, m), norm="batch"),

@@ -196,6 +196,6 @@ def test_switchable_mixture_reaches_tensorboard_and_metrics(tiny_cfg, tmp_path):
 
     metrics = train(tiny_cfg("norm=switchable"), tmp_path)
     tags = read_scalars(tmp_path / "tb")
-    assert "norm/stem.norm1/mean_bn" in tags and "norm/stem.norm1/var_in" in tags
+    assert "zz_norm/stem.norm1/mean_bn" in tags and "zz_norm/stem.norm1/var_in" in tags
     state = metrics["norm_state"]
     assert sum(state[f"mean_{k}"] for k in ("in", "ln", "bn")) == pytest.approx(1.0)

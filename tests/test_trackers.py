@@ -77,3 +77,47 @@ def test_a_missing_tracker_package_names_the_install_line(tiny_cfg, monkeypatch)
     monkeypatch.setitem(trackers.NEEDS, "mlflow", ("no_such_module_segbench", "pip install 'segbench[mlflow]'"))
     with pytest.raises(SegbenchError, match=r"needs the no_such_module_segbench package: pip install 'segbench\[mlflow\]'"):
         check_trackers(tiny_cfg("logger=mlflow"))
+
+
+def test_runs_of_older_versions_read_under_the_current_tag_names(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from segbench.analysis.runs import read_scalars
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in (1, 2):
+        writer.add_scalar("train_eval/loss", 0.5 / step, step)
+        writer.add_scalar("test_best/dice", 0.8, step)
+        writer.add_scalar("val/dice", 0.7, step)
+    writer.close()
+    scalars = read_scalars(tmp_path)
+    assert set(scalars) == {"train/loss_eval_mode", "zz_test_best/dice", "val/dice"}
+    assert scalars["train/loss_eval_mode"][1].tolist() == [0.5, 0.25]
+
+
+@pytest.mark.parametrize("swept, expected", [
+    ("", ["norm", "data.batch_size", "seed", "model", "optim.lr"]),
+    ("norm,seed", ["norm", "seed", "data.batch_size", "model", "optim.lr"]),
+    ("optim.weight_decay,data.batch_size,seed", ["optim.weight_decay", "data.batch_size", "seed", "norm", "model"]),
+])
+def test_the_hparams_table_lists_the_swept_settings_first(tiny_cfg, monkeypatch, swept, expected):
+    from segbench.train.hparams import hparams_of, shown_keys
+
+    monkeypatch.setenv("SEGBENCH_SWEPT_KEYS", swept)
+    settings = hparams_of(tiny_cfg(), 1)
+    assert shown_keys(settings) == expected
+    assert {"loss", "data", "optim", "model.width"} <= set(settings)  # still in the session, for filters
+
+
+@pytest.mark.parametrize("norm", ["batch", "switchable"])
+def test_tensorboard_opens_on_train_and_val(tiny_cfg, tmp_path, norm):
+    """Time Series orders its sections by name and opens the first two (checked in a browser, see
+    scripts/tensorboard_first_screen.sh): those must be train and val, whatever else a run logs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_cfg(f"norm={norm}"), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    sections = sorted({tag.split("/", 1)[0] for kind in ("scalars", "images") for tag in events.Tags()[kind]})
+    assert sections[:2] == ["train", "val"], sections
+    assert any(s.startswith("zz_test") for s in sections)

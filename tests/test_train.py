@@ -17,7 +17,7 @@ from segbench.train.trainer import TrainingDiverged, train
 def test_run_directory_holds_events_checkpoints_and_metrics(tiny_cfg, tmp_path):
     metrics = train(tiny_cfg(), tmp_path)
     scalars = read_scalars(tmp_path / "tb")
-    assert {"train/loss", "val/loss", "val/dice", "val/dice_tuned", "val/auroc", "val/ap", "train_eval/loss",
+    assert {"train/loss", "val/loss", "val/dice", "val/dice_tuned", "val/auroc", "val/ap", "train/loss_eval_mode",
             "zz_test_last/dice", "zz_test_last/hd95", "train/lr"} <= set(scalars)
     assert scalars["train/loss"][0].tolist() == [1, 2, 3]
     assert scalars["val/dice"][0].tolist() == [3]

@@ -39,7 +39,7 @@ def _cause(run: Run) -> str:
 
 def _fit_auc(run: Run) -> float:
     """Training loss in eval mode on fixed training images, mean over the validations: how fast it learns."""
-    values = run.scalar("train_eval/loss")[1]
+    values = run.scalar("train/loss_eval_mode")[1]
     return float(np.mean(values)) if len(values) else float("nan")
 
 

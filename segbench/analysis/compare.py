@@ -242,7 +242,7 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
     styles = {b: LINESTYLES[i % len(LINESTYLES)] for i, b in enumerate(batches)}
     panels = [("train/loss", True, f"train loss (per step, batch statistics; EMA {smooth:g} over the raw mean, faint)",
                True),
-              ("train_eval/loss", False, "train loss in eval mode (fixed training images)", True),
+              ("train/loss_eval_mode", False, "train loss in eval mode (fixed training images)", True),
               ("val/loss", False, "val loss", True),
               (f"val/{main_metric}", False, f"val {main_metric} (selection metric)", False)]
     by_images = len(batches) > 1  # steps of different batch sizes are not comparable; images seen are

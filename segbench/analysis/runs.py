@@ -30,8 +30,22 @@ def _read_yaml(path: Path):
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else None
 
 
+# Tags runs of older segbench versions wrote, and their names now (renamed so that TensorBoard's
+# Time Series tab, which opens its first two sections only, opens on train and val).
+RENAMED_TAGS = {"train_eval/loss": "train/loss_eval_mode"}
+RENAMED_PREFIXES = {"test_best/": "zz_test_best/", "test_last/": "zz_test_last/", "norm/": "zz_norm/"}
+
+
+def current_tag(tag: str) -> str:
+    for old, new in RENAMED_PREFIXES.items():
+        if tag.startswith(old):
+            return new + tag[len(old):]
+    return RENAMED_TAGS.get(tag, tag)
+
+
 def read_scalars(tb_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar series in a TensorBoard folder, read with TensorBoard's own reader."""
+    """Every scalar series in a TensorBoard folder, read with TensorBoard's own reader (older runs'
+    tags under their current names)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
@@ -45,7 +59,7 @@ def read_scalars(tb_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         for e in sorted(acc.Scalars(tag), key=lambda e: e.wall_time):
             latest[e.step] = e.value
         steps = sorted(latest)
-        out[tag] = (np.array(steps), np.array([latest[s] for s in steps]))
+        out[current_tag(tag)] = (np.array(steps), np.array([latest[s] for s in steps]))
     return out
 
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 # orders its sections by name, and a plain "test_*" would open the page on single-point charts of the
 # final numbers, before train and val; these names sort after "val".
 TEST_GROUP = "zz_test"
+NORM_GROUP = "zz_norm"  # a mixture norm's learnt state per layer (switchable norm's shares), after val too
 
 # Always shown: the group choices and the numbers every study varies.
 CHOICES = ("model.name", "norm.name", "loss.name", "optim.name", "data.name")
@@ -36,16 +37,38 @@ def hparams_of(cfg: DictConfig, world_size: int) -> dict:
     return out
 
 
+# The HParams tab ticks the first five settings of the experiment, in name order, and hides the rest.
+SHOWN = 5
+FIRST = ("norm", "data.batch_size", "seed", "model", "optim.lr")  # after the swept keys, in this order
+
+
+def shown_keys(settings: dict) -> list[str]:
+    """The settings the HParams table lists: what the sweep varies first, then ``FIRST``, five in all
+    (more when a sweep varies more); every setting stays in the session, for filtering and export."""
+    swept = [k.lstrip("+~") for k in os.environ.get("SEGBENCH_SWEPT_KEYS", "").split(",") if k]
+    named = [k if k in settings else k.removesuffix(".name") for k in swept]
+    keys = list(dict.fromkeys(k for k in named if k in settings))
+    for key in FIRST:
+        if len(keys) >= SHOWN:
+            break
+        if key in settings and key not in keys:
+            keys.append(key)
+    return keys
+
+
 def metric_tags(main_metric: str, report_metric: str) -> list[str]:
-    return [f"val/{main_metric}", f"{TEST_GROUP}_best/{report_metric}", f"{TEST_GROUP}_best/auroc",
-            f"{TEST_GROUP}_last/{report_metric}", "train_eval/loss", "train/loss"]
+    """The test result first (the number a reader looks for), then val's, then the fit."""
+    return [f"{TEST_GROUP}_best/{report_metric}", f"val/{main_metric}", f"{TEST_GROUP}_best/auroc",
+            f"{TEST_GROUP}_last/{report_metric}", "train/loss_eval_mode", "train/loss"]
 
 
 def write_start(writer, cfg: DictConfig, world_size: int, main_metric: str, report_metric: str) -> None:
     from torch.utils.tensorboard.summary import hparams
 
-    experiment, session_start, _ = hparams(hparams_of(cfg, world_size),
-                                           {tag: 0.0 for tag in metric_tags(main_metric, report_metric)})
+    settings = hparams_of(cfg, world_size)
+    metrics = {tag: 0.0 for tag in metric_tags(main_metric, report_metric)}
+    experiment, _, _ = hparams({k: settings[k] for k in shown_keys(settings)}, metrics)
+    _, session_start, _ = hparams(settings, metrics)
     writer.file_writer.add_summary(experiment)
     writer.file_writer.add_summary(session_start)
 
@@ -66,7 +89,7 @@ def write_layout(writer, main_metric: str, report_metric: str) -> None:
     """
     writer.add_custom_scalars({
         "1 train and val": {
-            "loss (train, train images in eval mode, val)": ["Multiline", ["train/loss", "train_eval/loss", "val/loss"]],
+            "loss (train, train images in eval mode, val)": ["Multiline", ["train/loss", "train/loss_eval_mode", "val/loss"]],
             f"val {main_metric} and {report_metric}": ["Multiline", [f"val/{main_metric}", f"val/{report_metric}"]],
             "learning rate": ["Multiline", ["train/lr"]],
         },

@@ -23,7 +23,7 @@ from segbench.io import write_json
 from segbench.nn.bn_stats import recompute_bn_stats, train_mode
 from segbench.nn.slot import norm_scalars
 from segbench.train import distributed
-from segbench.train.hparams import TEST_GROUP
+from segbench.train.hparams import NORM_GROUP, TEST_GROUP
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.convergence import plateau
 from segbench.eval.evaluate import evaluate, overlay
@@ -349,11 +349,11 @@ def _validate(cfg, model, net, splits, loss_fn, ctx, trackers, step, eval_batch,
 def _log_validation(cfg, model, splits, trackers, step, results, first) -> None:
     if trackers:
         for name, value in results.items():
-            tag = "train_eval/loss" if name == "train_eval_loss" else f"val/{name}"
+            tag = "train/loss_eval_mode" if name == "train_eval_loss" else f"val/{name}"
             trackers.scalar(tag, value, step)
         for layer, values in norm_scalars(model).items():
             for key, value in values.items():
-                trackers.scalar(f"norm/{layer}/{key}", value, step)
+                trackers.scalar(f"{NORM_GROUP}/{layer}/{key}", value, step)
         if first is not None and cfg.trainer.log_images:
             kind = splits.train.target_kind
             trackers.images("val/overlay", overlay(*first, kind, int(cfg.trainer.log_images)), step)
