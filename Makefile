@@ -8,7 +8,7 @@ DEMO_RUNS := runs/demo
 DEMO_REPORT := reports/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data test test-all bench reproduce clean
+.PHONY: help install demo data test test-all bench reproduce clean panoptica-env
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,10 @@ test: $(STAMP) ## fast tests (slow ones excluded)
 
 test-all: $(STAMP) ## every test, slow ones included
 	$(BIN)/python -m pytest
+
+panoptica-env: ## panoptica (the BraTS challenge's metrics) in .venv-panoptica, for tests/test_panoptica.py; its pins conflict with .venv's
+	test -x .venv-panoptica/bin/python || $(PYTHON) -m venv .venv-panoptica
+	.venv-panoptica/bin/python -m pip install -q 'panoptica>=2.1'
 
 bench: $(STAMP) ## training images/s vs a bare loop, loader images/s, images/s per norm
 	$(BIN)/segbench bench

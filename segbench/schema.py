@@ -131,7 +131,8 @@ RULES: dict[str, Number | Flag] = {
     "loss.dice_weight": Number(lo=0),
 }
 # Words from a fixed set (choices of a registry are checked by the registry itself).
-CHOICE_RULES: dict[str, tuple[str, ...]] = {"study.scope": ("subjects", "population")}
+CHOICE_RULES: dict[str, tuple[str, ...]] = {"study.scope": ("subjects", "population"),
+                                            "trainer.hd95": ("monai", "brats")}
 # Lists of numbers: every element follows the rule, and the list has the given length (None: any).
 LIST_RULES: dict[str, tuple[Number, int | None]] = {
     "data.size": (COUNT, 2),

@@ -38,12 +38,13 @@ def _rank_share(dataset, ids: list[int], ctx: DistContext) -> list[int]:
 
 @torch.no_grad()
 def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, num_workers: int = 0,
-             threshold: float = 0.5, hd95: bool = True, tune: bool = True,
+             threshold: float = 0.5, hd95: bool | str = True, tune: bool = True,
              channels_last: bool | None = None) -> tuple[dict, tuple | None]:
     """Loss and metrics of ``model`` over ``dataset`` (summed across ranks), and the first batch.
 
     The caller chooses the mode: eval (running statistics) is what validation means here.
-    ``threshold`` is where sigmoid masks are cut for Dice and HD95. With ``tune`` the result also
+    ``threshold`` is where sigmoid masks are cut for Dice and HD95; ``hd95``: False, True or a
+    convention of ``metrics.HD95_CONVENTIONS`` ("monai", the default, or "brats"). With ``tune`` the result also
     holds the threshold that maximises mean per-case Dice on this data (``threshold_tuned``): a
     choice, so pass ``tune=False`` for a split that results are reported on.
     ``channels_last`` (None: on the CPU, for images) feeds the model NHWC images: the CPU's conv

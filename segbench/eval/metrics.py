@@ -38,13 +38,25 @@ def edge_to_threshold(edge: int) -> float:
     return float(1 / (1 + np.exp(-EDGES[edge])))
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray, spacing) -> float:
+# How HD95 reduces the two directed surface-distance sets (every convention uses the BraTS rules
+# for empty masks below, and 1-connected surfaces: a mask minus its erosion).
+HD95_CONVENTIONS = {
+    "monai": "the larger of the two directed 95th percentiles (MONAI's compute_hausdorff_distance, "
+             "MedPy, BraTS 2018-2021's Hausdorff95)",
+    "brats": "the 95th percentile of both directions' distances pooled (panoptica, the BraTS 2023+ evaluation)",
+}
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing, convention: str = "monai") -> float:
     """95th-percentile symmetric Hausdorff distance between the surfaces of two masks, in mm.
 
-    Follows MONAI's ``compute_hausdorff_distance(percentile=95)`` (surfaces = mask minus its
-    erosion; the larger of the two directed 95th percentiles) and the BraTS convention for
-    empty masks: both empty = 0, one empty = the volume's diagonal (373.13 mm for 240x240x155).
+    ``convention``: a key of ``HD95_CONVENTIONS``. Empty masks follow BraTS's published rule,
+    whichever convention: both empty = 0, one empty = the volume's diagonal (373.13 mm for
+    240x240x155); panoptica's raw metric gives a distance to the array's edge for one empty mask
+    and fails for two, so comparisons with it are on non-empty pairs.
     """
+    if convention not in HD95_CONVENTIONS:
+        raise ValueError(f"hd95 convention {convention!r}; choose one of: {', '.join(HD95_CONVENTIONS)}")
     spacing = np.asarray(spacing, float)[-pred.ndim:]
     if not pred.any() and not truth.any():
         return 0.0
@@ -59,6 +71,8 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing) -> float:
     edges_t = truth ^ ndimage.binary_erosion(truth)
     to_t = ndimage.distance_transform_edt(~edges_t, sampling=spacing)[edges_p]
     to_p = ndimage.distance_transform_edt(~edges_p, sampling=spacing)[edges_t]
+    if convention == "brats":
+        return float(np.percentile(np.concatenate([to_t, to_p]), 95))
     return float(max(np.percentile(to_t, 95), np.percentile(to_p, 95)))
 
 
@@ -100,7 +114,9 @@ class CaseMetrics:
 
     def __init__(self, names: tuple[str, ...], case_ids: list[str], spacing=(1.0, 1.0, 1.0),
                  threshold: float = 0.5, hd95: bool = True, tune: bool = True):
-        self.names, self.compute_hd95, self.tune = tuple(names), hd95, tune
+        # hd95: False (not computed), True (the "monai" convention) or a key of HD95_CONVENTIONS.
+        self.names, self.compute_hd95, self.tune = tuple(names), bool(hd95), tune
+        self.convention = hd95 if isinstance(hd95, str) else "monai"
         self.spacing = dict(spacing) if isinstance(spacing, Mapping) else tuple(spacing)
         self.cases = list(dict.fromkeys(case_ids))
         position = {c: i for i, c in enumerate(self.cases)}
@@ -165,7 +181,8 @@ class CaseMetrics:
             pred = np.concatenate([s[0] for s in self._slices], axis=1)  # (K, Z, H, W)
             truth = np.concatenate([s[1] for s in self._slices], axis=1)
             for c in range(len(self.names)):
-                self.hd[self._open, c] = hd95(pred[c], truth[c], self.spacing_of(self.cases[self._open]))
+                self.hd[self._open, c] = hd95(pred[c], truth[c], self.spacing_of(self.cases[self._open]),
+                                              self.convention)
         self.seen[self._open] = 1
         self._open, self._slices = None, []
 
@@ -276,7 +293,7 @@ MAIN_METRIC = {"multilabel": "dice_tuned", "multiclass": "miou"}
 REPORT_METRIC = {"multilabel": "dice", "multiclass": "miou"}
 
 
-def build_metric(dataset, threshold: float = 0.5, hd95: bool = True, tune: bool = True):
+def build_metric(dataset, threshold: float = 0.5, hd95: bool | str = True, tune: bool = True):
     """The metric object for a dataset's kind of targets (``tune``: see ``CaseMetrics``)."""
     if dataset.target_kind != "multilabel":
         return ConfusionMatrix(dataset.class_names)

@@ -266,7 +266,7 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
         "steps": total_steps, "images_per_s": images_seen / train_time if train_time else None,
         "global_batch_size": batch * ctx.world_size, "world_size": ctx.world_size,
         "precision": prepared.precision.name, "norm": cfg.norm.name, "model": cfg.model.name,
-        "batch_size": batch, "seed": int(cfg.seed),
+        "batch_size": batch, "seed": int(cfg.seed), "hd95_convention": str(cfg.trainer.get("hd95", "monai")),
         "lr": float(cfg.optim.lr), "lr_applied": float(optimizer.param_groups[0]["initial_lr"]),
         "images_seen": total_steps * batch * ctx.world_size,
         "budget": _budget(cfg), "convergence": plateau(history, main_metric, float(cfg.trainer.get("plateau_epsilon", 0.01))),
@@ -333,7 +333,7 @@ def _validate(cfg, model, net, splits, loss_fn, ctx, trackers, step, eval_batch,
     # Evaluate the bare module: ranks hold different numbers of cases, and DDP's forward would
     # wait for the others at every batch (it syncs buffers).
     net.eval()
-    hd95 = bool(cfg.trainer.get("val_hd95", True))
+    hd95 = cfg.trainer.get("hd95", "monai") if cfg.trainer.get("val_hd95", True) else False
     with timing("val_hd95" if hd95 else "val"):
         results, first = evaluate(model, splits.val, loss_fn, ctx, eval_batch, hd95=hd95)
     results = _scalars(results)
@@ -368,7 +368,8 @@ def _test(cfg, model, net, splits, loss_fn, ctx, trackers, step, eval_batch, las
         net.eval()
         threshold = float(val.get("threshold_tuned", 0.5))
         # tune=False: a threshold tuned on test would be a choice made on test.
-        results, _ = evaluate(model, splits.test, loss_fn, ctx, eval_batch, threshold=threshold, tune=False)
+        results, _ = evaluate(model, splits.test, loss_fn, ctx, eval_batch, threshold=threshold, tune=False,
+                              hd95=cfg.trainer.get("hd95", "monai"))
         if ctx.is_main:
             log.info("test, %s checkpoint (step %d, threshold %.3f chosen on val): %s", name, ckpt_step,
                      threshold, _summary(results))
