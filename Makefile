@@ -29,7 +29,8 @@ $(PHANTOM)/.complete: $(STAMP)
 	touch $@
 
 demo: $(STAMP) data ## no BN vs PyTorch BN vs BN with TF1's defaults, 3 paired seeds; curves, summary and the diagnosis
-	rm -rf $(DEMO_RUNS)
+	@if [ -d $(DEMO_RUNS) ]; then rm -rf $(DEMO_RUNS).previous && mv $(DEMO_RUNS) $(DEMO_RUNS).previous && \
+		echo "make demo: the previous demo runs are kept in $(DEMO_RUNS).previous (the one before that is replaced)"; fi
 	$(BIN)/segbench train -m experiment=seed_bn_vs_nobn norm=none,batch,batch_tf1 seed=0,1,2 trainer.progress=false \
 		trainer.threads=1 hydra/launcher=parallel hydra.launcher.n_jobs=2 hydra.sweep.dir=$(DEMO_RUNS)
 	$(BIN)/segbench compare $(DEMO_RUNS) --out $(DEMO_REPORT)

@@ -23,6 +23,9 @@ commands:
   diagnose RUN_DIR         what batch norm did in a run: running vs batch vs recomputed statistics
   adapt RUN_DIR            test-time adaptation on its test split: AdaBN statistics, TENT (no test label read)
   bench                    images/s: segbench's training step vs a bare loop, the loader, each norm
+  completion bash          Tab completion: eval "$(segbench completion bash)" (in ~/.bashrc to keep it)
+
+segbench train --help lists the config groups and their choices.
 """
 
 
@@ -91,7 +94,43 @@ def split_hydra_args(argv: list[str]) -> tuple[list[str], bool]:
     return overrides, other_config
 
 
+TRAIN_HELP = """usage: segbench train [-m] [--check] [group=choice ...] [key=value ...]
+
+Train one run (or, with -m, a sweep of every combination: norm=batch,group seed=0,1,2).
+The default run is the first question's setup: a residual U-Net, BN, sigmoid cross-entropy, on
+the brain-MRI phantom in data/brain_phantom (make data writes it).
+
+  --check          compose and check every run of the command, train one step and run one validation
+                   batch of each on the real data, then stop: nothing is written
+  --cfg job        print the composed config (-m: one member's); --info for Hydra's view
+  --hydra-help     Hydra's own flags (tab completion: eval "$(segbench train -sc install=bash)")
+
+Config groups (group=choice):
+{groups}
+Often changed: data.root=PATH  data.batch_size=N  optim.lr=X  seed=N  trainer.max_steps=N
+  trainer.max_images=N  trainer.threads=N  trainer.device=cpu|cuda  hydra.run.dir=PATH (-m: hydra.sweep.dir)
+Sweeps: hydra/launcher=parallel|packed|local_jobs|slurm|ray_local  hydra/sweeper=optuna (a search on val)
+
+examples:
+  segbench train norm=group data.batch_size=2
+  segbench train -m experiment=why_bn_failed cause=none,bn_tf1 seed=0,1,2,3 hydra/launcher=parallel
+  segbench train --check -m norm=batch,group,instance data.batch_size=2,8
+"""
+
+
+def _train_help() -> str:
+    from segbench.config import GROUPS, group_options
+
+    lines = [f"  {group:<11} {', '.join(group_options(group))}" for group in (*GROUPS, "cause")]
+    return TRAIN_HELP.format(groups="\n".join(lines))
+
+
 def _train(argv: list[str]) -> None:
+    if any(a in ("--help", "-h") for a in argv):  # ours, at once; Hydra's (17 s with imports) is --hydra-help
+        print(_train_help(), end="")
+        return
+    check = "--check" in argv
+    argv = [a for a in argv if a != "--check"]
     from segbench.train.prepare import RunFinished
     from segbench.train.preflight import preflight
     from segbench.trust import config_source
@@ -104,9 +143,13 @@ def _train(argv: list[str]) -> None:
         sweep_dir = pinned_sweep_dir()
         argv, overrides = [*argv, f"hydra.sweep.dir={sweep_dir}"], [*overrides, f"hydra.sweep.dir={sweep_dir}"]
     try:  # every route into the config (-cp, -cd, -cn, search paths) gets the same checks
-        argv, _ = preflight(argv, overrides, source)
+        argv, _ = preflight(argv, overrides, source, claim_run=not check)
     except RunFinished as finished:
         print(f"segbench: {finished}")
+        return
+    if check:
+        print("segbench: checked: every run of this command composes, and one training step and one validation "
+              "batch of each ran on its data; nothing was written. Run it without --check to train.")
         return
     from segbench.train.app import hydra_main
 
@@ -256,8 +299,26 @@ def _bench(argv: list[str]) -> None:
     bench_main(argv)
 
 
+def _completion(argv: list[str]) -> None:
+    from segbench.completion import BASH
+
+    if argv != ["bash"]:
+        raise SegbenchError(f"segbench completion {' '.join(argv) or '(nothing)'}: only bash is written; "
+                            'use eval "$(segbench completion bash)"')
+    print(BASH, end="")
+
+
+def _complete(argv: list[str]) -> None:
+    """Called by the completion script on each Tab: ``__complete COMMAND WORD POSITION``."""
+    from segbench.completion import candidates
+
+    command, word, position = (argv + ["", "", "1"])[:3]
+    print("\n".join(candidates(command, word, int(position or 1), list(COMMANDS))))
+
+
 COMMANDS = {"train": _train, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "adapt": _adapt, "bench": _bench,
-            "torchrun": _torchrun}
+            "torchrun": _torchrun, "completion": _completion}
+HIDDEN_COMMANDS = {"__complete": _complete}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -279,6 +340,9 @@ def _main(argv: list[str]) -> None:
         print(f"segbench {version('segbench')}")
         return
     command, rest = argv[0], argv[1:]
+    if command in HIDDEN_COMMANDS:
+        HIDDEN_COMMANDS[command](rest)
+        return
     if command not in COMMANDS:
         print(f"segbench: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)

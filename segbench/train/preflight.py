@@ -126,9 +126,11 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def preflight(argv: list[str], overrides: list[str], source: ConfigSource = ConfigSource()) -> tuple[list[str], Path | None]:
+def preflight(argv: list[str], overrides: list[str], source: ConfigSource = ConfigSource(),
+              claim_run: bool = True) -> tuple[list[str], Path | None]:
     """Check a ``segbench train`` command; return the argv Hydra should see and the resumed run (or None).
 
+    ``claim_run=False`` (``--check``): every check, but the named run folder is neither created nor locked.
     ``source``: another config (``-cp``/``-cd``/``-cn``) gets every check but the choices of
     segbench's own config groups. Raises ``SegbenchError`` (one line) or ``RunFinished``.
     """
@@ -183,7 +185,7 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
         if key not in seen:  # two arms may compose alike (an override given at its default)
             seen.add(key)
             dry_run(prepare(cfg, run or Path("."), int(os.environ.get("WORLD_SIZE", 1))), cfg)
-    if not multirun and target is not None and int(os.environ.get("RANK", 0)) == 0:
+    if claim_run and not multirun and target is not None and int(os.environ.get("RANK", 0)) == 0:
         claim(target)  # before Hydra writes .hydra/: a second run started now is refused untouched
     return argv, run
 

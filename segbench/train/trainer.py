@@ -228,7 +228,9 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
                 # Train each run until its own plateau, max_steps (or images, epochs) the cap.
                 reached = bool(plateau(history, main_metric, float(cfg.trainer.plateau_epsilon))["converged"])
             if ctx.is_main:
-                log.info("step %d/%d val: %s%s", done, total_steps, _summary(last_val), " (best)" if improved else "")
+                # The run's folder name first: a sweep's parallel members share one console.
+                log.info("%s step %d/%d val: %s%s", run_dir.name, done, total_steps, _summary(last_val),
+                         " (best)" if improved else "")
             if ctx.is_main and improved:
                 best = {**last_val, "step": done}
                 with timing("checkpoints"):
