@@ -34,6 +34,10 @@ def test_two_norm_two_batch_sweep_compares(sweep):
     assert result.returncode == 0, result.stderr
     for name in ("curves.png", "by_batch_size.png", "summary.md", "summary.csv", "predictions.png"):
         assert (sweep / name).stat().st_size > 0
+    summary = (sweep / "summary.md").read_text()
+    verdicts = (sweep / "verdicts.txt").read_text().splitlines()
+    assert verdicts and summary.index("## Verdicts") < summary.index("| arm |")  # sentences before tables
+    assert all(f"- {line}" in summary for line in verdicts) and "**(highest mean)**" not in summary
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert sorted((r["norm"], r["batch_size"]) for r in rows) == [("batch", "2"), ("batch", "4"), ("group", "2"), ("group", "4")]
     assert all(0 <= float(r["test_dice"]) <= 1 for r in rows)

@@ -28,6 +28,14 @@ from segbench.io import save_figure, write_text
 IGNORED_KEYS = {"seed", "data.fold", "trainer.device", "trainer.progress", "trainer.threads", "hydra.launcher.n_jobs",
                 "data.num_workers", "trainer.log_images", "hydra.sweep.dir", "hydra.run.dir"}
 LINESTYLES = ["-", "--", ":", "-."]
+# Okabe & Ito's colour-blind-safe palette (black last: it is also the text colour).
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+BATCH_KEYS = ("data.batch_size", "bs")
+
+
+def _colour_group(key: tuple) -> tuple:
+    """An arm without its batch size: one colour per norm (or cause), one line style per batch."""
+    return tuple((k, v) for k, v in key if k not in BATCH_KEYS) or key
 
 
 def _config_value(run: Run, dotted: str) -> str:
@@ -150,7 +158,8 @@ def markdown(rows: list[dict], pairs: list[dict], metric: str, design_note: str 
     lines = ["| arm | seeds | lr applied | steps | converged | " + " | ".join(c for c, _ in cols) + " |",
              "|---" * (5 + len(cols)) + "|"]
     for row in rows:
-        mark = " **(highest mean)**" if best_value is not None and row[f"test_{metric}"] == best_value and len(rows) > 1 else ""
+        # Not bold and not a winner: the verdicts above say whether any difference is resolved.
+        mark = " (highest mean)" if best_value is not None and row[f"test_{metric}"] == best_value and len(rows) > 1 else ""
         lines.append(f"| {row['arm']}{mark} | {row['seeds']} | {row['lr']} | {row['steps']} | {row['converged']} | "
                      + " | ".join(_cell(row, c, d) for c, d in cols) + " |")
     lines += ["", "† interval clipped to the metric's range (a t-interval at few seeds can leave it)."]
@@ -236,18 +245,22 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
     import matplotlib.pyplot as plt
 
     all_runs = [r for runs in arms.values() for r in runs]
-    norms = sorted({str(r.metrics.get("norm")) for r in all_runs})
+    groups = sorted({_colour_group(k) for k in arms}, key=_sort_key)
     batches = sorted({r.metrics.get("global_batch_size") for r in all_runs})
-    colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(norms)}
+    colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
     styles = {b: LINESTYLES[i % len(LINESTYLES)] for i, b in enumerate(batches)}
+    # (tag, smoothed, title, log scale, y label, range of the metric)
     panels = [("train/loss", True, f"train loss (per step, batch statistics; EMA {smooth:g} over the raw mean, faint)",
-               True),
-              ("train/loss_eval_mode", False, "train loss in eval mode (fixed training images)", True),
-              ("val/loss", False, "val loss", True),
-              (f"val/{main_metric}", False, f"val {main_metric} (selection metric)", False)]
+               True, "loss (log)", (0, np.inf)),
+              ("train/loss_eval_mode", False, "train loss in eval mode (fixed training images)", True, "loss (log)",
+               (0, np.inf)),
+              ("val/loss", False, "val loss", True, "loss (log)", (0, np.inf)),
+              (f"val/{main_metric}", False, f"val {main_metric} (selection metric; triangles: where each seed's "
+               "best-by-val checkpoint was taken)", False, main_metric, (0, 1))]
     by_images = len(batches) > 1  # steps of different batch sizes are not comparable; images seen are
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)))
-    for ax, (tag, smoothed, title, log) in zip(axes, panels):
+    marked = False  # the checkpoint marks' legend entry, once
+    for ax, (tag, smoothed, title, log, ylabel, (low, high)) in zip(axes, panels):
         for key in sorted(arms, key=_sort_key):
             runs = arms[key]
             band = _band(runs, tag, smooth if smoothed else 0.0)
@@ -257,7 +270,7 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
             first = runs[0].metrics
             scale = float(first.get("global_batch_size") or 1) if by_images else 1.0  # steps -> images seen
             x = x * scale
-            style = dict(color=colours[str(first.get("norm"))], linestyle=styles[first.get("global_batch_size")])
+            style = dict(color=colours[_colour_group(key)], linestyle=styles[first.get("global_batch_size")])
             if smoothed and smooth:
                 raw = _band(runs, tag)
                 # Faint, and kept out of the axis limits: one raw dip must not squash the smoothed curves.
@@ -265,15 +278,27 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
             ax.plot(x, mean, label=f"{_label(key)} (n={len(runs)})", marker=None if smoothed else "o", markersize=3,
                     **style)
             if np.isfinite(lo).any():
-                floor = np.nanmin(mean[mean > 0]) / 10 if log and (mean > 0).any() else -np.inf
-                ax.fill_between(x, np.maximum(lo, floor), hi, alpha=0.18, color=style["color"])
+                floor = np.nanmin(mean[mean > 0]) / 10 if log and (mean > 0).any() else low
+                # A t-band can leave the metric's range at few seeds; drawn clipped to it.
+                ax.fill_between(x, np.clip(lo, floor, high), np.clip(hi, floor, high), alpha=0.18, color=style["color"])
+            if not smoothed and tag.startswith("val/") and tag != "val/loss":
+                chosen = [(r.metrics.get("val", {}).get("best") or {}).get("step") for r in runs]
+                at = dict(zip(x / scale, mean))
+                marks = [(c * scale, at[c]) for c in chosen if c in at]
+                if marks:
+                    ax.scatter(*zip(*marks), marker="v", s=40, color=style["color"], edgecolor="black", zorder=3,
+                               label=None if marked else "best-by-val checkpoint (per seed)")
+                    marked = True
         ax.set_title(title + "; band: 95% CI over seeds", fontsize=9)
         ax.set_xlabel("images seen" if by_images else "step")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if log and ax.lines:
             ax.set_yscale("log")
     if axes[0].lines:
         axes[0].legend(fontsize=7)
+    if marked:
+        axes[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_figure(out / "curves.png", fig)
     plt.close(fig)
@@ -282,15 +307,21 @@ def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path
         (out / "by_batch_size.png").unlink(missing_ok=True)  # one batch size: nothing to draw
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for norm in norms:
+    for i, group in enumerate(groups):
         points = defaultdict(list)
-        for r in all_runs:
-            if str(r.metrics.get("norm")) == norm:
-                points[r.metrics.get("global_batch_size")].append(result(r, metric))
+        for key, runs in arms.items():
+            if _colour_group(key) == group:
+                for r in runs:
+                    points[r.metrics.get("global_batch_size")].append(result(r, metric))
         xs = sorted(points)
         ci = np.array([stats.mean_ci(points[b]) for b in xs])
         yerr = np.nan_to_num(np.abs(ci[:, 1:] - ci[:, :1]).T)
-        ax.errorbar(xs, ci[:, 0], yerr=yerr, marker="o", capsize=3, label=norm, color=colours[norm])
+        # Arms side by side at each batch size (a few per cent apart on the log axis), so bars do not overlap.
+        shift = 2 ** ((i - (len(groups) - 1) / 2) * 0.06)
+        label = _label(group)
+        ax.errorbar([b * shift for b in xs], ci[:, 0], yerr=yerr, marker="o", capsize=3, label=label, color=colours[group])
+        for b in xs:  # every seed, so a reader sees the spread the interval summarises
+            ax.scatter([b * shift] * len(points[b]), points[b], s=12, alpha=0.5, color=colours[group], edgecolor="none")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("images per batch")
     ax.set_ylabel(f"test {metric} (best-by-val checkpoint)")
@@ -366,9 +397,12 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
               "cells are mean [95% t-interval over seeds]. `val_selection` is the val number used to choose and is "
               "not a result. `train_eval_loss`: training images in eval mode, measured alike for every arm.\n\n"
               "![curves](curves.png)\n\n" + pictures)
-    write_text(out_dir / "verdicts.txt", "".join(
-        f"{p['a']} vs {p['b']}: {_verdict(p, scope)} (a - b {_f(p['diff'])} {_ci(p['low'], p['high'])}, n={p['n']}, "
-        f"Holm p={_f(p['p_holm'], '.3f')})\n" for p in pairs))
+    verdict_lines = [f"{p['a']} vs {p['b']}: {_verdict(p, scope)} (a - b {_f(p['diff'])} {_ci(p['low'], p['high'])}, "
+                     f"n={p['n']}, Holm p={_f(p['p_holm'], '.3f')})" for p in pairs]
+    write_text(out_dir / "verdicts.txt", "".join(line + "\n" for line in verdict_lines))
+    # The verdicts in sentences first: what a reader opened the report for, before any table.
+    opening = ("## Verdicts\n\n" + "".join(f"- {line}\n" for line in verdict_lines) + "\n") if verdict_lines else ""
+    header = header.replace("\n\n![curves]", "\n\n" + opening + "![curves]", 1)
     write_text(out_dir / "summary.md", header + markdown(rows, pairs, metric, design_note, scope) + "\n\n"
                + "\n".join(f"- {r.path}" for r in runs) + "\n")
     return out_dir
