@@ -276,6 +276,30 @@ def test_overlay_is_readable_and_has_a_legend():
     assert out[0, :, 48 * scale:].amax() > 0.9  # the legend strip has text and swatches
 
 
+def test_overlays_show_the_slices_with_most_tumour(tiny_cfg):
+    from segbench.eval.evaluate import overlay
+
+    images = torch.zeros(4, 1, 16, 16)
+    target = torch.zeros(4, 1, 16, 16)
+    for i, side in enumerate((0, 2, 0, 5)):  # slices 3 and 1 hold tumour, 0 and 2 none
+        target[i, :, :side, :side] = 1
+    out = overlay(images, target, torch.full((4, 1, 16, 16), -9.0), "multilabel", 2)
+    green = (out[:, 1] > out[:, 0] + 0.2).flatten(1).sum(1)  # truth-only pixels drawn
+    assert green[0] > green[1] > 0
+
+
+def test_validation_overlays_come_from_the_batch_with_most_tumour(tiny_cfg, tmp_path):
+    from segbench.eval.evaluate import evaluate
+    from segbench.train.distributed import setup
+    from segbench.train.prepare import prepare
+
+    prepared = prepare(tiny_cfg(), tmp_path)
+    model, val = prepared.model.eval(), prepared.splits.val
+    _, shown = evaluate(model, val, prepared.loss_fn, setup("cpu"), 4, hd95=False)
+    areas = [float(t.sum()) for _, t in torch.utils.data.DataLoader(val, batch_size=4)]
+    assert float(shown[1].sum()) == max(areas) > 0 and areas[0] < max(areas)
+
+
 @pytest.mark.parametrize("precision, channels_last", [("bf16-mixed", False), ("16-mixed", False),
                                                       ("bf16-mixed", True)])
 def test_mixed_precision_and_channels_last_train(tiny_cfg, tmp_path, precision, channels_last):

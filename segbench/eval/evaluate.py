@@ -40,7 +40,8 @@ def _rank_share(dataset, ids: list[int], ctx: DistContext) -> list[int]:
 def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, num_workers: int = 0,
              threshold: float = 0.5, hd95: bool | str = True, tune: bool = True,
              channels_last: bool | None = None) -> tuple[dict, tuple | None]:
-    """Loss and metrics of ``model`` over ``dataset`` (summed across ranks), and the first batch.
+    """Loss and metrics of ``model`` over ``dataset`` (summed across ranks), and the batch with the
+    most foreground (what validation overlays show: tumour, not the empty edge slices a split starts with).
 
     The caller chooses the mode: eval (running statistics) is what validation means here.
     ``threshold`` is where sigmoid masks are cut for Dice and HD95; ``hd95``: False, True or a
@@ -61,7 +62,7 @@ def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, nu
         batch_size = 1  # whole volumes: one subject at a time, predicted by sliding windows
     loader = DataLoader(Subset(dataset, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of per-batch loss x batch, images
-    first, seen = None, 0
+    first, seen, most = None, 0, -1.0
     if channels_last is None:
         channels_last = ctx.device.type == "cpu"
     for images, target in progress(loader, "evaluating", len(loader), "batch"):
@@ -72,8 +73,9 @@ def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, nu
         loss_sum += torch.tensor([float(loss_fn(logits, target)) * len(images), len(images)], dtype=torch.float64)
         metric.update(logits, target, [ids[p] for p in positions[seen:seen + len(images)]])
         seen += len(images)
-        if first is None:
-            first = (images.cpu(), target.cpu(), logits.cpu())
+        foreground = float(((target > 0.5) & (target != 255)).sum())
+        if foreground > most:
+            first, most = (images.cpu(), target.cpu(), logits.cpu()), foreground
     loss_sum = all_reduce_sum(loss_sum, ctx)
     metric.load_state([all_reduce_sum(t, ctx) for t in metric.state()])
     results = {"loss": float(loss_sum[0] / max(loss_sum[1], 1)), **metric.compute()}
@@ -87,6 +89,10 @@ def overlay(images: torch.Tensor, target: torch.Tensor, logits: torch.Tensor, ki
             min_side: int = 256) -> torch.Tensor:
     """(N, 3, H', W') pictures: first input channel in grey, truth-only green, prediction-only red, both
     yellow; upscaled (nearest) to at least ``min_side`` pixels and with a legend strip underneath."""
+    if images.dim() == 4:  # slices: those with the most truth first
+        area = ((target > 0.5) & (target != 255)).flatten(1).sum(1)
+        order = torch.argsort(area, descending=True, stable=True)
+        images, target, logits = images[order], target[order], logits[order]
     images, target, logits = images[:limit], target[:limit], logits[:limit]
     if images.dim() == 5:  # volumes (multilabel targets): the axial slice with most truth, else the middle one
         truth = target.flatten(3).sum(-1).sum(1)  # (N, D)
