@@ -197,3 +197,30 @@ def test_running_statistics_context_overrides_eval_stats_batch(x):
         torch.testing.assert_close(bn(x), (x - 2.0) / torch.sqrt(torch.tensor(4.0) + EPS))
     assert bn.eval_stats == "batch"
     torch.testing.assert_close(bn(x), formula(x, (0, 2, 3)), atol=1e-5, rtol=1e-5)
+
+
+def test_precise_bn_equals_torch_swa_update_bn_and_keeps_dropout_off(x):
+    """torch.optim.swa_utils.update_bn computes the same cumulative average; it puts the whole model
+    in train mode, so dropout (and any other train-time layer) runs while the statistics are taken.
+    segbench's keeps all but BN in eval mode: equal without dropout, and free of it with dropout."""
+    from torch.optim.swa_utils import update_bn
+
+    from segbench.nn.bn_stats import recompute_bn_stats
+
+    def net(p: float):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(6, 8, 3), torch.nn.Dropout(p), torch.nn.BatchNorm2d(8),
+                                   torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1), torch.nn.BatchNorm2d(4))
+
+    chunks = list(x.split(2))
+    ours, theirs = net(0.0), net(0.0)
+    recompute_bn_stats(ours, chunks, "cpu")
+    update_bn(chunks, theirs)
+    for a, b in zip(ours.modules(), theirs.modules()):
+        if isinstance(a, torch.nn.BatchNorm2d):
+            torch.testing.assert_close(a.running_mean, b.running_mean)
+            torch.testing.assert_close(a.running_var, b.running_var)
+    with_dropout, reference = net(0.5), net(0.0)
+    recompute_bn_stats(with_dropout, chunks, "cpu")
+    recompute_bn_stats(reference, chunks, "cpu")
+    torch.testing.assert_close(with_dropout[2].running_mean, reference[2].running_mean)
