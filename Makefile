@@ -38,8 +38,8 @@ demo: $(STAMP) data ## no BN vs PyTorch BN vs BN with TF1's defaults, 3 paired s
 	@$(BIN)/segbench diagnose $$(ls -d $(DEMO_RUNS)/*norm=batch_tf1*seed=0) --split test | grep -E '^(cause|- )'
 	@echo "report: $(DEMO_REPORT)/summary.md and $(DEMO_REPORT)/curves.png; TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_RUNS)"
 
-test: $(STAMP) ## fast tests (slow ones excluded)
-	$(BIN)/python -m pytest -m "not slow" --durations=10
+test: $(STAMP) ## fast tests (slow ones excluded), one worker per core (pytest-xdist; a file stays on one worker)
+	$(BIN)/python -m pytest -m "not slow" -n auto --dist loadfile --durations=10
 
 test-all: $(STAMP) ## every test, slow ones included
 	$(BIN)/python -m pytest
