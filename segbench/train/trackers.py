@@ -105,6 +105,7 @@ class MLflowTracker(Tracker):
             self.run_id = self._create(info, str(settings.get("experiment") or "segbench"), local)
             record.write_text(json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}) + "\n")
         self.pending: list = []
+        self.finished = False
 
     def _create(self, info: RunInfo, name: str, local: bool) -> str:
         from mlflow.entities import Param
@@ -148,7 +149,7 @@ class MLflowTracker(Tracker):
 
     def close(self) -> None:
         self._flush()
-        if not getattr(self, "finished", False):  # stopped or failed; a resume sets it running again
+        if not self.finished:  # stopped or failed; a resume sets it running again
             self.client.set_terminated(self.run_id, "KILLED")
 
 
