@@ -15,7 +15,13 @@ import torch
 
 from segbench.config import compose
 
-torch.set_num_threads(2)
+# One torch thread per pytest-xdist worker (and per command a test starts: OMP_NUM_THREADS is
+# inherited), so `make test`'s one worker per core does not ask for cores² threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 # The BraTS preprocessing cache of every test (and of the commands the tests start) goes to one
 # throw-away folder, never to the user's ~/.cache.

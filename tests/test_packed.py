@@ -175,3 +175,24 @@ def test_bad_launcher_settings_are_one_line_exit_2_and_write_nothing(tiny_brats,
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("kind", ["bce", "dice", "bce_dice"])
+@pytest.mark.parametrize("void", [False, True], ids=["no_void", "void_border"])
+def test_losses_with_a_data_dependent_branch_run_under_vmap(kind, void):
+    """The multilabel loss asks whether any pixel is void (255); vmap cannot read that, so the
+    packed step decides it on all members' targets first. Each member's loss must be its own."""
+    from torch.func import vmap
+
+    from segbench.data.common import IGNORE_INDEX
+    from segbench.train.losses import MultilabelLoss, vmap_ready
+
+    loss = MultilabelLoss(kind)
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(K, 2, 1, 8, 8, generator=g, dtype=torch.float64)
+    target = (torch.rand(K, 2, 1, 8, 8, generator=g) > 0.6).double()
+    if void:
+        target[1, :, :, :2] = IGNORE_INDEX  # only the second member's batch has void pixels
+    packed = vmap(vmap_ready(loss, target))(logits, target)
+    alone = torch.stack([loss(logits[k], target[k]) for k in range(K)])
+    torch.testing.assert_close(packed, alone, rtol=1e-12, atol=1e-12)

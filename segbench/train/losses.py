@@ -32,10 +32,14 @@ class MultilabelLoss(nn.Module):
         self.kind, self.dice_weight = kind, dice_weight
         self.pos_weight = None if pos_weight is None else torch.tensor(float(pos_weight))
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, has_void: bool | None = None) -> torch.Tensor:
+        """``has_void``: whether any target pixel is ``IGNORE_INDEX``; None reads it from ``target``
+        (one reduction), which a caller under ``vmap`` must do beforehand (see ``vmap_ready``)."""
         loss = logits.new_zeros(())
         valid = None
-        if bool((target == IGNORE_INDEX).any()):  # one reduction; targets are 0/1 everywhere else
+        if has_void is None:
+            has_void = bool((target == IGNORE_INDEX).any())
+        if has_void:  # targets are 0/1 everywhere else
             valid = (target != IGNORE_INDEX).to(logits.dtype)
             target = target * valid
         if self.kind in ("bce", "bce_dice"):
@@ -65,6 +69,15 @@ class SoftmaxCrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction)
+
+
+def vmap_ready(loss_fn: nn.Module, target: torch.Tensor):
+    """``loss_fn`` with its data-dependent branches decided on ``target`` (every member's batch,
+    stacked) before ``torch.func.vmap``, which cannot read a tensor's value into Python."""
+    if isinstance(loss_fn, MultilabelLoss):
+        has_void = bool((target == IGNORE_INDEX).any())
+        return lambda logits, member_target: loss_fn(logits, member_target, has_void=has_void)
+    return loss_fn
 
 
 LOSSES = {"bce": "multilabel", "dice": "multilabel", "bce_dice": "multilabel", "ce": "multiclass"}

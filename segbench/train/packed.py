@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from segbench.train.losses import vmap_ready
+
 log = logging.getLogger(__name__)
 
 # Norms whose forward reads a value into Python (vmap cannot batch that): why, in one line.
@@ -138,13 +140,15 @@ class PackedSteps:
                   for n, ps in zip(names, zip(*(m.parameters() for m in models)))}
         buffers = {n: torch.stack([b for b in bs]) for n, bs in zip(buffer_names, zip(*(m.buffers() for m in models)))}
 
+        images = torch.stack([m[1] for m in members])
+        target = torch.stack([m[2] for m in members])
+        batched_loss = vmap_ready(loss_fn, target)
+
         def member_loss(p, b, images, target):
             # The first member's module as the function: members take turns, so none of them is
             # using it now, and its train/eval flags are the ones train_mode set for all of them.
-            return loss_fn(functional_call(models[0], (p, b), (images,)), target)
+            return batched_loss(functional_call(models[0], (p, b), (images,)), target)
 
-        images = torch.stack([m[1] for m in members])
-        target = torch.stack([m[2] for m in members])
         with precision.autocast() if precision is not None else contextlib.nullcontext():
             losses = vmap(member_loss, randomness="error")(params, buffers, images, target)
         grads = torch.autograd.grad(losses.sum(), list(params.values()), allow_unused=True)
