@@ -57,4 +57,5 @@ clean: ## remove runs, reports, generated data and the preprocessing cache (keep
 
 reproduce: $(STAMP) data ## CPU versions of the studies, 5 paired seeds -> reports/REPORT.md (see docs/REPORT.md for its run time)
 	test -f data/voc_phantom/.complete || ($(BIN)/segbench make-data voc-phantom --out data/voc_phantom && touch data/voc_phantom/.complete)
+	test -f data/voc_phantom_300/.complete || ($(BIN)/segbench make-data voc-phantom --images 300 --out data/voc_phantom_300 && touch data/voc_phantom_300/.complete)
 	$(BIN)/python scripts/reproduce.py --out reports

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.analysis import stats
-from segbench.analysis.compare import result
+from segbench.analysis.arms import result
 from segbench.analysis.decide import Design, decide_family
 from segbench.analysis.diagnose import diagnose, name_cause
 from segbench.analysis.runs import Run, find_runs

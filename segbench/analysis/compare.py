@@ -17,64 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from segbench.analysis import stats, verdicts
+from segbench.analysis.arms import arm_key, label, result, sort_key, varying_keys
 from segbench.analysis.decide import Design
+from segbench.analysis.figures import plot_curves
 from segbench.analysis.runs import Run, find_runs
-from segbench.analysis.study import read_design
 from segbench.analysis.predictions import prediction_grid
+from segbench.analysis.study import read_design
 from segbench.errors import SegbenchError, one_line
-from segbench.io import save_figure, write_text
-
-# Keys that never define an arm: the replicate, and settings that do not change what is learned.
-IGNORED_KEYS = {"seed", "data.fold", "trainer.device", "trainer.progress", "trainer.threads", "hydra.launcher.n_jobs",
-                "data.num_workers", "trainer.log_images", "hydra.sweep.dir", "hydra.run.dir"}
-LINESTYLES = ["-", "--", ":", "-."]
-# Okabe & Ito's colour-blind-safe palette (black last: it is also the text colour).
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
-BATCH_KEYS = ("data.batch_size", "bs")
-
-
-def _colour_group(key: tuple) -> tuple:
-    """An arm without its batch size: one colour per norm (or cause), one line style per batch."""
-    return tuple((k, v) for k, v in key if k not in BATCH_KEYS) or key
-
-
-def _config_value(run: Run, dotted: str) -> str:
-    node = run.config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return str(node) if node is not None else "-"
-
-
-def varying_keys(runs: list[Run]) -> list[str]:
-    """Override keys whose values differ between runs (seeds excluded: they are replicates)."""
-    keys = sorted({k for r in runs for k in r.overrides} - IGNORED_KEYS)
-    varying = [k for k in keys if len({r.overrides.get(k, _config_value(r, k)) for r in runs}) > 1]
-    return varying or ["norm"]
-
-
-def arm_key(run: Run, varying: list[str]) -> tuple:
-    return tuple((k, run.overrides.get(k, _config_value(run, k))) for k in varying)
-
-
-def _label(key: tuple) -> str:
-    return ", ".join(f"{k}={v}" for k, v in key)
-
-
-def _sort_key(key: tuple):
-    """Numbers as numbers (batch 2 before 16), so tables read in order."""
-    out = []
-    for _, v in key:
-        try:
-            out.append((0, float(v), ""))
-        except ValueError:
-            out.append((1, 0.0, v))
-    return out
-
-
-def result(run: Run, metric: str, checkpoint: str = "best") -> float | None:
-    """The run's test-split ``metric`` for its ``best``-by-val (or ``last``) checkpoint."""
-    value = run.metrics.get("test", {}).get(checkpoint, {}).get(metric)
-    return None if value is None else float(value)
+from segbench.io import write_text
 
 
 def _final_train_loss(run: Run) -> float | None:
@@ -104,12 +54,12 @@ COLUMNS = (  # (column, how to read it from a run, digits)
 def summarize(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
     """One row per arm: mean and 95 % interval over seeds of every column."""
     rows = []
-    for key in sorted(arms, key=_sort_key):
+    for key in sorted(arms, key=sort_key):
         runs = arms[key]
         converged = [verdicts.run_convergence(r).get("converged") for r in runs]
         folds = sorted({r.overrides.get("data.fold") for r in runs if "data.fold" in r.overrides})
         # The lr the optimizer used (after optim.lr_scaling), not the one the config named.
-        row = {"arm": _label(key), "norm": runs[0].metrics.get("norm"),
+        row = {"arm": label(key), "norm": runs[0].metrics.get("norm"),
                "batch_size": runs[0].metrics.get("global_batch_size"),
                "seeds": len({r.metrics.get("seed") for r in runs}) if not folds else
                f"{len({r.metrics.get('seed') for r in runs})} x {len(folds)} folds",
@@ -214,124 +164,6 @@ def _verdict(p: dict, scope: str) -> str:
     return text
 
 
-def _ema(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
-    """TensorBoard-style exponential smoothing with its start-up bias removed."""
-    out, acc = np.empty(len(values)), 0.0
-    for i, v in enumerate(values):
-        acc = weight * acc + (1 - weight) * v
-        out[i] = acc / (1 - weight ** (i + 1))
-    return out
-
-
-def _band(runs: list[Run], tag: str, smooth: float = 0.0):
-    """Steps all seeds share; mean and 95 % t-interval over seeds (NaN bounds for one seed)."""
-    series = [r.scalar(tag) for r in runs if len(r.scalar(tag)[0])]
-    if not series:
-        return None
-    steps = sorted(set.intersection(*[set(s.tolist()) for s, _ in series]))
-    if not steps:
-        return None
-    values = np.array([[dict(zip(s.tolist(), v))[t] for t in steps] for s, v in series])
-    if smooth:
-        values = np.array([_ema(v, smooth) for v in values])
-    ci = np.array([stats.mean_ci(values[:, j]) for j in range(values.shape[1])])
-    return np.array(steps, float), ci[:, 0], ci[:, 1], ci[:, 2]
-
-
-def _plot(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path, smooth: float = 0.6) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    all_runs = [r for runs in arms.values() for r in runs]
-    groups = sorted({_colour_group(k) for k in arms}, key=_sort_key)
-    batches = sorted({r.metrics.get("global_batch_size") for r in all_runs})
-    colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
-    styles = {b: LINESTYLES[i % len(LINESTYLES)] for i, b in enumerate(batches)}
-    # (tag, smoothed, title, log scale, y label, range of the metric)
-    panels = [("train/loss", True, f"train loss (per step, batch statistics; EMA {smooth:g} over the raw mean, faint)",
-               True, "loss (log)", (0, np.inf)),
-              ("train/loss_eval_mode", False, "train loss in eval mode (fixed training images)", True, "loss (log)",
-               (0, np.inf)),
-              ("val/loss", False, "val loss", True, "loss (log)", (0, np.inf)),
-              (f"val/{main_metric}", False, f"val {main_metric} (selection metric; triangles: where each seed's "
-               "best-by-val checkpoint was taken)", False, main_metric, (0, 1))]
-    by_images = len(batches) > 1  # steps of different batch sizes are not comparable; images seen are
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)))
-    marked = False  # the checkpoint marks' legend entry, once
-    for ax, (tag, smoothed, title, log, ylabel, (low, high)) in zip(axes, panels):
-        for key in sorted(arms, key=_sort_key):
-            runs = arms[key]
-            band = _band(runs, tag, smooth if smoothed else 0.0)
-            if band is None:
-                continue
-            x, mean, lo, hi = band
-            first = runs[0].metrics
-            scale = float(first.get("global_batch_size") or 1) if by_images else 1.0  # steps -> images seen
-            x = x * scale
-            style = dict(color=colours[_colour_group(key)], linestyle=styles[first.get("global_batch_size")])
-            if smoothed and smooth:
-                raw = _band(runs, tag)
-                # Faint, and kept out of the axis limits: one raw dip must not squash the smoothed curves.
-                ax.plot(raw[0] * scale, raw[1], alpha=0.25, linewidth=0.6, scalex=False, scaley=False, **style)
-            ax.plot(x, mean, label=f"{_label(key)} (n={len(runs)})", marker=None if smoothed else "o", markersize=3,
-                    **style)
-            if np.isfinite(lo).any():
-                floor = np.nanmin(mean[mean > 0]) / 10 if log and (mean > 0).any() else low
-                # A t-band can leave the metric's range at few seeds; drawn clipped to it.
-                ax.fill_between(x, np.clip(lo, floor, high), np.clip(hi, floor, high), alpha=0.18, color=style["color"])
-            if not smoothed and tag.startswith("val/") and tag != "val/loss":
-                chosen = [(r.metrics.get("val", {}).get("best") or {}).get("step") for r in runs]
-                at = dict(zip(x / scale, mean))
-                marks = [(c * scale, at[c]) for c in chosen if c in at]
-                if marks:
-                    ax.scatter(*zip(*marks), marker="v", s=40, color=style["color"], edgecolor="black", zorder=3,
-                               label=None if marked else "best-by-val checkpoint (per seed)")
-                    marked = True
-        ax.set_title(title + "; band: 95% CI over seeds", fontsize=9)
-        ax.set_xlabel("images seen" if by_images else "step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if log and ax.lines:
-            ax.set_yscale("log")
-    if axes[0].lines:
-        axes[0].legend(fontsize=7)
-    if marked:
-        axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    save_figure(out / "curves.png", fig)
-    plt.close(fig)
-
-    if len(batches) < 2:
-        (out / "by_batch_size.png").unlink(missing_ok=True)  # one batch size: nothing to draw
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, group in enumerate(groups):
-        points = defaultdict(list)
-        for key, runs in arms.items():
-            if _colour_group(key) == group:
-                for r in runs:
-                    points[r.metrics.get("global_batch_size")].append(result(r, metric))
-        xs = sorted(points)
-        ci = np.array([stats.mean_ci(points[b]) for b in xs])
-        yerr = np.nan_to_num(np.abs(ci[:, 1:] - ci[:, :1]).T)
-        # Arms side by side at each batch size (a few per cent apart on the log axis), so bars do not overlap.
-        shift = 2 ** ((i - (len(groups) - 1) / 2) * 0.06)
-        label = _label(group)
-        ax.errorbar([b * shift for b in xs], ci[:, 0], yerr=yerr, marker="o", capsize=3, label=label, color=colours[group])
-        for b in xs:  # every seed, so a reader sees the spread the interval summarises
-            ax.scatter([b * shift] * len(points[b]), points[b], s=12, alpha=0.5, color=colours[group], edgecolor="none")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("images per batch")
-    ax.set_ylabel(f"test {metric} (best-by-val checkpoint)")
-    ax.set_title("test metric against batch size; bars: 95% CI over seeds", fontsize=9)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    save_figure(out / "by_batch_size.png", fig)
-    plt.close(fig)
-
-
 def compare(paths: list[str], out: str | None = None, metric: str | None = None, by: list[str] | None = None,
             smooth: float = 0.6, margin: float | None = None) -> Path:
     """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``.
@@ -357,9 +189,9 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
     out_dir = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.json").exists()
                                      else Path("compare"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    _plot(arms, metric, main_metric, out_dir, smooth)
+    plot_curves(arms, metric, main_metric, out_dir, smooth)
     try:
-        prediction_grid(arms, {key: _label(key) for key in arms}, out_dir, _sort_key)
+        prediction_grid(arms, {key: label(key) for key in arms}, out_dir, sort_key)
         pictures = "![predictions](predictions.png)\n\n"
     except (SegbenchError, OSError) as err:  # data or checkpoints moved away: the numbers still compare
         (out_dir / "predictions.png").unlink(missing_ok=True)
@@ -371,7 +203,7 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
         design = Design(design.margin, float(planned["alpha"]), int(planned["looks"]), design.power)
         design_note += (f"; sequential study: {planned['looks']} looks planned ({planned['first']} seeds, then "
                         f"{planned['per_round']} per round up to {planned['max_seeds']}), each at alpha/{planned['looks']}")
-    pairs = verdicts.paired_comparisons(arms, metric, result, _label, _sort_key, design)
+    pairs = verdicts.paired_comparisons(arms, metric, result, label, sort_key, design)
     scopes = {(r.config.get("study") or {}).get("scope", "subjects") for r in runs}
     scope = "population" if "population" in scopes else "subjects"
     buffer = io.StringIO()

@@ -33,7 +33,7 @@ def read_design(paths: list[str]) -> dict | None:
 
 
 def _comparisons(out: Path, metric: str | None, design: Design) -> list[dict]:
-    from segbench.analysis.compare import _label, _sort_key, arm_key, result, varying_keys
+    from segbench.analysis.arms import arm_key, label, result, sort_key, varying_keys
     from segbench.analysis.runs import find_runs
 
     runs = find_runs([str(out)])
@@ -42,7 +42,7 @@ def _comparisons(out: Path, metric: str | None, design: Design) -> list[dict]:
     arms = defaultdict(list)
     for run in runs:
         arms[arm_key(run, varying)].append(run)
-    return verdicts.paired_comparisons(arms, metric, result, _label, _sort_key, design)
+    return verdicts.paired_comparisons(arms, metric, result, label, sort_key, design)
 
 
 def run_study(overrides: list[str], out: str, first: int = 4, per_round: int = 4, max_seeds: int = 20,
