@@ -23,6 +23,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - ((2 * inter + smooth) / (total + smooth)).mean()
 
 
+def _has_void(target: torch.Tensor) -> bool:
+    """Whether any target pixel is a palette mask's void border (one reduction, read into Python)."""
+    return bool((target == IGNORE_INDEX).any())
+
+
 class MultilabelLoss(nn.Module):
     """``bce``, ``dice`` or ``bce_dice`` on (N, K, H, W) logits against float masks; pixels whose
     target is ``IGNORE_INDEX`` (a palette mask's void border) are left out of both."""
@@ -38,7 +43,7 @@ class MultilabelLoss(nn.Module):
         loss = logits.new_zeros(())
         valid = None
         if has_void is None:
-            has_void = bool((target == IGNORE_INDEX).any())
+            has_void = _has_void(target)
         if has_void:  # targets are 0/1 everywhere else
             valid = (target != IGNORE_INDEX).to(logits.dtype)
             target = target * valid
@@ -75,7 +80,7 @@ def vmap_ready(loss_fn: nn.Module, target: torch.Tensor):
     """``loss_fn`` with its data-dependent branches decided on ``target`` (every member's batch,
     stacked) before ``torch.func.vmap``, which cannot read a tensor's value into Python."""
     if isinstance(loss_fn, MultilabelLoss):
-        has_void = bool((target == IGNORE_INDEX).any())
+        has_void = _has_void(target)
         return lambda logits, member_target: loss_fn(logits, member_target, has_void=has_void)
     return loss_fn
 
