@@ -51,6 +51,25 @@ def test_bench_prints_the_run_breakdown_and_seed_runs_per_hour(tiny_brats):
     assert ways["packed K=2"]["max_abs_test_dice_difference"] < 0.05  # other thread count: float32 noise only
     assert ways["packed K=2, vmap"]["max_abs_test_dice_difference"] < 0.05
     assert "seed-runs per hour" in result.stderr
+    assert set(report["packing_ceiling"]["member_steps_per_s"]) == {"one member", "K=2 vmapped"}
+    assert "packing's ceiling" in result.stderr
+
+
+def test_packing_ceiling_times_one_member_against_vmapped_packs():
+    from segbench.analysis.bench_pack import lines, packing_ceiling
+
+    threads = torch.get_num_threads()
+    report = packing_ceiling([2, 3], torch.device("cpu"), width=4, depth=2, batch=1, size=(16, 16), steps=1, rounds=1)
+    assert torch.get_num_threads() == threads  # the one-thread timing leaves the process as it was
+    assert set(report["member_steps_per_s"]) == {"one member", "K=2 vmapped", "K=3 vmapped"}
+    assert report["relative_to_one_member"]["one member"] == 1.0
+    assert report["flops_per_member_step"] > 0 and report["gemm_peak_flop_per_s"] > 0
+    share = report["share_of_gemm_peak"]
+    assert all(v > 0 for v in share.values())
+    assert report["ceiling_over_separate_runs"] == pytest.approx(1 / share["one member"])
+    # a pack's share is its member-steps' share: K members' FLOPs per call
+    assert share["K=2 vmapped"] / share["one member"] == pytest.approx(report["relative_to_one_member"]["K=2 vmapped"])
+    assert "packing's ceiling" in lines(report)[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -84,6 +85,24 @@ def test_convergence_rule_on_known_curves():
     assert plateau(rising, "m")["converged"] is False
     assert plateau(flat, "m")["converged"] is True
     assert plateau(flat[:3], "m")["converged"] is None  # too few validations to tell
+
+
+def test_until_plateau_keeps_training_a_noisy_curve_whose_trend_still_rises():
+    from segbench.train.convergence import plateau, plateau_reached
+
+    # One lucky early validation (0.80) leaves the last three below it, so the best-of-last-k rule
+    # calls the run converged; the last half's trend still climbs (REPORT 4a's FCN no-BN seed 1300).
+    values = [0.2, 0.3, 0.35, 0.4, 0.45, 0.80, 0.55, 0.6, 0.62, 0.65, 0.7, 0.72]
+    history = [{"step": 250 * (i + 1), "m": v} for i, v in enumerate(values)]
+    check = plateau(history, "m")
+    assert check["converged"] is True and check["trend_flat"] is False
+    steps, tail = [h["step"] for h in history[6:]], values[6:]
+    slope = np.polyfit(steps, tail, 1)[0]  # an independent least-squares fit
+    assert check["projected_gain"] == pytest.approx(slope * (steps[-1] - steps[0]))
+    assert not plateau_reached(check)
+    flat = [{"step": 250 * (i + 1), "m": v} for i, v in enumerate([0.2, 0.5, 0.7, 0.8] + [0.8] * 8)]
+    assert plateau_reached(plateau(flat, "m"))
+    assert not plateau_reached(plateau(flat[:3], "m"))  # unknown is not a plateau
 
 
 def test_precise_bn_recomputes_a_never_updating_bn_and_leaves_it_never_updating():

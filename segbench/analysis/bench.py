@@ -232,9 +232,11 @@ def say(message: str) -> None:
 
 def summary(report: dict) -> list[str]:
     """The figures a reader wants, one line each."""
+    from segbench.analysis.bench_pack import lines as pack_lines
     from segbench.analysis.bench_seeds import lines as seed_lines
 
-    lines = [f"device: {report['device']}"] + seed_lines(report.get("run_breakdown"), report.get("seeds_per_hour"))
+    lines = ([f"device: {report['device']}"] + pack_lines(report.get("packing_ceiling"))
+             + seed_lines(report.get("run_breakdown"), report.get("seeds_per_hour")))
     if "train_step" not in report:  # --only-seeds
         return lines
     step, loop = report["train_step"], report["trainer_loop"]
@@ -344,6 +346,9 @@ def _seeds(report: dict, args, packs: list[int], phase: str) -> dict:
 
     say(f"{phase} where a study run's time goes, and seed-runs per hour packed (K={args.packs}) vs one seed per "
         f"process ({args.seeds} seeds of {args.seed_steps} steps each way)")
+    from segbench.analysis.bench_pack import packing_ceiling
+
+    report["packing_ceiling"] = packing_ceiling(packs, torch.device(report["device_type"]))
     report["run_breakdown"] = bench_seeds.breakdown(args.data, args.seed_steps, args.seed_val_every)
     report["seeds_per_hour"] = bench_seeds.seeds_per_hour(args.data, args.seeds, args.seed_steps,
                                                           args.seed_val_every, packs,

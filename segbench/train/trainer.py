@@ -25,7 +25,7 @@ from segbench.nn.slot import norm_scalars
 from segbench.train import distributed
 from segbench.train.hparams import NORM_GROUP, TEST_GROUP
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
-from segbench.train.convergence import plateau
+from segbench.train.convergence import plateau, plateau_reached
 from segbench.eval.evaluate import evaluate, overlay
 from segbench.eval.metrics import MAIN_METRIC, REPORT_METRIC
 from segbench.train.prepare import Prepared, RunFinished, prepare
@@ -226,7 +226,7 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
             reached = stop_at is not None and last_val[main_metric] >= stop_at
             if cfg.trainer.get("until_plateau") and not reached:
                 # Train each run until its own plateau, max_steps (or images, epochs) the cap.
-                reached = bool(plateau(history, main_metric, float(cfg.trainer.plateau_epsilon))["converged"])
+                reached = plateau_reached(plateau(history, main_metric, float(cfg.trainer.plateau_epsilon)))
             if ctx.is_main:
                 # The run's folder name first: a sweep's parallel members share one console.
                 log.info("%s step %d/%d val: %s%s", run_dir.name, done, total_steps, _summary(last_val),
