@@ -228,14 +228,16 @@ def test_precise_bn_and_frozen_bn_options_run(tiny_cfg, tmp_path):
 
 
 def test_validation_uses_running_statistics(tiny_cfg, tmp_path, monkeypatch):
+    from segbench.train import validation
+
     seen = []
-    real_eval = trainer_module.evaluate
+    real_eval = validation.evaluate
 
     def spy(net, *args, **kwargs):
         seen.append([m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)])
         return real_eval(net, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "evaluate", spy)
+    monkeypatch.setattr(validation, "evaluate", spy)
     train(tiny_cfg(), tmp_path)
     assert seen and not any(any(modes) for modes in seen)
 
