@@ -23,7 +23,7 @@ def _sweep(tmp_path, worse_by: dict[str, float], seeds: int = 6):
 def test_trained_causes_alone_form_the_family_and_need_no_diagnose(tmp_path, monkeypatch):
     _sweep(tmp_path, {"bn_pytorch": 0.0, "bn_tf1": 0.1})
     monkeypatch.setattr(causes, "diagnose", lambda *a, **k: pytest.fail("diagnose ran"))
-    text, numbers = causes.cause_table(str(tmp_path), eval_only=False)
+    text, numbers = causes.cause_table(str(tmp_path), eval_causes=False)
     rows = {r["arm"]: r for r in numbers["rows"]}
     assert set(rows) == {"bn_pytorch", "bn_tf1"}  # no batch-statistics rows, no diagnose lines
     assert rows["bn_tf1"]["worse"]["verdict"] == "held"

@@ -67,9 +67,9 @@ def diagnose_all(runs: list[Run], missing: bool = True) -> dict[str, dict]:
 
 
 def cause_table(sweep: str | list[str], design: Design | None = None, diagnose_missing: bool = True,
-                eval_only: bool = True) -> tuple[str, dict]:
+                eval_causes: bool = True) -> tuple[str, dict]:
     """The answer table (markdown) and its numbers for ``why_bn_failed`` sweep folders (one, or
-    several holding more seeds of the same arms). ``eval_only=False`` leaves out the causes read off
+    several holding more seeds of the same arms). ``eval_causes=False`` leaves out the causes read off
     the BN runs by ``diagnose`` (batch statistics at eval) and the diagnoses themselves: the family
     is then the trained causes alone, for a study that re-runs only those."""
     runs = find_runs([sweep] if isinstance(sweep, str) else list(sweep))
@@ -77,7 +77,7 @@ def cause_table(sweep: str | list[str], design: Design | None = None, diagnose_m
     arms: dict[str, dict[int, Run]] = defaultdict(dict)
     for run in runs:
         arms[_cause(run)][run.metrics["seed"]] = run
-    diag = diagnose_all(runs, diagnose_missing) if eval_only else {}
+    diag = diagnose_all(runs, diagnose_missing) if eval_causes else {}
     rows = []
     for arm, twin, what, _ in TRAINED:
         if arm in arms and twin in arms:
@@ -88,7 +88,7 @@ def cause_table(sweep: str | list[str], design: Design | None = None, diagnose_m
                                                {s: result(r, "dice") for s, r in arms[twin].items()}),
                          "worse_05": stats.paired({s: result(r, "dice_at_0.5") for s, r in arms[arm].items()},
                                                   {s: result(r, "dice_at_0.5") for s, r in arms[twin].items()})})
-    for arm, mode, what in EVAL_ONLY if eval_only else ():
+    for arm, mode, what in EVAL_ONLY if eval_causes else ():
         if arm in arms and "none" in arms:
             scored = {s: diag[str(r.path)][mode] for s, r in arms[arm].items() if str(r.path) in diag}
             rows.append({"what": what, "arm": f"{arm} ({mode} statistics)", "twin": "none", "slower": None,
@@ -167,8 +167,8 @@ def _markdown(rows, arms, diag, design: Design) -> str:
     return "\n".join(lines)
 
 
-def write_cause_report(sweep: str | list[str], out: str, eval_only: bool = True) -> Path:
-    text, numbers = cause_table(sweep, eval_only=eval_only)
+def write_cause_report(sweep: str | list[str], out: str, eval_causes: bool = True) -> Path:
+    text, numbers = cause_table(sweep, eval_causes=eval_causes)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "causes.md").write_text(text + "\n")
