@@ -43,12 +43,14 @@ def plateau(history: list[dict], metric: str, epsilon: float = EPSILON, min_poin
     half = float(sps.t.ppf(0.95, len(tail) - 2) * fit.stderr) if len(tail) > 2 else math.nan
     k = max(3, math.ceil(len(points) / 4))
     improvement = max(p[1] for p in points[-k:]) - max(p[1] for p in points[:-k])
+    gain = float(fit.slope * span)
     return {"converged": bool(improvement < epsilon), "rule": rule, "validations": len(points),
             "last_k": k, "improvement_last_k": float(improvement),
-            "projected_gain": float(fit.slope * span), "projected_gain_high": float((fit.slope + half) * span),
-            "trend_flat": bool(fit.slope * span < epsilon), "trend_from_step": int(steps[0]), "epsilon": epsilon}
+            "projected_gain": gain, "projected_gain_high": float((fit.slope + half) * span),
+            "trend_flat": gain < epsilon, "trend_from_step": int(steps[0]), "epsilon": epsilon}
 
 
 def plateau_reached(check: dict) -> bool:
     """Where ``trainer.until_plateau`` stops: ``check`` (from ``plateau``) converged, trend flat too."""
-    return bool(check.get("converged")) and bool(check.get("trend_flat", True))
+    # An unknown check (too few validations) has no trend and is no plateau.
+    return bool(check.get("converged")) and check["trend_flat"]

@@ -40,7 +40,8 @@ class Stopwatch(dict):
 
 
 def summary_line(results: dict, keys=("loss", "dice", "dice_tuned", "threshold_tuned", "auroc", "ap", "hd95", "miou",
-                                  "train_eval_loss")) -> str:
+                                      "train_eval_loss")) -> str:
+    """One log line of a validation's or test's numbers."""
     return ", ".join(f"{k} {results[k]:.4g}" for k in keys if isinstance(results.get(k), (int, float)))
 
 
