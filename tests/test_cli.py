@@ -137,7 +137,7 @@ def test_conditional_norm_on_one_modality(tiny_brats, tmp_path):
     (["-cn", "other", "-cp", "/x", "a=1"], ["a=1"]), (["--cfg=job", "--package=_global_", "b=2"], ["b=2"]),
     (["--cfg", "job", "--resolve", "seed=3"], ["seed=3"]), (["-sc", "install=bash"], [])])
 def test_hydra_flags_and_their_values_are_not_read_as_overrides(argv, overrides):
-    from segbench.cli import split_hydra_args
+    from segbench.train_command import split_hydra_args
 
     assert split_hydra_args(argv)[0] == overrides
 

@@ -20,7 +20,7 @@ LAYERS = {
     "eval": 3,
     "train": 4,
     "analysis": 5,
-    "cli": 6, "completion": 6, "__main__": 7, "configs": 0, "__init__": 0,
+    "cli": 6, "completion": 6, "train_command": 6, "__main__": 7, "configs": 0, "__init__": 0,
 }
 
 

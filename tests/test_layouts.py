@@ -15,8 +15,8 @@ import torch
 
 from segbench.data.brats import load_brats
 from segbench.data.brats_volume import read_subject
-from segbench.data.layouts import (ED, ET, LAYOUTS, MODALITIES, NCR, find_layout, label_map, modality_of,
-                                   subject_id, write_index, write_subject)
+from segbench.data.layout_writers import subject_id, write_index, write_subject
+from segbench.data.layouts import ED, ET, LAYOUTS, MODALITIES, NCR, find_layout, label_map, modality_of
 from segbench.errors import SegbenchError
 from segbench.eval.metrics import CaseMetrics, hd95
 

@@ -24,20 +24,21 @@ def packing_ceiling(packs: list[int], device: torch.device, width: int = 8, dept
     """Member-steps per second and FLOP/s shares, one member vs vmapped packs of each K in ``packs``,
     rounds interleaved (a shared machine slows every way alike). The shipped 2-D study's network and
     batch by default (ResUNet width 8, depth 4, BN, batch 4, 96 x 112, float32)."""
-    from segbench.analysis.bench import _inputs, _model  # the bench's own model and inputs, same as its other tables
+    # The bench's own model and inputs, the same as its other tables.
+    from segbench.analysis.bench_training import bench_inputs, bench_model
 
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)  # per core: what two one-thread processes each get
     try:
         loss_fn = MultilabelLoss("bce")
-        images, target = _inputs(batch, size, device)
-        one = _model("batch", 4, width, depth).to(device)
+        images, target = bench_inputs(batch, size, device)
+        one = bench_model("batch", 4, width, depth).to(device)
         alone = lambda: PackedSteps._alone(one, images, target, loss_fn, None)  # noqa: E731
         flops = step_flops(alone)  # forward and backward of one member; the optimizer step is left out
         ways = {"one member": (alone, 1)}
         for k in packs:
-            members = [(_model("batch", 4, width, depth).to(device), images, target, loss_fn, None, None)
+            members = [(bench_model("batch", 4, width, depth).to(device), images, target, loss_fn, None, None)
                        for _ in range(k)]
             packed = PackedSteps(k, vectorize=True)
             ways[f"K={k} vmapped"] = ((lambda p, m: lambda: p._packed_grads(m))(packed, members), k)

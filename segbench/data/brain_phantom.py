@@ -19,7 +19,8 @@ import numpy as np
 from scipy import ndimage
 
 from segbench.data.brats import SITES_FILE
-from segbench.data.layouts import LAYOUTS, subject_exists, subject_id, write_index, write_subject
+from segbench.data.layout_writers import subject_exists, subject_id, write_index, write_subject
+from segbench.data.layouts import LAYOUTS
 from segbench.errors import invalid_choice
 from segbench.io import write_text
 
