@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from segbench.analysis.batch_study import contrasts, markdown
+from segbench.analysis.batch_study import CHALLENGERS, contrasts, markdown, write_table
+from segbench.errors import SegbenchError
 from tests.test_compare_decides import FLAT, _run
 
 TRUTH = {("none", 2): 0.86, ("none", 16): 0.86, ("batch", 2): 0.78, ("batch", 16): 0.90,
@@ -38,3 +40,30 @@ def test_unconverged_arms_are_never_judged(tmp_path):
                  dice + 0.001 * seed, rising if batch == 16 else FLAT, batch=batch)
     rows = {r["label"]: r for r in contrasts([str(tmp_path)])["rows"]}
     assert rows["BN − GN at the large batch"]["verdict"].startswith("early-training")
+
+
+@pytest.mark.parametrize("challenger", sorted(CHALLENGERS))
+def test_any_challenger_is_set_against_bn_across_two_sweeps(tmp_path, challenger):
+    """A newcomer at batch 2 in one sweep and batch 16 in another: its contrasts only, named for it."""
+    truth = {("batch", 2): 0.90, ("batch", 16): 0.88, (challenger, 2): 0.86, (challenger, 16): 0.88}
+    rng = np.random.default_rng(1)
+    for (norm, batch), dice in truth.items():
+        for seed in range(6):
+            _run(tmp_path / f"bs{batch}" / f"{norm}_{seed}", [f"norm={norm}", f"data.batch_size={batch}"], seed,
+                 dice + rng.normal(0, 0.003), FLAT, batch=batch)
+    numbers = contrasts([str(tmp_path / "bs2"), str(tmp_path / "bs16")], challenger=challenger)
+    name = CHALLENGERS[challenger][0]
+    rows = {r["label"]: r for r in numbers["rows"]}
+    assert set(rows) == {f"BN − {name} at the small batch", f"BN − {name} at the large batch",
+                         f"interaction: (BN − {name}) large − (BN − {name}) small", "BN small batch − BN large batch"}
+    assert all(r["family"] == 4 for r in rows.values())  # the no-norm contrasts are not in the family
+    small = rows[f"BN − {name} at the small batch"]
+    assert abs(small["diff"] - 0.04) < 0.01 and small["verdict"].startswith("did not hold")
+    assert abs(rows[f"interaction: (BN − {name}) large − (BN − {name}) small"]["diff"] - (0.0 - 0.04)) < 0.01
+
+
+def test_an_unknown_challenger_is_one_line_before_anything_is_written(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SegbenchError, match="challenger='frm' is not valid; choose one of: evonorm_s0, frn"):
+        write_table([str(tmp_path)], str(out), challenger="frm")
+    assert not out.exists()

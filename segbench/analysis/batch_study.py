@@ -1,13 +1,14 @@
 """The planned contrasts of a norm x batch-size sweep at equal images (``norm_vs_batch_size_converged``).
 
 ``compare`` judges every pair of arms; a batch-size study asks fewer, sharper questions, declared
-here before its runs were read: BN against GN at the small and the large batch (Wu & He 2018), their
-interaction, BN at the small batch against BN at the large one (the first question's small-batch
+here before its runs were read: BN against a challenger (GN by default, Wu & He 2018; or FRN,
+EvoNorm-S0, WS+GN) at the small and the large batch, their interaction, BN at the small batch against BN at the large one (the first question's small-batch
 cause), and BN against no norm at each batch size and the change between them (does BN hurt more
 at batch 2?). One family, Holm over it; per-seed differences of the same seed (interactions are
 differences of per-seed differences); each contrast judged only where every arm it reads converged.
 
     python -c "from segbench.analysis.batch_study import write_table as w; w(['<sweep>'], 'out')"
+    python -c "...; w(['<batch-2 sweep>', '<batch-16 sweep>'], 'out', challenger='frn')"
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ from segbench.analysis.arms import result
 from segbench.analysis.decide import Design, decide_family
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.verdicts import arm_converged, run_convergence
+from segbench.errors import invalid_choice
 
-# (label, terms: (+1/-1, norm, batch) summed per seed, claimed direction, what it asks)
+# (label, terms: (+1/-1, norm, batch) summed per seed, claimed direction, what it asks). ``X`` is the
+# challenger the study sets against BN (GN by default; FRN, EvoNorm-S0 or WS+GN for the newcomers).
 CONTRASTS = (
-    ("BN − GN at the small batch", ((+1, "batch", "small"), (-1, "group", "small")), -1,
-     "GN beats BN at small batches (Wu & He)"),
-    ("BN − GN at the large batch", ((+1, "batch", "large"), (-1, "group", "large")), +1,
-     "BN at least matches GN at large batches"),
-    ("interaction: (BN − GN) large − (BN − GN) small",
-     ((+1, "batch", "large"), (-1, "group", "large"), (-1, "batch", "small"), (+1, "group", "small")), +1,
+    ("BN − {X} at the small batch", ((+1, "batch", "small"), (-1, "X", "small")), -1,
+     "{X} beats BN at small batches ({claim})"),
+    ("BN − {X} at the large batch", ((+1, "batch", "large"), (-1, "X", "large")), +1,
+     "BN at least matches {X} at large batches"),
+    ("interaction: (BN − {X}) large − (BN − {X}) small",
+     ((+1, "batch", "large"), (-1, "X", "large"), (-1, "batch", "small"), (+1, "X", "small")), +1,
      "BN's deficit grows as the batch shrinks"),
     ("BN small batch − BN large batch", ((+1, "batch", "small"), (-1, "batch", "large")), -1,
      "the small-batch cause: BN at batch 2 predicts worse than at 16"),
@@ -42,6 +45,9 @@ CONTRASTS = (
      ((+1, "batch", "small"), (-1, "none", "small"), (-1, "batch", "large"), (+1, "none", "large")), -1,
      "BN hurts more (or helps less) at the small batch"),
 )
+# How the contrasts name a challenger, and whose claim "beats BN at small batches" is.
+CHALLENGERS = {"group": ("GN", "Wu & He 2018"), "frn": ("FRN", "Singh & Krishnan 2020"),
+               "evonorm_s0": ("EvoNorm-S0", "Liu et al. 2020"), "ws_group": ("WS+GN", "Qiao et al. 2019")}
 
 
 def _arms(runs: list[Run]) -> dict[tuple[str, int], dict[int, Run]]:
@@ -52,8 +58,16 @@ def _arms(runs: list[Run]) -> dict[tuple[str, int], dict[int, Run]]:
     return arms
 
 
-def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = None) -> dict:
-    """Each planned contrast's per-seed differences, interval, Holm-adjusted verdict and convergence."""
+def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = None,
+              challenger: str = "group") -> dict:
+    """Each planned contrast's per-seed differences, interval, Holm-adjusted verdict and convergence.
+
+    ``challenger`` is the norm set against BN (a key of ``CHALLENGERS``); the family is the
+    contrasts whose arms the sweeps hold, so a sweep without no-norm arms drops those three.
+    """
+    if challenger not in CHALLENGERS:
+        raise invalid_choice("challenger", challenger, CHALLENGERS)
+    name, claim = CHALLENGERS[challenger]
     runs = find_runs(list(sweeps))
     design = design or Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
     arms = _arms(runs)
@@ -61,6 +75,8 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
     size = {"small": batches[0], "large": batches[-1]}
     rows = []
     for label, terms, direction, asks in CONTRASTS:
+        label, asks = label.format(X=name), asks.format(X=name, claim=claim)
+        terms = tuple((sign, challenger if norm == "X" else norm, which) for sign, norm, which in terms)
         keys = [(norm, size[which]) for _, norm, which in terms]
         if any(k not in arms for k in keys) or len(batches) < 2:
             continue
@@ -79,7 +95,7 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
                                "steps": sorted({r.metrics.get("steps") for r in by.values()})}
                for (n, b), by in sorted(arms.items())}
     return {"rows": rows, "arms": per_arm, "metric": metric, "margin": design.margin, "batches": size,
-            "runs": len(runs)}
+            "runs": len(runs), "challenger": challenger}
 
 
 def markdown(numbers: dict) -> str:
@@ -100,8 +116,9 @@ def markdown(numbers: dict) -> str:
     return "\n".join(lines)
 
 
-def write_table(sweeps: list[str], out: str, metric: str = "dice") -> Path:
+def write_table(sweeps: list[str], out: str, metric: str = "dice", challenger: str = "group") -> Path:
+    numbers = contrasts(sweeps, metric, challenger=challenger)  # a bad challenger fails before the folder exists
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "batch_size.md").write_text(markdown(contrasts(sweeps, metric)) + "\n")
+    (folder / "batch_size.md").write_text(markdown(numbers) + "\n")
     return folder / "batch_size.md"
