@@ -55,7 +55,8 @@ def test_any_challenger_is_set_against_bn_across_two_sweeps(tmp_path, challenger
     name = CHALLENGERS[challenger][0]
     rows = {r["label"]: r for r in numbers["rows"]}
     assert set(rows) == {f"BN − {name} at the small batch", f"BN − {name} at the large batch",
-                         f"interaction: (BN − {name}) large − (BN − {name}) small", "BN small batch − BN large batch"}
+                         f"interaction: (BN − {name}) large − (BN − {name}) small",
+                         "BN small batch − BN large batch"}
     assert all(r["family"] == 4 for r in rows.values())  # the no-norm contrasts are not in the family
     small = rows[f"BN − {name} at the small batch"]
     assert abs(small["diff"] - 0.04) < 0.01 and small["verdict"].startswith("did not hold")

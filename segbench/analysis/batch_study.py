@@ -2,9 +2,9 @@
 
 ``compare`` judges every pair of arms; a batch-size study asks fewer, sharper questions, declared
 here before its runs were read: BN against a challenger (GN by default, Wu & He 2018; or FRN,
-EvoNorm-S0, WS+GN) at the small and the large batch, their interaction, BN at the small batch against BN at the large one (the first question's small-batch
-cause), and BN against no norm at each batch size and the change between them (does BN hurt more
-at batch 2?). One family, Holm over it; per-seed differences of the same seed (interactions are
+EvoNorm-S0, WS+GN) at the small and the large batch, their interaction, BN at the small batch
+against BN at the large one (the first question's small-batch cause), and BN against no norm at
+each batch size and the change between them (does BN hurt more at batch 2?). One family, Holm over it; per-seed differences of the same seed (interactions are
 differences of per-seed differences); each contrast judged only where every arm it reads converged.
 
     python -c "from segbench.analysis.batch_study import write_table as w; w(['<sweep>'], 'out')"
@@ -95,7 +95,7 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
                                "steps": sorted({r.metrics.get("steps") for r in by.values()})}
                for (n, b), by in sorted(arms.items())}
     return {"rows": rows, "arms": per_arm, "metric": metric, "margin": design.margin, "batches": size,
-            "runs": len(runs), "challenger": challenger}
+            "runs": len(runs)}
 
 
 def markdown(numbers: dict) -> str:
