@@ -28,14 +28,39 @@ def compose(overrides: list[str] | tuple[str, ...] = ()):
 
 
 def parse_overrides(overrides: list[str]):
-    """Hydra's parsed ``Override`` objects; a syntax error is one line."""
+    """Hydra's parsed ``Override`` objects; a syntax error is one line naming the override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for override in overrides:  # one at a time, so the error can say which one
+        try:
+            parsed.extend(parser.parse_overrides([override]))
+        except HydraException as err:
+            raise SegbenchError(f"cannot parse the override {override!r}: {_first_line(err)}"
+                                f"{_quoting_hint(override)}") from None
+    return parsed
+
+
+def parses(override: str) -> bool:
+    """Whether Hydra's override grammar accepts ``override`` as written."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     try:
-        return OverridesParser.create().parse_overrides(overrides)
-    except HydraException as err:
-        raise SegbenchError(f"cannot parse the overrides: {_first_line(err)}") from None
+        OverridesParser.create().parse_overrides([override])
+    except HydraException:
+        return False
+    return True
+
+
+def _quoting_hint(override: str) -> str:
+    key, sep, value = override.partition("=")
+    if not sep or value[:1] in ("'", '"') or not any(c in value for c in "=, "):
+        return ""
+    # Hydra's grammar, not the shell: the value goes in quotes inside the argument.
+    return f" (a value holding '=', ',' or spaces goes in quotes: \"{key}='{value}'\")"
 
 
 def validate_overrides(overrides: list[str]) -> None:

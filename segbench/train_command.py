@@ -76,10 +76,11 @@ def train_command(argv: list[str]) -> None:
     check = "--check" in argv
     argv = [a for a in argv if a != "--check"]
     from segbench.train.prepare import RunFinished
-    from segbench.train.preflight import preflight
+    from segbench.train.preflight import preflight, quote_path_values
     from segbench.trust import config_source
 
     overrides, _ = split_hydra_args(argv)
+    argv, overrides = quote_path_values(argv, overrides)
     source = config_source(argv)
     multirun = "-m" in argv or "--multirun" in argv
     if multirun and source.is_default and not any(o.startswith("hydra.sweep.dir=") for o in overrides):

@@ -199,6 +199,37 @@ def test_a_run_folder_with_spaces_resumes_however_its_path_is_quoted(tiny_brats,
         assert json.loads((run / "metrics.json").read_text())["steps"] == steps + more, path
 
 
+def test_a_sweep_members_folder_resumes_from_its_path_as_printed(tiny_brats, tmp_path):
+    """Sweep members are named like ``7_seed=1603,norm=batch``: Hydra's grammar reads the "=" and ","
+    of the bare path as syntax, so segbench quotes it; the quoted form the user may type works too."""
+    from segbench import cli
+    from tests.conftest import SMALL
+
+    run = tmp_path / "sweep" / "7_seed=1603,norm=batch"
+    cli.main(["train", f"data.root={tiny_brats}", *SMALL, f"hydra.run.dir={run}"])
+    steps = json.loads((run / "metrics.json").read_text())["steps"]
+    for more, path in enumerate([str(run), f"'{run}'", f'"{run}"'], start=1):
+        cli.main(["train", f"trainer.resume={path}", f"trainer.max_steps={steps + more}"])
+        assert json.loads((run / "metrics.json").read_text())["steps"] == steps + more, path
+
+
+@pytest.mark.parametrize("key", ["trainer.resume", "hydra.run.dir", "hydra.sweep.dir", "data.root"])
+def test_path_values_are_quoted_only_where_hydra_would_misread_them(key, tmp_path):
+    from segbench.config import parse_overrides
+    from segbench.train.preflight import quote_path_values
+
+    member = tmp_path / "7_seed=1603,norm=batch"
+    folder_with_comma = tmp_path / "a,b"
+    folder_with_comma.mkdir()
+    kept = [f"{key}=/runs/plain", f"{key}=/a,/b", f"{key}='{member}'", f"{key}=${{oc.env:HOME}}/x", "seed=1,2"]
+    for override in kept:  # plain, a sweep over paths, already quoted, an interpolation, not a path key
+        assert quote_path_values([override], [override]) == ([override], [override])
+    for path in (member, folder_with_comma):  # misread by the grammar; a folder that exists
+        argv, overrides = quote_path_values(["-m", f"{key}={path}"], [f"{key}={path}"])
+        assert argv == ["-m", overrides[0]] and overrides[0] != f"{key}={path}"
+        assert parse_overrides(overrides)[0].value() == str(path)
+
+
 def test_a_start_killed_before_its_first_checkpoint_leaves_no_stale_curve(tiny_cfg, tmp_path):
     from segbench.train.trainer import train
 

@@ -12,6 +12,7 @@ exits with 128 + the signal's number. A requeued or restarted run continues from
 
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
 from types import FrameType
@@ -28,7 +29,7 @@ class Preempted(Exception):
         self.signum, self.step, self.checkpoint, self.run_dir = signum, step, checkpoint, run_dir
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {checkpoint}; "
                          f"continue it with the same command (a sweep continues its unfinished members; a requeued job "
-                         f"does so by itself) or with segbench train trainer.resume={run_dir}")
+                         f"does so by itself) or with segbench train {shlex.quote(f'trainer.resume={run_dir}')}")
 
     @property
     def exit_code(self) -> int:

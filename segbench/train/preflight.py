@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
-from segbench.config import parse_overrides
+from segbench.config import parse_overrides, parses
 from segbench.errors import SegbenchError
 from segbench.trust import ALLOWED_TARGETS, ConfigSource, check_config_is_data, compose_with_hydra
 from segbench.train.checkpoint import resume_path
@@ -70,6 +71,29 @@ def quote(value: str) -> str:
     if all(c.isalnum() or c in "/._-:" for c in value):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# Overrides whose value is a path. Hydra reads "=", "," and spaces in an unquoted value as syntax, and
+# a sweep's run folders are named like "7_seed=1603,norm=batch": such a path is quoted for the user.
+PATH_KEYS = ("trainer.resume", "hydra.run.dir", "hydra.sweep.dir", "data.root")
+
+
+def quote_path_values(argv: list[str], overrides: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` and ``overrides`` with the unquoted path values of ``PATH_KEYS`` quoted for Hydra where
+    the bare value would not parse or names a folder that exists; a sweep over paths (``a,b``) is kept."""
+    quoted = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or key.lstrip("+~") not in PATH_KEYS or value[:1] in ("'", '"') or "${" in value:
+            continue
+        if quote(value) != value and (not parses(override) or os.path.exists(value)):
+            quoted[override] = f"{key}={quote(value)}"
+    return [quoted.get(a, a) for a in argv], [quoted.get(o, o) for o in overrides]
+
+
+def resume_hint(run_dir) -> str:
+    """The override that resumes ``run_dir``, ready to paste into a shell."""
+    return shlex.quote(f"trainer.resume={run_dir}")
 
 
 def resume_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], Path | None]:
@@ -171,7 +195,7 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
         check_unlocked(target)
         if run is None and ((target / "checkpoints").is_dir() or (target / "metrics.json").is_file()):
             raise SegbenchError(f"hydra.run.dir={target} already holds a run; continue it with "
-                                f"trainer.resume={target}, or choose another folder")
+                                f"{resume_hint(target)}, or choose another folder")
     check_writable(target or _output_base(multirun), "hydra.run.dir" if target else "the output folder")
     if multirun and target is not None and _value(overrides, "hydra.sweep.subdir") is None:
         from segbench.train.app import run_name
