@@ -45,12 +45,9 @@ def parse_overrides(overrides: list[str]):
 
 def parses(override: str) -> bool:
     """Whether Hydra's override grammar accepts ``override`` as written."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     try:
-        OverridesParser.create().parse_overrides([override])
-    except HydraException:
+        parse_overrides([override])
+    except SegbenchError:
         return False
     return True
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -89,8 +88,9 @@ def hydra_main(cfg: DictConfig) -> float:
         if not lost_peer(err):
             raise
         last = run_dir / "checkpoints" / "last.pt"
-        resume = shlex.quote(f"trainer.resume={run_dir}")
-        saved = f"resume it from {last} with {resume}" if last.exists() else "no checkpoint was saved yet"
+        from segbench.train.checkpoint import resume_hint
+
+        saved = f"resume it from {last} with {resume_hint(run_dir)}" if last.exists() else "no checkpoint was saved yet"
         print(f"segbench: rank {os.environ.get('RANK', 0)} lost another rank during a collective "
               f"({one_line(err)[:160]}); {saved}", file=sys.stderr, flush=True)
         os._exit(1)  # the process group cannot be torn down without its lost member

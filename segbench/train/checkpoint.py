@@ -6,6 +6,7 @@ that holds code, another model's weights), so each is turned into one line here.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import torch
@@ -32,6 +33,11 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: di
     if scaler is not None:  # fp16: the loss scale it has settled on, so a resume continues with it
         state["scaler"] = scaler.state_dict()
     save_torch(path, state)
+
+
+def resume_hint(run_dir) -> str:
+    """The override that resumes ``run_dir``, ready to paste into a shell."""
+    return shlex.quote(f"trainer.resume={run_dir}")
 
 
 def resume_path(resume, run_dir: Path) -> Path | None:

@@ -12,10 +12,11 @@ exits with 128 + the signal's number. A requeued or restarted run continues from
 
 from __future__ import annotations
 
-import shlex
 import signal
 import threading
 from types import FrameType
+
+from segbench.train.checkpoint import resume_hint
 
 # SIGUSR2 is what submitit asks SLURM to send before a time-out or preemption; SIGUSR1 is the
 # usual choice of hand-written SLURM scripts; SIGTERM is what scancel, preemption and torchrun send.
@@ -29,7 +30,7 @@ class Preempted(Exception):
         self.signum, self.step, self.checkpoint, self.run_dir = signum, step, checkpoint, run_dir
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {checkpoint}; "
                          f"continue it with the same command (a sweep continues its unfinished members; a requeued job "
-                         f"does so by itself) or with segbench train {shlex.quote(f'trainer.resume={run_dir}')}")
+                         f"does so by itself) or with segbench train {resume_hint(run_dir)}")
 
     @property
     def exit_code(self) -> int:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from pathlib import Path
 
 from segbench.config import parse_overrides, parses
 from segbench.errors import SegbenchError
 from segbench.trust import ALLOWED_TARGETS, ConfigSource, check_config_is_data, compose_with_hydra
-from segbench.train.checkpoint import resume_path
+from segbench.train.checkpoint import resume_hint, resume_path
 from segbench.train.restart import restart_count, saved_checkpoint, sweep_state
 from segbench.train.search import is_search
 
@@ -89,11 +88,6 @@ def quote_path_values(argv: list[str], overrides: list[str]) -> tuple[list[str],
         if quote(value) != value and (not parses(override) or os.path.exists(value)):
             quoted[override] = f"{key}={quote(value)}"
     return [quoted.get(a, a) for a in argv], [quoted.get(o, o) for o in overrides]
-
-
-def resume_hint(run_dir) -> str:
-    """The override that resumes ``run_dir``, ready to paste into a shell."""
-    return shlex.quote(f"trainer.resume={run_dir}")
 
 
 def resume_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], Path | None]:
