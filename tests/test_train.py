@@ -342,3 +342,15 @@ def test_compiled_training_matches_eager_closely(tiny_cfg, tmp_path, precision):
 def test_validations_spreads_that_many_evenly_over_the_budget(tiny_cfg, tmp_path):
     metrics = train(tiny_cfg("trainer.max_steps=6", "trainer.validations=3", "trainer.val_every=100"), tmp_path)
     assert [h["step"] for h in metrics["val"]["history"]] == [2, 4, 6]
+
+
+@pytest.mark.parametrize("in_hardware", [True, False])
+def test_bf16_where_it_is_emulated_is_said_in_the_runs_log(tiny_cfg, tmp_path, monkeypatch, caplog, in_hardware):
+    from segbench.train import precision
+
+    monkeypatch.setattr(precision, "fast_bf16", lambda device: in_hardware)
+    with caplog.at_level("WARNING", logger="segbench.train.trainer"):
+        train(tiny_cfg("trainer.precision=bf16-mixed", "trainer.max_steps=2", "trainer.val_every=2"), tmp_path)
+    said = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(said) == (0 if in_hardware else 1)
+    assert not said or "trainer.precision=auto picks float32" in said[0]

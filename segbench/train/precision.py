@@ -33,6 +33,12 @@ def fast_bf16(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def emulated_bf16(precision: Precision, device) -> bool:
+    """``bf16-mixed`` asked for where bf16 is emulated: float32 is faster there (an AVX2 CPU ran an
+    FCN-8s step 10x slower in bf16-mixed than in float32: scripts/bench_fcn_precision.py)."""
+    return precision.dtype is torch.bfloat16 and not fast_bf16(torch.device(device))
+
+
 def resolve_precision(name, device: torch.device) -> str:
     """``auto`` -> ``bf16-mixed`` where bf16 is in hardware (measured 1.8x faster per step on this
     project's AVX-512 BF16 CPU, with val Dice within seed noise of float32), else ``32``."""

@@ -26,6 +26,7 @@ from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.convergence import plateau, plateau_reached
 from segbench.eval.metrics import MAIN_METRIC, REPORT_METRIC
 from segbench.train.prepare import Prepared, RunFinished, prepare
+from segbench.train.precision import emulated_bf16
 from segbench.train.preemption import Preempted, StopRequest
 from segbench.train.rundir import remove_orphans, run_lock
 from segbench.train.step import compile_for_training, train_step
@@ -91,6 +92,10 @@ def _log_start(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> None:
              "%s, precision %s", run_dir, cfg.model.name, f"{weights:,}", cfg.norm.name, cfg.loss.name, cfg.optim.name,
              float(cfg.optim.lr), int(cfg.data.batch_size), ctx.world_size, prepared.total_steps, ctx.device,
              prepared.precision.name)
+    if emulated_bf16(prepared.precision, ctx.device):
+        log.warning("precision bf16-mixed on %s, which has no bf16 arithmetic (AVX-512 BF16, AMX or an Ampere+ GPU): "
+                    "it is emulated and slower than float32 (10x per FCN-8s step on an AVX2 CPU); "
+                    "trainer.precision=auto picks float32 here", ctx.device)
     if cfg.data.get("site_batches"):
         log.info("site batches: every training batch from one site (per-site BN's training half)")
     log.info("data %s (%s): %d train / %d val / %d test samples, %s targets, %d input channel(s)",
