@@ -194,3 +194,26 @@ def test_fcn_staged_recipe_starts_each_stage_from_the_previous(tmp_path):
     assert not fine.score_pool4.weight.any()  # new in 16s: stays zero-initialised
     with pytest.raises(SegbenchError, match="no checkpoint"):
         init_from_checkpoint(fine, str(tmp_path / "absent"))
+
+
+@pytest.mark.filterwarnings("ignore:norm=syncbatch outside")
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_every_norm_hands_on_activations_in_its_inputs_memory_format(norm, dims):
+    """An NCHW net stays NCHW through the norm slot: a norm that returned channels-last strides (a
+    normalization over channels done as movedim + layer_norm) switched the next conv to its
+    channels-last kernels, whose float32 backward segfaults on the CPU in this torch build."""
+    from segbench.models import ResUNet
+    from segbench.nn.norms import has_3d_form
+
+    if dims == 3 and not has_3d_form(norm):
+        pytest.skip(f"norm={norm} has no 3-D form")
+    options = NORM_KW.get(norm, {}) | ({"num_groups": 2} if norm in ("wsgroup", "evonorms0") else {})
+    torch.manual_seed(0)
+    net = ResUNet(3, 2, width=4, depth=2, norm=norm, norm_options=options, dims=dims).train()
+    handed_on = []
+    for module in net.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
+            module.register_forward_pre_hook(lambda m, args: handed_on.append(args[0].is_contiguous()))
+    net(torch.randn(2, 3, *((16, 16) if dims == 2 else (8, 8, 8)))).square().mean().backward()
+    assert handed_on and all(handed_on)

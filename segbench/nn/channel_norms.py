@@ -25,6 +25,17 @@ from torch.nn import functional as F
 from segbench.nn.batchnorm import BatchNorm2d
 
 
+def _in_format_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` laid out in memory as ``x`` is. Normalizing over channels moves them last, and handing
+    channels-last strides on to the next conv switches it to its channels-last kernels: in float32
+    on the CPU this torch build's channels-last conv backward crashes (a segfault on an AVX2 CPU,
+    2026-12-06). A channels-last input (bf16 with ``trainer.channels_last``) stays channels-last."""
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    if channels_last is not None and x.is_contiguous(memory_format=channels_last) and not x.is_contiguous():
+        return y.contiguous(memory_format=channels_last)
+    return y.contiguous()
+
+
 class LayerNormChannels(nn.Module):
     """LayerNorm over the channels at each position (ConvNeXt's LayerNorm2d), any number of spatial dims."""
 
@@ -35,8 +46,8 @@ class LayerNormChannels(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.movedim(1, -1)  # channels last: layer_norm normalizes the trailing dims
-        return F.layer_norm(x, (self.num_channels,), self.weight, self.bias, self.eps).movedim(-1, 1)
+        y = F.layer_norm(x.movedim(1, -1), (self.num_channels,), self.weight, self.bias, self.eps)  # trailing dims
+        return _in_format_of(y.movedim(-1, 1), x)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
@@ -51,8 +62,7 @@ class RMSNormChannels(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.movedim(1, -1)
-        return F.rms_norm(x, (self.num_channels,), self.weight, self.eps).movedim(-1, 1)
+        return _in_format_of(F.rms_norm(x.movedim(1, -1), (self.num_channels,), self.weight, self.eps).movedim(-1, 1), x)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
