@@ -26,14 +26,12 @@ from segbench.nn.batchnorm import BatchNorm2d
 
 
 def _in_format_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``y`` laid out in memory as ``x`` is. Normalizing over channels moves them last, and handing
-    channels-last strides on to the next conv switches it to its channels-last kernels: in float32
-    on the CPU this torch build's channels-last conv backward crashes (a segfault on an AVX2 CPU,
-    2026-12-06). A channels-last input (bf16 with ``trainer.channels_last``) stays channels-last."""
-    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-    if channels_last is not None and x.is_contiguous(memory_format=channels_last) and not x.is_contiguous():
-        return y.contiguous(memory_format=channels_last)
-    return y.contiguous()
+    """``y`` (channels moved last and back) laid out as an NCHW input ``x`` is. Handing channels-last
+    strides on to the next conv switches it to its channels-last kernels: in float32 on the CPU this
+    torch build's channels-last conv backward crashes (a segfault on an AVX2 CPU, 2026-12-06). A
+    channels-last input (bf16 with ``trainer.channels_last``) gets ``y`` as it is, channels-last.
+    Only the default format is queried: under vmap (packed seeds) torch cannot query the others."""
+    return y.contiguous() if x.is_contiguous() else y
 
 
 class LayerNormChannels(nn.Module):
