@@ -171,6 +171,16 @@ def _nothing(where: Where) -> None:
     pass
 
 
+def _study_declared(where: Where) -> None:
+    """A study folder whose study.json declares 20 seeds at most (segbench study's defaults)."""
+    import json
+
+    (where.tmp / "study").mkdir()
+    (where.tmp / "study" / "study.json").write_text(json.dumps(
+        {"first": 4, "per_round": 4, "max_seeds": 20, "start_seed": 0, "looks": 5, "alpha": 0.05, "margin": 0.02,
+         "overrides": ["norm=none,batch"]}))
+
+
 def _config_folder(yaml_text: str, name: str = "mine") -> Callable[[Where], None]:
     """A shared config folder with one experiment file (``-cd {tmp}/cfg experiment=mine``)."""
     def write(where: Where) -> None:
@@ -272,6 +282,8 @@ CASES = [
     ("resume-absent", _nothing, ["train", "trainer.resume={tmp}/absent"], ["no checkpoint"]),
     ("resume-absent-sweep-member", _nothing, ["train", "trainer.resume={tmp}/7_seed=1,norm=batch"],
      ["7_seed=1,norm=batch", "no checkpoint"]),
+    ("study-other-design", _study_declared, ["study", "norm=none,batch", "--out", "{tmp}/study", "--max-seeds", "12"],
+     ["declares max_seeds=20", "this command max_seeds=12"]),
     ("override-unparsable", _nothing, ["train", "optim.lr=1=2"], ["'optim.lr=1=2'", "goes in quotes"]),
     ("resume-sweep", _nothing, ["train", "-m", "trainer.resume={run}", "seed=1,2"], ["one run"]),
     ("resume-locked", _lock_by_live_process, ["train", "trainer.resume={run}", "trainer.max_steps=4"], ["in use"]),
