@@ -107,7 +107,7 @@ def run_study(overrides: list[str], out: str, first: int = 4, per_round: int = 4
         plain = [o for o in overrides if "," not in o.partition("=")[2]]  # swept values do not change it
         try:
             margin = float(compose(plain).study.margin)
-        except Exception:  # noqa: BLE001 - a bad override: the first round's `train` names it in one line
+        except Exception:  # noqa: BLE001 - a bad override: the first round's `train --check` names it in one line
             margin = Design().margin
     design = Design(margin=margin, alpha=alpha, looks=looks)
     record = _design_record(overrides, first, per_round, max_seeds, start_seed, looks, alpha, margin)
