@@ -36,8 +36,12 @@ def test_a_stop_signal_only_raises_the_flag_then_the_previous_handler_runs():
         signal.signal(signal.SIGUSR1, previous)
 
 
-def test_a_signal_saves_last_pt_at_that_step_and_the_resume_is_exact(tiny_cfg, tmp_path):
-    steps = ["trainer.max_steps=8", "trainer.val_every=4", "trainer.checkpoint_every=100"]
+# FCN-8s has dropout: its masks come from torch's global RNG, which the resumed run must continue
+# exactly where the checkpoint left it (a DataLoader draws from it when it starts iterating).
+@pytest.mark.parametrize("model", [[], ["model=fcn8s", "model.width=0.0625", "data.size=[32,32]"]],
+                         ids=["resunet", "fcn8s-dropout"])
+def test_a_signal_saves_last_pt_at_that_step_and_the_resume_is_exact(tiny_cfg, tmp_path, model):
+    steps = [*model, "trainer.max_steps=8", "trainer.val_every=4", "trainer.checkpoint_every=100"]
     full = train(tiny_cfg(*steps), tmp_path / "full")
 
     def signal_after_step_3(done):

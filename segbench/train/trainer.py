@@ -166,7 +166,14 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
     done = start
     tick = time.perf_counter()
     fetched = time.perf_counter()
-    for step, (images, target) in enumerate(loader, start=start):
+    # Starting to iterate draws a seed from torch's global RNG, which also drives dropout. A fresh
+    # run draws it at step 0, before anything is saved; a resumed run's RNG is already where the
+    # checkpoint left it, so it must not draw again, or every dropout mask after a resume shifts.
+    rng = torch.get_rng_state()
+    batches = iter(loader)
+    if start:
+        torch.set_rng_state(rng)
+    for step, (images, target) in enumerate(batches, start=start):
         timing.add("data", time.perf_counter() - fetched)
         step_start = time.perf_counter()
         images, target = images.to(ctx.device, non_blocking=True), target.to(ctx.device, non_blocking=True)
