@@ -17,7 +17,7 @@ import torch
 
 from segbench.models.resunet import ResUNet
 from segbench.nn.norms import NORMS
-from segbench.train.packed import UNPACKABLE_NORMS, PackedSteps, pack_refusal, train_packed
+from segbench.train.packed import UNPACKABLE_NORMS, PackedSteps, pack_refusal, train_packed, vectorize_by_default
 from segbench.train.step import train_step
 from segbench.train.trainer import train
 
@@ -110,6 +110,34 @@ def test_members_taking_turns_equal_separate_float32_runs_bit_for_bit(norm):
             assert torch.equal(x, y)
 
 
+def test_frozen_weights_pack_and_stay_frozen():
+    """FCN-8s keeps its bilinear upsampling fixed: packed, it must train as separately, those weights untouched."""
+    from segbench.models.fcn import FCN
+
+    def fcns():
+        out = []
+        for seed in range(K):
+            torch.manual_seed(100 + seed)
+            out.append(FCN(1, variant=8, in_channels=4, width=0.0625, dropout=0.0).double().train())
+        return out
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(K, 2, 4, 32, 32, generator=g, dtype=torch.float64),
+             (torch.rand(K, 2, 1, 32, 32, generator=g) > 0.7).double()) for _ in range(5)]
+    separate = fcns()
+    packed, frozen = copy.deepcopy(separate), [n for n, p in separate[0].named_parameters() if not p.requires_grad]
+    assert frozen
+    before = copy.deepcopy(separate[0].state_dict())
+    expected = _train_separately(separate, data)
+    for got, want in zip(_train_packed_threads(packed, data, vectorize=True), expected):
+        assert got == pytest.approx(want, rel=1e-10)
+    for a, b in zip(packed, separate):
+        for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+            assert _relative(x, y) < 1e-10
+    assert all(torch.equal(separate[0].state_dict()[n], before[n]) for n in frozen)
+    assert all(torch.equal(packed[0].state_dict()[n], before[n]) for n in frozen)
+
+
 def test_a_member_leaving_early_lets_the_others_go_on():
     models, data = _members("batch"), _data()
     steps = PackedSteps(len(models))
@@ -140,10 +168,22 @@ def test_unpackable_norms_are_refused_with_the_reason(tiny_cfg, norm):
     assert pack_refusal(tiny_cfg(f"norm={norm}"), vectorize=False) is None  # taking turns needs no vmap
 
 
-@pytest.mark.parametrize("vectorize", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["turns", "vmap"])
-def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_path, vectorize):
+FCN = ("model=fcn8s", "model.width=0.0625", "data.size=[32,32]")  # dropout 0.5 after fc6 and fc7
+
+
+def test_dropout_is_refused_in_one_vmapped_step_and_takes_turns_by_default(tiny_cfg):
+    reason = pack_refusal(tiny_cfg(*FCN), vectorize=True)
+    assert reason and reason.startswith("model.dropout=0.5 cannot pack") and "vectorize=false" in reason
+    assert pack_refusal(tiny_cfg(*FCN), vectorize=False) is None
+    assert pack_refusal(tiny_cfg(*FCN, "model.dropout=0"), vectorize=True) is None
+    assert not vectorize_by_default(tiny_cfg(*FCN))
+
+
+@pytest.mark.parametrize("vectorize, model", [(False, ()), (False, FCN), pytest.param(True, (), marks=pytest.mark.slow)],
+                         ids=["turns", "turns-dropout", "vmap"])
+def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_path, vectorize, model):
     seeds = (5, 6)
-    overrides = ("norm=batch", "trainer.max_steps=4", "trainer.val_every=2")
+    overrides = (*model, "norm=batch", "trainer.max_steps=4", "trainer.val_every=2")
     separate = [train(tiny_cfg(*overrides, f"seed={s}"), tmp_path / f"alone_{s}") for s in seeds]
     packed = train_packed([tiny_cfg(*overrides, f"seed={s}") for s in seeds],
                           [tmp_path / f"packed_{s}" for s in seeds], vectorize=vectorize)

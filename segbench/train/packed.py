@@ -19,8 +19,13 @@ its own optimizer step on its own weights. Two ways to compute them:
   process: imports, Hydra, the preflight dry run and the data cache.
 
 What cannot pack: norms that read a tensor's value into Python (``.item()``, which vmap refuses),
-DDP, ``torch.compile`` and float16's loss scaler; ``pack_refusal`` names the reason and the
-launcher then trains those seeds one by one.
+DDP, ``torch.compile`` and float16's loss scaler; dropout cannot pack into one vmapped step (each
+member's masks must come from its own seed), so a model with dropout takes turns by default.
+``pack_refusal`` names the reason and the launcher then trains those seeds one by one.
+
+Each member keeps its own stream of torch's global RNG (dropout, a DataLoader's seed): it is put
+in place whenever that member's code or its forward runs, so the members of a pack draw what
+separate runs of their seeds draw.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ def pack_refusal(cfg: DictConfig, vectorize: bool | None = None) -> str | None:
     norm = canonical_norm_name(str(cfg.norm.name))
     if vectorize and norm in UNPACKABLE_NORMS:
         return f"norm={cfg.norm.name} cannot pack into one vmapped step: {UNPACKABLE_NORMS[norm]}"
+    if vectorize and _has_dropout(cfg):
+        return (f"model.dropout={cfg.model.dropout} cannot pack into one vmapped step: each member's dropout "
+                "masks must come from its own seed (hydra.launcher.vectorize=false lets the members take turns)")
     if str(cfg.trainer.get("precision", "32")) in ("16", "16-mixed"):
         return "trainer.precision=16-mixed cannot pack: each member would need its own loss scaler"
     if cfg.trainer.get("compile"):
@@ -60,6 +68,27 @@ def pack_refusal(cfg: DictConfig, vectorize: bool | None = None) -> str | None:
     if cfg.get("study") is not None and cfg.study.get("lr_grid"):
         return "study.lr_grid cannot pack: a grid trains each lr in turn inside one run"
     return None
+
+
+def _has_dropout(cfg: DictConfig) -> bool:
+    return float(cfg.model.get("dropout") or 0.0) > 0.0
+
+
+def _trainable(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _rng_state() -> tuple:
+    """torch's global RNG state (and the current GPU's, once CUDA is in use): what dropout draws from."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
 
 
 class PackedSteps:
@@ -82,6 +111,8 @@ class PackedSteps:
         self._active = members
         self._pending: dict[int, tuple] = {}
         self._results: dict[int, torch.Tensor | BaseException] = {}
+        # Each waiting member's RNG stream, advanced by its forward wherever that runs.
+        self._rng: dict[int, tuple] = {}
 
     def enter(self) -> None:
         """A member's thread starts: wait for its turn."""
@@ -98,18 +129,20 @@ class PackedSteps:
         me = threading.get_ident()
         with self._cond:
             self._pending[me] = (model, images, target, loss_fn, optimizer, precision)
+            self._rng[me] = _rng_state()
             if len(self._pending) >= self._active:
                 self._run_pending()
             else:
                 self._cond.wait_for(lambda: me in self._results)
             result = self._results.pop(me)
+            _set_rng_state(self._rng.pop(me))  # this member's turn: its own stream again
         if isinstance(result, BaseException):
             raise result
         loss, grads = result
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return loss  # as train_step: the caller stops before any update reaches the weights
-        for param, grad in zip(model.parameters(), grads):
+        for param, grad in zip(_trainable(model), grads):
             param.grad = grad
         optimizer.step()
         return loss
@@ -118,25 +151,32 @@ class PackedSteps:
         """Compute every pending member's loss and gradients (called holding the lock)."""
         pending, self._pending = self._pending, {}
         try:
-            results = self._packed_grads(list(pending.values()))
+            results = self._packed_grads(list(pending.values()), list(pending))
         except BaseException as err:  # every waiting member raises it, not only the one that ran it
             results = [err] * len(pending)
         self._results.update(zip(pending, results))
         self._cond.notify_all()
 
-    def _packed_grads(self, members: list[tuple]) -> list:
+    def _packed_grads(self, members: list[tuple], owners: list[int]) -> list:
         from torch.func import functional_call, vmap
 
         models = [m[0] for m in members]
         loss_fn, precision = members[0][3], members[0][5]
         if (not self.vectorize or len(members) == 1
                 or len({(tuple(m[1].shape), tuple(m[2].shape)) for m in members}) > 1):
-            # One member after another: the very kernels (and numbers) of separate runs. Also for
-            # a lone member or batches of different shapes.
-            return [self._alone(*m[:4], m[5]) for m in members]
+            # One member after another: the very kernels (and numbers) of separate runs, each
+            # forward drawing from its member's RNG stream. Also for a lone member or batches of
+            # different shapes.
+            results = []
+            for me, member in zip(owners, members):
+                _set_rng_state(self._rng[me])
+                results.append(self._alone(*member[:4], member[5]))
+                self._rng[me] = _rng_state()
+            return results
         names = [n for n, _ in models[0].named_parameters()]
         buffer_names = [n for n, _ in models[0].named_buffers()]
-        params = {n: torch.stack([p.detach() for p in ps]).requires_grad_()
+        # Frozen weights (FCN's fixed bilinear upsampling) stay frozen: no gradient is taken for them.
+        params = {n: torch.stack([p.detach() for p in ps]).requires_grad_(ps[0].requires_grad)
                   for n, ps in zip(names, zip(*(m.parameters() for m in models)))}
         buffers = {n: torch.stack([b for b in bs]) for n, bs in zip(buffer_names, zip(*(m.buffers() for m in models)))}
 
@@ -151,7 +191,7 @@ class PackedSteps:
 
         with precision.autocast() if precision is not None else contextlib.nullcontext():
             losses = vmap(member_loss, randomness="error")(params, buffers, images, target)
-        grads = torch.autograd.grad(losses.sum(), list(params.values()), allow_unused=True)
+        grads = torch.autograd.grad(losses.sum(), [p for p in params.values() if p.requires_grad], allow_unused=True)
         out = []
         with torch.no_grad():
             for k, model in enumerate(models):
@@ -169,7 +209,7 @@ class PackedSteps:
             loss = loss_fn(model(images), target)
         if not torch.isfinite(loss):
             return loss.detach(), []
-        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        grads = torch.autograd.grad(loss, _trainable(model), allow_unused=True)
         return loss.detach(), list(grads)
 
 
@@ -204,10 +244,11 @@ def run_log(run_dir: str | Path, name: str | None):
 def vectorize_by_default(cfg: DictConfig) -> bool:
     """vmap where it pays: on a GPU many small kernels become one; on the CPU a grouped conv is no
     faster than the convs it replaces (``segbench bench`` measures both), so there members take
-    turns, which also keeps their float32 numbers those of separate runs."""
+    turns, which also keeps their float32 numbers those of separate runs. A model with dropout
+    takes turns everywhere: vmap would have to draw its members' masks from one stream."""
     from segbench.train.distributed import resolve_device
 
-    return resolve_device(str(cfg.trainer.device)).type == "cuda"
+    return resolve_device(str(cfg.trainer.device)).type == "cuda" and not _has_dropout(cfg)
 
 
 def train_packed(cfgs: list[DictConfig], run_dirs: list[str | Path], log_names: list[str | None] | None = None,
