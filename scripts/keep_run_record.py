@@ -1,0 +1,70 @@
+"""Copy finished runs' record -- what ``segbench compare`` reads, nothing more -- to commit beside a report.
+
+A study folder lives on one machine; should it be lost before every run of a look has finished,
+the runs kept this way still count (``compare`` reads them with the runs trained later), and no
+finished run has to be trained again. Kept per run: ``metrics.json``, ``.hydra/config.yaml`` and
+``overrides.yaml``, and the TensorBoard scalars (the curves ``compare`` judges convergence from)
+with their steps and wall times, rewritten without the image summaries and checkpoints that make
+up most of a run folder.
+
+    python scripts/keep_run_record.py <study>/round_1 --out docs/results/<name>/finished_runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+
+def finished_runs(folders: list[Path]) -> list[Path]:
+    runs = []
+    for folder in folders:
+        runs += [folder] if (folder / "metrics.json").is_file() else sorted(p.parent for p in folder.rglob("metrics.json"))
+    return runs
+
+
+def keep(run: Path, out: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    json.loads((run / "metrics.json").read_text())  # a broken file fails here, before anything is written
+    (out / ".hydra").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run / "metrics.json", out / "metrics.json")
+    for name in ("config.yaml", "overrides.yaml"):
+        shutil.copy2(run / ".hydra" / name, out / ".hydra" / name)
+    tb = run / "tb"
+    accumulator = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    shutil.rmtree(out / "tb", ignore_errors=True)
+    with SummaryWriter(str(out / "tb")) as writer:
+        for tag in accumulator.Tags().get("scalars", []):
+            for event in accumulator.Scalars(tag):
+                writer.add_scalar(tag, event.value, event.step, walltime=event.wall_time)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="finished runs, or sweep folders holding them")
+    parser.add_argument("--out", type=Path, required=True, help="where each run's record goes (one folder per run)")
+    args = parser.parse_args(argv)
+    missing = [str(f) for f in args.folders if not f.is_dir()]
+    if missing:
+        print(f"keep_run_record: {missing[0]} is not a folder; pass finished runs or sweep folders", file=sys.stderr)
+        return 2
+    runs = finished_runs(args.folders)
+    unfit = [r for r in runs if not (r / "tb").is_dir() or not (r / ".hydra" / "overrides.yaml").is_file()]
+    if not runs or unfit:
+        what = f"{unfit[0]} has no tb/ or .hydra/" if unfit else "no finished runs (folders with metrics.json)"
+        print(f"keep_run_record: {what} under {' '.join(map(str, args.folders))}", file=sys.stderr)
+        return 2
+    for run in runs:
+        keep(run, args.out / run.name)
+        print(f"kept {run} -> {args.out / run.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""scripts/keep_run_record.py: a run's kept record reads back as the run itself for ``compare``."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from segbench.analysis.runs import find_runs, load_run
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "keep_run_record.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("keep_run_record", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_kept_record_reads_back_as_the_run(finished_run, tmp_path):
+    assert _script().main([str(finished_run.parent), "--out", str(tmp_path / "kept")]) == 0
+    kept = tmp_path / "kept" / finished_run.name
+    assert not list(kept.rglob("*.pt"))  # checkpoints are not part of the record
+    original, copy = load_run(finished_run), load_run(kept)
+    assert copy.metrics == original.metrics and copy.overrides == original.overrides
+    assert copy.scalars.keys() == original.scalars.keys() and copy.scalars
+    for tag, (steps, values) in original.scalars.items():
+        np.testing.assert_array_equal(copy.scalars[tag][0], steps)
+        np.testing.assert_array_equal(copy.scalars[tag][1], values)
+    assert [r.path for r in find_runs([str(tmp_path / "kept")])] == [kept]
+
+
+def test_a_missing_folder_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    assert _script().main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "kept")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere" in err and "is not a folder" in err
+    assert not (tmp_path / "kept").exists()
+
+
+def test_a_folder_without_finished_runs_is_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _script().main([str(tmp_path / "empty"), "--out", str(tmp_path / "kept")]) == 2
+    assert "no finished runs" in capsys.readouterr().err and not (tmp_path / "kept").exists()
