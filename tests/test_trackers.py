@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -93,6 +94,24 @@ def test_runs_of_older_versions_read_under_the_current_tag_names(tmp_path):
     scalars = read_scalars(tmp_path)
     assert set(scalars) == {"train/loss_eval_mode", "zz_test_best/dice", "val/dice"}
     assert scalars["train/loss_eval_mode"][1].tolist() == [0.5, 0.25]
+
+
+def test_a_resumed_runs_curve_drops_what_the_stopped_process_logged_after_it_without_a_warning(tmp_path, caplog):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from segbench.analysis.runs import read_scalars
+
+    stopped = SummaryWriter(str(tmp_path))
+    for step in (1, 2, 3, 4):  # checkpoint at step 2, killed after step 4
+        stopped.add_scalar("val/dice", 0.1 * step, step)
+    stopped.close()
+    resumed = SummaryWriter(str(tmp_path), purge_step=3)  # as the trainer opens it after a resume at step 2
+    resumed.add_scalar("val/dice", 0.9, 3)
+    resumed.close()
+    with caplog.at_level(logging.DEBUG):
+        steps, values = read_scalars(tmp_path)["val/dice"]
+    assert steps.tolist() == [1, 2, 3] and values.tolist() == pytest.approx([0.1, 0.2, 0.9])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize("swept, expected", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,16 @@ def read_scalars(tb_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
-    acc.Reload()
+    # A resumed run's writer marks where it continued (purge_step), and the reader drops what the
+    # stopped process logged after that step, warning of "a TensorFlow restart" each time: that
+    # is a resume working as meant, not something a user of compare should be told about.
+    tb_log = logging.getLogger("tensorboard")
+    level = tb_log.level
+    tb_log.setLevel(logging.ERROR)
+    try:
+        acc.Reload()
+    finally:
+        tb_log.setLevel(level)
     out = {}
     for tag in acc.Tags().get("scalars", []):
         # A resumed run writes a second events file; the reader takes files in name order, which
