@@ -157,7 +157,9 @@ class PackedSteps:
         self._results.update(zip(pending, results))
         self._cond.notify_all()
 
-    def _packed_grads(self, members: list[tuple], owners: list[int]) -> list:
+    def _packed_grads(self, members: list[tuple], owners: list[int] | None = None) -> list:
+        """Each member's loss and gradients; ``owners``: the members' threads, whose RNG streams
+        their forwards draw from when taking turns (None: the process's stream, as in a benchmark)."""
         from torch.func import functional_call, vmap
 
         models = [m[0] for m in members]
@@ -168,10 +170,9 @@ class PackedSteps:
             # forward drawing from its member's RNG stream. Also for a lone member or batches of
             # different shapes.
             results = []
-            for me, member in zip(owners, members):
-                _set_rng_state(self._rng[me])
-                results.append(self._alone(*member[:4], member[5]))
-                self._rng[me] = _rng_state()
+            for me, member in zip(owners or [None] * len(members), members):
+                with self._own_stream(me):
+                    results.append(self._alone(*member[:4], member[5]))
             return results
         names = [n for n, _ in models[0].named_parameters()]
         buffer_names = [n for n, _ in models[0].named_buffers()]
@@ -200,6 +201,18 @@ class PackedSteps:
                 member_grads = [None if g is None else g[k].clone() for g in grads]
                 out.append((losses[k].detach(), member_grads))
         return out
+
+    @contextlib.contextmanager
+    def _own_stream(self, member: int | None):
+        """Torch's RNG is ``member``'s stream inside, and that stream advances (None: left alone)."""
+        if member is None:
+            yield
+            return
+        _set_rng_state(self._rng[member])
+        try:
+            yield
+        finally:
+            self._rng[member] = _rng_state()
 
     @staticmethod
     def _alone(model, images, target, loss_fn, precision):
