@@ -26,22 +26,33 @@ def finished_runs(folders: list[Path]) -> list[Path]:
     return runs
 
 
+def unfit(run: Path) -> str | None:
+    """Why ``run`` cannot be kept (checked for every run before the first file is written)."""
+    needed = [run / "tb", run / ".hydra" / "config.yaml", run / ".hydra" / "overrides.yaml"]
+    missing = next((p for p in needed if not p.exists()), None)
+    if missing is not None:
+        return f"{run} has no {missing.relative_to(run)}"
+    try:
+        json.loads((run / "metrics.json").read_text())
+    except (ValueError, OSError) as err:
+        return f"{run}/metrics.json cannot be read ({type(err).__name__})"
+    return None
+
+
 def keep(run: Path, out: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
-    json.loads((run / "metrics.json").read_text())  # a broken file fails here, before anything is written
+    from segbench.analysis.runs import scalar_events
+
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
     shutil.copy2(run / "metrics.json", out / "metrics.json")
     for name in ("config.yaml", "overrides.yaml"):
         shutil.copy2(run / ".hydra" / name, out / ".hydra" / name)
-    tb = run / "tb"
-    accumulator = EventAccumulator(str(tb), size_guidance={"scalars": 0})
-    accumulator.Reload()
+    events = scalar_events(run / "tb")
     shutil.rmtree(out / "tb", ignore_errors=True)
     with SummaryWriter(str(out / "tb")) as writer:
-        for tag in accumulator.Tags().get("scalars", []):
-            for event in accumulator.Scalars(tag):
+        for tag in events.Tags().get("scalars", []):
+            for event in events.Scalars(tag):
                 writer.add_scalar(tag, event.value, event.step, walltime=event.wall_time)
 
 
@@ -55,10 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keep_run_record: {missing[0]} is not a folder; pass finished runs or sweep folders", file=sys.stderr)
         return 2
     runs = finished_runs(args.folders)
-    unfit = [r for r in runs if not (r / "tb").is_dir() or not (r / ".hydra" / "overrides.yaml").is_file()]
-    if not runs or unfit:
-        what = f"{unfit[0]} has no tb/ or .hydra/" if unfit else "no finished runs (folders with metrics.json)"
-        print(f"keep_run_record: {what} under {' '.join(map(str, args.folders))}", file=sys.stderr)
+    if not runs:
+        print(f"keep_run_record: no finished runs (folders with metrics.json) under "
+              f"{' '.join(map(str, args.folders))}", file=sys.stderr)
+        return 2
+    problem = next(filter(None, map(unfit, runs)), None)
+    if problem:
+        print(f"keep_run_record: {problem}; nothing was written", file=sys.stderr)
         return 2
     for run in runs:
         keep(run, args.out / run.name)

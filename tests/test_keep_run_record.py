@@ -43,3 +43,16 @@ def test_a_folder_without_finished_runs_is_one_line_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert _script().main([str(tmp_path / "empty"), "--out", str(tmp_path / "kept")]) == 2
     assert "no finished runs" in capsys.readouterr().err and not (tmp_path / "kept").exists()
+
+
+def test_a_broken_run_among_good_ones_is_refused_before_anything_is_written(finished_run, tmp_path, capsys):
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished_run, sweep / "0_good", ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(finished_run, sweep / "1_broken", ignore=shutil.ignore_patterns("checkpoints"))
+    (sweep / "1_broken" / "metrics.json").write_text("{not json")
+    assert _script().main([str(sweep), "--out", str(tmp_path / "kept")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1_broken/metrics.json cannot be read" in err
+    assert not (tmp_path / "kept").exists()

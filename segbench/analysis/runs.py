@@ -44,9 +44,8 @@ def current_tag(tag: str) -> str:
     return RENAMED_TAGS.get(tag, tag)
 
 
-def read_scalars(tb_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar series in a TensorBoard folder, read with TensorBoard's own reader (older runs'
-    tags under their current names)."""
+def scalar_events(tb_dir: Path):
+    """TensorBoard's own reader over ``tb_dir``, loaded: every scalar event as written (raw tags)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
@@ -60,6 +59,13 @@ def read_scalars(tb_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         acc.Reload()
     finally:
         tb_log.setLevel(level)
+    return acc
+
+
+def read_scalars(tb_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every scalar series in a TensorBoard folder, read with TensorBoard's own reader (older runs'
+    tags under their current names)."""
+    acc = scalar_events(tb_dir)
     out = {}
     for tag in acc.Tags().get("scalars", []):
         # A resumed run writes a second events file; the reader takes files in name order, which
