@@ -66,6 +66,7 @@ def test_unconverged_arms_give_an_early_training_comparison(tmp_path):
     pairs, text = _read(compare([str(tmp_path)], str(tmp_path / "out")))
     assert pairs[0]["verdict"].startswith("early-training comparison (not converged)")
     assert "| 0/6 |" in text and "| 6/6 |" in text  # the converged column per arm
+    assert "**Runs not at their plateau**" in text and "- norm=batch: a0; a1; a2; a3; a4; a5" in text
 
 
 def test_arms_pair_by_factor_and_holm_adjusts_a_family(tmp_path):
@@ -179,3 +180,44 @@ def test_one_straggler_in_six_does_not_make_an_arm_early_training(tmp_path):
     pairs, text = _read(compare([str(tmp_path)], str(tmp_path / "out")))
     assert pairs[0]["converged"] == "True" and "| 5/6 |" in text
     assert pairs[0]["verdict"] == "a > b"
+
+
+def test_a_check_stored_after_a_resume_is_made_again_on_the_whole_tensorboard_curve(tmp_path):
+    """segbench before 2026-12-07 judged a resumed run on the validations after its resume only."""
+    from segbench.analysis.runs import Run
+    from segbench.analysis.verdicts import arm_converged, run_convergence
+    from segbench.train.convergence import plateau
+
+    # 16 validations, a jump at the 13th: the whole curve's last 4 gain 0.02 on the best before them;
+    # the 8 after a resume at the half have k = 3, and their last 3 gain nothing on the 5 before.
+    steps = np.arange(1, 17) * 250
+    rising = np.concatenate([np.linspace(0.5, 0.85, 12), [0.87, 0.865, 0.868, 0.866]])
+    after_resume = [{"step": int(s), "miou": float(v)} for s, v in zip(steps[8:], rising[8:])]
+    stored = plateau(after_resume, "miou")
+    assert stored["converged"] is True and stored["last_k"] == 3
+    resumed = Run(tmp_path, {"main_metric": "miou", "convergence": stored}, {}, {}, {"val/miou": (steps, rising)})
+    check = run_convergence(resumed)
+    assert check["converged"] is False and check["validations"] == 16 and check["stored_check_validations"] == 8
+    assert check["last_k"] == 4 and check["improvement_last_k"] == pytest.approx(0.02)
+    # A run whose stored check saw every validation keeps it as stored.
+    whole = plateau([{"step": int(s), "miou": float(v)} for s, v in zip(steps, rising)], "miou")
+    intact = Run(tmp_path, {"main_metric": "miou", "convergence": {**whole, "marker": 1}}, {}, {},
+                 {"val/miou": (steps, rising)})
+    assert run_convergence(intact)["marker"] == 1
+    assert arm_converged([resumed, intact]) is False
+
+
+def test_runs_named_inside_a_study_folder_are_judged_with_its_design(tmp_path):
+    from segbench.analysis.study import DESIGN_FILE, read_design
+
+    study = tmp_path / "study"
+    run = study / "round_1" / "0_norm=none,seed=0"
+    kept = tmp_path / "kept" / "0_norm=none,seed=0"
+    for folder in (run, kept):
+        folder.mkdir(parents=True)
+    (study / DESIGN_FILE).write_text(json.dumps({"looks": 2, "alpha": 0.05}))
+    (tmp_path / "kept" / DESIGN_FILE).write_text(json.dumps({"looks": 3, "alpha": 0.05}))
+    assert read_design([str(study)])["looks"] == 2
+    assert read_design([str(run)])["looks"] == 2  # two folders up
+    assert read_design([str(kept)])["looks"] == 3  # one folder up
+    assert read_design([str(tmp_path / "elsewhere")]) is None

@@ -191,14 +191,21 @@ def test_thread_count_changes_numbers_by_rounding_only(tiny_cfg, tmp_path):
 
 def test_resume_continues_the_same_curve(tiny_cfg, tmp_path):
     full = tmp_path / "full"
-    train(tiny_cfg("trainer.max_steps=4", "trainer.val_every=2"), full)
+    uninterrupted = train(tiny_cfg("trainer.max_steps=4", "trainer.val_every=1"), full)
     part = tmp_path / "part"
-    train(tiny_cfg("trainer.max_steps=2", "trainer.val_every=2"), part)
-    metrics = train(tiny_cfg("trainer.max_steps=4", "trainer.val_every=2", "trainer.resume=true"), part)
+    train(tiny_cfg("trainer.max_steps=2", "trainer.val_every=1"), part)
+    metrics = train(tiny_cfg("trainer.max_steps=4", "trainer.val_every=1", "trainer.resume=true"), part)
     assert metrics["steps"] == 4
     steps, resumed = read_scalars(part / "tb")["train/loss"]
     assert steps.tolist() == [1, 2, 3, 4]
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(read_scalars(full / "tb")["train/loss"][1]))
+    # The val history and the convergence check span the whole run, the validations before the resume included.
+    main = metrics["main_metric"]
+    history = [(h["step"], h[main]) for h in metrics["val"]["history"]]
+    assert [s for s, _ in history] == [1, 2, 3, 4]
+    assert [v for _, v in history] == pytest.approx([h[main] for h in uninterrupted["val"]["history"]], abs=1e-6)
+    assert metrics["convergence"]["validations"] == 4
+    assert metrics["convergence"] == pytest.approx(uninterrupted["convergence"], abs=1e-6, nan_ok=True)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):

@@ -56,7 +56,8 @@ def summarize(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
     rows = []
     for key in sorted(arms, key=sort_key):
         runs = arms[key]
-        converged = [verdicts.run_convergence(r).get("converged") for r in runs]
+        checks = [verdicts.run_convergence(r) for r in runs]
+        converged = [c.get("converged") for c in checks]
         folds = sorted({r.overrides.get("data.fold") for r in runs if "data.fold" in r.overrides})
         # The lr the optimizer used (after optim.lr_scaling), not the one the config named.
         row = {"arm": label(key), "norm": runs[0].metrics.get("norm"),
@@ -67,7 +68,10 @@ def summarize(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
                "steps": ",".join(sorted({str(r.metrics.get("steps")) for r in runs})),
                "converged": f"{sum(c is True for c in converged)}/{len(runs)}"
                             + (f" ({sum(c is None for c in converged)} unknown)" if None in converged else ""),
-               "failed_seeds": "; ".join(verdicts.failed_seeds(runs))}
+               "failed_seeds": "; ".join(verdicts.failed_seeds(runs)),
+               "not_converged": "; ".join(r.path.name for r, c in zip(runs, converged) if c is False),
+               "convergence_rechecked": "; ".join(r.path.name for r, c in zip(runs, checks)
+                                                  if "stored_check_validations" in c)}
         for name, read, _ in COLUMNS:
             col = name.format(m=metric)
             mean, lo, hi = stats.mean_ci(list(verdicts.per_seed(runs, lambda r: read(r, metric)).values()))
@@ -117,6 +121,14 @@ def markdown(rows: list[dict], pairs: list[dict], metric: str, design_note: str 
     if failed:
         lines += ["", "**Failed seeds** (val selection metric far below the arm's others; kept in every mean above):"]
         lines += [f"- {arm}: {names}" for arm, names in failed]
+    unconverged = [(row["arm"], row["not_converged"]) for row in rows if row["not_converged"]]
+    if unconverged:
+        lines += ["", "**Runs not at their plateau** (their val curve still gained in its last validations):"]
+        lines += [f"- {arm}: {names}" for arm, names in unconverged]
+    rechecked = "; ".join(row["convergence_rechecked"] for row in rows if row["convergence_rechecked"])
+    if rechecked:
+        lines += ["", f"Convergence judged again on the whole TensorBoard val curve for {rechecked}: their "
+                      "metrics.json check saw only the validations after a resume (segbench before 2026-12-07)."]
     if not pairs:
         return "\n".join(lines)
     level = pairs[0]["level"]

@@ -29,11 +29,18 @@ DESIGN_FILE = "study.json"
 
 
 def read_design(paths: list[str]) -> dict | None:
-    """The sequential design written by ``segbench study`` in one of ``paths``, if any."""
+    """The sequential design written by ``segbench study`` in one of ``paths``, if any.
+
+    A path may be the study's folder or runs inside it (``<study>/round_<k>/<run>``, or a record
+    of runs kept one folder down): runs of a sequential study are judged at its per-look level
+    however they are named.
+    """
     for item in paths:
-        path = Path(item) / DESIGN_FILE
-        if path.is_file():
-            return json.loads(path.read_text())
+        here = Path(item).resolve()
+        for folder in (here, *here.parents[:2]):
+            path = folder / DESIGN_FILE
+            if path.is_file():
+                return json.loads(path.read_text())
     return None
 
 

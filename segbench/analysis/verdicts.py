@@ -64,11 +64,21 @@ def per_seed(runs: list[Run], read) -> dict:
 
 
 def run_convergence(run: Run) -> dict:
-    """The run's convergence check: stored by the trainer, else computed from its val history."""
+    """The run's convergence check: stored by the trainer, else computed from its val history.
+
+    A run resumed by segbench before its checkpoints kept the val history (2026-12-07) stored a check
+    of the validations after its resume only; its TensorBoard curve holds them all, so when that
+    curve has more validations than the stored check counted, the check is made again on it.
+    """
     stored = run.metrics.get("convergence")
+    main = run.metrics.get("main_metric", "dice_tuned")
+    steps, values = run.scalar(f"val/{main}")
+    if stored and len(steps) > (stored.get("validations") or 0):
+        full = plateau([{"step": int(s), main: float(v)} for s, v in zip(steps, values)], main)
+        return {**full, "stored_check_validations": stored.get("validations")}
     if stored:
         return stored
-    return plateau(run.metrics.get("val", {}).get("history", []), run.metrics.get("main_metric", "dice_tuned"))
+    return plateau(run.metrics.get("val", {}).get("history", []), main)
 
 
 CONVERGED_SHARE = 0.8  # an arm has converged when at least this share of its runs has

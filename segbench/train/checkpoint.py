@@ -19,7 +19,7 @@ REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "best", "config")
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: dict, config: dict,
-                    last_val: dict | None = None, scaler=None) -> None:
+                    last_val: dict | None = None, scaler=None, val_history: list | None = None) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -27,6 +27,9 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: di
         "step": step,
         "best": best,
         "last_val": dict(last_val or {}),  # the latest validation, whose threshold the test uses
+        # Every validation so far: a resumed run's convergence check (and trainer.until_plateau) must
+        # judge the whole curve, not the part after the resume.
+        "val_history": list(val_history or []),
         "torch_rng": torch.get_rng_state(),  # dropout; data order and augmentation derive from (seed, step)
         "config": config,
     }

@@ -55,6 +55,7 @@ class Prepared:
     start: int = 0
     best: dict = field(default_factory=dict)
     last_val: dict = field(default_factory=dict)
+    val_history: list = field(default_factory=list)
     resumed_from: Path | None = None
     precision: Precision = field(default_factory=Precision)
     channels_last: bool = False
@@ -238,3 +239,5 @@ def _resume(prepared: Prepared, state: dict, path: Path, run_dir: Path, stop_at:
         raise SegbenchError(f"{path}: its optimizer or schedule state does not fit this run ({err})") from None
     prepared.start, prepared.best = step, dict(state["best"])
     prepared.last_val, prepared.resumed_from = dict(state.get("last_val", {})), path
+    # A checkpoint written before the history was saved resumes with the validations after it only.
+    prepared.val_history = list(state.get("val_history", []))

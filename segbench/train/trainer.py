@@ -157,13 +157,20 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
 
     progress = _progress(cfg, ctx, start, total_steps)
     train_time, images_seen = 0.0, 0
-    # Each validation's main metric with the wall seconds since train() was called (this process's
-    # part of a resumed run): what `segbench bench` reads time to accuracy from.
-    history, eval_seconds = [], 0.0
+    # Each validation's main metric with the wall seconds since train() was called (for a resumed run,
+    # those of the process that ran it): what `segbench bench` reads time to accuracy from, and what
+    # the convergence check judges. A resumed run continues the history its checkpoint kept.
+    history, eval_seconds = list(prepared.val_history), 0.0
     stop_at = cfg.trainer.get("stop_at")
     validations = cfg.trainer.get("validations")
     val_every = max(1, total_steps // int(validations)) if validations else int(cfg.trainer.val_every)
     done = start
+
+    def checkpoint(name: str) -> None:
+        with timing("checkpoints"):
+            save_checkpoint(ckpt_dir / name, model, optimizer, scheduler, done, best, config, last_val,
+                            prepared.precision.scaler, history)
+
     tick = time.perf_counter()
     fetched = time.perf_counter()
     # Starting to iterate draws a seed from torch's global RNG, which also drives dropout. A fresh
@@ -223,18 +230,12 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
                          " (best)" if improved else "")
             if ctx.is_main and improved:
                 best = {**last_val, "step": done}
-                with timing("checkpoints"):
-                    save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, done, best, config, last_val,
-                                    prepared.precision.scaler)
+                checkpoint("best.pt")
         if ctx.is_main and (done % int(cfg.trainer.checkpoint_every) == 0 or done == total_steps or reached):
-            with timing("checkpoints"):
-                save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
-                                prepared.precision.scaler)
+            checkpoint("last.pt")
         if stopping:
             if ctx.is_main:
-                with timing("checkpoints"):
-                    save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, done, best, config, last_val,
-                                    prepared.precision.scaler)
+                checkpoint("last.pt")
             progress.close()
             raise Preempted(stop.signum or signal.SIGTERM, done, ckpt_dir / "last.pt", run_dir)
         if after_step is not None:
