@@ -73,7 +73,7 @@ def run_convergence(run: Run) -> dict:
     stored = run.metrics.get("convergence")
     main = run.metrics.get("main_metric", "dice_tuned")
     steps, values = run.scalar(f"val/{main}")
-    if stored and len(steps) > (stored.get("validations") or 0):
+    if stored and int(np.isfinite(values).sum()) > (stored.get("validations") or 0):  # the check counts finite values
         full = plateau([{"step": int(s), main: float(v)} for s, v in zip(steps, values)], main)
         return {**full, "stored_check_validations": stored.get("validations")}
     if stored:
