@@ -21,6 +21,7 @@ commands:
   compare RUN_OR_SWEEP...  summary.md/.csv, paired.csv, curves.png, by_batch_size.png, predictions.png
   study OVERRIDES... --out DIR   paired seeds in rounds until every comparison is decided (or --max-seeds)
   diagnose RUN_DIR         what batch norm did in a run: running vs batch vs recomputed statistics
+  evaluate RUN --data-root DIR   score a run's best-by-val checkpoint on every subject of another folder
   adapt RUN_DIR            test-time adaptation on its test split: AdaBN statistics, TENT (no test label read)
   bench                    images/s: segbench's training step vs a bare loop, the loader, each norm
   completion bash          Tab completion: eval "$(segbench completion bash)" (in ~/.bashrc to keep it)
@@ -88,11 +89,14 @@ def _compare(argv: list[str]) -> None:
     parser.add_argument("--margin", type=float, default=None,
                         help="equivalence margin in the metric's units (default: study.margin, which the runs "
                              "declared before they ran)")
+    parser.add_argument("--evaluation", default=None,
+                        help="compare the runs' 'segbench evaluate' results of this name (subjects of another "
+                             "folder) instead of their test split")
     args = parser.parse_args(argv)
     from segbench.analysis.compare import compare
 
     out = compare(args.runs, args.out, args.metric, args.by.split(",") if args.by else None, args.smooth,
-                  args.margin)
+                  args.margin, args.evaluation)
     verdict_lines = (out / "verdicts.txt").read_text() if (out / "verdicts.txt").exists() else ""
     print(f"{verdict_lines}report: {out / 'summary.md'}\ncurves: {out / 'curves.png'}")
 
@@ -129,6 +133,23 @@ def _diagnose(argv: list[str]) -> None:
     from segbench.analysis.diagnose import diagnose
 
     print(diagnose(args.run_dir, args.batches, args.checkpoint, args.split))
+
+
+def _evaluate(argv: list[str]) -> None:
+    parser = OneLineArgumentParser(prog="segbench evaluate",
+                                   description="score a trained run on subjects it never saw: nothing is trained "
+                                               "and no label of that folder is used for any choice")
+    parser.add_argument("run_dir")
+    parser.add_argument("--data-root", required=True, help="a folder of subjects in the layout the run's data= reads")
+    parser.add_argument("--checkpoint", default="best.pt", choices=["best.pt", "last.pt"],
+                        help="best.pt (chosen on the run's val, default) or last.pt")
+    parser.add_argument("--name", default=None, help="the evaluation's folder name under RUN/evaluations/ "
+                                                     "(default: the data folder's name)")
+    parser.add_argument("--force", action="store_true", help="write over an evaluation of the same name")
+    args = parser.parse_args(argv)
+    from segbench.analysis.external import evaluate_external, format_report
+
+    print(format_report(evaluate_external(args.run_dir, args.data_root, args.checkpoint, args.name, args.force)))
 
 
 def _adapt(argv: list[str]) -> None:
@@ -181,7 +202,7 @@ def _complete(argv: list[str]) -> None:
     print("\n".join(candidates(command, word, int(position or 1), list(COMMANDS))))
 
 
-COMMANDS = {"train": train_command, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "adapt": _adapt, "bench": _bench,
+COMMANDS = {"train": train_command, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "evaluate": _evaluate, "adapt": _adapt, "bench": _bench,
             "torchrun": _torchrun, "completion": _completion}
 HIDDEN_COMMANDS = {"__complete": _complete}
 

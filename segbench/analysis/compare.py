@@ -177,7 +177,7 @@ def _verdict(p: dict, scope: str) -> str:
 
 
 def compare(paths: list[str], out: str | None = None, metric: str | None = None, by: list[str] | None = None,
-            smooth: float = 0.6, margin: float | None = None) -> Path:
+            smooth: float = 0.6, margin: float | None = None, evaluation: str | None = None) -> Path:
     """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``.
 
     Args:
@@ -186,12 +186,20 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
         smooth: exponential-moving-average weight of the per-step training loss (TensorBoard's
             default 0.6; 0 draws the raw curve only).
         margin: the equivalence margin, when not the one the runs declared (``study.margin``).
+        evaluation: compare each run's ``segbench evaluate`` results of that name (subjects of another
+            folder, best checkpoint) instead of its test split.
     """
     if not 0 <= smooth < 1:
         raise SegbenchError(f"--smooth={smooth} must be at least 0 and below 1 (TensorBoard's default is 0.6)")
     if margin is not None and not (np.isfinite(margin) and margin > 0):
         raise SegbenchError(f"--margin={margin} must be a positive number in the metric's units, e.g. 0.02")
     runs = find_runs(paths)
+    scored_on = "test-split"
+    if evaluation:
+        from segbench.analysis.external import with_evaluation
+
+        runs, root = with_evaluation(runs, evaluation)
+        scored_on = f"evaluation `{evaluation}` ({root}, subjects no run trained or chose on)"
     metric = metric or runs[0].metrics.get("report_metric", "dice")
     main_metric = runs[0].metrics.get("main_metric", metric)
     varying = list(by) if by else varying_keys(runs)
@@ -236,7 +244,7 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
     seeds = sorted({r.metrics.get("seed") for r in runs})
     header = (f"# segbench comparison\n\n{len(runs)} runs in {len(arms)} arms, varying: {', '.join(varying)}; "
               f"seeds: {', '.join(map(str, seeds))}.\n\n"
-              f"Result: test-split `{metric}` of the checkpoint chosen on val by `{main_metric}`"
+              f"Result: {scored_on} `{metric}` of the checkpoint chosen on val by `{main_metric}`"
               f"{' (sigmoid threshold also chosen on val)' if metric == 'dice' else ''}; "
               "cells are mean [95% t-interval over seeds]. `val_selection` is the val number used to choose and is "
               "not a result. `train_eval_loss`: training images in eval mode, measured alike for every arm.\n\n"

@@ -40,7 +40,13 @@ def _brats3d(split: str, seed: int, **opts):
     return BratsVolumes(split=split, seed=seed, **opts)
 
 
-DATASETS = {"brats": _brats, "brats3d": _brats3d, "voc": _voc, "folder": _folder}
+def _lgg(split: str, seed: int, **opts):
+    from segbench.data.lgg import LggSlices
+
+    return LggSlices(split=split, seed=seed, **opts)
+
+
+DATASETS = {"brats": _brats, "brats3d": _brats3d, "voc": _voc, "folder": _folder, "lgg": _lgg}
 
 
 @dataclass

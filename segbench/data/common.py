@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 import zlib
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -24,9 +25,17 @@ from segbench.progress import progress
 
 
 SPLITS = ("train", "val", "test")
+ALL = "all"  # every subject: how `segbench evaluate` reads a folder of subjects a run never saw
 # Class-mask label of pixels no loss or metric counts (VOC's object borders, padding).
 IGNORE_INDEX = 255
 FITS = ("pad", "resize")  # data.fit: how an image meets data.size
+
+
+def natural_key(path: Path) -> tuple:
+    """Sort key that reads digit runs as numbers: ``case_2.tif`` before ``case_10.tif``, so a subject's
+    slices stack in slice order (text order would put _10 .. _19 between _1 and _2)."""
+    parts = re.split(r"(\d+)", str(path))
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
 def check_split_fractions(val_fraction, test_fraction) -> None:
@@ -57,8 +66,10 @@ def subject_split(subjects: list[str], split: str, val_fraction: float, seed: in
     those sites, and val and train come from the other sites only, so no scanner of the test
     set was seen in training (what a new hospital's data is).
     """
+    if split == ALL:
+        return set(subjects)
     if split not in SPLITS:
-        raise invalid_choice("split", split, SPLITS)
+        raise invalid_choice("split", split, (*SPLITS, ALL))
     if test_sites is not None:
         return _site_split(subjects, split, val_fraction, seed, strata, folds, list(test_sites))
     if folds is not None:
@@ -213,6 +224,7 @@ class SegmentationDataset(Dataset, ABC):
     # Per sample, the case (subject) it belongs to, for per-case metrics; None: every sample is its own.
     cases: list[str] | None = None
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # (Z, H, W) mm between a case's voxels, for HD95
+    distance_unit = "mm"  # what HD95 is measured in (metrics.json hd95_unit)
 
     def __init__(self, size, augment: bool, pad_label: int, random_crop: bool = False, resize: bool = False,
                  loaded_at_size: bool = False):

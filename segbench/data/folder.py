@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segbench.data.common import FITS, IGNORE_INDEX, SegmentationDataset, check_masks, subject_split
+from segbench.data.common import FITS, IGNORE_INDEX, SegmentationDataset, check_masks, natural_key, subject_split
 from segbench.errors import SegbenchError, invalid_choice
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -26,7 +26,7 @@ def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Pa
         layout = "parallel" if parallel_dirs else "suffix"
     pairs = []
     if layout == "suffix":
-        files = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in EXTENSIONS]
+        files = [p for p in sorted(root.rglob("*"), key=natural_key) if p.suffix.lower() in EXTENSIONS]
         masks = {p for p in files if p.stem.endswith(mask_suffix)}
         for image in (p for p in files if p not in masks):
             mask = image.with_name(image.stem + mask_suffix + image.suffix)
@@ -36,7 +36,7 @@ def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Pa
                 raise SegbenchError(f"{image} has no mask {mask.name}{hint}")
             pairs.append((image, mask))
     else:
-        for image in (p for p in sorted((root / "images").rglob("*")) if p.suffix.lower() in EXTENSIONS):
+        for image in (p for p in sorted((root / "images").rglob("*"), key=natural_key) if p.suffix.lower() in EXTENSIONS):
             rel = image.relative_to(root / "images")
             candidates = [m for m in (root / "masks" / rel.parent).glob(rel.stem + ".*") if m.suffix.lower() in EXTENSIONS]
             if not candidates:
@@ -128,6 +128,8 @@ class ImageMaskFolder(SegmentationDataset):
         if fit not in FITS:
             raise invalid_choice("data.fit", fit, FITS)
         super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0, resize=fit == "resize")
+
+    distance_unit = "pixels, slices through-plane (image files carry no voxel size)"
 
     def __len__(self) -> int:
         return len(self.pairs)

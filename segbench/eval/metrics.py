@@ -98,6 +98,12 @@ def ap_from_histograms(neg: np.ndarray, pos: np.ndarray) -> float:
     return float((steps * precision).sum())
 
 
+def _mean_defined(values: list[float]) -> float | None:
+    """The mean of the defined values; None (JSON null, with a reason beside it) when none is."""
+    defined = [v for v in values if np.isfinite(v)]
+    return float(np.mean(defined)) if defined else None
+
+
 class CaseMetrics:
     """Per-case and pooled metrics for sigmoid outputs, streamed slice by slice.
 
@@ -218,13 +224,16 @@ class CaseMetrics:
             "dice": float(dice_cases.mean()) if len(dice_cases) else float("nan"),
             "dice_pooled": float(pooled.mean()),
             "soft_dice": float(soft_dice.mean()),
-            "auroc": float(np.nanmean([auroc_from_histograms(*h[c]) for c in range(len(self.names))])),
-            "ap": float(np.nanmean([ap_from_histograms(*h[c]) for c in range(len(self.names))])),
+            "auroc": _mean_defined([auroc_from_histograms(*h[c]) for c in range(len(self.names))]),
+            "ap": _mean_defined([ap_from_histograms(*h[c]) for c in range(len(self.names))]),
             "threshold": self.threshold,
             # What the asker looked at: Dice at a fixed 0.5, whatever threshold val chose.
             "dice_at_0.5": float(self.case_dice(np.array([threshold_to_edge(0.5)]))[..., 0].mean()) if len(dice_cases) else float("nan"),
             "cases": int(done.sum()),
         }
+        if out["auroc"] is None or out["ap"] is None:
+            out["auroc_ap_undefined"] = ("no tumour pixel (or no background pixel) in these cases: AUROC and "
+                                         "average precision need both classes")
         if self.tune:
             curve = self.case_dice(TUNABLE).mean(axis=(0, 1))  # mean per-case Dice at each tunable edge
             best = int(np.argmax(curve))
@@ -237,7 +246,12 @@ class CaseMetrics:
                 if self.compute_hd95:
                     out[f"hd95_{name}"] = float(self.hd.numpy()[done][:, c].mean())
         cases = [c for c, d in zip(self.cases, done) if d]
+        h_cases = self.hist.numpy()[done]  # (case, channel, neg/pos, bin)
+        truth_voxels = h_cases[:, :, 1].sum(-1)
+        pred_voxels = h_cases[:, :, :, self.edge + 1:].sum((-1, -2))
         out["per_case"] = {case: {"dice": [float(v) for v in dice_cases[i]],
+                                  "truth_voxels": [int(v) for v in truth_voxels[i]],
+                                  "predicted_voxels": [int(v) for v in pred_voxels[i]],
                                   **({"hd95": [float(v) for v in self.hd.numpy()[done][i]]} if self.compute_hd95 else {})}
                            for i, case in enumerate(cases)}
         return out

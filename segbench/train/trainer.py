@@ -88,6 +88,8 @@ def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None
 def _log_start(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> None:
     splits = prepared.splits
     weights = sum(p.numel() for p in prepared.model.parameters())
+    if getattr(splits.train, "summary", None):  # what the reader found (patients, slices, sites) first
+        log.info("data: %s", splits.train.summary)
     log.info("run %s: model=%s (%s parameters) norm=%s loss=%s optim=%s lr=%g, batch %d x %d rank(s), %d steps on "
              "%s, precision %s", run_dir, cfg.model.name, f"{weights:,}", cfg.norm.name, cfg.loss.name, cfg.optim.name,
              float(cfg.optim.lr), int(cfg.data.batch_size), ctx.world_size, prepared.total_steps, ctx.device,
@@ -260,6 +262,7 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
         "global_batch_size": batch * ctx.world_size, "world_size": ctx.world_size,
         "precision": prepared.precision.name, "norm": cfg.norm.name, "model": cfg.model.name,
         "batch_size": batch, "seed": int(cfg.seed), "hd95_convention": str(cfg.trainer.get("hd95", "monai")),
+        "hd95_unit": getattr(train_set, "distance_unit", "mm"),
         "lr": float(cfg.optim.lr), "lr_applied": float(optimizer.param_groups[0]["initial_lr"]),
         "images_seen": total_steps * batch * ctx.world_size,
         "budget": _budget(cfg), "convergence": plateau(history, main_metric, float(cfg.trainer.get("plateau_epsilon", 0.01))),
