@@ -22,6 +22,8 @@ def _config_value(run: Run, dotted: str) -> str:
     node = run.config
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):  # a config group (data=..., model=...): its name, not the whole group
+        return str(node.get("name", "-"))
     return str(node) if node is not None else "-"
 
 

@@ -176,6 +176,18 @@ def _verdict(p: dict, scope: str) -> str:
     return text
 
 
+def _shared_metric(runs: list[Run]) -> str:
+    """The report metric every run names (dice or miou); one line when the runs report different ones."""
+    kinds: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        kinds[run.metrics.get("report_metric", "dice")].append(run)
+    if len(kinds) > 1:
+        shown = "; ".join(f"{m}: {len(rs)} run(s), e.g. {rs[0].path}" for m, rs in sorted(kinds.items()))
+        raise SegbenchError(f"the runs report different test metrics ({shown}); compare runs of one kind of "
+                            "target, or name a metric they all have with --metric")
+    return next(iter(kinds))
+
+
 def compare(paths: list[str], out: str | None = None, metric: str | None = None, by: list[str] | None = None,
             smooth: float = 0.6, margin: float | None = None, evaluation: str | None = None) -> Path:
     """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``.
@@ -200,7 +212,13 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
 
         runs, root = with_evaluation(runs, evaluation)
         scored_on = f"evaluation `{evaluation}` ({root}, subjects no run trained or chose on)"
-    metric = metric or runs[0].metrics.get("report_metric", "dice")
+    metric = metric or _shared_metric(runs)
+    lacking = [r for r in runs if result(r, metric) is None]
+    if lacking:
+        has = sorted({k for k, v in (lacking[0].metrics.get("test", {}).get("best") or {}).items()
+                      if isinstance(v, (int, float))})
+        raise SegbenchError(f"{lacking[0].path} has no test {metric!r} ({len(lacking)} of {len(runs)} runs lack it); "
+                            f"its test metrics: {', '.join(has) or 'none'}")
     main_metric = runs[0].metrics.get("main_metric", metric)
     varying = list(by) if by else varying_keys(runs)
     arms: dict[tuple, list[Run]] = defaultdict(list)

@@ -47,19 +47,35 @@ def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Pa
     return pairs
 
 
-def _class_map(classes) -> dict[int, int]:
-    """``data.classes`` as {mask value: class index}, refused when a key or value is not a small integer."""
-    out = {}
+IGNORE = "ignore"  # a data.classes value: pixels of that mask value count in no loss and no metric
+
+
+def _class_map(classes) -> tuple[dict[int, int], set[int]]:
+    """``data.classes`` as ({mask value: class index}, {mask values to ignore}); refused when a key or
+    value is neither a small integer nor ``ignore``."""
+    out, ignored = {}, set()
     for key, value in (classes or {}).items():
         try:
+            if str(value).lower() == IGNORE:
+                ignored.add(int(key))
+                continue
             out[int(key)] = int(value)
         except (TypeError, ValueError):
-            raise SegbenchError(f"data.classes maps {key!r}: {value!r}; give mask value: class index, "
-                                "e.g. {0: 0, 255: 1}") from None
+            raise SegbenchError(f"data.classes maps {key!r}: {value!r}; give mask value: class index or 'ignore', "
+                                "e.g. {0: 0, 1: 1, 255: ignore}") from None
         if out[int(key)] < 0 or not 0 <= int(key) < 65536:
             raise SegbenchError(f"data.classes maps {key!r}: {value!r}; mask values are 0-65535 and class "
                                 "indices at least 0")
-    return out
+    return out, ignored
+
+
+def _ignore_value(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
+        raise SegbenchError(f"data.ignore_index={value!r} must be a mask value 0-65535 (e.g. 255, VOC's border) "
+                            "or null")
+    return value
 
 
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes of one-channel images
@@ -96,9 +112,10 @@ class ImageMaskFolder(SegmentationDataset):
         root: the folder.
         layout: "auto" (parallel when images/ and masks/ exist, else suffix), "suffix" (``*_mask.*`` next to
             each image, as Kaggle LGG) or "parallel" (images/, masks/).
-        classes: mask value -> class index; None is binary (any non-zero value is foreground,
+        classes: mask value -> class index (or "ignore"); None is binary (any non-zero value is foreground,
             one sigmoid output). With more than two classes the targets are class indices for ``loss=ce``.
         size: (H, W) images are centre-cropped or padded to.
+        ignore_index: a mask value no loss or metric counts (VOC's 255 border), beside ``classes``.
         split_by: "folder" keeps each subject folder in one split (and scores it as one case);
             "file" splits files.
         fit: how images of another size meet ``size``: "pad" (zero-pad, centre-crop: pixels keep their
@@ -108,7 +125,8 @@ class ImageMaskFolder(SegmentationDataset):
 
     def __init__(self, root: str, split: str = "train", layout: str = "auto", mask_suffix: str = "_mask",
                  classes: dict | None = None, size=(128, 128), augment: bool = True, val_fraction: float = 0.2,
-                 test_fraction: float = 0.2, split_by: str = "folder", fit: str = "pad", seed: int = 0):
+                 test_fraction: float = 0.2, split_by: str = "folder", fit: str = "pad", seed: int = 0,
+                 ignore_index: int | None = None):
         pairs = find_pairs(Path(root), layout, mask_suffix)
         key = (lambda p: str(p[0].parent)) if split_by == "folder" else (lambda p: str(p[0]))
         if split_by == "folder" and len({key(p) for p in pairs}) < 2:
@@ -116,9 +134,12 @@ class ImageMaskFolder(SegmentationDataset):
         chosen = subject_split(sorted({key(p) for p in pairs}), split, val_fraction, seed, test_fraction)
         self.pairs = [p for p in pairs if key(p) in chosen]
         self.cases = [key(p) for p in self.pairs]  # a subject folder's slices make one case
-        self.classes = _class_map(classes)
-        valid = frozenset(self.classes) if self.classes else None
-        check_masks(tuple(pairs), valid, "; map every mask value to a class in data.classes" if valid else "")
+        self.classes, self.ignored = _class_map(classes)
+        if _ignore_value(ignore_index) is not None:
+            self.ignored.add(ignore_index)
+        valid = frozenset(self.classes) | frozenset(self.ignored) if self.classes else None
+        check_masks(tuple(pairs), valid, "; map every mask value to a class in data.classes, or set "
+                                         "data.ignore_index (e.g. 255) for a border no metric counts" if valid else "")
         multiclass = max(self.classes.values(), default=0) > 1  # class indices beyond 0/1
         self.target_kind = "multiclass" if multiclass else "multilabel"
         self.num_outputs = max(self.classes.values()) + 1 if multiclass else 1
@@ -150,13 +171,18 @@ class ImageMaskFolder(SegmentationDataset):
     def finish(self, image, mask, extra):
         image = image.astype(np.float32)
         image = (image - image.mean()) / (image.std() + 1e-6)  # per-image z-score: file formats differ in range
+        ignored = np.isin(mask, list(self.ignored)) if self.ignored else None
         if self.target_kind == "multilabel":
             fg = np.isin(mask, [k for k, v in self.classes.items() if v > 0]) if self.classes else mask > 0
             target = fg[None].astype(np.float32)
             if extra:  # the mask was a palette image: its 255 is void
                 target[0][mask == IGNORE_INDEX] = IGNORE_INDEX
+            if ignored is not None:
+                target[0][ignored] = IGNORE_INDEX
             return image, target
         target = np.full(mask.shape, 255, np.int64)  # padding stays 255: ignored by the loss and metrics
         for value, cls in self.classes.items():
             target[mask == value] = cls
+        if ignored is not None:
+            target[ignored] = IGNORE_INDEX
         return image, target
