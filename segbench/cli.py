@@ -205,6 +205,9 @@ def _complete(argv: list[str]) -> None:
 COMMANDS = {"train": train_command, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "evaluate": _evaluate, "adapt": _adapt, "bench": _bench,
             "torchrun": _torchrun, "completion": _completion}
 HIDDEN_COMMANDS = {"__complete": _complete}
+# Commands whose work runs in child processes (sweep workers, `segbench train -m` started by them):
+# a stop signal ends them with their children (segbench.children).
+SPAWNING_COMMANDS = {"train", "study", "bench"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,13 +235,20 @@ def _main(argv: list[str]) -> None:
     if command not in COMMANDS:
         print(f"segbench: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    if command in SPAWNING_COMMANDS:
+        from segbench.children import stop_children_on_signals
+
+        stop_children_on_signals()
     try:
         COMMANDS[command](rest)
     except (SegbenchError, OSError) as err:  # OSError: no space left, a read-only folder, no permission
         print(f"segbench: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("segbench: interrupted", file=sys.stderr)
+        from segbench.children import stop_descendants
+
+        n = stop_descendants()
+        print("segbench: interrupted" + (f"; stopped its {n} worker process(es)" if n else ""), file=sys.stderr)
         sys.exit(130)
 
 
