@@ -96,3 +96,39 @@ def test_an_arm_label_names_a_config_group_by_its_name():
 
     run = Run(path=None, metrics={}, config={"data": {"name": "brats", "root": "/x"}}, overrides={})
     assert _config_value(run, "data") == "brats"
+
+
+def test_a_second_sweep_into_a_running_sweeps_folder_changes_nothing_of_it(tiny_brats, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import TINY
+
+    sweep = tmp_path / "sweep"
+    base = [sys.executable, "-m", "segbench", "train", "-m", f"data.root={tiny_brats}",
+            *[o for o in TINY if not o.startswith("trainer.max_steps")], f"hydra.sweep.dir={sweep}"]
+    winner = subprocess.Popen([*base, "trainer.max_steps=40", "norm=none,batch", "seed=1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 240
+        while not list(sweep.glob("*/checkpoints/last.pt")) and time.monotonic() < end and winner.poll() is None:
+            time.sleep(0.1)
+        members = sorted(p for p in sweep.iterdir() if p.is_dir())
+        before = {m: (m / ".hydra/config.yaml").read_bytes() for m in members}
+        loser = subprocess.run([*base, "trainer.max_steps=40", "norm=none,batch", "seed=2"],
+                               capture_output=True, text=True, timeout=240)
+        assert loser.returncode == 2 and "in use by another segbench run" in loser.stderr
+        assert "hydra.sweep.dir" in loser.stderr and len(loser.stderr.strip().splitlines()) == 1
+        assert {m: (m / ".hydra/config.yaml").read_bytes() for m in members} == before
+        _, err = winner.communicate(timeout=300)
+        assert winner.returncode == 0, err
+    finally:
+        if winner.poll() is None:
+            winner.kill()
+    for member in sweep.iterdir():
+        if member.is_dir():
+            metrics = json.loads((member / "metrics.json").read_text())
+            assert metrics["seed"] == 1 and "seed: 1" in (member / ".hydra/config.yaml").read_text()
+            assert (member / "app.log").read_text().count("run ") >= 1
+    assert not (sweep / ".segbench.lock").exists()  # released at the sweep's end

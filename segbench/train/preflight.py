@@ -8,6 +8,7 @@ saved overrides, plus the ones given now.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from pathlib import Path
@@ -155,7 +156,7 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
     from segbench.config import compose, validate_overrides
     from segbench.train.prepare import dry_run, prepare
     from segbench.io import check_writable
-    from segbench.train.rundir import check_unlocked, claim
+    from segbench.train.rundir import check_unlocked, claim, release
 
     multirun = "-m" in argv or "--multirun" in argv
     shown = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in SHOW_FLAGS - {"--help", "-h", "--hydra-help"}]
@@ -186,7 +187,7 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
         return argv, run
     target = run or named_run_dir(overrides, multirun)
     if target is not None and int(os.environ.get("RANK", 0)) == 0:  # under torchrun rank 0 owns the folder
-        check_unlocked(target)
+        check_unlocked(target, "hydra.sweep.dir" if multirun else "hydra.run.dir")
         if run is None and ((target / "checkpoints").is_dir() or (target / "metrics.json").is_file()):
             raise SegbenchError(f"hydra.run.dir={target} already holds a run; continue it with "
                                 f"{resume_hint(target)}, or choose another folder")
@@ -203,8 +204,12 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
         if key not in seen:  # two arms may compose alike (an override given at its default)
             seen.add(key)
             dry_run(prepare(cfg, run or Path("."), int(os.environ.get("WORLD_SIZE", 1))), cfg)
-    if claim_run and not multirun and target is not None and int(os.environ.get("RANK", 0)) == 0:
-        claim(target)  # before Hydra writes .hydra/: a second run started now is refused untouched
+    if claim_run and target is not None and int(os.environ.get("RANK", 0)) == 0:
+        # Before Hydra writes .hydra/: a second run, or a second sweep into the same folder (whose
+        # members would share subfolder names with this one's), started now is refused untouched.
+        lock = claim(target, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+        if multirun:  # the sweep's process holds it while its members run; a run holds its own in train()
+            atexit.register(release, lock)
     return argv, run
 
 

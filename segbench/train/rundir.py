@@ -40,20 +40,20 @@ def lock_holder(run_dir: Path) -> str | None:
     return None if int(pid) == os.getpid() else f"pid {pid} on {host}"
 
 
-def check_unlocked(run_dir: Path) -> None:
+def check_unlocked(run_dir: Path, key: str = "hydra.run.dir") -> None:
     holder = lock_holder(run_dir)
     if holder:
         raise SegbenchError(f"{run_dir} is in use by another segbench run ({holder}); wait for it to end, or "
-                            f"choose another hydra.run.dir (a stale lock is {run_dir / LOCK_NAME})")
+                            f"choose another {key} (a stale lock is {run_dir / LOCK_NAME})")
 
 
-def claim(run_dir: Path) -> Path:
+def claim(run_dir: Path, key: str = "hydra.run.dir") -> Path:
     """Take ``run_dir``'s lock for this process (kept if it holds it already); refuse a live holder.
 
     Called before Hydra writes ``.hydra/`` into a named run folder, so a second run started at
     the same moment is refused before it has changed anything of the first one's.
     """
-    check_unlocked(run_dir)
+    check_unlocked(run_dir, key)
     for name in (".hydra", "app.log", LOCK_NAME, "checkpoints", "tb"):
         if (run_dir / name).is_symlink():
             raise SegbenchError(f"{run_dir / name} is a symbolic link; segbench writes only into real folders "
@@ -69,11 +69,20 @@ def claim(run_dir: Path) -> Path:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:  # another run took it between the check and now
-        check_unlocked(run_dir)
+        check_unlocked(run_dir, key)
         raise SegbenchError(f"{run_dir} is in use by another segbench run") from None
     with os.fdopen(fd, "w") as handle:
         handle.write(f"{socket.gethostname()} {os.getpid()}\n")
     return path
+
+
+def release(lock: Path) -> None:
+    """Remove ``lock`` if this process holds it (a sweep's folder lock at the sweep's end)."""
+    try:
+        if lock.read_text().split()[:2] == [socket.gethostname(), str(os.getpid())]:
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 @contextlib.contextmanager
