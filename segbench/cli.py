@@ -242,7 +242,10 @@ def _main(argv: list[str]) -> None:
     try:
         COMMANDS[command](rest)
     except (SegbenchError, OSError) as err:  # OSError: no space left, a read-only folder, no permission
-        print(f"segbench: error: {one_line(err)}", file=sys.stderr)
+        from segbench.train.launch import refused_under_launcher
+
+        if not refused_under_launcher(one_line(err)):
+            print(f"segbench: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         from segbench.children import stop_descendants

@@ -198,3 +198,45 @@ def test_torchrun_max_restarts_continues_the_run_from_its_checkpoint(tmp_path, t
     log = (run_dir / "app.log").read_text()
     assert "resumed at step" in log, log[-2000:]
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 600
+
+
+def test_a_refusal_under_segbench_torchrun_is_said_once(tmp_path, tiny_brats):
+    """A bad command is refused by every rank's preflight; the job prints it once, exits 2, writes nothing."""
+    from tests.conftest import TINY
+
+    cmd = [sys.executable, "-m", "segbench", "torchrun", "--standalone", "--nproc_per_node=2", "train",
+           f"data.root={tiny_brats}", *TINY, "data.batch_size=500", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "data.batch_size=500 x 2 rank(s) is more than the" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_rank_0_lost_in_an_unnamed_run_gives_its_line_and_the_resume_command_only(tmp_path, tiny_brats):
+    """Rank 0 killed in a run Hydra named by the clock: one line for it and the resume command; no false
+    syncbatch warning, no line from rank 1 (which only lost its peer), no "no checkpoint" beside last.pt."""
+    import signal
+    import time
+
+    from tests.conftest import TINY
+
+    out = tmp_path / "outputs"
+    train = ["norm=syncbatch", f"data.root={tiny_brats}", *TINY, "trainer.max_steps=600", "trainer.val_every=600",
+             "trainer.checkpoint_every=5"]
+    cmd = [sys.executable, "-m", "segbench", "torchrun", "--standalone", "--nproc_per_node=2", "train", *train]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "SEGBENCH_OUTPUT": str(out)})
+    deadline = time.monotonic() + 240
+    while not list(out.glob("*/*/checkpoints/last.pt")) and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    run_dir = next(out.glob("*/*/checkpoints/last.pt")).parent.parent
+    pid = _pid_of_rank(0, f"data.root={tiny_brats}")
+    assert pid is not None and job.poll() is None
+    os.kill(pid, signal.SIGKILL)
+    _, err = job.communicate(timeout=180)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert job.returncode == 1 and len(lines) == 2, err
+    assert f"rank 0 (local rank 0, pid {pid}) was killed by SIGKILL" in lines[0]
+    assert f"trainer.resume={run_dir}" in lines[1]

@@ -11,6 +11,7 @@ the same numbers. Outside a process group it is ``BatchNorm2d`` and says so once
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -79,7 +80,9 @@ class SyncBatchNorm(BatchNorm2d):
 
 def _warn_single_process() -> None:
     global _warned_single_process
-    if not _warned_single_process:
+    # Under torchrun (WORLD_SIZE > 1) a forward before the process group exists is the preflight's
+    # trial step: the run itself will be multi-process, so saying otherwise would be false.
+    if not _warned_single_process and int(os.environ.get("WORLD_SIZE", 1)) == 1:
         _warned_single_process = True
         warnings.warn("norm=syncbatch outside a multi-process run: it behaves as norm=batch",
                       stacklevel=3)

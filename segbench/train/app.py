@@ -87,13 +87,17 @@ def hydra_main(cfg: DictConfig) -> float:
     except RuntimeError as err:
         if not lost_peer(err):
             raise
-        last = run_dir / "checkpoints" / "last.pt"
         from segbench.train.checkpoint import resume_hint
+        from segbench.train.distributed import job_run_dir
+        from segbench.train.launch import LOST_PEER_EXIT, RUN_NOTE
 
-        saved = f"resume it from {last} with {resume_hint(run_dir)}" if last.exists() else "no checkpoint was saved yet"
-        print(f"segbench: rank {os.environ.get('RANK', 0)} lost another rank during a collective "
-              f"({one_line(err)[:160]}); {saved}", file=sys.stderr, flush=True)
-        os._exit(1)  # the process group cannot be torn down without its lost member
+        shared = job_run_dir(run_dir)  # ranks above 0 keep Hydra's files apart; the checkpoints are rank 0's
+        last = shared / "checkpoints" / "last.pt"
+        saved = f"resume it from {last} with {resume_hint(shared)}" if last.exists() else "no checkpoint was saved yet"
+        if not os.environ.get(RUN_NOTE):  # segbench torchrun says it once for the job, with the resume command
+            print(f"segbench: rank {os.environ.get('RANK', 0)} lost another rank during a collective "
+                  f"({one_line(err)[:160]}); {saved}", file=sys.stderr, flush=True)
+        os._exit(LOST_PEER_EXIT)  # the process group cannot be torn down without its lost member
     finally:
         from segbench.train.distributed import teardown
 

@@ -103,7 +103,16 @@ def shared_run_dir(run_dir, ctx: DistContext):
         return run_dir
     holder = [str(run_dir)]
     dist.broadcast_object_list(holder, src=0)
+    _SHARED_RUN_DIR[:] = [holder[0]]
     return type(run_dir)(holder[0])
+
+
+_SHARED_RUN_DIR: list[str] = []  # rank 0's run folder, once shared_run_dir has run in this process
+
+
+def job_run_dir(own):
+    """The folder the job's checkpoints are in: rank 0's once it was shared, else ``own``."""
+    return type(own)(_SHARED_RUN_DIR[0]) if _SHARED_RUN_DIR else own
 
 
 def teardown() -> None:

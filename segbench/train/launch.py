@@ -22,6 +22,8 @@ from pathlib import Path
 from segbench.errors import SegbenchError
 
 RUN_NOTE = "SEGBENCH_RUN_NOTE"  # rank 0 writes its run folder here, for the resume line
+REFUSED_SUFFIX = ".refused"  # beside it: rank 0's one-line refusal of a bad command, said once by the launcher
+LOST_PEER_EXIT = 70  # a rank that ended because another rank vanished: not a failure of its own
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -38,8 +40,10 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 def failure_lines(failures: dict, run_dir: str | None, options: list[str], overrides: list[str]) -> list[str]:
     """One line per failed rank, then how to resume (``failures``: global rank -> ProcessFailure)."""
     lines = []
-    for rank, failure in sorted(failures.items()):
+    own = {r: f for r, f in failures.items() if f.exitcode != LOST_PEER_EXIT}
+    for rank, failure in sorted((own or failures).items()):  # a rank that only lost its peer is no cause
         how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
+               else "lost its peer ranks" if failure.exitcode == LOST_PEER_EXIT
                else f"exited with code {failure.exitcode}")
         lines.append(f"segbench torchrun: rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) {how}; "
                      "torchrun stopped the other ranks")
@@ -64,20 +68,39 @@ def main(argv: list[str]) -> None:
 
     parser.error = refuse  # one line, not argparse's usage block
     args = parser.parse_args([*options, "-m", "segbench", "train", *overrides])
-    # The agent's own warnings ("Sending process ... closing signal SIGTERM") say what the line below says.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    # The agent's own warnings and errors ("Sending process ... closing signal SIGTERM", "failed (exitcode:
+    # 2) local_rank: 0") say what the lines below say; a failure of the agent itself still raises.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     note = Path(tempfile.mkdtemp(prefix="segbench-torchrun-")) / "run_dir"
     os.environ[RUN_NOTE] = str(note)
     try:
         torchrun.run(args)
     except ChildFailedError as err:
+        refused = note.with_name(note.name + REFUSED_SUFFIX)
+        if refused.exists():  # every rank refused the command before training: said once
+            raise SegbenchError(refused.read_text().strip()) from None
         run_dir = note.read_text().strip() if note.exists() else None
         for line in failure_lines(err.failures, run_dir, options, overrides):
             print(line, file=sys.stderr)
         sys.exit(1)
     finally:
         note.unlink(missing_ok=True)
+        note.with_name(note.name + REFUSED_SUFFIX).unlink(missing_ok=True)
         note.parent.rmdir()
+
+
+def refused_under_launcher(message: str) -> bool:
+    """A rank under ``segbench torchrun`` refusing a bad command: rank 0 hands the line to the
+    launcher (which says it once), the others say nothing. False outside ``segbench torchrun``."""
+    target = os.environ.get(RUN_NOTE)
+    if not target or "RANK" not in os.environ:
+        return False
+    if int(os.environ["RANK"]) == 0:
+        try:
+            Path(target + REFUSED_SUFFIX).write_text(message + "\n")
+        except OSError:
+            return False
+    return True
 
 
 def write_run_note(run_dir: Path) -> None:
