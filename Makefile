@@ -8,7 +8,7 @@ DEMO_RUNS := runs/demo
 DEMO_REPORT := reports/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data test test-all bench reproduce clean panoptica-env
+.PHONY: help install demo data test test-all lint bench reproduce clean panoptica-env
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -38,7 +38,11 @@ demo: $(STAMP) data ## no BN vs PyTorch BN vs BN with TF1's defaults, 3 paired s
 	@$(BIN)/segbench diagnose $$(ls -d $(DEMO_RUNS)/*norm=batch_tf1*seed=0) --split test | grep -E '^(cause|- )'
 	@echo "report: $(DEMO_REPORT)/summary.md and $(DEMO_REPORT)/curves.png; TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_RUNS)"
 
-test: $(STAMP) ## fast tests (slow ones excluded), one worker per core (pytest-xdist; a file stays on one worker)
+lint: $(STAMP) ## ruff: the formatter's check and the linter (line length 120, pyproject.toml)
+	$(BIN)/ruff format --check segbench tests scripts hydra_plugins
+	$(BIN)/ruff check segbench tests scripts hydra_plugins
+
+test: $(STAMP) lint ## lint, then the fast tests (slow ones excluded), one worker per core (pytest-xdist; a file stays on one worker)
 	$(BIN)/python -m pytest -m "not slow" -n auto --dist loadfile --durations=10
 
 test-all: $(STAMP) ## every test, slow ones included

@@ -56,8 +56,13 @@ def subset(source: Path, count: int, work: Path) -> Path:
 
 def measure(checkout: Path, overrides: list[str], cache: Path) -> dict:
     env = {**os.environ, "SEGBENCH_CACHE": str(cache)}
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(overrides), str(checkout)], env=env,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(overrides), str(checkout)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode:
         sys.exit(f"probe failed in {checkout}: {done.stderr.strip().splitlines()[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -81,16 +86,20 @@ def main() -> None:
             root = subset(args.source, count, work)
             cache = work / f"cache-{count}"
             modes = [("before: every subject read into RAM", args.before, [])] if args.before else []
-            modes += [("cache, first run (builds it)", here, []),
-                      ("cache, every later run", here, [])]
+            modes += [("cache, first run (builds it)", here, []), ("cache, every later run", here, [])]
             for mode, checkout, extra in modes:
-                row = {"subjects": count, "mode": mode,
-                       **measure(checkout, base + [f"data.root={root}"] + extra, cache)}
+                row = {
+                    "subjects": count,
+                    "mode": mode,
+                    **measure(checkout, base + [f"data.root={root}"] + extra, cache),
+                }
                 if not row["code"].startswith(str(checkout)):
                     sys.exit(f"measured {row['code']}, not the checkout {checkout}")
                 rows.append(row)
-                print(f"| {count} | {row['train_slices']} | {mode} | {row['seconds']:.1f} | "
-                      f"{row['peak_rss_mib']:.0f} |", flush=True)
+                print(
+                    f"| {count} | {row['train_slices']} | {mode} | {row['seconds']:.1f} | {row['peak_rss_mib']:.0f} |",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

@@ -42,8 +42,9 @@ def step_seconds(norm: str, args, device: torch.device) -> dict[str, float]:
         if channels_last:
             model, x = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        step = (lambda m, x, o, p: lambda: train_step(m, x, target, loss_fn, o, p))(
-            model, x, optimizer, precision_for(precision, device))
+        step = (lambda m, x, o, p: lambda: train_step(m, x, target, loss_fn, o, p))(  # noqa: B023 - called in this iteration
+            model, x, optimizer, precision_for(precision, device)
+        )
         step()  # warm-up
         steps[precision + (" channels_last" if channels_last else "")] = step
     seconds = dict.fromkeys(steps, 0.0)
@@ -69,8 +70,10 @@ def main() -> None:
     except SegbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"FCN-8s width {args.width:g}, batch {args.batch_size}, {args.size} x {args.size}, {describe(device)}, "
-          f"{args.rounds} rounds x {args.steps} steps")
+    print(
+        f"FCN-8s width {args.width:g}, batch {args.batch_size}, {args.size} x {args.size}, {describe(device)}, "
+        f"{args.rounds} rounds x {args.steps} steps"
+    )
     for norm in ("none", "batch"):
         seconds = step_seconds(norm, args, device)
         base = seconds["32"]

@@ -22,7 +22,9 @@ from pathlib import Path
 def finished_runs(folders: list[Path]) -> list[Path]:
     runs = []
     for folder in folders:
-        runs += [folder] if (folder / "metrics.json").is_file() else sorted(p.parent for p in folder.rglob("metrics.json"))
+        runs += (
+            [folder] if (folder / "metrics.json").is_file() else sorted(p.parent for p in folder.rglob("metrics.json"))
+        )
     return runs
 
 
@@ -67,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = finished_runs(args.folders)
     if not runs:
-        print(f"keep_run_record: no finished runs (folders with metrics.json) under "
-              f"{' '.join(map(str, args.folders))}", file=sys.stderr)
+        print(
+            f"keep_run_record: no finished runs (folders with metrics.json) under {' '.join(map(str, args.folders))}",
+            file=sys.stderr,
+        )
         return 2
     problem = next(filter(None, map(unfit, runs)), None)
     if problem:

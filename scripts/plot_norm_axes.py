@@ -26,11 +26,22 @@ PANELS = {
 
 
 def cube(ax, x, y, z, colour):
-    corners = np.array([[x, y, z], [x + 1, y, z], [x + 1, y + 1, z], [x, y + 1, z],
-                        [x, y, z + 1], [x + 1, y, z + 1], [x + 1, y + 1, z + 1], [x, y + 1, z + 1]])
+    corners = np.array(
+        [
+            [x, y, z],
+            [x + 1, y, z],
+            [x + 1, y + 1, z],
+            [x, y + 1, z],
+            [x, y, z + 1],
+            [x + 1, y, z + 1],
+            [x + 1, y + 1, z + 1],
+            [x, y + 1, z + 1],
+        ]
+    )
     faces = [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 5, 4], [2, 3, 7, 6], [1, 2, 6, 5], [0, 3, 7, 4]]
-    ax.add_collection3d(Poly3DCollection([corners[f] for f in faces], facecolors=colour, edgecolors="0.4",
-                                         linewidths=0.3))
+    ax.add_collection3d(
+        Poly3DCollection([corners[f] for f in faces], facecolors=colour, edgecolors="0.4", linewidths=0.3)
+    )
 
 
 def main() -> None:

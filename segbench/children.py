@@ -29,7 +29,7 @@ def descendants(pid: int | None = None) -> list[int]:
             text = stat.read_text()
         except OSError:  # the process ended while we looked
             continue
-        fields = text[text.rfind(")") + 2:].split()  # the name may hold spaces and parentheses
+        fields = text[text.rfind(")") + 2 :].split()  # the name may hold spaces and parentheses
         if fields and fields[0] != "Z":
             parents[int(stat.parent.name)] = int(fields[1])
     found, frontier = [], [root]
@@ -79,9 +79,17 @@ def _on_signal(signum: int, frame) -> None:
     signal.signal(signum, signal.SIG_IGN)  # a second signal while the children stop changes nothing
     n = stop_descendants(signal.SIGTERM)
     name = signal.Signals(signum).name
-    print(f"segbench: stopped by {name}" + (f"; stopped its {n} worker process(es) (a run among them saves "
-                                            "last.pt first: the same command continues it)" if n else ""),
-          file=sys.stderr, flush=True)
+    print(
+        f"segbench: stopped by {name}"
+        + (
+            f"; stopped its {n} worker process(es) (a run among them saves "
+            "last.pt first: the same command continues it)"
+            if n
+            else ""
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
     raise SystemExit(128 + signum)  # not os._exit: joblib and loky release their shared memory on the way out
 
 

@@ -42,21 +42,35 @@ def _make_data(argv: list[str]) -> None:
     parser.add_argument("--images", type=at_least(4), default=None, help="voc-phantom: images (default 60)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="brain-phantom: rewrite subjects already there")
-    parser.add_argument("--layout", default="brats2021", choices=list(LAYOUTS),
-                        help="brain-phantom: how the folder is laid out (default brats2021)")
+    parser.add_argument(
+        "--layout",
+        default="brats2021",
+        choices=list(LAYOUTS),
+        help="brain-phantom: how the folder is laid out (default brats2021)",
+    )
     args = parser.parse_args(argv)
     if args.kind == "brain-phantom":
         from segbench.data.brain_phantom import PhantomConfig, write_brain_phantom
 
         defaults = PhantomConfig()
-        cfg = PhantomConfig(subjects=args.subjects or defaults.subjects, sites=args.sites or defaults.sites,
-                            voxel_mm=args.voxel_mm, seed=args.seed)
+        cfg = PhantomConfig(
+            subjects=args.subjects or defaults.subjects,
+            sites=args.sites or defaults.sites,
+            voxel_mm=args.voxel_mm,
+            seed=args.seed,
+        )
         out, written = write_brain_phantom(
-            args.out, cfg, progress=lambda i, n: print(f"\rsubject {i}/{n}", end="", file=sys.stderr),
-            force=args.force, layout=args.layout)
+            args.out,
+            cfg,
+            progress=lambda i, n: print(f"\rsubject {i}/{n}", end="", file=sys.stderr),
+            force=args.force,
+            layout=args.layout,
+        )
         kept = cfg.subjects - written
-        print(f"\nwrote {written} {args.layout}-layout subjects to {out}" +
-              (f"; kept {kept} already there (--force rewrites them)" if kept else ""))
+        print(
+            f"\nwrote {written} {args.layout}-layout subjects to {out}"
+            + (f"; kept {kept} already there (--force rewrites them)" if kept else "")
+        )
         from segbench.data.stats import data_stats
 
         print(data_stats(str(out)))
@@ -82,30 +96,55 @@ def _compare(argv: list[str]) -> None:
     parser.add_argument("runs", nargs="+", help="run directories or sweep folders")
     parser.add_argument("--out", default=None, help="report folder (default: the sweep folder, or ./compare)")
     parser.add_argument("--metric", default=None, help="test metric to compare (default: dice or miou)")
-    parser.add_argument("--by", default=None, help="comma-separated keys that define an arm (default: every "
-                                                   "override that differs), e.g. norm")
-    parser.add_argument("--smooth", type=float, default=0.6, help="EMA weight of the training-loss curve "
-                                                                  "(TensorBoard's default 0.6; 0: raw)")
-    parser.add_argument("--margin", type=float, default=None,
-                        help="equivalence margin in the metric's units (default: study.margin, which the runs "
-                             "declared before they ran)")
-    parser.add_argument("--evaluation", default=None,
-                        help="compare the runs' 'segbench evaluate' results of this name (subjects of another "
-                             "folder) instead of their test split")
+    parser.add_argument(
+        "--by",
+        default=None,
+        help="comma-separated keys that define an arm (default: every override that differs), e.g. norm",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=float,
+        default=0.6,
+        help="EMA weight of the training-loss curve (TensorBoard's default 0.6; 0: raw)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="equivalence margin in the metric's units (default: study.margin, which the runs "
+        "declared before they ran)",
+    )
+    parser.add_argument(
+        "--evaluation",
+        default=None,
+        help="compare the runs' 'segbench evaluate' results of this name (subjects of another "
+        "folder) instead of their test split",
+    )
     args = parser.parse_args(argv)
     from segbench.analysis.compare import compare
 
-    out = compare(args.runs, args.out, args.metric, args.by.split(",") if args.by else None, args.smooth,
-                  args.margin, args.evaluation)
+    out = compare(
+        args.runs,
+        args.out,
+        args.metric,
+        args.by.split(",") if args.by else None,
+        args.smooth,
+        args.margin,
+        args.evaluation,
+    )
     verdict_lines = (out / "verdicts.txt").read_text() if (out / "verdicts.txt").exists() else ""
     print(f"{verdict_lines}report: {out / 'summary.md'}\ncurves: {out / 'curves.png'}")
 
 
 def _study(argv: list[str]) -> None:
-    parser = OneLineArgumentParser(prog="segbench study",
-                                   description="train -m OVERRIDES over rounds of paired seeds until decided")
-    parser.add_argument("overrides", nargs="+", help="Hydra overrides of the sweep, e.g. experiment=why_bn_failed "
-                                                     "cause=none,bn_tf1 (no seed=)")
+    parser = OneLineArgumentParser(
+        prog="segbench study", description="train -m OVERRIDES over rounds of paired seeds until decided"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="+",
+        help="Hydra overrides of the sweep, e.g. experiment=why_bn_failed cause=none,bn_tf1 (no seed=)",
+    )
     parser.add_argument("--out", required=True, help="study folder (one sweep folder per round)")
     parser.add_argument("--first-seeds", type=at_least(2), default=4, help="seeds of the first round (default 4)")
     parser.add_argument("--seeds-per-round", type=at_least(1), default=4, help="seeds added per round (default 4)")
@@ -117,8 +156,16 @@ def _study(argv: list[str]) -> None:
     from segbench.analysis.compare import compare
     from segbench.analysis.study import run_study
 
-    final = run_study(args.overrides, args.out, args.first_seeds, args.seeds_per_round, args.max_seeds,
-                      args.start_seed, args.margin, args.metric)
+    final = run_study(
+        args.overrides,
+        args.out,
+        args.first_seeds,
+        args.seeds_per_round,
+        args.max_seeds,
+        args.start_seed,
+        args.margin,
+        args.metric,
+    )
     out = compare([args.out], args.out, args.metric)
     print(f"{sum(v['decided'] for v in final)} of {len(final)} comparisons decided; report: {out / 'summary.md'}")
 
@@ -136,15 +183,24 @@ def _diagnose(argv: list[str]) -> None:
 
 
 def _evaluate(argv: list[str]) -> None:
-    parser = OneLineArgumentParser(prog="segbench evaluate",
-                                   description="score a trained run on subjects it never saw: nothing is trained "
-                                               "and no label of that folder is used for any choice")
+    parser = OneLineArgumentParser(
+        prog="segbench evaluate",
+        description="score a trained run on subjects it never saw: nothing is trained "
+        "and no label of that folder is used for any choice",
+    )
     parser.add_argument("run_dir")
     parser.add_argument("--data-root", required=True, help="a folder of subjects in the layout the run's data= reads")
-    parser.add_argument("--checkpoint", default="best.pt", choices=["best.pt", "last.pt"],
-                        help="best.pt (chosen on the run's val, default) or last.pt")
-    parser.add_argument("--name", default=None, help="the evaluation's folder name under RUN/evaluations/ "
-                                                     "(default: the data folder's name)")
+    parser.add_argument(
+        "--checkpoint",
+        default="best.pt",
+        choices=["best.pt", "last.pt"],
+        help="best.pt (chosen on the run's val, default) or last.pt",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="the evaluation's folder name under RUN/evaluations/ (default: the data folder's name)",
+    )
     parser.add_argument("--force", action="store_true", help="write over an evaluation of the same name")
     args = parser.parse_args(argv)
     from segbench.analysis.external import evaluate_external, format_report
@@ -153,10 +209,15 @@ def _evaluate(argv: list[str]) -> None:
 
 
 def _adapt(argv: list[str]) -> None:
-    parser = OneLineArgumentParser(prog="segbench adapt",
-                                   description="test-time adaptation on the run's test split (its images, never its masks)")
+    parser = OneLineArgumentParser(
+        prog="segbench adapt", description="test-time adaptation on the run's test split (its images, never its masks)"
+    )
     parser.add_argument("run_dir")
-    parser.add_argument("--methods", default="none,adabn,tent", help="comma-separated: none, adabn, tent, site_bn (per-site BN statistics)")
+    parser.add_argument(
+        "--methods",
+        default="none,adabn,tent",
+        help="comma-separated: none, adabn, tent, site_bn (per-site BN statistics)",
+    )
     parser.add_argument("--batches", type=at_least(1), default=20, help="test batches for the BN statistics (AdaBN)")
     parser.add_argument("--tent-steps", type=at_least(1), default=20, help="test batches TENT adapts on")
     parser.add_argument("--tent-lr", type=float, default=1e-3, help="TENT's Adam learning rate (default 1e-3)")
@@ -164,8 +225,14 @@ def _adapt(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from segbench.analysis.adapt import adapt
 
-    out = adapt(args.run_dir, [m for m in args.methods.split(",") if m], args.batches, args.tent_steps, args.tent_lr,
-                args.checkpoint)
+    out = adapt(
+        args.run_dir,
+        [m for m in args.methods.split(",") if m],
+        args.batches,
+        args.tent_steps,
+        args.tent_lr,
+        args.checkpoint,
+    )
     metric = out["metric"]
     print(f"test sites {out['test_sites']}; threshold {out['threshold_from_val']:.3f} chosen on val (training sites)")
     for method, r in out["methods"].items():
@@ -189,8 +256,10 @@ def _completion(argv: list[str]) -> None:
     from segbench.completion import BASH
 
     if argv != ["bash"]:
-        raise SegbenchError(f"segbench completion {' '.join(argv) or '(nothing)'}: only bash is written; "
-                            'use eval "$(segbench completion bash)"')
+        raise SegbenchError(
+            f"segbench completion {' '.join(argv) or '(nothing)'}: only bash is written; "
+            'use eval "$(segbench completion bash)"'
+        )
     print(BASH, end="")
 
 
@@ -202,8 +271,19 @@ def _complete(argv: list[str]) -> None:
     print("\n".join(candidates(command, word, int(position or 1), list(COMMANDS))))
 
 
-COMMANDS = {"train": train_command, "make-data": _make_data, "data-stats": _data_stats, "compare": _compare, "study": _study, "diagnose": _diagnose, "evaluate": _evaluate, "adapt": _adapt, "bench": _bench,
-            "torchrun": _torchrun, "completion": _completion}
+COMMANDS = {
+    "train": train_command,
+    "make-data": _make_data,
+    "data-stats": _data_stats,
+    "compare": _compare,
+    "study": _study,
+    "diagnose": _diagnose,
+    "evaluate": _evaluate,
+    "adapt": _adapt,
+    "bench": _bench,
+    "torchrun": _torchrun,
+    "completion": _completion,
+}
 HIDDEN_COMMANDS = {"__complete": _complete}
 # Commands whose work runs in child processes (sweep workers, `segbench train -m` started by them):
 # a stop signal ends them with their children (segbench.children).

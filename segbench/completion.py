@@ -30,8 +30,10 @@ def candidates(command: str, word: str, position: int, commands) -> list[str]:
         return []
     from segbench.config import GROUPS, group_options
 
-    groups = {**{g: group_options(g) for g in (*GROUPS, "cause")},
-              **{f"hydra/{g}": group_options(f"hydra/{g}") for g in ("launcher", "sweeper")}}
+    groups = {
+        **{g: group_options(g) for g in (*GROUPS, "cause")},
+        **{f"hydra/{g}": group_options(f"hydra/{g}") for g in ("launcher", "sweeper")},
+    }
     key, eq, value = word.partition("=")
     if eq:
         if key in groups:
@@ -57,7 +59,7 @@ def _default_keys() -> list[str]:
     keys = [k for k in flatten({k: v for k, v in main.items() if k not in ("defaults", "hydra")})]
     for entry in main.get("defaults", []):
         if isinstance(entry, dict):
-            (group, choice), = entry.items()
+            ((group, choice),) = entry.items()
             path = root / group / f"{choice}.yaml"
             if choice and path.is_file():
                 body = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=False) or {}

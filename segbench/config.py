@@ -38,8 +38,9 @@ def parse_overrides(overrides: list[str]):
         try:
             parsed.extend(parser.parse_overrides([override]))
         except HydraException as err:
-            raise SegbenchError(f"cannot parse the override {override!r}: {_first_line(err)}"
-                                f"{_quoting_hint(override)}") from None
+            raise SegbenchError(
+                f"cannot parse the override {override!r}: {_first_line(err)}{_quoting_hint(override)}"
+            ) from None
     return parsed
 
 
@@ -73,9 +74,14 @@ def validate_overrides(overrides: list[str]) -> None:
     for override in parsed:
         key = override.get_key_element()
         if override.is_delete() and not key.lstrip("~").startswith("hydra"):
-            raise SegbenchError(f"{key}: removing a setting is not supported; give it a value (or null) or pick "
-                                "another choice instead")
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+            raise SegbenchError(
+                f"{key}: removing a setting is not supported; give it a value (or null) or pick another choice instead"
+            )
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_sweep_override()
+            else [override.get_value_element_as_str()]
+        )
         if key in GROUPS or key.lstrip("+") in GROUPS:
             group = key.lstrip("+")
             for value in values:
@@ -96,8 +102,9 @@ def validate_overrides(overrides: list[str]) -> None:
     known = set(norm_options(cfg.norm.name)) | {"name", "cond_channels"}
     unknown = sorted(set(cfg.norm) - known)
     if unknown:
-        raise SegbenchError(f"norm '{cfg.norm.name}' takes no option {unknown[0]!r}; its options: "
-                            f"{', '.join(sorted(known - {'name'}))}")
+        raise SegbenchError(
+            f"norm '{cfg.norm.name}' takes no option {unknown[0]!r}; its options: {', '.join(sorted(known - {'name'}))}"
+        )
 
 
 def _check_added_keys(parsed, plain: list[str]) -> None:
@@ -105,8 +112,13 @@ def _check_added_keys(parsed, plain: list[str]) -> None:
     not carried along unused."""
     from omegaconf import OmegaConf
 
-    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not o.get_key_element().lstrip("+").startswith("hydra")
-             and o.get_key_element().lstrip("+") not in GROUPS]
+    added = [
+        o
+        for o in parsed
+        if (o.is_add() or o.is_force_add())
+        and not o.get_key_element().lstrip("+").startswith("hydra")
+        and o.get_key_element().lstrip("+") not in GROUPS
+    ]
     if not added:
         return
     base = compose([o for o in plain if not o.startswith("+")])
@@ -119,8 +131,10 @@ def _check_added_keys(parsed, plain: list[str]) -> None:
             import difflib
 
             close = difflib.get_close_matches(key, known, n=1)
-            raise SegbenchError(f"+{key}: segbench has no setting {key}"
-                                + (f"; did you mean {close[0]}?" if close else "; see `segbench train --cfg job`"))
+            raise SegbenchError(
+                f"+{key}: segbench has no setting {key}"
+                + (f"; did you mean {close[0]}?" if close else "; see `segbench train --cfg job`")
+            )
 
 
 def _check_study(cfg) -> None:
@@ -138,7 +152,9 @@ def _check_types(cfg, overrides: list[str]) -> None:
     """A number or a flag given as text (``data.batch_size=abc``) is an error naming the key."""
     from omegaconf import OmegaConf
 
-    groups = [o for o in (f"{g}={cfg.get(g).get('name')}" for g in ("model", "norm", "loss", "optim")) if "None" not in o]
+    groups = [
+        o for o in (f"{g}={cfg.get(g).get('name')}" for g in ("model", "norm", "loss", "optim")) if "None" not in o
+    ]
     defaults = compose(groups)
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")

@@ -34,6 +34,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 def at_least(lowest: int):
     """An argparse type: an integer of at least ``lowest``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -42,4 +43,5 @@ def at_least(lowest: int):
         if value < lowest:
             raise argparse.ArgumentTypeError(f"{value} must be at least {lowest}")
         return value
+
     return parse

@@ -74,9 +74,11 @@ def load_torch(path: str | os.PathLike) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower() or "weights_only" in str(err):
-            raise SegbenchError(f"refused to load {path}: it holds Python objects besides tensors and numbers, "
-                                "and unpickling them could run arbitrary code; segbench opens only plain "
-                                "checkpoints (as it writes them)") from None
+            raise SegbenchError(
+                f"refused to load {path}: it holds Python objects besides tensors and numbers, "
+                "and unpickling them could run arbitrary code; segbench opens only plain "
+                "checkpoints (as it writes them)"
+            ) from None
         raise SegbenchError(f"cannot read {path}: it is corrupt or not a torch checkpoint") from None
     except Exception as err:  # noqa: BLE001 - zip, pickle and struct each fail their own way on junk
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -84,8 +86,7 @@ def load_torch(path: str | os.PathLike) -> Any:
 
 
 def save_figure(path: str | os.PathLike, fig) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:], dpi=120,
-                                                      bbox_inches="tight"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:], dpi=120, bbox_inches="tight"))
 
 
 def nearest_existing(path: Path) -> Path:
@@ -101,7 +102,8 @@ def check_writable(folder: Path, what: str) -> None:
     if not base.is_dir():
         raise SegbenchError(f"{what}={folder}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise SegbenchError(f"{what}={folder}: cannot write in {base} ({os.strerror(errno.EACCES)} or a "
-                            "read-only file system)")
+        raise SegbenchError(
+            f"{what}={folder}: cannot write in {base} ({os.strerror(errno.EACCES)} or a read-only file system)"
+        )
     if shutil.disk_usage(base).free < 16 * 2**20:
         raise SegbenchError(f"{what}={folder}: {os.strerror(errno.ENOSPC)} in {base} (under 16 MiB free)")

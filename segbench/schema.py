@@ -131,8 +131,10 @@ RULES: dict[str, Number | Flag] = {
     "loss.dice_weight": Number(lo=0),
 }
 # Words from a fixed set (choices of a registry are checked by the registry itself).
-CHOICE_RULES: dict[str, tuple[str, ...]] = {"study.scope": ("subjects", "population"),
-                                            "trainer.hd95": ("monai", "brats")}
+CHOICE_RULES: dict[str, tuple[str, ...]] = {
+    "study.scope": ("subjects", "population"),
+    "trainer.hd95": ("monai", "brats"),
+}
 # Lists of numbers: every element follows the rule, and the list has the given length (None: any).
 LIST_RULES: dict[str, tuple[Number, int | None]] = {
     "data.size": (COUNT, 2),
@@ -183,7 +185,11 @@ def _value(cfg: DictConfig, key: str):
         value = OmegaConf.select(cfg, key, throw_on_missing=True)
     except Exception as err:  # noqa: BLE001 - an unresolvable interpolation, a missing env variable
         raise SegbenchError(f"{key} cannot be read: {str(err).splitlines()[0]}") from None
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig,)) or OmegaConf.is_list(value) else value
+    return (
+        OmegaConf.to_container(value, resolve=True)
+        if isinstance(value, (DictConfig,)) or OmegaConf.is_list(value)
+        else value
+    )
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -11,8 +11,21 @@ import sys
 import tempfile
 
 # Hydra's own command-line flags: those that take a value, and the one whose value is optional.
-HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                     "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
+HYDRA_VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--shell-completion",
+    "-sc",
+}
 HYDRA_INFO_FLAGS = {"--info", "-i"}
 HYDRA_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 HYDRA_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
@@ -75,8 +88,8 @@ def train_command(argv: list[str]) -> None:
         return
     check = "--check" in argv
     argv = [a for a in argv if a != "--check"]
-    from segbench.train.prepare import RunFinished
     from segbench.train.preflight import preflight, quote_path_values
+    from segbench.train.prepare import RunFinished
     from segbench.trust import config_source
 
     overrides, _ = split_hydra_args(argv)
@@ -93,8 +106,10 @@ def train_command(argv: list[str]) -> None:
         print(f"segbench: {finished}")
         return
     if check:
-        print("segbench: checked: every run of this command composes, and one training step and one validation "
-              "batch of each ran on its data; nothing was written. Run it without --check to train.")
+        print(
+            "segbench: checked: every run of this command composes, and one training step and one validation "
+            "batch of each ran on its data; nothing was written. Run it without --check to train."
+        )
         return
     from segbench.train.app import hydra_main
 
@@ -103,8 +118,13 @@ def train_command(argv: list[str]) -> None:
         # Under torchrun only rank 0 owns the run directory; the others keep Hydra's files apart.
         scratch = os.path.join(tempfile.gettempdir(), f"segbench-rank{rank}-{os.getpid()}")
         argv = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
-        argv = [*argv, f"hydra.run.dir={scratch}", "hydra.output_subdir=null",
-                "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+        argv = [
+            *argv,
+            f"hydra.run.dir={scratch}",
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ]
 
     sys.argv = ["segbench train", *argv]
     from segbench.train.preflight import SHOW_FLAGS, named_run_dir, sweep_jobs
@@ -143,4 +163,6 @@ def pinned_sweep_dir() -> str:
     import datetime
 
     now = datetime.datetime.now()
-    return os.path.join(os.environ.get("SEGBENCH_OUTPUT", "multirun"), now.strftime("%Y-%m-%d"), now.strftime("%H-%M-%S"))
+    return os.path.join(
+        os.environ.get("SEGBENCH_OUTPUT", "multirun"), now.strftime("%Y-%m-%d"), now.strftime("%H-%M-%S")
+    )

@@ -16,16 +16,18 @@ from dataclasses import dataclass
 from segbench.errors import SegbenchError
 
 # Hydra's launchers and sweepers (and segbench's packed launcher): the only ``_target_`` a config may name.
-ALLOWED_TARGETS = frozenset({
-    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
-    "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
-    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
-    "hydra_plugins.segbench_packed_launcher.packed_launcher.PackedLauncher",
-    "hydra_plugins.segbench_optuna_sweeper.optuna_sweeper.OptunaSweeper",
-    "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
-})
+ALLOWED_TARGETS = frozenset(
+    {
+        "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+        "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+        "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+        "hydra_plugins.segbench_packed_launcher.packed_launcher.PackedLauncher",
+        "hydra_plugins.segbench_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+        "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
+    }
+)
 # Launchers and sweepers that come with a package of their own: how to get them.
 PLUGIN_HINTS = {
     "hydra/launcher/ray": "pip install 'segbench[ray]' (Hydra's Ray launcher), then hydra/launcher=ray_local",
@@ -61,14 +63,22 @@ class ConfigSource:
 def config_source(argv: list[str]) -> ConfigSource:
     """The config flags of a ``segbench train`` command line; ``--experimental-rerun`` refused."""
     values: dict[str, str] = {}
-    names = {"--config-path": "config_path", "-cp": "config_path", "--config-name": "config_name",
-             "-cn": "config_name", "--config-dir": "config_dir", "-cd": "config_dir"}
+    names = {
+        "--config-path": "config_path",
+        "-cp": "config_path",
+        "--config-name": "config_name",
+        "-cn": "config_name",
+        "--config-dir": "config_dir",
+        "-cd": "config_dir",
+    }
     i = 0
     while i < len(argv):
         flag, has_value, value = argv[i].partition("=")
         if flag == "--experimental-rerun":
-            raise SegbenchError("--experimental-rerun loads a pickle, which can run code; re-run from the run's "
-                                "saved overrides instead: segbench train trainer.resume=<run dir>")
+            raise SegbenchError(
+                "--experimental-rerun loads a pickle, which can run code; re-run from the run's "
+                "saved overrides instead: segbench train trainer.resume=<run dir>"
+            )
         if flag in names:
             if not has_value:
                 if i + 1 >= len(argv):
@@ -92,23 +102,26 @@ def compose_with_hydra(overrides: list[str], source: ConfigSource):
     GlobalHydra.instance().clear()
     try:
         if path.startswith("pkg://"):
-            init = initialize_config_module(path[len("pkg://"):], version_base="1.3")
+            init = initialize_config_module(path[len("pkg://") :], version_base="1.3")
         else:
-            folder = path[len("file://"):] if path.startswith("file://") else path
+            folder = path[len("file://") :] if path.startswith("file://") else path
             folder = folder if os.path.isabs(folder) else os.path.join(APP_DIR, folder)
             if not os.path.isdir(folder):
                 raise SegbenchError(f"--config-path {path}: no such folder ({os.path.normpath(folder)})")
             init = initialize_config_dir(os.path.normpath(folder), version_base="1.3")
         with init:
-            return compose(source.config_name, overrides=[*source.search_overrides(), *overrides],
-                           return_hydra_config=True)
+            return compose(
+                source.config_name, overrides=[*source.search_overrides(), *overrides], return_hydra_config=True
+            )
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}: " if mark else ""
         raise SegbenchError(f"YAML error: {where}{err.problem or err.context}") from None
     except (HydraException, OmegaConfBaseException, ImportError, ValueError) as err:
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        missing = next((group for group in PLUGIN_HINTS if f"find '{group}'" in first or f"load '{group}'" in first), None)
+        missing = next(
+            (group for group in PLUGIN_HINTS if f"find '{group}'" in first or f"load '{group}'" in first), None
+        )
         if missing:
             group, choice = missing.rsplit("/", 1)
             raise SegbenchError(f"{group}={choice} is not installed: {PLUGIN_HINTS[missing]}") from None
@@ -124,15 +137,18 @@ def check_config_is_data(cfg) -> None:
     tree = OmegaConf.to_container(cfg, resolve=False)
     for key, target in _targets(tree, ""):
         if str(target) not in ALLOWED_TARGETS:
-            raise SegbenchError(f"{key}: refusing _target_={target!r}; a config may name only Hydra's launchers "
-                                "and sweepers (pick them with hydra/launcher=...), never a function")
+            raise SegbenchError(
+                f"{key}: refusing _target_={target!r}; a config may name only Hydra's launchers "
+                "and sweepers (pick them with hydra/launcher=...), never a function"
+            )
     hydra = tree.get("hydra") or {}
     for section in ("job_logging", "hydra_logging"):
         _check_logging(hydra.get(section) or {}, f"hydra.{section}")
     subdir = hydra.get("output_subdir")
     if subdir is not None and (os.path.isabs(str(subdir)) or ".." in str(subdir).replace("\\", "/").split("/")):
-        raise SegbenchError(f"hydra.output_subdir={subdir!r} leaves the run folder; give a name inside it "
-                            "(default .hydra) or null")
+        raise SegbenchError(
+            f"hydra.output_subdir={subdir!r} leaves the run folder; give a name inside it (default .hydra) or null"
+        )
 
 
 def _targets(node, prefix: str):
@@ -153,18 +169,23 @@ def _check_logging(section: dict, name: str) -> None:
     for kind in ("handlers", "formatters", "filters", "loggers", "root"):
         for key, entry in _entries(section.get(kind)):
             if isinstance(entry, dict) and "()" in entry:
-                raise SegbenchError(f"{name}.{kind}.{key}: refusing a '()' factory (it calls code); "
-                                    "use a standard handler class")
+                raise SegbenchError(
+                    f"{name}.{kind}.{key}: refusing a '()' factory (it calls code); use a standard handler class"
+                )
     for key, handler in _entries(section.get("handlers")):
         if not isinstance(handler, dict):
             continue
         cls = handler.get("class")
         if cls is not None and cls not in LOG_HANDLER_CLASSES:
-            raise SegbenchError(f"{name}.handlers.{key}: refusing class={cls!r}; valid: {', '.join(sorted(LOG_HANDLER_CLASSES))}")
+            raise SegbenchError(
+                f"{name}.handlers.{key}: refusing class={cls!r}; valid: {', '.join(sorted(LOG_HANDLER_CLASSES))}"
+            )
         filename = handler.get("filename")
         if filename is not None and not (str(filename).startswith(RUN_FOLDER_PREFIXES) and ".." not in str(filename)):
-            raise SegbenchError(f"{name}.handlers.{key}.filename={filename!r} writes outside the run folder; "
-                                "log files go to ${hydra.runtime.output_dir}/<name>")
+            raise SegbenchError(
+                f"{name}.handlers.{key}.filename={filename!r} writes outside the run folder; "
+                "log files go to ${hydra.runtime.output_dir}/<name>"
+            )
 
 
 def _entries(node):

@@ -37,9 +37,20 @@ def tiny_brats(tmp_path_factory):
     return write_brain_phantom(tmp_path_factory.mktemp("brats"), PhantomConfig(subjects=6, seed=3))[0]
 
 
-TINY = ["model.width=4", "model.depth=3", "data.size=[48,48]", "data.batch_size=4", "data.val_batch_size=8",
-        "trainer.max_steps=3", "trainer.val_every=3", "trainer.checkpoint_every=1", "trainer.progress=false",
-        "trainer.device=cpu", "trainer.log_images=2", "data.augment=true"]
+TINY = [
+    "model.width=4",
+    "model.depth=3",
+    "data.size=[48,48]",
+    "data.batch_size=4",
+    "data.val_batch_size=8",
+    "trainer.max_steps=3",
+    "trainer.val_every=3",
+    "trainer.checkpoint_every=1",
+    "trainer.progress=false",
+    "trainer.device=cpu",
+    "trainer.log_images=2",
+    "data.augment=true",
+]
 
 
 SMALL = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=2"]
@@ -49,8 +60,12 @@ SMALL = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.m
 def finished_run(tiny_brats, tmp_path_factory) -> Path:
     """A run trained by the command line (so it has .hydra/), two steps."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    result = subprocess.run([sys.executable, "-m", "segbench", "train", f"data.root={tiny_brats}", *SMALL,
-                             f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "segbench", "train", f"data.root={tiny_brats}", *SMALL, f"hydra.run.dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return run
 
@@ -58,9 +73,11 @@ def finished_run(tiny_brats, tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_cfg(tiny_brats):
     """``make_cfg(*overrides)``: the shipped config on the tiny phantom with a tiny model."""
+
     def make_cfg(*overrides):
         base = TINY
         if any(o.startswith("model=") for o in overrides):  # another model: drop the ResUNet's shape
             base = [o for o in TINY if not o.startswith("model.")]
         return compose([f"data.root={tiny_brats}", *base, *overrides])
+
     return make_cfg

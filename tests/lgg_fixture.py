@@ -12,9 +12,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PATIENTS = {"TCGA_CS_4941_19960909": 12, "TCGA_CS_4942_19970222": 11, "TCGA_DU_5849_19950405": 12,
-            "TCGA_DU_5851_19950428": 10, "TCGA_HT_7602_19951103": 12, "TCGA_HT_7605_19950916": 11,
-            "TCGA_FG_5962_20000626": 10, "TCGA_FG_6688_20020215": 12}
+PATIENTS = {
+    "TCGA_CS_4941_19960909": 12,
+    "TCGA_CS_4942_19970222": 11,
+    "TCGA_DU_5849_19950405": 12,
+    "TCGA_DU_5851_19950428": 10,
+    "TCGA_HT_7602_19951103": 12,
+    "TCGA_HT_7605_19950916": 11,
+    "TCGA_FG_5962_20000626": 10,
+    "TCGA_FG_6688_20020215": 12,
+}
 
 
 def blob_mask(n: int, slices: int, size: int) -> np.ndarray:
@@ -27,8 +34,13 @@ def blob_mask(n: int, slices: int, size: int) -> np.ndarray:
     return mask
 
 
-def write_lgg(root: Path, patients: dict[str, int] | None = None, size: int = 32, compression: str = "tiff_adobe_deflate",
-              seed: int = 0) -> Path:
+def write_lgg(
+    root: Path,
+    patients: dict[str, int] | None = None,
+    size: int = 32,
+    compression: str = "tiff_adobe_deflate",
+    seed: int = 0,
+) -> Path:
     """Write the patients (folder name -> slices); ``compression``: "tiff_adobe_deflate" (as the shared
     copy) or "raw" (as downloaded from Kaggle)."""
     rng = np.random.default_rng(seed)

@@ -10,16 +10,20 @@ import pytest
 import torch
 
 from segbench.errors import SegbenchError
+from segbench.eval.inference import sliding_window
+from segbench.eval.metrics import CaseMetrics
 from segbench.models import ResUNet
 from segbench.nn import NORMS
 from segbench.nn.norms import has_3d_form
-from segbench.eval.inference import sliding_window
-from segbench.eval.metrics import CaseMetrics
 from tests.conftest import SMALL
 from tests.test_cli import segbench
 
-NORM_KW = {"spade": {"hidden": 4}, "group": {"num_groups": 2}, "wsgroup": {"num_groups": 2},
-           "evonorms0": {"num_groups": 2}}
+NORM_KW = {
+    "spade": {"hidden": 4},
+    "group": {"num_groups": 2},
+    "wsgroup": {"num_groups": 2},
+    "evonorms0": {"num_groups": 2},
+}
 
 
 @pytest.mark.filterwarnings("ignore:norm=syncbatch outside")
@@ -42,13 +46,16 @@ def test_resunet3d_with_every_norm_or_a_one_line_refusal(norm):
     assert all(not isinstance(m, torch.nn.Conv2d) for m in net.modules())
 
 
-@pytest.mark.parametrize("shape, window, overlap, batch", [
-    ((1, 2, 20, 27, 33), (8, 12, 16), 0.5, 2),
-    ((2, 2, 10, 9, 40), (12, 8, 16), 0.25, 3),  # smaller than the window on two axes: padded
-    ((1, 2, 16, 16, 16), (16, 16, 16), 0.5, 1),
-    ((1, 2, 6, 30, 20), (8, 8, 8), 0.6, 4),
-    ((1, 1, 37, 21), (16, 16), 0.5, 2),  # 2-D works the same way
-])
+@pytest.mark.parametrize(
+    "shape, window, overlap, batch",
+    [
+        ((1, 2, 20, 27, 33), (8, 12, 16), 0.5, 2),
+        ((2, 2, 10, 9, 40), (12, 8, 16), 0.25, 3),  # smaller than the window on two axes: padded
+        ((1, 2, 16, 16, 16), (16, 16, 16), 0.5, 1),
+        ((1, 2, 6, 30, 20), (8, 8, 8), 0.6, 4),
+        ((1, 1, 37, 21), (16, 16), 0.5, 2),  # 2-D works the same way
+    ],
+)
 def test_sliding_window_matches_monai(shape, window, overlap, batch):
     inferers = pytest.importorskip("monai.inferers")
     torch.manual_seed(0)
@@ -56,8 +63,9 @@ def test_sliding_window_matches_monai(shape, window, overlap, batch):
     net = torch.nn.Sequential(conv(shape[1], 3, 3, padding=1), torch.nn.Tanh(), conv(3, 2, 3, padding=1)).eval()
     x = torch.randn(*shape)
     ours = sliding_window(net, x, window, overlap, batch)
-    theirs = inferers.sliding_window_inference(x, window, batch, net, overlap=overlap, mode="gaussian",
-                                               sigma_scale=0.125)
+    theirs = inferers.sliding_window_inference(
+        x, window, batch, net, overlap=overlap, mode="gaussian", sigma_scale=0.125
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
@@ -90,17 +98,29 @@ def test_patches_oversample_tumour_and_eval_items_are_whole_subjects(tiny_brats)
     assert images.shape == (4, *volume.shape) and val.cases == [v.subject for v in val.volumes]
     np.testing.assert_array_equal(target[0].numpy() > 0, volume.whole()[1] > 0)
     for split in ("train", "val", "test"):  # the same subjects as the 2-D slices
-        assert {v.subject for v in BratsVolumes(str(tiny_brats), split).volumes} == \
-            {v.subject for v in BratsSlices(str(tiny_brats), split).volumes}
+        assert {v.subject for v in BratsVolumes(str(tiny_brats), split).volumes} == {
+            v.subject for v in BratsSlices(str(tiny_brats), split).volumes
+        }
     np.testing.assert_array_equal(train[(3, 11)][0].numpy(), train[(3, 11)][0].numpy())  # seeded
 
 
 def test_3d_run_end_to_end_with_whole_volume_test_metrics(tiny_brats, tmp_path):
     run = tmp_path / "run"
     small = [o for o in SMALL if not o.startswith(("model.", "data.size"))]
-    result = segbench("train", "model=resunet3d", "data=brats3d", "norm=group", "norm.num_groups=2",
-                      f"data.root={tiny_brats}", *small, "model.width=4", "model.depth=2", "data.batch_size=2",
-                      "data.patch=[16,24,24]", f"hydra.run.dir={run}")
+    result = segbench(
+        "train",
+        "model=resunet3d",
+        "data=brats3d",
+        "norm=group",
+        "norm.num_groups=2",
+        f"data.root={tiny_brats}",
+        *small,
+        "model.width=4",
+        "model.depth=2",
+        "data.batch_size=2",
+        "data.patch=[16,24,24]",
+        f"hydra.run.dir={run}",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
     per_case = metrics["test"]["best"]["per_case"]
@@ -111,16 +131,30 @@ def test_3d_run_end_to_end_with_whole_volume_test_metrics(tiny_brats, tmp_path):
 
 
 def test_a_norm_without_a_3d_form_is_one_line_before_a_folder(tiny_brats, tmp_path):
-    result = segbench("train", "model=resunet3d", "data=brats3d", "norm=switchable", f"data.root={tiny_brats}",
-                      "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}")
+    result = segbench(
+        "train",
+        "model=resunet3d",
+        "data=brats3d",
+        "norm=switchable",
+        f"data.root={tiny_brats}",
+        "trainer.max_steps=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode == 2 and "norm=switchable has no 3-D form" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("model, data, words", [("resunet3d", "brats", "use a 2-D model"),
-                                                ("resunet", "brats3d", "use model=resunet3d")])
+@pytest.mark.parametrize(
+    "model, data, words", [("resunet3d", "brats", "use a 2-D model"), ("resunet", "brats3d", "use model=resunet3d")]
+)
 def test_model_and_data_of_different_dims_are_one_line(tiny_brats, tmp_path, model, data, words):
-    result = segbench("train", f"model={model}", f"data={data}", f"data.root={tiny_brats}", "trainer.max_steps=1",
-                      f"hydra.run.dir={tmp_path / 'run'}")
+    result = segbench(
+        "train",
+        f"model={model}",
+        f"data={data}",
+        f"data.root={tiny_brats}",
+        "trainer.max_steps=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()

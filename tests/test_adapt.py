@@ -1,4 +1,5 @@
-"""Test-time adaptation: AdaBN's statistics and TENT's entropy step against their formulas, and the command end to end."""
+"""Test-time adaptation: AdaBN's statistics and TENT's entropy step against their formulas, and the
+command end to end."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def test_prediction_entropy_against_scipy():
     binary = np.mean([stats.entropy([q, 1 - q]) for q in p])
     assert float(prediction_entropy(logits, "multilabel")) == pytest.approx(binary, rel=1e-10)
     soft = torch.softmax(logits, 1).permute(0, 2, 3, 1).reshape(-1, 3).numpy()
-    assert float(prediction_entropy(logits, "multiclass")) == pytest.approx(stats.entropy(soft, axis=1).mean(), rel=1e-10)
+    assert float(prediction_entropy(logits, "multiclass")) == pytest.approx(
+        stats.entropy(soft, axis=1).mean(), rel=1e-10
+    )
 
 
 def test_adabn_statistics_are_the_target_images_own():
@@ -38,8 +41,9 @@ def test_adabn_statistics_are_the_target_images_own():
 
 def test_tent_moves_only_the_norms_affine_weights_and_lowers_the_entropy():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 1, 1),
-                          nn.GroupNorm(1, 1))
+    model = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 1, 1), nn.GroupNorm(1, 1)
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images = [torch.randn(4, 2, 8, 8) for _ in range(2)] * 15
     seen = tent(model, images, "multilabel", torch.device("cpu"), lr=0.05)

@@ -9,8 +9,14 @@ from segbench.analysis.batch_study import CHALLENGERS, contrasts, markdown, writ
 from segbench.errors import SegbenchError
 from tests.test_compare_decides import FLAT, _run
 
-TRUTH = {("none", 2): 0.86, ("none", 16): 0.86, ("batch", 2): 0.78, ("batch", 16): 0.90,
-         ("group", 2): 0.88, ("group", 16): 0.89}
+TRUTH = {
+    ("none", 2): 0.86,
+    ("none", 16): 0.86,
+    ("batch", 2): 0.78,
+    ("batch", 16): 0.90,
+    ("group", 2): 0.88,
+    ("group", 16): 0.89,
+}
 
 
 def test_small_batch_bn_deficit_is_found_and_the_rest_judged_in_one_family(tmp_path):
@@ -18,8 +24,14 @@ def test_small_batch_bn_deficit_is_found_and_the_rest_judged_in_one_family(tmp_p
     for (norm, batch), dice in TRUTH.items():
         for seed in range(8):
             noise = rng.normal(0, 0.004)
-            _run(tmp_path / f"{norm}_{batch}_{seed}", [f"norm={norm}", f"data.batch_size={batch}"], seed,
-                 dice + noise, FLAT, batch=batch)
+            _run(
+                tmp_path / f"{norm}_{batch}_{seed}",
+                [f"norm={norm}", f"data.batch_size={batch}"],
+                seed,
+                dice + noise,
+                FLAT,
+                batch=batch,
+            )
     numbers = contrasts([str(tmp_path)])
     rows = {r["label"]: r for r in numbers["rows"]}
     assert len(rows) == 7 and all(r["family"] == 7 for r in rows.values())
@@ -36,8 +48,14 @@ def test_unconverged_arms_are_never_judged(tmp_path):
     rising = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     for (norm, batch), dice in TRUTH.items():
         for seed in range(6):
-            _run(tmp_path / f"{norm}_{batch}_{seed}", [f"norm={norm}", f"data.batch_size={batch}"], seed,
-                 dice + 0.001 * seed, rising if batch == 16 else FLAT, batch=batch)
+            _run(
+                tmp_path / f"{norm}_{batch}_{seed}",
+                [f"norm={norm}", f"data.batch_size={batch}"],
+                seed,
+                dice + 0.001 * seed,
+                rising if batch == 16 else FLAT,
+                batch=batch,
+            )
     rows = {r["label"]: r for r in contrasts([str(tmp_path)])["rows"]}
     assert rows["BN − GN at the large batch"]["verdict"].startswith("early-training")
 
@@ -49,14 +67,23 @@ def test_any_challenger_is_set_against_bn_across_two_sweeps(tmp_path, challenger
     rng = np.random.default_rng(1)
     for (norm, batch), dice in truth.items():
         for seed in range(6):
-            _run(tmp_path / f"bs{batch}" / f"{norm}_{seed}", [f"norm={norm}", f"data.batch_size={batch}"], seed,
-                 dice + rng.normal(0, 0.003), FLAT, batch=batch)
+            _run(
+                tmp_path / f"bs{batch}" / f"{norm}_{seed}",
+                [f"norm={norm}", f"data.batch_size={batch}"],
+                seed,
+                dice + rng.normal(0, 0.003),
+                FLAT,
+                batch=batch,
+            )
     numbers = contrasts([str(tmp_path / "bs2"), str(tmp_path / "bs16")], challenger=challenger)
     name = CHALLENGERS[challenger][0]
     rows = {r["label"]: r for r in numbers["rows"]}
-    assert set(rows) == {f"BN − {name} at the small batch", f"BN − {name} at the large batch",
-                         f"interaction: (BN − {name}) large − (BN − {name}) small",
-                         "BN small batch − BN large batch"}
+    assert set(rows) == {
+        f"BN − {name} at the small batch",
+        f"BN − {name} at the large batch",
+        f"interaction: (BN − {name}) large − (BN − {name}) small",
+        "BN small batch − BN large batch",
+    }
     assert all(r["family"] == 4 for r in rows.values())  # the no-norm contrasts are not in the family
     small = rows[f"BN − {name} at the small batch"]
     assert abs(small["diff"] - 0.04) < 0.01 and small["verdict"].startswith("did not hold")

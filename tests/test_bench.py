@@ -12,10 +12,42 @@ from tests.test_cli import segbench
 
 
 def test_bench_prints_every_phase(tiny_brats):
-    result = segbench("bench", "--data", str(tiny_brats), "--width", "4", "--depth", "2", "--size", "32", "32",
-                      "--batch-size", "2", "--steps", "1", "--rounds", "1", "--loop-steps", "2", "--loop-rounds", "1",
-                      "--device", "cpu", "--patch", "16", "16", "16", "--tta-steps", "2", "--tta-val-every", "1", "--target-dice", "0.01",
-                      "--skip-compile", "--skip-seeds")  # compiling is the slow test's job (test_train)
+    result = segbench(
+        "bench",
+        "--data",
+        str(tiny_brats),
+        "--width",
+        "4",
+        "--depth",
+        "2",
+        "--size",
+        "32",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--loop-steps",
+        "2",
+        "--loop-rounds",
+        "1",
+        "--device",
+        "cpu",
+        "--patch",
+        "16",
+        "16",
+        "16",
+        "--tta-steps",
+        "2",
+        "--tta-val-every",
+        "1",
+        "--target-dice",
+        "0.01",
+        "--skip-compile",
+        "--skip-seeds",
+    )  # compiling is the slow test's job (test_train)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["device_type"] == "cpu" and report["device"]
@@ -38,8 +70,20 @@ def test_bench_prints_every_phase(tiny_brats):
 
 @pytest.mark.slow
 def test_bench_prints_the_run_breakdown_and_seed_runs_per_hour(tiny_brats):
-    result = segbench("bench", "--only-seeds", "--data", str(tiny_brats), "--seeds", "2", "--seed-steps", "2",
-                      "--seed-val-every", "1", "--packs", "2")
+    result = segbench(
+        "bench",
+        "--only-seeds",
+        "--data",
+        str(tiny_brats),
+        "--seeds",
+        "2",
+        "--seed-steps",
+        "2",
+        "--seed-val-every",
+        "1",
+        "--packs",
+        "2",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     phases = report["run_breakdown"]["seconds"]

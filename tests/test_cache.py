@@ -87,8 +87,8 @@ def test_whole_volume_and_boxes_match_the_uncropped_volume(root, tmp_path):
     np.testing.assert_array_equal(images[z0:z1, :, y0:y1, x0:x1], direct.images)
     # A box reaching past the volume on every side is zero-padded there.
     big, big_labels = volume.read_box((-3, volume.shape[0] + 2), (-1, volume.shape[1] + 4), (-2, volume.shape[2]))
-    np.testing.assert_array_equal(big[3:3 + volume.shape[0], :, 1:1 + volume.shape[1], 2:], images)
-    np.testing.assert_array_equal(big_labels[3:3 + volume.shape[0], 1:1 + volume.shape[1], 2:], labels)
+    np.testing.assert_array_equal(big[3 : 3 + volume.shape[0], :, 1 : 1 + volume.shape[1], 2:], images)
+    np.testing.assert_array_equal(big_labels[3 : 3 + volume.shape[0], 1 : 1 + volume.shape[1], 2:], labels)
     assert volume.tumor_slices.tolist() == labels.any(axis=(1, 2)).tolist()
 
 

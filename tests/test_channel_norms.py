@@ -86,7 +86,7 @@ def test_ghost_batch_normalizes_each_virtual_batch_and_updates_the_statistics_pe
         m, v = chunk.mean((0, 2, 3)), chunk.var((0, 2, 3), unbiased=False)
         expected = (chunk - m[:, None, None]) / torch.sqrt(v[:, None, None] + 1e-5)
         expected = expected * ghost.weight[:, None, None] + ghost.bias[:, None, None]
-        torch.testing.assert_close(out[2 * k: 2 * k + 2], expected)
+        torch.testing.assert_close(out[2 * k : 2 * k + 2], expected)
         n = chunk.numel() / 6
         mean, var = 0.9 * mean + 0.1 * m, 0.9 * var + 0.1 * v * n / (n - 1)
     torch.testing.assert_close(ghost.running_mean, mean)
@@ -97,7 +97,10 @@ def test_ghost_batch_normalizes_each_virtual_batch_and_updates_the_statistics_pe
 
 def test_ghost_batch_with_the_whole_batch_as_one_chunk_is_batch_norm():
     x = _x(3)
-    ghost, bn = build_norm("ghost_batch", 6, virtual_batch=4, context={"dims": 3}).double(), build_norm("batch", 6).double()
+    ghost, bn = (
+        build_norm("ghost_batch", 6, virtual_batch=4, context={"dims": 3}).double(),
+        build_norm("batch", 6).double(),
+    )
     torch.testing.assert_close(ghost(x), bn(x))
     torch.testing.assert_close(ghost.running_var, bn.running_var)
 

@@ -32,8 +32,14 @@ def _wait_for(condition, timeout: float) -> bool:
 
 
 def test_descendants_finds_grandchildren():
-    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
-                              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)",
+        ]
+    )
     try:
         assert _wait_for(lambda: len(descendants(child.pid)) == 1, 20)
         assert child.pid in descendants()
@@ -48,10 +54,25 @@ def test_sigterm_to_a_parallel_sweep_leaves_no_worker_behind(tiny_brats, tmp_pat
     sweep = tmp_path / "sweep"
     overrides = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_every"))]
     parent = subprocess.Popen(
-        [sys.executable, "-m", "segbench", "train", "-m", f"data.root={tiny_brats}", *overrides,
-         "trainer.max_steps=100000", "trainer.val_every=100000", "norm=none,batch", "hydra/launcher=parallel",
-         "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "segbench",
+            "train",
+            "-m",
+            f"data.root={tiny_brats}",
+            *overrides,
+            "trainer.max_steps=100000",
+            "trainer.val_every=100000",
+            "norm=none,batch",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         started = _wait_for(lambda: len(list(sweep.glob("*/checkpoints/last.pt"))) == 2, 240)
         assert started, parent.stderr.read() if parent.poll() is not None else "the sweep's runs did not start"

@@ -12,8 +12,9 @@ from tests.conftest import TINY
 
 
 def segbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "segbench", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "segbench", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def assert_one_line_error(result, *fragments):
@@ -34,8 +35,9 @@ def test_unknown_norm_in_a_sweep_is_caught_before_launch():
 
 
 def test_group_count_that_does_not_divide_the_width(tiny_brats):
-    result = segbench("train", f"data.root={tiny_brats}", "norm=group", "norm.num_groups=7", "model.width=8",
-                      "trainer.device=cpu")
+    result = segbench(
+        "train", f"data.root={tiny_brats}", "norm=group", "norm.num_groups=7", "model.width=8", "trainer.device=cpu"
+    )
     assert_one_line_error(result, "num_groups=7", "8 channels")
 
 
@@ -48,9 +50,15 @@ def test_missing_data_folder_says_how_to_make_it(tmp_path):
     assert_one_line_error(result, "absent", "segbench make-data brain-phantom")
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("data.test_fraction=0.9", "leaves no subject"), ("data.val_fraction=1.5", "data.val_fraction=1.5"),
-    ("study.lr_grid=[1e-3,-1]", "positive"), ("study.lr_grid=[abc]", "abc")])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("data.test_fraction=0.9", "leaves no subject"),
+        ("data.val_fraction=1.5", "data.val_fraction=1.5"),
+        ("study.lr_grid=[1e-3,-1]", "positive"),
+        ("study.lr_grid=[abc]", "abc"),
+    ],
+)
 def test_bad_split_or_lr_grid_is_refused_before_any_file(tmp_path, override, fragment):
     result = segbench("train", override, f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line_error(result, fragment)
@@ -81,8 +89,7 @@ def test_unknown_command():
 
 
 def test_train_runs_from_any_directory(tmp_path, tiny_brats):
-    result = segbench("train", f"data.root={tiny_brats}", *TINY, f"hydra.run.dir={tmp_path / 'run'}",
-                      cwd=tmp_path)
+    result = segbench("train", f"data.root={tiny_brats}", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "metrics.json").exists()
 
@@ -105,7 +112,9 @@ def test_text_where_a_number_belongs():
 
 def test_input_size_the_depth_cannot_halve_fails_before_writing(tmp_path, tiny_brats):
     run = tmp_path / "run"
-    result = segbench("train", f"data.root={tiny_brats}", "data.size=[97,131]", "trainer.device=cpu", f"hydra.run.dir={run}")
+    result = segbench(
+        "train", f"data.root={tiny_brats}", "data.size=[97,131]", "trainer.device=cpu", f"hydra.run.dir={run}"
+    )
     assert_one_line_error(result, "97x131", "divisible by 8")
     assert not (run / "tb").exists()
 
@@ -115,8 +124,9 @@ def test_input_size_the_depth_cannot_halve_fails_before_writing(tmp_path, tiny_b
 FAST_NORMS = {"none", "batch", "group", "spade"}
 
 
-@pytest.mark.parametrize("norm", [n if n in FAST_NORMS else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in group_options("norm")])
+@pytest.mark.parametrize(
+    "norm", [n if n in FAST_NORMS else pytest.param(n, marks=pytest.mark.slow) for n in group_options("norm")]
+)
 def test_every_norm_trains_from_the_command_line(norm, tiny_brats, tmp_path):
     shipped = compose([f"norm={norm}"]).norm  # shrink what the tiny model's 4 channels cannot hold
     options = [o for key, o in (("num_groups", "norm.num_groups=2"), ("hidden", "norm.hidden=8")) if key in shipped]
@@ -126,16 +136,33 @@ def test_every_norm_trains_from_the_command_line(norm, tiny_brats, tmp_path):
 
 
 def test_conditional_norm_on_one_modality(tiny_brats, tmp_path):
-    result = segbench("train", "norm=spade", "norm.hidden=8", "norm.cond_channels=[flair]", "norm.inner=instance",
-                      f"data.root={tiny_brats}", *TINY, f"hydra.run.dir={tmp_path}")
+    result = segbench(
+        "train",
+        "norm=spade",
+        "norm.hidden=8",
+        "norm.cond_channels=[flair]",
+        "norm.inner=instance",
+        f"data.root={tiny_brats}",
+        *TINY,
+        f"hydra.run.dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("argv, overrides", [
-    (["--cfg", "job", "norm=group"], ["norm=group"]), (["-c", "job"], []), (["--info", "defaults", "seed=1"], ["seed=1"]),
-    (["--info", "seed=1"], ["seed=1"]), (["-m", "norm=none,batch"], ["norm=none,batch"]),
-    (["-cn", "other", "-cp", "/x", "a=1"], ["a=1"]), (["--cfg=job", "--package=_global_", "b=2"], ["b=2"]),
-    (["--cfg", "job", "--resolve", "seed=3"], ["seed=3"]), (["-sc", "install=bash"], [])])
+@pytest.mark.parametrize(
+    "argv, overrides",
+    [
+        (["--cfg", "job", "norm=group"], ["norm=group"]),
+        (["-c", "job"], []),
+        (["--info", "defaults", "seed=1"], ["seed=1"]),
+        (["--info", "seed=1"], ["seed=1"]),
+        (["-m", "norm=none,batch"], ["norm=none,batch"]),
+        (["-cn", "other", "-cp", "/x", "a=1"], ["a=1"]),
+        (["--cfg=job", "--package=_global_", "b=2"], ["b=2"]),
+        (["--cfg", "job", "--resolve", "seed=3"], ["seed=3"]),
+        (["-sc", "install=bash"], []),
+    ],
+)
 def test_hydra_flags_and_their_values_are_not_read_as_overrides(argv, overrides):
     from segbench.train_command import split_hydra_args
 

@@ -18,8 +18,18 @@ from segbench.analysis.compare import compare
 CASES = [f"S{j:02d}" for j in range(6)]
 
 
-def _run(folder, overrides: list[str], seed: int, dice: float, history: list[float], batch: int = 4,
-         steps: int = 600, margin: float | None = 0.02, case_noise: float = 0.0, rng=None):
+def _run(
+    folder,
+    overrides: list[str],
+    seed: int,
+    dice: float,
+    history: list[float],
+    batch: int = 4,
+    steps: int = 600,
+    margin: float | None = 0.02,
+    case_noise: float = 0.0,
+    rng=None,
+):
     folder.mkdir(parents=True)
     (folder / "tb").mkdir()
     hydra = folder / ".hydra"
@@ -27,15 +37,31 @@ def _run(folder, overrides: list[str], seed: int, dice: float, history: list[flo
     (hydra / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"seed={seed}"]))
     study = {"margin": margin} if margin is not None else {}
     (hydra / "config.yaml").write_text(yaml.safe_dump({"study": study, "seed": seed}))
-    cases = {c: {"dice": [float(np.clip(dice + (rng.normal(0, case_noise) if rng is not None else 0.0), 0, 1))]}
-             for c in CASES}
+    cases = {
+        c: {"dice": [float(np.clip(dice + (rng.normal(0, case_noise) if rng is not None else 0.0), 0, 1))]}
+        for c in CASES
+    }
     every = steps // len(history)
-    metrics = {"main_metric": "dice_tuned", "report_metric": "dice", "seed": seed, "norm": overrides[0].split("=")[1],
-               "global_batch_size": batch, "steps": steps, "images_seen": steps * batch, "lr": 1e-3, "lr_applied": 5e-4,
-               "val": {"best": {"dice_tuned": max(history)}, "final": {"train_eval_loss": 0.01},
-                       "history": [{"step": every * (i + 1), "dice_tuned": v} for i, v in enumerate(history)]},
-               "test": {"best": {"dice": float(np.mean([v["dice"][0] for v in cases.values()])), "per_case": cases},
-                        "last": {"dice": dice}}}
+    metrics = {
+        "main_metric": "dice_tuned",
+        "report_metric": "dice",
+        "seed": seed,
+        "norm": overrides[0].split("=")[1],
+        "global_batch_size": batch,
+        "steps": steps,
+        "images_seen": steps * batch,
+        "lr": 1e-3,
+        "lr_applied": 5e-4,
+        "val": {
+            "best": {"dice_tuned": max(history)},
+            "final": {"train_eval_loss": 0.01},
+            "history": [{"step": every * (i + 1), "dice_tuned": v} for i, v in enumerate(history)],
+        },
+        "test": {
+            "best": {"dice": float(np.mean([v["dice"][0] for v in cases.values()])), "per_case": cases},
+            "last": {"dice": dice},
+        },
+    }
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -73,7 +99,9 @@ def test_arms_pair_by_factor_and_holm_adjusts_a_family(tmp_path):
     rng = np.random.default_rng(1)
     for seed in range(6):
         base = 0.8 + rng.normal(0, 0.02)
-        _run(tmp_path / f"tf1{seed}", ["norm=batch", "norm.momentum=0.001"], seed, base - 0.1 + rng.normal(0, 0.01), FLAT)
+        _run(
+            tmp_path / f"tf1{seed}", ["norm=batch", "norm.momentum=0.001"], seed, base - 0.1 + rng.normal(0, 0.01), FLAT
+        )
         _run(tmp_path / f"bn{seed}", ["norm=batch", "norm.momentum=0.1"], seed, base + 0.03 + rng.normal(0, 0.01), FLAT)
         _run(tmp_path / f"none{seed}", ["norm=none"], seed, base + rng.normal(0, 0.01), FLAT)
     pairs, text = _read(compare([str(tmp_path)], str(tmp_path / "out")))
@@ -126,8 +154,9 @@ def test_study_refuses_its_own_keys_and_a_bad_design_before_writing(tmp_path):
 
     out = tmp_path / "study"
     assert_one_line_error(segbench("study", "norm=none,batch", "seed=3", "--out", str(out)), "seed=")
-    assert_one_line_error(segbench("study", "norm=none,batch", "--out", str(out), "--first-seeds", "6",
-                                   "--max-seeds", "4"), "max_seeds")
+    assert_one_line_error(
+        segbench("study", "norm=none,batch", "--out", str(out), "--first-seeds", "6", "--max-seeds", "4"), "max_seeds"
+    )
     assert not out.exists()
 
 
@@ -137,8 +166,20 @@ def test_study_adds_seeds_in_rounds_and_compare_reads_its_design(tmp_path, tiny_
     from tests.test_cli import segbench
 
     out = tmp_path / "study"
-    result = segbench("study", f"data.root={tiny_brats}", *TINY, "norm=none,batch", "--out", str(out),
-                      "--first-seeds", "2", "--seeds-per-round", "1", "--max-seeds", "3")
+    result = segbench(
+        "study",
+        f"data.root={tiny_brats}",
+        *TINY,
+        "norm=none,batch",
+        "--out",
+        str(out),
+        "--first-seeds",
+        "2",
+        "--seeds-per-round",
+        "1",
+        "--max-seeds",
+        "3",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "look 1/2" in result.stdout and "comparisons decided" in result.stdout
     design = json.loads((out / "study.json").read_text())
@@ -155,7 +196,10 @@ def test_folds_test_every_subject_once_and_keep_sites_mixed(folds):
     tests = [subject_split(subjects, "test", 0.2, 7, strata=sites, folds=folds, fold=k) for k in range(folds)]
     assert sorted(s for t in tests for s in t) == subjects  # each subject tested exactly once
     for k in range(folds):
-        parts = [subject_split(subjects, split, 0.2, 7, strata=sites, folds=folds, fold=k) for split in ("train", "val", "test")]
+        parts = [
+            subject_split(subjects, split, 0.2, 7, strata=sites, folds=folds, fold=k)
+            for split in ("train", "val", "test")
+        ]
         assert set.union(*parts) == set(subjects) and sum(map(len, parts)) == len(subjects)
         assert len({sites[s] for s in parts[2]}) == 3
     with pytest.raises(Exception, match="data.fold=5"):
@@ -201,8 +245,9 @@ def test_a_check_stored_after_a_resume_is_made_again_on_the_whole_tensorboard_cu
     assert check["last_k"] == 4 and check["improvement_last_k"] == pytest.approx(0.02)
     # A run whose stored check saw every validation keeps it as stored.
     whole = plateau([{"step": int(s), "miou": float(v)} for s, v in zip(steps, rising)], "miou")
-    intact = Run(tmp_path, {"main_metric": "miou", "convergence": {**whole, "marker": 1}}, {}, {},
-                 {"val/miou": (steps, rising)})
+    intact = Run(
+        tmp_path, {"main_metric": "miou", "convergence": {**whole, "marker": 1}}, {}, {}, {"val/miou": (steps, rising)}
+    )
     assert run_convergence(intact)["marker"] == 1
     assert arm_converged([resumed, intact]) is False
 

@@ -182,8 +182,16 @@ def test_voc_phantom_loads_with_torchvision_directly(voc_phantom):
 def test_fcn8s_trains_on_the_voc_phantom_and_logs_miou(tiny_cfg, voc_phantom, tmp_path):
     from segbench.analysis.runs import read_scalars
 
-    cfg = tiny_cfg("model=fcn8s", "model.width=0.0625", "data=voc_phantom", f"data.root={voc_phantom}",
-                   "loss=ce", "data.size=[64,64]", "data.batch_size=2", "data.val_batch_size=1")
+    cfg = tiny_cfg(
+        "model=fcn8s",
+        "model.width=0.0625",
+        "data=voc_phantom",
+        f"data.root={voc_phantom}",
+        "loss=ce",
+        "data.size=[64,64]",
+        "data.batch_size=2",
+        "data.val_batch_size=1",
+    )
     metrics = train(cfg, tmp_path)
     assert {"val/miou", "val/pixel_acc", "val/mean_acc", "val/fwiou"} <= set(read_scalars(tmp_path / "tb"))
     final = metrics["val"]["final"]
@@ -265,12 +273,14 @@ def test_a_palette_masks_void_border_is_ignored_with_binary_targets(tmp_path):
             if mode == "P":
                 saved.putpalette([0, 0, 0, 128, 0, 0] + [224, 224, 192] * 254)  # VOC's colours: 255 is void
             saved.save(tmp_path / name / f"c{k}_mask.png")
-    pal = ImageMaskFolder(str(tmp_path / "pal"), "train", size=(16, 16), augment=False, val_fraction=0.25,
-                          test_fraction=0.25)
+    pal = ImageMaskFolder(
+        str(tmp_path / "pal"), "train", size=(16, 16), augment=False, val_fraction=0.25, test_fraction=0.25
+    )
     target = pal[0][1]
     assert set(target.unique().tolist()) == {0.0, 1.0, 255.0} and bool((target[0, 8] == 255).all())
-    gray = ImageMaskFolder(str(tmp_path / "gray"), "train", size=(16, 16), augment=False, val_fraction=0.25,
-                           test_fraction=0.25)
+    gray = ImageMaskFolder(
+        str(tmp_path / "gray"), "train", size=(16, 16), augment=False, val_fraction=0.25, test_fraction=0.25
+    )
     assert set(gray[0][1].unique().tolist()) == {0.0, 1.0}
 
 
@@ -307,12 +317,15 @@ def test_a_by_site_split_tests_on_sites_never_seen_in_training(tiny_cfg, tiny_br
     assert not set(split["train"]) & set(split["val"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"test_sites": ["siteX"]}, "names 'siteX'; the data's sites: a, b"),
-    ({"test_sites": ["b"]}, "site b has 1 subject"),
-    ({"test_sites": ["a"], "folds": 2}, "two different splits"),
-    ({"test_sites": ["a"], "strata": {}}, "needs the subjects' sites"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"test_sites": ["siteX"]}, "names 'siteX'; the data's sites: a, b"),
+        ({"test_sites": ["b"]}, "site b has 1 subject"),
+        ({"test_sites": ["a"], "folds": 2}, "two different splits"),
+        ({"test_sites": ["a"], "strata": {}}, "needs the subjects' sites"),
+    ],
+)
 def test_a_by_site_split_refuses_what_cannot_be_held_out(kwargs, message):
     from segbench.data.common import subject_split
 

@@ -10,7 +10,6 @@ from segbench.analysis import stats
 from segbench.analysis.decide import Design, decide_family, planned_looks, sequential
 
 
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_tost_matches_statsmodels_ttost_paired(seed):
     pytest.importorskip("statsmodels")  # a test-only dependency (segbench[test])
@@ -43,7 +42,8 @@ def test_power_and_detectable_difference_match_statsmodels(n, effect):
 
     sd = 0.03
     assert stats.power_paired(effect, sd, n) == pytest.approx(
-        TTestPower().power(effect_size=effect / sd, nobs=n, alpha=0.05), rel=1e-6)
+        TTestPower().power(effect_size=effect / sd, nobs=n, alpha=0.05), rel=1e-6
+    )
     d = np.random.default_rng(n).normal(0, sd, n)
     mde = stats.detectable_difference(d)
     es = TTestPower().solve_power(nobs=n, alpha=0.05, power=0.8)
@@ -71,12 +71,20 @@ def test_crossed_interval_components_match_statsmodels_mixedlm():
 
     rng = np.random.default_rng(3)
     seeds, subjects = 6, 10
-    cells = 0.01 + rng.normal(0, 0.03, (seeds, 1)) + rng.normal(0, 0.05, (1, subjects)) + rng.normal(0, 0.02, (seeds, subjects))
+    cells = (
+        0.01
+        + rng.normal(0, 0.03, (seeds, 1))
+        + rng.normal(0, 0.05, (1, subjects))
+        + rng.normal(0, 0.02, (seeds, subjects))
+    )
     res = stats.crossed_interval(cells)
-    frame = pd.DataFrame([(s, j, cells[s, j]) for s in range(seeds) for j in range(subjects)], columns=["seed", "subj", "d"])
+    frame = pd.DataFrame(
+        [(s, j, cells[s, j]) for s in range(seeds) for j in range(subjects)], columns=["seed", "subj", "d"]
+    )
     frame["one"] = 1
-    fit = smf.mixedlm("d ~ 1", frame, groups="one", re_formula="0",
-                      vc_formula={"seed": "0 + C(seed)", "subj": "0 + C(subj)"}).fit(reml=True)
+    fit = smf.mixedlm(
+        "d ~ 1", frame, groups="one", re_formula="0", vc_formula={"seed": "0 + C(seed)", "subj": "0 + C(subj)"}
+    ).fit(reml=True)
     vc = dict(zip(fit.model.exog_vc.names, fit.vcomp))
     assert res["components"]["seed"] == pytest.approx(vc["seed"], rel=2e-2)
     assert res["components"]["subject"] == pytest.approx(vc["subj"], rel=2e-2)
@@ -115,8 +123,9 @@ def _simulate(effect: float, studies: int, rng) -> list[list[dict]]:
         def run_round(seeds, values=values):
             values.extend(effect + _heavy_tailed(rng, len(seeds)))
 
-        out.append(sequential(run_round, lambda values=values: [list(values)], [0, 1, 2, 3], 4, 20,
-                              Design(margin=0.02)))
+        out.append(
+            sequential(run_round, lambda values=values: [list(values)], [0, 1, 2, 3], 4, 20, Design(margin=0.02))
+        )
     return out
 
 

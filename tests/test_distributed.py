@@ -48,7 +48,7 @@ def _worker(rank, world, init_file, norm, out):
     torch.set_num_threads(1)
     images, target = _data()
     model = torch.nn.parallel.DistributedDataParallel(_model(norm))
-    loss, mean, var, grad = _step(model, images[4 * rank:4 * rank + 4], target[4 * rank:4 * rank + 4])
+    loss, mean, var, grad = _step(model, images[4 * rank : 4 * rank + 4], target[4 * rank : 4 * rank + 4])
     dist.all_reduce(loss)  # each rank's mean over its 4 images; their average is the 8-image mean
     if rank == 0:
         torch.save({"loss": loss / world, "mean": mean, "var": var, "grad": grad}, out)
@@ -86,9 +86,22 @@ def test_torchrun_writes_one_run_directory(tmp_path, tiny_brats):
     from tests.conftest import TINY
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "segbench", "train", "norm=syncbatch", f"data.root={tiny_brats}", *TINY,
-           "trainer.max_steps=5", "trainer.val_every=5", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "segbench",
+        "train",
+        "norm=syncbatch",
+        f"data.root={tiny_brats}",
+        *TINY,
+        "trainer.max_steps=5",
+        "trainer.val_every=5",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -103,7 +116,7 @@ def _offset_worker(rank, world, init_file, offset, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(2)) + offset
-    y = SyncBatchNorm(3).train()(x[4 * rank:4 * rank + 4])
+    y = SyncBatchNorm(3).train()(x[4 * rank : 4 * rank + 4])
     if rank == 0:
         torch.save(y.detach(), out)
     dist.barrier()
@@ -125,8 +138,9 @@ def _pid_of_rank(rank: int, marker: str) -> int | None:
     """The pid of the torchrun worker of ``rank`` whose command line holds ``marker``."""
     for proc in Path("/proc").iterdir():
         try:
-            if marker in (proc / "cmdline").read_bytes().decode(errors="replace") and \
-                    f"\0RANK={rank}\0" in "\0" + (proc / "environ").read_bytes().decode(errors="replace"):
+            if marker in (proc / "cmdline").read_bytes().decode(errors="replace") and f"\0RANK={rank}\0" in "\0" + (
+                proc / "environ"
+            ).read_bytes().decode(errors="replace"):
                 return int(proc.name)
         except (OSError, ValueError):
             continue
@@ -145,8 +159,15 @@ def test_a_lost_rank_ends_the_job_in_one_line_with_the_resume_command(tmp_path, 
     from tests.conftest import TINY
 
     run_dir = tmp_path / "run"
-    train = ["norm=syncbatch", f"data.root={tiny_brats}", *TINY, "trainer.max_steps=600", "trainer.val_every=600",
-             "trainer.checkpoint_every=5", f"hydra.run.dir={run_dir}"]
+    train = [
+        "norm=syncbatch",
+        f"data.root={tiny_brats}",
+        *TINY,
+        "trainer.max_steps=600",
+        "trainer.val_every=600",
+        "trainer.checkpoint_every=5",
+        f"hydra.run.dir={run_dir}",
+    ]
     cmd = [sys.executable, "-m", "segbench", "torchrun", "--standalone", "--nproc_per_node=2", "train", *train]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -164,8 +185,9 @@ def test_a_lost_rank_ends_the_job_in_one_line_with_the_resume_command(tmp_path, 
     resume = next(ln for ln in lines if "resumes from its last checkpoint" in ln).split(": ", 2)[2]
     args = shlex.split(resume)[1:]
     assert f"trainer.resume={run_dir}" in args
-    done = subprocess.run([sys.executable, "-m", "segbench", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "segbench", *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 600 and metrics["world_size"] == 2
@@ -181,12 +203,29 @@ def test_torchrun_max_restarts_continues_the_run_from_its_checkpoint(tmp_path, t
     from tests.conftest import TINY
 
     run_dir = tmp_path / "run"
-    train = ["norm=syncbatch", f"data.root={tiny_brats}", *TINY, "trainer.max_steps=600", "trainer.val_every=600",
-             "trainer.checkpoint_every=5", f"hydra.run.dir={run_dir}"]
-    cmd = [sys.executable, "-m", "segbench", "torchrun", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-           "train", *train]
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    train = [
+        "norm=syncbatch",
+        f"data.root={tiny_brats}",
+        *TINY,
+        "trainer.max_steps=600",
+        "trainer.val_every=600",
+        "trainer.checkpoint_every=5",
+        f"hydra.run.dir={run_dir}",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbench",
+        "torchrun",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        "train",
+        *train,
+    ]
+    job = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     deadline = time.monotonic() + 240
     while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.2)
@@ -204,8 +243,19 @@ def test_a_refusal_under_segbench_torchrun_is_said_once(tmp_path, tiny_brats):
     """A bad command is refused by every rank's preflight; the job prints it once, exits 2, writes nothing."""
     from tests.conftest import TINY
 
-    cmd = [sys.executable, "-m", "segbench", "torchrun", "--standalone", "--nproc_per_node=2", "train",
-           f"data.root={tiny_brats}", *TINY, "data.batch_size=500", f"hydra.run.dir={tmp_path / 'run'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbench",
+        "torchrun",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train",
+        f"data.root={tiny_brats}",
+        *TINY,
+        "data.batch_size=500",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr
@@ -223,11 +273,22 @@ def test_rank_0_lost_in_an_unnamed_run_gives_its_line_and_the_resume_command_onl
     from tests.conftest import TINY
 
     out = tmp_path / "outputs"
-    train = ["norm=syncbatch", f"data.root={tiny_brats}", *TINY, "trainer.max_steps=600", "trainer.val_every=600",
-             "trainer.checkpoint_every=5"]
+    train = [
+        "norm=syncbatch",
+        f"data.root={tiny_brats}",
+        *TINY,
+        "trainer.max_steps=600",
+        "trainer.val_every=600",
+        "trainer.checkpoint_every=5",
+    ]
     cmd = [sys.executable, "-m", "segbench", "torchrun", "--standalone", "--nproc_per_node=2", "train", *train]
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1", "SEGBENCH_OUTPUT": str(out)})
+    job = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "SEGBENCH_OUTPUT": str(out)},
+    )
     deadline = time.monotonic() + 240
     while not list(out.glob("*/*/checkpoints/last.pt")) and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.2)

@@ -14,13 +14,25 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "segbench"
 # Lower number = lower layer. A module may import its own layer or any lower one.
 LAYERS = {
-    "errors": 0, "io": 0, "progress": 0, "ranks": 0, "schema": 0, "trust": 0,
-    "nn": 1, "data": 1,
-    "models": 2, "config": 2,  # config composes and checks Hydra configs: it names norms and splits
+    "errors": 0,
+    "io": 0,
+    "progress": 0,
+    "ranks": 0,
+    "schema": 0,
+    "trust": 0,
+    "nn": 1,
+    "data": 1,
+    "models": 2,
+    "config": 2,  # config composes and checks Hydra configs: it names norms and splits
     "eval": 3,
     "train": 4,
     "analysis": 5,
-    "cli": 6, "completion": 6, "train_command": 6, "__main__": 7, "configs": 0, "__init__": 0,
+    "cli": 6,
+    "completion": 6,
+    "train_command": 6,
+    "__main__": 7,
+    "configs": 0,
+    "__init__": 0,
 }
 
 
@@ -56,6 +68,9 @@ def test_no_import_from_a_higher_layer(path):
 
 
 def test_every_subpackage_has_a_layer():
-    tops = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
-            if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))}
+    tops = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))
+    }
     assert tops <= set(LAYERS), f"give these a layer in LAYERS: {sorted(tops - set(LAYERS))}"

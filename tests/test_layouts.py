@@ -103,8 +103,11 @@ def test_mixed_voxel_sizes_are_refused_in_one_line_or_resampled(tmp_path):
     images, labels = _subject(1)
     sid = subject_id("brats2021", "Thick", 0)
     write_subject("brats2021", root, sid, images, labels, np.diag([1.0, 1.0, 2.0, 1.0]))
-    with pytest.raises(SegbenchError, match=rf"subject {sid} has voxels of 1 x 1 x 2 mm but .* has 1 x 1 x 1 mm; "
-                                            r"resample .* data.spacing"):
+    with pytest.raises(
+        SegbenchError,
+        match=rf"subject {sid} has voxels of 1 x 1 x 2 mm but .* has 1 x 1 x 1 mm; "
+        r"resample .* data.spacing",
+    ):
         _volumes(root, tmp_path)
     volumes = _volumes(root, tmp_path, spacing=(1.0, 1.0, 1.0))
     assert [v.spacing for v in volumes] == [(1.0, 1.0, 1.0)] * 2
@@ -126,19 +129,37 @@ def test_hd95_uses_each_case_own_spacing():
     assert {case: row["hd95"][0] for case, row in per_case.items()} == expected
 
 
-@pytest.mark.parametrize("labels, expected", [
-    ({"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},  # MSD Task01
-     {0: 0, 1: ED, 2: NCR, 3: ET}),
-    ({"background": 0, "NCR": 1, "SNFH": 2, "ET": 3}, {0: 0, 1: NCR, 2: ED, 3: ET}),  # nnU-Net, BraTS 2023 names
-    ({"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3},  # nnU-Net regions
-     {0: 0, 1: ED, 2: NCR, 3: ET}),
-])
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        (
+            {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},  # MSD Task01
+            {0: 0, 1: ED, 2: NCR, 3: ET},
+        ),
+        ({"background": 0, "NCR": 1, "SNFH": 2, "ET": 3}, {0: 0, 1: NCR, 2: ED, 3: ET}),  # nnU-Net, BraTS 2023 names
+        (
+            {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3},  # nnU-Net regions
+            {0: 0, 1: ED, 2: NCR, 3: ET},
+        ),
+    ],
+)
 def test_dataset_json_labels_in_each_form(labels, expected):
     assert label_map(labels) == expected
 
 
-@pytest.mark.parametrize("name, modality", [("FLAIR", "flair"), ("t2f", "flair"), ("T1w", "t1"), ("t1n", "t1"),
-                                            ("t1gd", "t1ce"), ("T1c", "t1ce"), ("T1-Gd", "t1ce"), ("T2w", "t2")])
+@pytest.mark.parametrize(
+    "name, modality",
+    [
+        ("FLAIR", "flair"),
+        ("t2f", "flair"),
+        ("T1w", "t1"),
+        ("t1n", "t1"),
+        ("t1gd", "t1ce"),
+        ("T1c", "t1ce"),
+        ("T1-Gd", "t1ce"),
+        ("T2w", "t2"),
+    ],
+)
 def test_channel_names_map_to_the_four_modalities(name, modality):
     assert modality_of(name) == modality
 
@@ -148,16 +169,22 @@ def test_codes_outside_a_layouts_convention_are_refused(tmp_path):
     seg = next(root.glob("*/*-seg.nii.gz"))
     img = nib.load(seg)
     nib.save(nib.Nifti1Image(np.where(np.asarray(img.dataobj) == 3, 4, img.dataobj).astype(np.uint8), img.affine), seg)
-    with pytest.raises(SegbenchError, match=r"holds label value\(s\) 4; the brats2023 layout's labels are 0 \(background\), 1 \(necrotic\), "
-                                         r"2 \(oedema\), 3 \(enhancing\)"):
+    with pytest.raises(
+        SegbenchError,
+        match=r"holds label value\(s\) 4; the brats2023 layout's labels are 0 \(background\), 1 \(necrotic\), "
+        r"2 \(oedema\), 3 \(enhancing\)",
+    ):
         read_subject(find_layout(root).subjects[0], MODALITIES)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda meta: meta.pop("channel_names"), "names no channels"),
-    (lambda meta: meta["labels"].update({"cyst": 4}), "label 'cyst' \\(value 4\\) is none of"),
-    (lambda meta: meta["channel_names"].update({"0": "DWI"}), "channel 'DWI' is none of the modalities"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda meta: meta.pop("channel_names"), "names no channels"),
+        (lambda meta: meta["labels"].update({"cyst": 4}), "label 'cyst' \\(value 4\\) is none of"),
+        (lambda meta: meta["channel_names"].update({"0": "DWI"}), "channel 'DWI' is none of the modalities"),
+    ],
+)
 def test_a_bad_dataset_json_is_one_line(tmp_path, change, message):
     root = _write("nnunet", tmp_path / "n", n=1)
     meta = json.loads((root / "dataset.json").read_text())

@@ -17,11 +17,22 @@ from segbench import cli
 from segbench.data.lgg import LggSlices, find_patients, load_lgg
 from segbench.eval.metrics import CaseMetrics, hd95
 from tests.bad_input_cases import snapshot
-from tests.lgg_fixture import PATIENTS, blob_mask, write_lgg
+from tests.lgg_fixture import PATIENTS, write_lgg
 
-TINY_LGG = ["data=lgg", "model.width=4", "model.depth=3", "data.size=[32,32]", "data.batch_size=4",
-            "data.val_batch_size=8", "trainer.max_steps=2", "trainer.val_every=2", "trainer.checkpoint_every=2",
-            "trainer.progress=false", "trainer.device=cpu", "trainer.log_images=0"]
+TINY_LGG = [
+    "data=lgg",
+    "model.width=4",
+    "model.depth=3",
+    "data.size=[32,32]",
+    "data.batch_size=4",
+    "data.val_batch_size=8",
+    "trainer.max_steps=2",
+    "trainer.val_every=2",
+    "trainer.checkpoint_every=2",
+    "trainer.progress=false",
+    "trainer.device=cpu",
+    "trainer.log_images=0",
+]
 REAL_LGG = Path(os.environ.get("SEGBENCH_LGG", Path(__file__).resolve().parents[2] / "shared/data/lgg/kaggle_3m"))
 
 
@@ -51,7 +62,9 @@ def test_finds_patients_sites_and_orders_slices_by_number(lgg):
         numbers = [int(data.volumes[v].images[z, 0, 0, 0]) for (v, z), c in zip(data.index, data.cases) if c == case]
         # pixel (0, 0) of channel 0 holds the slice number; clipping may lift the low ones to the 1st percentile
         assert numbers == sorted(numbers) and len(numbers) == PATIENTS[case]
-    assert data.summary.startswith(f"{lgg}: Kaggle LGG layout, 8 patients, 90 slices; institutions CS 2, DU 2, FG 2, HT 2")
+    assert data.summary.startswith(
+        f"{lgg}: Kaggle LGG layout, 8 patients, 90 slices; institutions CS 2, DU 2, FG 2, HT 2"
+    )
 
 
 def test_slice_order_does_not_depend_on_the_listing_order(lgg, monkeypatch):
@@ -151,17 +164,21 @@ def _break_size(root: Path) -> None:
     Image.fromarray(np.zeros((24, 24), np.uint8), "L").save(path.with_name(path.stem + "_mask.tif"))
 
 
-BAD_FILES = [("missing mask", _break_missing_mask, "has no mask"),
-             ("truncated tiff", _break_truncated, "cannot be read"),
-             ("mask values", _break_mask_values, "holds value(s) 7; valid: 0 (background) and 255 (tumour)"),
-             ("slice size", _break_size, "is 24x24 but")]
+BAD_FILES = [
+    ("missing mask", _break_missing_mask, "has no mask"),
+    ("truncated tiff", _break_truncated, "cannot be read"),
+    ("mask values", _break_mask_values, "holds value(s) 7; valid: 0 (background) and 255 (tumour)"),
+    ("slice size", _break_size, "is 24x24 but"),
+]
 
 
 @pytest.mark.parametrize("case", BAD_FILES, ids=[c[0] for c in BAD_FILES])
 def test_bad_files_are_one_line_exit_2_and_nothing_written(case, tmp_path, monkeypatch, capsys):
     _, breaks, fragment = case
-    root = write_lgg(tmp_path / "kaggle_3m", {"TCGA_CS_1_20000101": 8, "TCGA_DU_2_20000101": 8,
-                                              "TCGA_HT_3_20000101": 8, "TCGA_FG_4_20000101": 8})
+    root = write_lgg(
+        tmp_path / "kaggle_3m",
+        {"TCGA_CS_1_20000101": 8, "TCGA_DU_2_20000101": 8, "TCGA_HT_3_20000101": 8, "TCGA_FG_4_20000101": 8},
+    )
     breaks(root)
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
@@ -175,8 +192,12 @@ def test_bad_files_are_one_line_exit_2_and_nothing_written(case, tmp_path, monke
 
 
 def _train(root: Path, run: Path, *extra: str) -> Path:
-    result = subprocess.run([sys.executable, "-m", "segbench", "train", *TINY_LGG, f"data.root={root}", *extra,
-                             f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "segbench", "train", *TINY_LGG, f"data.root={root}", *extra, f"hydra.run.dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return run
 
@@ -192,8 +213,9 @@ def test_a_run_announces_its_data_and_writes_its_split_and_distance_unit(lgg, tm
 
 def test_evaluate_scores_another_folder_without_choosing_on_its_labels(lgg, tmp_path, capsys):
     run = _train(lgg, tmp_path / "run")
-    other = write_lgg(tmp_path / "other", {"TCGA_EZ_9_20010101": 10, "TCGA_HT_8_20010101": 12}, compression="raw",
-                      seed=5)
+    other = write_lgg(
+        tmp_path / "other", {"TCGA_EZ_9_20010101": 10, "TCGA_HT_8_20010101": 12}, compression="raw", seed=5
+    )
     cli.main(["evaluate", str(run), "--data-root", str(other)])
     printed = capsys.readouterr().out
     assert "per-subject Dice over 2 subjects" in printed
@@ -212,8 +234,9 @@ def test_evaluate_scores_another_folder_without_choosing_on_its_labels(lgg, tmp_
     cli.main(["evaluate", str(run), "--data-root", str(other), "--name", "empty"])
     empty = json.loads((run / "evaluations/empty/evaluation.json").read_text())
     assert empty["threshold"] == report["threshold"]
-    assert [v["predicted_voxels"] for v in empty["results"]["per_case"].values()] == \
-        [v["predicted_voxels"] for v in report["results"]["per_case"].values()]
+    assert [v["predicted_voxels"] for v in empty["results"]["per_case"].values()] == [
+        v["predicted_voxels"] for v in report["results"]["per_case"].values()
+    ]
     # A second evaluation of the same name is refused, and nothing changes.
     before = snapshot(run)
     with pytest.raises(SystemExit) as exit_info:
@@ -223,27 +246,65 @@ def test_evaluate_scores_another_folder_without_choosing_on_its_labels(lgg, tmp_
 
 def test_compare_reads_evaluations_paired_by_seed(lgg, tmp_path):
     other = write_lgg(tmp_path / "other", {"TCGA_EZ_9_20010101": 10, "TCGA_HT_8_20010101": 12}, seed=5)
-    runs = [_train(lgg, tmp_path / f"sweep/{norm}_{seed}", f"norm={norm}", f"seed={seed}")
-            for norm in ("none", "batch") for seed in (0, 1)]
+    runs = [
+        _train(lgg, tmp_path / f"sweep/{norm}_{seed}", f"norm={norm}", f"seed={seed}")
+        for norm in ("none", "batch")
+        for seed in (0, 1)
+    ]
     for run in runs:
-        assert subprocess.run([sys.executable, "-m", "segbench", "evaluate", str(run), "--data-root", str(other),
-                               "--name", "ext"], capture_output=True).returncode == 0
-    result = subprocess.run([sys.executable, "-m", "segbench", "compare", str(tmp_path / "sweep"), "--by", "norm",
-                             "--evaluation", "ext", "--out", str(tmp_path / "cmp")], capture_output=True, text=True)
+        assert (
+            subprocess.run(
+                [sys.executable, "-m", "segbench", "evaluate", str(run), "--data-root", str(other), "--name", "ext"],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segbench",
+            "compare",
+            str(tmp_path / "sweep"),
+            "--by",
+            "norm",
+            "--evaluation",
+            "ext",
+            "--out",
+            str(tmp_path / "cmp"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     summary = (tmp_path / "cmp/summary.md").read_text()
     assert "evaluation `ext`" in summary and "n=2" in (tmp_path / "cmp/verdicts.txt").read_text()
     means = {r: json.loads((r / "evaluations/ext/evaluation.json").read_text())["dice"]["mean"] for r in runs}
     expected = np.mean([means[r] for r in runs if r.name.startswith("none")])
     assert f"{expected:.3f}" in summary
-    missing = subprocess.run([sys.executable, "-m", "segbench", "compare", str(tmp_path / "sweep"), "--evaluation",
-                              "nope", "--out", str(tmp_path / "cmp2")], capture_output=True, text=True)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segbench",
+            "compare",
+            str(tmp_path / "sweep"),
+            "--evaluation",
+            "nope",
+            "--out",
+            str(tmp_path / "cmp2"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "has no evaluation 'nope'" in missing.stderr
     assert not (tmp_path / "cmp2").exists()
 
 
-@pytest.mark.skipif(not REAL_LGG.is_dir(), reason=f"the Kaggle LGG set is not at {REAL_LGG} (set SEGBENCH_LGG); "
-                                                  "the repository ships no patient data")
+@pytest.mark.skipif(
+    not REAL_LGG.is_dir(),
+    reason=f"the Kaggle LGG set is not at {REAL_LGG} (set SEGBENCH_LGG); the repository ships no patient data",
+)
 def test_real_lgg_trains_a_few_steps(tmp_path):
     run = _train(REAL_LGG, tmp_path / "run", "data.size=[64,64]", "data.val_fraction=0.05", "data.test_fraction=0.05")
     first = (run / "app.log").read_text().splitlines()[0]

@@ -26,7 +26,7 @@ def test_a_step_larger_than_the_free_memory_is_refused_in_one_line(monkeypatch):
     with pytest.raises(SegbenchError, match=r"needs about .* GiB .*activations .* at data.batch_size=64.*lower") as err:
         memory.check_fits(_net, torch.zeros(3, 64, 64), 64, "adam", torch.device("cpu"))
     assert "\n" not in str(err.value)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 2 ** 40)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**40)
     memory.check_fits(_net, torch.zeros(3, 64, 64), 64, "adam", torch.device("cpu"))  # fits: no error
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from segbench.eval import metrics as M
-from segbench.train.losses import SoftmaxCrossEntropy, build_loss, soft_dice_loss
 from segbench.eval.metrics import CaseMetrics, ConfusionMatrix
+from segbench.train.losses import SoftmaxCrossEntropy, build_loss, soft_dice_loss
 
 
 def logits_for(pred, classes):
@@ -71,7 +71,7 @@ def test_per_case_dice_against_brute_force_and_monai(seed, threshold):
     edge = M.threshold_to_edge(threshold)
     m = CaseMetrics(("WT",), ids, threshold=threshold)
     for lo in range(0, len(ids), 5):  # batches that cut across cases
-        m.update(logits[lo:lo + 5], target[lo:lo + 5], list(range(lo, min(lo + 5, len(ids)))))
+        m.update(logits[lo : lo + 5], target[lo : lo + 5], list(range(lo, min(lo + 5, len(ids)))))
     out = m.compute()
     cut = M.edge_to_threshold(edge)
     expected = brute_force_dice(logits, target, ids, cut)
@@ -81,7 +81,7 @@ def test_per_case_dice_against_brute_force_and_monai(seed, threshold):
     pred = (torch.sigmoid(logits) >= cut).float()
     for k, case in enumerate(dict.fromkeys(ids)):  # MONAI on each case as one (1, 1, Z, H, W) volume
         rows = [i for i, c in enumerate(ids) if c == case]
-        vol = lambda x: x[rows].permute(1, 0, 2, 3)[None]  # noqa: E731 - (1, C, Z, H, W)
+        vol = lambda x: x[rows].permute(1, 0, 2, 3)[None]  # noqa: E731, B023 - called in this iteration; (1, C, Z, H, W)
         assert float(metric(vol(pred), vol(target))) == pytest.approx(expected[k], abs=1e-6)
 
 
@@ -99,14 +99,16 @@ def test_pooled_soft_dice_auroc_and_ap_against_scikit_learn():
     assert out["auroc"] == pytest.approx(auc, abs=1e-9)
     assert out["ap"] == pytest.approx(ap, abs=1e-9)
     # ... and within binning error of the exact scores.
-    assert out["auroc"] == pytest.approx(np.mean([roc_auc_score(target[:, c].flatten(), logits[:, c].flatten())
-                                                  for c in range(2)]), abs=2e-3)
+    assert out["auroc"] == pytest.approx(
+        np.mean([roc_auc_score(target[:, c].flatten(), logits[:, c].flatten()) for c in range(2)]), abs=2e-3
+    )
     p = torch.sigmoid(logits).double()
     soft = [(2 * (p[:, c] * target[:, c]).sum() / (p[:, c].sum() + target[:, c].sum())).item() for c in range(2)]
     assert out["soft_dice"] == pytest.approx(np.mean(soft))
     pred = p >= 0.5
-    pooled = [(2 * (pred[:, c] & (target[:, c] > 0)).sum() / (pred[:, c].sum() + target[:, c].sum())).item()
-              for c in range(2)]
+    pooled = [
+        (2 * (pred[:, c] & (target[:, c] > 0)).sum() / (pred[:, c].sum() + target[:, c].sum())).item() for c in range(2)
+    ]
     assert out["dice_pooled"] == pytest.approx(np.mean(pooled))
 
 
@@ -134,9 +136,12 @@ def test_hd95_against_monai(seed, spacing):
     truth = ndimage.gaussian_filter(rng.standard_normal((10, 24, 24)), 2) > 0.05
     pred = ndimage.gaussian_filter(rng.standard_normal((10, 24, 24)), 2) > 0.05
     ours = M.hd95(pred, truth, spacing)
-    theirs = compute_hausdorff_distance(torch.from_numpy(pred)[None, None].float(),
-                                        torch.from_numpy(truth)[None, None].float(),
-                                        percentile=95, spacing=list(spacing))
+    theirs = compute_hausdorff_distance(
+        torch.from_numpy(pred)[None, None].float(),
+        torch.from_numpy(truth)[None, None].float(),
+        percentile=95,
+        spacing=list(spacing),
+    )
     assert ours == pytest.approx(float(theirs), rel=1e-5, abs=1e-5)
 
 

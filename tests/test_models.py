@@ -12,8 +12,13 @@ from segbench.models import MODELS, build_model
 from segbench.nn import NORMS, build_norm
 
 # Tiny widths; SPADE's hidden width shrunk so FCN's padded 100-pixel border stays cheap.
-MODEL_KW = {"resunet": {"width": 8, "depth": 3}, "fcn8s": {"width": 0.125}, "fcn16s": {"width": 0.125},
-            "fcn32s": {"width": 0.125}, "monai_unet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}}
+MODEL_KW = {
+    "resunet": {"width": 8, "depth": 3},
+    "fcn8s": {"width": 0.125},
+    "fcn16s": {"width": 0.125},
+    "fcn32s": {"width": 0.125},
+    "monai_unet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+}
 # MONAI's UNet: its own norms; 3-D: tests/test_3d.py; the library networks with swapped norms: tests/test_swap.py.
 SLOT_MODELS = sorted(set(MODELS) - {"monai_unet", "resunet3d", "dynunet", "segresnet", "torchvision_seg", "smp_unet"})
 NORM_KW = {"spade": {"hidden": 8}, "group": {"num_groups": 4}}
@@ -89,8 +94,21 @@ def test_fcn_output_matches_input_size(model, size):
 def test_fcn8s_parameter_count_matches_the_original():
     net = build_model("fcn8s", 3, 21, norm="none", width=1)
     conv = lambda cin, cout, k, bias=True: cin * cout * k * k + (cout if bias else 0)  # noqa: E731
-    vgg = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
-           (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    vgg = [
+        (3, 64),
+        (64, 64),
+        (64, 128),
+        (128, 128),
+        (128, 256),
+        (256, 256),
+        (256, 256),
+        (256, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+    ]
     expected = sum(conv(a, b, 3) for a, b in vgg)
     expected += conv(512, 4096, 7) + conv(4096, 4096, 1)  # fc6, fc7
     expected += conv(4096, 21, 1) + conv(512, 21, 1) + conv(256, 21, 1)  # score_fr, score_pool4, score_pool3

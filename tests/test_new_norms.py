@@ -50,7 +50,7 @@ def test_frn_matches_timm(x, act):
 def test_frn_formula(x):
     frn = randomize(build_norm("frn", 8, context={"apply_act": True}))
     c = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
-    y = x / torch.sqrt((x ** 2).mean((2, 3), keepdim=True) + 1e-6) * c(frn.weight) + c(frn.bias)
+    y = x / torch.sqrt((x**2).mean((2, 3), keepdim=True) + 1e-6) * c(frn.weight) + c(frn.bias)
     torch.testing.assert_close(frn(x), torch.maximum(y, c(frn.tau)))
     # One sample alone is normalized the same as inside a batch: FRN has no batch statistics.
     torch.testing.assert_close(frn(x[:1]), frn(x)[:1])
@@ -95,7 +95,9 @@ def test_frozen_bn_is_an_affine_map_of_its_buffers(x):
             getattr(frozen, name).copy_(torch.linspace(-1, 2, 8))
         frozen.running_var.copy_(torch.linspace(0.5, 3, 8))
     c = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
-    expected = (x - c(frozen.running_mean)) / torch.sqrt(c(frozen.running_var) + 1e-5) * c(frozen.weight) + c(frozen.bias)
+    expected = (x - c(frozen.running_mean)) / torch.sqrt(c(frozen.running_var) + 1e-5) * c(frozen.weight) + c(
+        frozen.bias
+    )
     frozen.train()  # training mode changes nothing: the statistics stay fixed
     torch.testing.assert_close(frozen(x), expected)
     assert list(frozen.parameters()) == []
@@ -103,11 +105,13 @@ def test_frozen_bn_is_an_affine_map_of_its_buffers(x):
 
 def test_switchable_with_one_hot_mixture_is_in_ln_or_bn(x):
     sn = randomize(build_norm("switchable", 8)).train()
-    for k, reference in enumerate([
-        lambda: F.instance_norm(x, eps=1e-5),
-        lambda: F.group_norm(x, 1, eps=1e-5),
-        lambda: F.batch_norm(x, None, None, training=True, eps=1e-5),
-    ]):
+    for k, reference in enumerate(
+        [
+            lambda: F.instance_norm(x, eps=1e-5),
+            lambda: F.group_norm(x, 1, eps=1e-5),
+            lambda: F.batch_norm(x, None, None, training=True, eps=1e-5),
+        ]
+    ):
         with torch.no_grad():
             logits = torch.full((3,), -1e4)
             logits[k] = 1e4
@@ -156,7 +160,7 @@ def test_cross_iteration_bn_pools_taylor_compensated_statistics(x):
     dnu = torch.autograd.grad(nu_old, theta, torch.ones_like(nu_old))[0]
     nu_moved = nu_old.detach() + (dnu * (conv.weight.detach() - theta_old)).flatten(1).sum(1)
     mean = (mu_new + mu_moved) / 2
-    var = (nu_new + torch.maximum(nu_moved, mu_moved ** 2)) / 2 - mean ** 2
+    var = (nu_new + torch.maximum(nu_moved, mu_moved**2)) / 2 - mean**2
     y = conv(x_new)
     expected = (y - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-5)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
@@ -173,8 +177,9 @@ def test_slot_gives_each_new_norm_its_conv_and_activation(model, kw):
     assert relus == []  # TLU is the non-linearity after every norm the model would follow with ReLU
     cbn = build_model(model, 3, 1, norm="crossbatch", **kw)
     pairs = [(name, m) for name, m in cbn.named_modules() if isinstance(m, CrossIterationBatchNorm2d)]
-    assert pairs and all(isinstance(m._conv[0], nn.Conv2d) and m._conv[0].out_channels == m.weight.numel()
-                         for _, m in pairs)
+    assert pairs and all(
+        isinstance(m._conv[0], nn.Conv2d) and m._conv[0].out_channels == m.weight.numel() for _, m in pairs
+    )
     assert not any("_conv" in key for key in cbn.state_dict())  # the conv is referenced, not owned
 
 

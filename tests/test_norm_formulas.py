@@ -100,8 +100,9 @@ def test_layer_is_per_sample_over_c_h_w(x):
 
 def test_group_extremes_are_layer_and_instance(x):
     torch.testing.assert_close(build_norm("group", 6, num_groups=1)(x), build_norm("layer", 6)(x))
-    torch.testing.assert_close(build_norm("group", 6, num_groups=6)(x), build_norm("instance", 6)(x),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        build_norm("group", 6, num_groups=6)(x), build_norm("instance", 6)(x), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_syncbatch_in_one_process_equals_batch(x, monkeypatch):
@@ -124,8 +125,9 @@ def test_batchrenorm_without_corrections_equals_batch(x):
 
 
 def test_batchrenorm_corrects_toward_running_stats(x):
-    brn = build_norm("batchrenorm", 6, r_max=10.0, d_max=10.0, affine=False, hold_steps=0, r_relax_steps=0,
-                     d_relax_steps=0).train()
+    brn = build_norm(
+        "batchrenorm", 6, r_max=10.0, d_max=10.0, affine=False, hold_steps=0, r_relax_steps=0, d_relax_steps=0
+    ).train()
     brn.running_mean.fill_(0.5)
     brn.running_var.fill_(4.0)
     mean, std = x.mean((0, 2, 3), keepdim=True), torch.sqrt(x.var((0, 2, 3), unbiased=False, keepdim=True) + EPS)
@@ -209,8 +211,14 @@ def test_precise_bn_equals_torch_swa_update_bn_and_keeps_dropout_off(x):
 
     def net(p: float):
         torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Conv2d(6, 8, 3), torch.nn.Dropout(p), torch.nn.BatchNorm2d(8),
-                                   torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1), torch.nn.BatchNorm2d(4))
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(6, 8, 3),
+            torch.nn.Dropout(p),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 4, 1),
+            torch.nn.BatchNorm2d(4),
+        )
 
     chunks = list(x.split(2))
     ours, theirs = net(0.0), net(0.0)

@@ -14,13 +14,24 @@ from tests.test_cli import segbench
 optuna = pytest.importorskip("optuna", reason="hydra/sweeper=optuna is an extra: pip install 'segbench[optuna]'")
 
 ONE_STEP = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_every"))] + [
-    "trainer.max_steps=1", "trainer.val_every=1"]
+    "trainer.max_steps=1",
+    "trainer.val_every=1",
+]
 
 
 def search(tiny_brats, out, trials, *extra):
-    return segbench("train", "-m", "hydra/sweeper=optuna", f"data.root={tiny_brats}", *ONE_STEP, "seed=0,1",
-                    *([] if any(e.startswith("optim.lr=") for e in extra) else ["optim.lr=tag(log, interval(1e-4, 1e-2))"]),
-                    f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={out}", *extra)
+    return segbench(
+        "train",
+        "-m",
+        "hydra/sweeper=optuna",
+        f"data.root={tiny_brats}",
+        *ONE_STEP,
+        "seed=0,1",
+        *([] if any(e.startswith("optim.lr=") for e in extra) else ["optim.lr=tag(log, interval(1e-4, 1e-2))"]),
+        f"hydra.sweeper.n_trials={trials}",
+        f"hydra.sweep.dir={out}",
+        *extra,
+    )
 
 
 def test_three_trials_then_the_same_command_resumes_the_study(tiny_brats, tmp_path):
@@ -42,20 +53,28 @@ def test_three_trials_then_the_same_command_resumes_the_study(tiny_brats, tmp_pa
     study.ask()
     again = search(tiny_brats, out, 4)
     assert again.returncode == 0, again.stderr[-3000:]
-    states = [t.state.name for t in optuna.load_study(study_name="segbench", storage=f"sqlite:///{out / 'optuna.db'}").trials]
+    states = [
+        t.state.name for t in optuna.load_study(study_name="segbench", storage=f"sqlite:///{out / 'optuna.db'}").trials
+    ]
     assert states == ["COMPLETE"] * 3 + ["FAIL", "COMPLETE"]
     assert len([p for p in out.iterdir() if p.is_dir()]) == 8  # one more trial of two seeds, nothing re-trained
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("seed=interval(0,4)", "seed may not be searched"),
-    ("optim.lr=interval(0.0, 0.01)", "reaches optim.lr=0.0, which must be a finite number above 0"),
-    ("optim.lr=interval(0.01, 0.001)", "is empty"),
-    ("optim.weight_decay=interval(-1.0, 0.0)", "reaches optim.weight_decay=-1.0, which must be a finite number at least 0"),
-    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be a positive whole number"),
-    ("hydra.sweeper.sampler=grid", "hydra.sweeper.sampler='grid' is not valid; choose one of: tpe, random"),
-    ("norm=batch,group", "an Optuna search tunes one arm"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("seed=interval(0,4)", "seed may not be searched"),
+        ("optim.lr=interval(0.0, 0.01)", "reaches optim.lr=0.0, which must be a finite number above 0"),
+        ("optim.lr=interval(0.01, 0.001)", "is empty"),
+        (
+            "optim.weight_decay=interval(-1.0, 0.0)",
+            "reaches optim.weight_decay=-1.0, which must be a finite number at least 0",
+        ),
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be a positive whole number"),
+        ("hydra.sweeper.sampler=grid", "hydra.sweeper.sampler='grid' is not valid; choose one of: tpe, random"),
+        ("norm=batch,group", "an Optuna search tunes one arm"),
+    ],
+)
 def test_bad_searches_are_one_line_exit_2_and_write_nothing(tiny_brats, tmp_path, override, expected):
     out = tmp_path / "search"
     result = search(tiny_brats, out, 2, override)
@@ -76,11 +95,14 @@ def test_params_from_a_config_file_join_the_command_line_search():
     assert lr["optim.lr"].log and lr["optim.lr"].low == 1e-4 and lr["model.width"].choices == (4, 8)
 
 
-@pytest.mark.parametrize("params, expected", [
-    ({"seed": "range(0, 4)"}, "seed may not be searched"),
-    ({"optim.lr": "0.001"}, "is one value, not a search space"),
-    ({"optim.lr": "interval(1e-4, "}, "is not Hydra's sweep grammar"),
-])
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"seed": "range(0, 4)"}, "seed may not be searched"),
+        ({"optim.lr": "0.001"}, "is one value, not a search space"),
+        ({"optim.lr": "interval(1e-4, "}, "is not Hydra's sweep grammar"),
+    ],
+)
 def test_bad_params_in_a_config_file_are_one_line(params, expected):
     with pytest.raises(SegbenchError, match=expected):
         read_search(["seed=0"], params)

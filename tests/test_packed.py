@@ -35,8 +35,13 @@ def _members(norm: str, dtype=torch.float64) -> list[torch.nn.Module]:
 
 def _data(dtype=torch.float64):
     g = torch.Generator().manual_seed(0)
-    return [(torch.randn(K, 2, 4, 16, 16, generator=g, dtype=dtype),
-             (torch.rand(K, 2, 1, 16, 16, generator=g) > 0.7).to(dtype)) for _ in range(STEPS)]
+    return [
+        (
+            torch.randn(K, 2, 4, 16, 16, generator=g, dtype=dtype),
+            (torch.rand(K, 2, 1, 16, 16, generator=g) > 0.7).to(dtype),
+        )
+        for _ in range(STEPS)
+    ]
 
 
 def _loss(logits, target):
@@ -122,8 +127,13 @@ def test_frozen_weights_pack_and_stay_frozen():
         return out
 
     g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(K, 2, 4, 32, 32, generator=g, dtype=torch.float64),
-             (torch.rand(K, 2, 1, 32, 32, generator=g) > 0.7).double()) for _ in range(5)]
+    data = [
+        (
+            torch.randn(K, 2, 4, 32, 32, generator=g, dtype=torch.float64),
+            (torch.rand(K, 2, 1, 32, 32, generator=g) > 0.7).double(),
+        )
+        for _ in range(5)
+    ]
     separate = fcns()
     packed, frozen = copy.deepcopy(separate), [n for n, p in separate[0].named_parameters() if not p.requires_grad]
     assert frozen
@@ -179,14 +189,20 @@ def test_dropout_is_refused_in_one_vmapped_step_and_takes_turns_by_default(tiny_
     assert not vectorize_by_default(tiny_cfg(*FCN))
 
 
-@pytest.mark.parametrize("vectorize, model", [(False, ()), (False, FCN), pytest.param(True, (), marks=pytest.mark.slow)],
-                         ids=["turns", "turns-dropout", "vmap"])
+@pytest.mark.parametrize(
+    "vectorize, model",
+    [(False, ()), (False, FCN), pytest.param(True, (), marks=pytest.mark.slow)],
+    ids=["turns", "turns-dropout", "vmap"],
+)
 def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_path, vectorize, model):
     seeds = (5, 6)
     overrides = (*model, "norm=batch", "trainer.max_steps=4", "trainer.val_every=2")
     separate = [train(tiny_cfg(*overrides, f"seed={s}"), tmp_path / f"alone_{s}") for s in seeds]
-    packed = train_packed([tiny_cfg(*overrides, f"seed={s}") for s in seeds],
-                          [tmp_path / f"packed_{s}" for s in seeds], vectorize=vectorize)
+    packed = train_packed(
+        [tiny_cfg(*overrides, f"seed={s}") for s in seeds],
+        [tmp_path / f"packed_{s}" for s in seeds],
+        vectorize=vectorize,
+    )
     for s, alone, together in zip(seeds, separate, packed):
         assert not isinstance(together, BaseException), together
         saved = json.loads((tmp_path / f"packed_{s}" / "metrics.json").read_text())
@@ -200,18 +216,30 @@ def test_packed_runs_are_ordinary_runs_that_match_separate_ones(tiny_cfg, tmp_pa
         assert together["test"]["last"]["soft_dice"] == pytest.approx(alone["test"]["last"]["soft_dice"], rel=1e-4)
 
 
-@pytest.mark.parametrize("setting, fragment", [  # each case pays the sweep's preflight dry runs: one in the fast suite
-    ("hydra.launcher.pack=0", "hydra.launcher.pack=0 must be a positive"),
-    pytest.param("hydra.launcher.pack=four", "hydra.launcher.pack='four'", marks=pytest.mark.slow),
-    pytest.param("hydra.launcher.vectorize=maybe", "hydra.launcher.vectorize='maybe' must be true",
-                 marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "setting, fragment",
+    [  # each case pays the sweep's preflight dry runs: one in the fast suite
+        ("hydra.launcher.pack=0", "hydra.launcher.pack=0 must be a positive"),
+        pytest.param("hydra.launcher.pack=four", "hydra.launcher.pack='four'", marks=pytest.mark.slow),
+        pytest.param(
+            "hydra.launcher.vectorize=maybe", "hydra.launcher.vectorize='maybe' must be true", marks=pytest.mark.slow
+        ),
+    ],
+)
 def test_bad_launcher_settings_are_one_line_exit_2_and_write_nothing(tiny_brats, tmp_path, setting, fragment):
     from tests.conftest import SMALL
     from tests.test_cli import segbench
 
-    result = segbench("train", "-m", f"data.root={tiny_brats}", *SMALL, "seed=1,2", "hydra/launcher=packed", setting,
-                      f"hydra.sweep.dir={tmp_path}/sweep")
+    result = segbench(
+        "train",
+        "-m",
+        f"data.root={tiny_brats}",
+        *SMALL,
+        "seed=1,2",
+        "hydra/launcher=packed",
+        setting,
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
     assert not (tmp_path / "sweep").exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +56,10 @@ def _dice(pred, truth) -> float:
 @pytest.fixture(scope="module")
 def panoptica_results(tmp_path_factory):
     if not Path(PANOPTICA_PYTHON).is_file():
-        pytest.skip(f"panoptica's own environment is missing ({PANOPTICA_PYTHON}): make panoptica-env, "
-                    "or set SEGBENCH_PANOPTICA_PYTHON")
+        pytest.skip(
+            f"panoptica's own environment is missing ({PANOPTICA_PYTHON}): make panoptica-env, "
+            "or set SEGBENCH_PANOPTICA_PYTHON"
+        )
     found = subprocess.run([PANOPTICA_PYTHON, "-c", "import panoptica"], capture_output=True, text=True)
     if found.returncode != 0:
         pytest.skip(f"{PANOPTICA_PYTHON} cannot import panoptica: {found.stderr.strip().splitlines()[-1]}")
@@ -84,8 +85,12 @@ def test_monai_hd95_equals_monai(seed, spacing):
     from monai.metrics import compute_hausdorff_distance
 
     pred, truth = _blobs(seed)
-    theirs = compute_hausdorff_distance(torch.from_numpy(pred)[None, None].float(),
-                                        torch.from_numpy(truth)[None, None].float(), percentile=95, spacing=list(spacing))
+    theirs = compute_hausdorff_distance(
+        torch.from_numpy(pred)[None, None].float(),
+        torch.from_numpy(truth)[None, None].float(),
+        percentile=95,
+        spacing=list(spacing),
+    )
     assert M.hd95(pred, truth, spacing, "monai") == pytest.approx(float(theirs), rel=1e-5, abs=1e-5)
 
 

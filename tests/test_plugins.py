@@ -18,7 +18,8 @@ def test_a_launcher_not_installed_is_one_line_naming_the_extra(choice, tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "segbench: error: hydra/launcher=ray is not installed: pip install 'segbench[ray]' (Hydra's Ray launcher), "
-        "then hydra/launcher=ray_local")
+        "then hydra/launcher=ray_local"
+    )
     assert not (tmp_path / "sweep").exists()
 
 

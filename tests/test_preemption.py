@@ -38,8 +38,9 @@ def test_a_stop_signal_only_raises_the_flag_then_the_previous_handler_runs():
 
 # FCN-8s has dropout: its masks come from torch's global RNG, which the resumed run must continue
 # exactly where the checkpoint left it (a DataLoader draws from it when it starts iterating).
-@pytest.mark.parametrize("model", [[], ["model=fcn8s", "model.width=0.0625", "data.size=[32,32]"]],
-                         ids=["resunet", "fcn8s-dropout"])
+@pytest.mark.parametrize(
+    "model", [[], ["model=fcn8s", "model.width=0.0625", "data.size=[32,32]"]], ids=["resunet", "fcn8s-dropout"]
+)
 def test_a_signal_saves_last_pt_at_that_step_and_the_resume_is_exact(tiny_cfg, tmp_path, model):
     steps = [*model, "trainer.max_steps=8", "trainer.val_every=4", "trainer.checkpoint_every=100"]
     full = train(tiny_cfg(*steps), tmp_path / "full")
@@ -64,17 +65,33 @@ def test_a_signal_saves_last_pt_at_that_step_and_the_resume_is_exact(tiny_cfg, t
 
 
 def _segbench(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "segbench", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "segbench", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
 
 
 def test_sigterm_to_a_sweep_member_exits_143_with_one_line_and_the_same_command_continues(tiny_brats, tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["train", "-m", f"data.root={tiny_brats}", *SMALL, "trainer.max_steps=100000", "trainer.val_every=1000",
-            "trainer.checkpoint_every=1000", "seed=5", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "train",
+        "-m",
+        f"data.root={tiny_brats}",
+        *SMALL,
+        "trainer.max_steps=100000",
+        "trainer.val_every=1000",
+        "trainer.checkpoint_every=1000",
+        "seed=5",
+        f"hydra.sweep.dir={sweep}",
+    ]
 
-    process = subprocess.Popen([sys.executable, "-m", "segbench", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segbench", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 240
     while not list(sweep.glob("0_*/tb")) and time.time() < deadline:  # training has started
         time.sleep(0.2)
@@ -137,11 +154,15 @@ def test_the_sweep_report_names_each_member_that_did_not_finish(tmp_path):
     torch.save({"step": 7}, tmp_path / "1_norm=group" / "checkpoints" / "last.pt")
     assert member_status(tmp_path / "1_norm=group") == "unfinished (last.pt at step 7)"
     assert member_status(tmp_path / "2_norm=none") == "not started"
-    lost = RuntimeError("A worker process managed by the executor was unexpectedly terminated. The exit codes of "
-                        "the workers are {SIGKILL(-9)}")
+    lost = RuntimeError(
+        "A worker process managed by the executor was unexpectedly terminated. The exit codes of "
+        "the workers are {SIGKILL(-9)}"
+    )
     lines = sweep_report(tmp_path, jobs, lambda job: job[0], lost)
-    assert lines[:2] == ["segbench: sweep member 1_norm=group: unfinished (last.pt at step 7)",
-                         "segbench: sweep member 2_norm=none: not started"]
+    assert lines[:2] == [
+        "segbench: sweep member 1_norm=group: unfinished (last.pt at step 7)",
+        "segbench: sweep member 2_norm=none: not started",
+    ]
     assert "exit codes {SIGKILL(-9)}" in lines[2] and "1 of 3 members finished" in lines[2]
     assert len(sweep_report(tmp_path, jobs[:1], lambda job: job[0])) == 1  # all finished: the summary only
 
@@ -153,17 +174,30 @@ def test_a_killed_worker_of_a_parallel_sweep_is_reported_and_the_same_command_co
     way one line per unfinished member, a summary, exit 1, no traceback; the same command then ends
     the sweep."""
     sweep = tmp_path / "sweep"
-    args = ["train", "-m", "norm=batch,instance", f"data.root={tiny_brats}", *SMALL, "trainer.max_steps=150",
-            "trainer.val_every=150", "trainer.checkpoint_every=5", "trainer.precision=32", "hydra/launcher=parallel",
-            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "train",
+        "-m",
+        "norm=batch,instance",
+        f"data.root={tiny_brats}",
+        *SMALL,
+        "trainer.max_steps=150",
+        "trainer.val_every=150",
+        "trainer.checkpoint_every=5",
+        "trainer.precision=32",
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "segbench", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segbench", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     deadline = time.time() + 240
     while not list(sweep.glob("1_*/checkpoints/last.pt")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
-    workers = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "LokyProcess"], capture_output=True,
-                             text=True).stdout.split()
+    workers = subprocess.run(
+        ["pgrep", "-P", str(process.pid), "-f", "LokyProcess"], capture_output=True, text=True
+    ).stdout.split()
     assert workers and process.poll() is None, "the sweep ended before a worker could be stopped"
     os.kill(int(workers[-1]), sig)
     _, err = process.communicate(timeout=300)
@@ -172,7 +206,8 @@ def test_a_killed_worker_of_a_parallel_sweep_is_reported_and_the_same_command_co
     summary = [line for line in err.splitlines() if "the sweep ended early" in line]
     assert len(summary) == 1 and "of 2 members finished" in summary[0]
     assert any(line.startswith("segbench: sweep member ") and "unfinished" in line for line in err.splitlines())
-    again = subprocess.run([sys.executable, "-m", "segbench", *args], capture_output=True, text=True, env=env,
-                           timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "segbench", *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert all((member / "metrics.json").is_file() for member in sweep.glob("[01]_*"))

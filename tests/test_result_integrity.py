@@ -32,10 +32,14 @@ def _palette_folder(root, values=(0, 1, 2)):
 @pytest.mark.parametrize("how", ["ignore_index", "class_map"])
 def test_a_declared_ignore_value_is_ignored_with_class_maps(tmp_path, how):
     root = _palette_folder(tmp_path / "voc")
-    opts = ({"classes": {0: 0, 1: 1, 2: 2}, "ignore_index": 255} if how == "ignore_index"
-            else {"classes": {0: 0, 1: 1, 2: 2, 255: "ignore"}})
-    data = ImageMaskFolder(str(root), "train", size=(16, 16), augment=False, val_fraction=0.25, test_fraction=0.25,
-                           **opts)
+    opts = (
+        {"classes": {0: 0, 1: 1, 2: 2}, "ignore_index": 255}
+        if how == "ignore_index"
+        else {"classes": {0: 0, 1: 1, 2: 2, 255: "ignore"}}
+    )
+    data = ImageMaskFolder(
+        str(root), "train", size=(16, 16), augment=False, val_fraction=0.25, test_fraction=0.25, **opts
+    )
     target = data[0][1]
     assert data.target_kind == "multiclass" and bool((target[8] == 255).all())
     assert set(target.unique().tolist()) == {0, 1, 2, 255}
@@ -51,8 +55,9 @@ def test_without_a_declared_ignore_value_255_is_refused_with_the_way_out(tmp_pat
 
 def test_a_binary_folder_ignores_its_declared_value(tmp_path):
     root = _palette_folder(tmp_path / "bin", values=(0, 1, 1))
-    data = ImageMaskFolder(str(root), "train", size=(16, 16), augment=False, val_fraction=0.25, test_fraction=0.25,
-                           ignore_index=255)
+    data = ImageMaskFolder(
+        str(root), "train", size=(16, 16), augment=False, val_fraction=0.25, test_fraction=0.25, ignore_index=255
+    )
     target = data[0][1]
     assert set(target.unique().tolist()) == {0.0, 1.0, 255.0} and bool((target[0, 8] == 255).all())
 
@@ -106,18 +111,31 @@ def test_a_second_sweep_into_a_running_sweeps_folder_changes_nothing_of_it(tiny_
     from tests.conftest import TINY
 
     sweep = tmp_path / "sweep"
-    base = [sys.executable, "-m", "segbench", "train", "-m", f"data.root={tiny_brats}",
-            *[o for o in TINY if not o.startswith("trainer.max_steps")], f"hydra.sweep.dir={sweep}"]
-    winner = subprocess.Popen([*base, "trainer.max_steps=40", "norm=none,batch", "seed=1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = [
+        sys.executable,
+        "-m",
+        "segbench",
+        "train",
+        "-m",
+        f"data.root={tiny_brats}",
+        *[o for o in TINY if not o.startswith("trainer.max_steps")],
+        f"hydra.sweep.dir={sweep}",
+    ]
+    winner = subprocess.Popen(
+        [*base, "trainer.max_steps=40", "norm=none,batch", "seed=1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         end = time.monotonic() + 240
         while not list(sweep.glob("*/checkpoints/last.pt")) and time.monotonic() < end and winner.poll() is None:
             time.sleep(0.1)
         members = sorted(p for p in sweep.iterdir() if p.is_dir())
         before = {m: (m / ".hydra/config.yaml").read_bytes() for m in members}
-        loser = subprocess.run([*base, "trainer.max_steps=40", "norm=none,batch", "seed=2"],
-                               capture_output=True, text=True, timeout=240)
+        loser = subprocess.run(
+            [*base, "trainer.max_steps=40", "norm=none,batch", "seed=2"], capture_output=True, text=True, timeout=240
+        )
         assert loser.returncode == 2 and "in use by another segbench run" in loser.stderr
         assert "hydra.sweep.dir" in loser.stderr and len(loser.stderr.strip().splitlines()) == 1
         assert {m: (m / ".hydra/config.yaml").read_bytes() for m in members} == before

@@ -89,8 +89,12 @@ def test_resume_from_the_run_keeps_its_config_and_says_where_it_continued(finish
     shutil.copytree(finished_run, run)
     saved_config = (run / ".hydra" / "config.yaml").read_text()
     (run / "checkpoints" / ".last.pt.x.tmp").write_bytes(b"orphan")
-    result = subprocess.run([sys.executable, "-m", "segbench", "train", f"trainer.resume={run}",
-                             "trainer.max_steps=3"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "segbench", "train", f"trainer.resume={run}", "trainer.max_steps=3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     log = result.stdout + result.stderr
     assert "resumed at step 2 of 3" in log
@@ -107,11 +111,14 @@ def test_smaller_budget_on_a_finished_run_leaves_its_metrics(finished_run, tmp_p
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     metrics = (run / "metrics.json").read_text()
-    result = subprocess.run([sys.executable, "-m", "segbench", "train", f"trainer.resume={run}",
-                             "trainer.max_steps=1"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "segbench", "train", f"trainer.resume={run}", "trainer.max_steps=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and "is finished" in result.stdout
     assert (run / "metrics.json").read_text() == metrics
-
 
 
 def test_dry_run_turns_a_failing_first_step_into_one_line(tiny_cfg):
@@ -126,8 +133,11 @@ def test_dry_run_turns_a_failing_first_step_into_one_line(tiny_cfg):
         raise RuntimeError("shape mismatch\nmore lines torch would print")
 
     prepared.loss_fn = broken
-    with pytest.raises(SegbenchError, match=r"^a first training step with this config fails: RuntimeError: "
-                                            r"shape mismatch$"):
+    with pytest.raises(
+        SegbenchError,
+        match=r"^a first training step with this config fails: RuntimeError: "
+        r"shape mismatch$",
+    ):
         dry_run(prepared, cfg)
 
 
@@ -135,10 +145,13 @@ def test_an_option_added_later_at_its_null_default_does_not_block_a_resume():
     from segbench.train.checkpoint import changed_settings
 
     saved = {"data": {"root": "d", "folds": None}, "trainer": {"max_steps": 5}}
-    assert changed_settings(saved, {"data": {"root": "d", "folds": None, "test_sites": None},
-                                    "trainer": {"max_steps": 9}}) == []
-    assert changed_settings(saved, {"data": {"root": "d", "folds": None, "test_sites": ["site1"]},
-                                    "trainer": {"max_steps": 5}}) == ["data.test_sites"]
+    assert (
+        changed_settings(saved, {"data": {"root": "d", "folds": None, "test_sites": None}, "trainer": {"max_steps": 9}})
+        == []
+    )
+    assert changed_settings(
+        saved, {"data": {"root": "d", "folds": None, "test_sites": ["site1"]}, "trainer": {"max_steps": 5}}
+    ) == ["data.test_sites"]
 
 
 def test_a_named_run_folder_is_claimed_before_hydra_writes(tmp_path):
@@ -168,17 +181,40 @@ def test_a_second_run_started_into_a_busy_folder_changes_nothing_of_the_first(ti
     from tests.conftest import SMALL
 
     run = tmp_path / "run"
-    first_args = [f"data.root={tiny_brats}", *SMALL, "trainer.max_steps=100000", "trainer.val_every=100000",
-                  f"hydra.run.dir={run}", "seed=1"]
-    first = subprocess.Popen([sys.executable, "-m", "segbench", "train", *first_args],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first_args = [
+        f"data.root={tiny_brats}",
+        *SMALL,
+        "trainer.max_steps=100000",
+        "trainer.val_every=100000",
+        f"hydra.run.dir={run}",
+        "seed=1",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "segbench", "train", *first_args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 240
         while not (run / ".hydra" / "overrides.yaml").exists() and time.time() < deadline and first.poll() is None:
             time.sleep(0.2)
         saved = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix in (".yaml", ".lock")}
-        second = subprocess.run([sys.executable, "-m", "segbench", "train", f"data.root={tiny_brats}", *SMALL,
-                                 f"hydra.run.dir={run}", "seed=2"], capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "segbench",
+                "train",
+                f"data.root={tiny_brats}",
+                *SMALL,
+                f"hydra.run.dir={run}",
+                "seed=2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
         assert "is in use by another segbench run" in second.stderr
         assert {p: p.read_bytes() for p in saved} == saved  # the first run's .hydra/ and lock untouched
@@ -194,7 +230,9 @@ def test_a_run_folder_with_spaces_resumes_however_its_path_is_quoted(tiny_brats,
     run = tmp_path / "my runs" / "run one"
     cli.main(["train", f"data.root={tiny_brats}", *SMALL, f"hydra.run.dir={run}"])
     steps = json.loads((run / "metrics.json").read_text())["steps"]
-    for more, path in enumerate([str(run), f"'{run}'", str(run).replace(" ", "\\ ")], start=1):  # plain, quoted, escaped
+    for more, path in enumerate(
+        [str(run), f"'{run}'", str(run).replace(" ", "\\ ")], start=1
+    ):  # plain, quoted, escaped
         cli.main(["train", f"trainer.resume={path}", f"trainer.max_steps={steps + more}"])
         assert json.loads((run / "metrics.json").read_text())["steps"] == steps + more, path
 

@@ -67,11 +67,14 @@ def test_ranks_share_one_site_per_step_and_split_its_global_batch():
         assert len({SITES[i] for i in one[step]}) == 1
 
 
-@pytest.mark.parametrize("sites, batch, message", [
-    (None, 2, "has no sites; it needs a brain dataset"),
-    (["a", "", "b", "b"], 1, "needs every training subject's site"),
-    (["a", "b", "b", "b"], 2, "site a has 1 training sample(s), fewer than one batch of 2"),
-])
+@pytest.mark.parametrize(
+    "sites, batch, message",
+    [
+        (None, 2, "has no sites; it needs a brain dataset"),
+        (["a", "", "b", "b"], 1, "needs every training subject's site"),
+        (["a", "b", "b", "b"], 2, "site a has 1 training sample(s), fewer than one batch of 2"),
+    ],
+)
 def test_site_batches_refused_in_one_line(sites, batch, message):
     data = Sited(sites) if sites is not None else object()
     with pytest.raises(SegbenchError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -120,8 +123,16 @@ def test_site_bn_scores_each_site_with_its_own_statistics(tiny_cfg, tmp_path):
         site_model = copy.deepcopy(model)
         loader = DataLoader(subset, batch_size=1, shuffle=True, generator=torch.Generator().manual_seed(0))
         recompute_bn_stats(site_model, (x for x, _ in itertools.islice(itertools.cycle(loader), 3)), ctx.device)
-        scores = evaluate(site_model.eval(), subset, loss_fn, ctx, int(cfg.data.val_batch_size),
-                          threshold=out["threshold_from_val"], hd95=False, tune=False)[0]
+        scores = evaluate(
+            site_model.eval(),
+            subset,
+            loss_fn,
+            ctx,
+            int(cfg.data.val_batch_size),
+            threshold=out["threshold_from_val"],
+            hd95=False,
+            tune=False,
+        )[0]
         expected.update(scores["per_case"])
     assert site_bn["per_case"] == expected
     assert site_bn["dice"] == pytest.approx(np.mean([c["dice"] for c in expected.values()]))
@@ -134,12 +145,19 @@ def test_site_bn_refused_without_bn(tiny_cfg, tmp_path):
         adapt(str(run), ["site_bn"])
 
 
-@pytest.mark.parametrize("split, sites, message", [
-    ("by_site", None, "data.split=by_site needs the held-out site(s) named: data.test_sites=[<site>] (the data's sites: "
-                      "site0, site1, site2)"),
-    ("by_subject", ["site1"], "data.split=by_subject and data.test_sites=['site1'] ask for two different splits"),
-    ("by_scanner", None, "data.split"),
-])
+@pytest.mark.parametrize(
+    "split, sites, message",
+    [
+        (
+            "by_site",
+            None,
+            "data.split=by_site needs the held-out site(s) named: data.test_sites=[<site>] (the data's sites: "
+            "site0, site1, site2)",
+        ),
+        ("by_subject", ["site1"], "data.split=by_subject and data.test_sites=['site1'] ask for two different splits"),
+        ("by_scanner", None, "data.split"),
+    ],
+)
 def test_the_split_kind_is_checked_in_one_line(tiny_brats, split, sites, message):
     from segbench.data import check_split_kind
 
@@ -148,11 +166,13 @@ def test_the_split_kind_is_checked_in_one_line(tiny_brats, split, sites, message
 
 
 def test_by_site_names_the_same_split_as_test_sites(tiny_cfg, tmp_path):
-    from segbench.data import build_datasets
     from omegaconf import OmegaConf
 
+    from segbench.data import build_datasets
+
     plain = build_datasets(OmegaConf.to_container(tiny_cfg("data.test_sites=[site1]").data, resolve=True))
-    named = build_datasets(OmegaConf.to_container(tiny_cfg("data.test_sites=[site1]", "data.split=by_site").data,
-                                                  resolve=True))
+    named = build_datasets(
+        OmegaConf.to_container(tiny_cfg("data.test_sites=[site1]", "data.split=by_site").data, resolve=True)
+    )
     assert plain.test.cases == named.test.cases and set(sample_sites(named.test)) == {"site1"}
     assert not set(sample_sites(named.train)) & {"site1"}

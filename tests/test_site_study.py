@@ -30,12 +30,32 @@ def _study(tmp_path, history_of=lambda norm: FLAT):
         for k, site in enumerate(SITES):
             unit = rng.normal(0, 0.03) + 0.02 * k  # the unit's own level, shared by every arm
             for norm, dice in TRUTH.items():
-                adapted = {"adabn": dice + 0.10 + unit + rng.normal(0, 0.003),
-                           "tent": dice + 0.001 + unit + rng.normal(0, 0.003)} if norm == "batch" else None
-                _shift_run(tmp_path / f"{norm}_{seed}_{site}", norm, seed, site, dice + unit + rng.normal(0, 0.003),
-                           history_of(norm), adapted=adapted)
-            _shift_run(tmp_path / f"sitebn_{seed}_{site}", "batch", seed, site, 0.72 + unit, site_batches=True,
-                       adapted={"site_bn": 0.85 + unit + rng.normal(0, 0.003)})
+                adapted = (
+                    {
+                        "adabn": dice + 0.10 + unit + rng.normal(0, 0.003),
+                        "tent": dice + 0.001 + unit + rng.normal(0, 0.003),
+                    }
+                    if norm == "batch"
+                    else None
+                )
+                _shift_run(
+                    tmp_path / f"{norm}_{seed}_{site}",
+                    norm,
+                    seed,
+                    site,
+                    dice + unit + rng.normal(0, 0.003),
+                    history_of(norm),
+                    adapted=adapted,
+                )
+            _shift_run(
+                tmp_path / f"sitebn_{seed}_{site}",
+                "batch",
+                seed,
+                site,
+                0.72 + unit,
+                site_batches=True,
+                adapted={"site_bn": 0.85 + unit + rng.normal(0, 0.003)},
+            )
     return contrasts([str(tmp_path)])
 
 

@@ -8,8 +8,11 @@ from scipy import stats as sps
 
 from segbench.analysis import stats
 
-SAMPLES = [np.array([0.61, 0.55, 0.72, 0.58, 0.66]), np.array([0.1, -0.3, 0.25, 0.05, 0.4, -0.1, 0.2]),
-           np.random.default_rng(0).normal(0.02, 0.05, 9)]
+SAMPLES = [
+    np.array([0.61, 0.55, 0.72, 0.58, 0.66]),
+    np.array([0.1, -0.3, 0.25, 0.05, 0.4, -0.1, 0.2]),
+    np.random.default_rng(0).normal(0.02, 0.05, 9),
+]
 
 
 @pytest.mark.parametrize("x", SAMPLES)
@@ -28,8 +31,9 @@ def test_paired_difference_matches_scipys_paired_t_and_tests(x):
     assert res["n"] == len(x) and res["diff"] == pytest.approx(x.mean())
     assert (res["low"], res["high"]) == pytest.approx((ci.low, ci.high))
     assert res["p_wilcoxon"] == pytest.approx(sps.wilcoxon(a - b).pvalue)
-    exact = sps.permutation_test((a - b,), np.mean, permutation_type="samples", n_resamples=np.inf,
-                                 alternative="two-sided")
+    exact = sps.permutation_test(
+        (a - b,), np.mean, permutation_type="samples", n_resamples=np.inf, alternative="two-sided"
+    )
     assert res["p_sign_flip"] == pytest.approx(exact.pvalue)
 
 
@@ -52,10 +56,17 @@ def test_detectable_difference_has_about_the_stated_power():
     assert 0.75 < power < 0.85
 
 
-@pytest.mark.parametrize("low, high, direction, expected", [
-    (0.01, 0.2, +1, "held"), (-0.2, -0.01, -1, "held"), (-0.2, -0.01, +1, "did not hold"),
-    (0.01, 0.2, -1, "did not hold"), (-0.05, 0.2, +1, "inconclusive at 5 seeds"),
-    (float("nan"), float("nan"), +1, "inconclusive at 1 seed (no interval)")])
+@pytest.mark.parametrize(
+    "low, high, direction, expected",
+    [
+        (0.01, 0.2, +1, "held"),
+        (-0.2, -0.01, -1, "held"),
+        (-0.2, -0.01, +1, "did not hold"),
+        (0.01, 0.2, -1, "did not hold"),
+        (-0.05, 0.2, +1, "inconclusive at 5 seeds"),
+        (float("nan"), float("nan"), +1, "inconclusive at 1 seed (no interval)"),
+    ],
+)
 def test_verdict_follows_the_interval(low, high, direction, expected):
     n = 1 if np.isnan(low) else 5
     assert stats.verdict({"low": low, "high": high, "n": n}, direction) == expected

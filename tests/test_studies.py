@@ -15,9 +15,19 @@ from tests.test_cli import segbench
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, tiny_brats):
     out = tmp_path_factory.mktemp("sweep")
-    result = segbench("train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", f"data.root={tiny_brats}",
-                      *TINY, "norm=batch,group", "data.batch_size=2,4", "model.width=8", "trainer.max_images=8",
-                      f"hydra.sweep.dir={out}")
+    result = segbench(
+        "train",
+        "-m",
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        f"data.root={tiny_brats}",
+        *TINY,
+        "norm=batch,group",
+        "data.batch_size=2,4",
+        "model.width=8",
+        "trainer.max_images=8",
+        f"hydra.sweep.dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -26,7 +36,8 @@ def test_sweep_members_have_short_names(sweep):
     names = [p.name.split("_", 1)[1] for p in sweep.iterdir() if p.is_dir()]
     # Only what the sweep varies: paths, constants, trainer.* and hydra.* stay in .hydra/.
     assert len(names) == 4 and {frozenset(n.split(",")) for n in names} == {
-        frozenset({f"norm={norm}", f"bs={bs}"}) for norm in ("batch", "group") for bs in (2, 4)}
+        frozenset({f"norm={norm}", f"bs={bs}"}) for norm in ("batch", "group") for bs in (2, 4)
+    }
 
 
 def test_two_norm_two_batch_sweep_compares(sweep):
@@ -39,7 +50,12 @@ def test_two_norm_two_batch_sweep_compares(sweep):
     assert verdicts and summary.index("## Verdicts") < summary.index("| arm |")  # sentences before tables
     assert all(f"- {line}" in summary for line in verdicts) and "**(highest mean)**" not in summary
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
-    assert sorted((r["norm"], r["batch_size"]) for r in rows) == [("batch", "2"), ("batch", "4"), ("group", "2"), ("group", "4")]
+    assert sorted((r["norm"], r["batch_size"]) for r in rows) == [
+        ("batch", "2"),
+        ("batch", "4"),
+        ("group", "2"),
+        ("group", "4"),
+    ]
     assert all(0 <= float(r["test_dice"]) <= 1 for r in rows)
     pairs = list(csv.DictReader((sweep / "paired.csv").open()))
     # arms differing in one key: batch vs group at each batch size, 2 vs 4 for each norm
@@ -74,8 +90,17 @@ def test_each_run_writes_its_hparams_session(sweep):
 
 
 def test_submitit_local_sweep_of_two_runs(tmp_path, tiny_brats):
-    result = segbench("train", "-m", "hydra/launcher=local_jobs", "norm=none,batch", f"data.root={tiny_brats}", *TINY,
-                      "trainer.max_steps=2", "trainer.val_every=2", f"hydra.sweep.dir={tmp_path}")
+    result = segbench(
+        "train",
+        "-m",
+        "hydra/launcher=local_jobs",
+        "norm=none,batch",
+        f"data.root={tiny_brats}",
+        *TINY,
+        "trainer.max_steps=2",
+        "trainer.val_every=2",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(tmp_path.rglob("metrics.json"))) == 2
 
@@ -115,7 +140,9 @@ def test_batchrenorm_runs_under_precise_bn_and_diagnose(tiny_cfg, tmp_path):
 def test_diagnose_scores_running_statistics_even_when_the_run_evaluated_with_batch_ones(tiny_cfg, tmp_path):
     import json
 
-    train(tiny_cfg("norm.eval_stats=batch", "norm.momentum=0.0", "trainer.max_steps=6", "trainer.val_every=6"), tmp_path)
+    train(
+        tiny_cfg("norm.eval_stats=batch", "norm.momentum=0.0", "trainer.max_steps=6", "trainer.val_every=6"), tmp_path
+    )
     diagnose(str(tmp_path), batches=3)
     result = json.loads((tmp_path / "diagnose.json").read_text())
     # momentum 0 keeps the running statistics at (0, 1): scored with them, the net differs from batch statistics
@@ -154,30 +181,96 @@ def test_compare_without_the_runs_data_still_compares(sweep, tmp_path, monkeypat
     assert not (out / "predictions.png").exists() and (out / "curves.png").exists()
 
 
-@pytest.mark.parametrize("scores, state, expected", [
-    ({"running": 0.40, "batch": 0.80, "batch_1": 0.70, "precise": 0.82},
-     {"never_updated": True, "momentum": 0.001, "steps": 600, "initial_share_left": 0.55, "updates_run": False,
-      "eval_stats": ["running"]}, "never_updated"),
-    ({"running": 0.60, "batch": 0.80, "batch_1": 0.70, "precise": 0.82},
-     {"never_updated": False, "momentum": 0.001, "steps": 600, "initial_share_left": 0.55, "updates_run": True,
-      "eval_stats": ["running"]}, "too_slow"),
-    ({"running": 0.60, "batch": 0.80, "batch_1": 0.70, "precise": 0.82},
-     {"never_updated": False, "momentum": 0.1, "steps": 600, "initial_share_left": 0.0, "updates_run": True,
-      "eval_stats": ["running"]}, "stale"),
-    ({"running": 0.85, "batch": 0.70, "batch_1": 0.50, "precise": 0.86},
-     {"never_updated": False, "momentum": 0.1, "steps": 600, "initial_share_left": 0.0, "updates_run": True,
-      "eval_stats": ["batch"]}, "batch_stats_at_eval"),
-    ({"running": 0.85, "batch": 0.84, "batch_1": 0.80, "precise": 0.86},
-     {"never_updated": False, "momentum": 0.1, "steps": 600, "initial_share_left": 0.0, "updates_run": True,
-      "eval_stats": ["running"]}, "healthy"),
-    ({"running": 0.82, "batch": 0.84, "batch_1": 0.80, "precise": 0.86},
-     {"never_updated": False, "momentum": 0.1, "steps": 600, "initial_share_left": 0.0, "updates_run": True,
-      "eval_stats": ["running"]}, "unclear"),
-    # The same small gap, but the statistics still hold 55 % of their start: the state names the cause.
-    ({"running": 0.90, "batch": 0.93, "batch_1": 0.91, "precise": 0.94},
-     {"never_updated": False, "momentum": 0.001, "steps": 600, "initial_share_left": 0.55, "updates_run": True,
-      "eval_stats": ["running"]}, "too_slow"),
-])
+@pytest.mark.parametrize(
+    "scores, state, expected",
+    [
+        (
+            {"running": 0.40, "batch": 0.80, "batch_1": 0.70, "precise": 0.82},
+            {
+                "never_updated": True,
+                "momentum": 0.001,
+                "steps": 600,
+                "initial_share_left": 0.55,
+                "updates_run": False,
+                "eval_stats": ["running"],
+            },
+            "never_updated",
+        ),
+        (
+            {"running": 0.60, "batch": 0.80, "batch_1": 0.70, "precise": 0.82},
+            {
+                "never_updated": False,
+                "momentum": 0.001,
+                "steps": 600,
+                "initial_share_left": 0.55,
+                "updates_run": True,
+                "eval_stats": ["running"],
+            },
+            "too_slow",
+        ),
+        (
+            {"running": 0.60, "batch": 0.80, "batch_1": 0.70, "precise": 0.82},
+            {
+                "never_updated": False,
+                "momentum": 0.1,
+                "steps": 600,
+                "initial_share_left": 0.0,
+                "updates_run": True,
+                "eval_stats": ["running"],
+            },
+            "stale",
+        ),
+        (
+            {"running": 0.85, "batch": 0.70, "batch_1": 0.50, "precise": 0.86},
+            {
+                "never_updated": False,
+                "momentum": 0.1,
+                "steps": 600,
+                "initial_share_left": 0.0,
+                "updates_run": True,
+                "eval_stats": ["batch"],
+            },
+            "batch_stats_at_eval",
+        ),
+        (
+            {"running": 0.85, "batch": 0.84, "batch_1": 0.80, "precise": 0.86},
+            {
+                "never_updated": False,
+                "momentum": 0.1,
+                "steps": 600,
+                "initial_share_left": 0.0,
+                "updates_run": True,
+                "eval_stats": ["running"],
+            },
+            "healthy",
+        ),
+        (
+            {"running": 0.82, "batch": 0.84, "batch_1": 0.80, "precise": 0.86},
+            {
+                "never_updated": False,
+                "momentum": 0.1,
+                "steps": 600,
+                "initial_share_left": 0.0,
+                "updates_run": True,
+                "eval_stats": ["running"],
+            },
+            "unclear",
+        ),
+        # The same small gap, but the statistics still hold 55 % of their start: the state names the cause.
+        (
+            {"running": 0.90, "batch": 0.93, "batch_1": 0.91, "precise": 0.94},
+            {
+                "never_updated": False,
+                "momentum": 0.001,
+                "steps": 600,
+                "initial_share_left": 0.55,
+                "updates_run": True,
+                "eval_stats": ["running"],
+            },
+            "too_slow",
+        ),
+    ],
+)
 def test_diagnose_names_each_cause_from_its_evidence(scores, state, expected):
     from segbench.analysis.diagnose import name_cause
 
@@ -198,4 +291,4 @@ def test_never_updated_statistics_stay_at_their_initial_values(tiny_cfg, tmp_pat
 
     model = ResUNet(4, 1, width=4, depth=3, norm="batch", norm_options={"momentum": 0.001, "update_stats": False})
     assert statistics_state(model, 600)["never_updated"]
-    assert abs(statistics_state(model, 600)["initial_share_left"] - 0.999 ** 600) < 1e-9
+    assert abs(statistics_state(model, 600)["initial_share_left"] - 0.999**600) < 1e-9

@@ -66,8 +66,16 @@ def test_the_design_is_written_before_the_first_seed_runs(tmp_path, monkeypatch)
     verdicts = _study(out, monkeypatch, rounds)
     assert rounds.design_before_first_round is True
     design = json.loads((out / DESIGN_FILE).read_text())
-    assert design == {"first": 3, "per_round": 2, "max_seeds": 7, "start_seed": 40, "looks": 3, "alpha": 0.05,
-                      "margin": 0.02, "overrides": OVERRIDES}
+    assert design == {
+        "first": 3,
+        "per_round": 2,
+        "max_seeds": 7,
+        "start_seed": 40,
+        "looks": 3,
+        "alpha": 0.05,
+        "margin": 0.02,
+        "overrides": OVERRIDES,
+    }
     assert len(rounds.commands) == 1  # a difference of 0.05 against noise of 0.01: decided at the first look
     assert verdicts[0]["decided"] and verdicts[0]["n"] == 3
 
@@ -89,8 +97,15 @@ def test_a_stopped_study_continues_with_the_same_command_and_the_same_seeds(tmp_
     assert resumed[0]["diff"] == pytest.approx(uninterrupted[0]["diff"])
 
 
-@pytest.mark.parametrize("change, key", [({"max_seeds": 11}, "max_seeds"), ({"per_round": 4}, "per_round"),
-                                         ({"start_seed": 0}, "start_seed"), ({"margin": 0.05}, "margin")])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"max_seeds": 11}, "max_seeds"),
+        ({"per_round": 4}, "per_round"),
+        ({"start_seed": 0}, "start_seed"),
+        ({"margin": 0.05}, "margin"),
+    ],
+)
 def test_another_design_in_the_same_folder_is_refused_before_anything_runs(tmp_path, monkeypatch, change, key):
     out = tmp_path / "study"
     _study(out, monkeypatch, Rounds(out, effect=0.05))
@@ -106,7 +121,9 @@ def test_a_first_round_that_fails_its_check_writes_nothing(tmp_path, monkeypatch
 
     def refuse(cmd, **_):
         assert "--check" in cmd
-        return subprocess.CompletedProcess(cmd, 2, "", "segbench: error: norm='bogus' is not valid; choose one of: batch\n")
+        return subprocess.CompletedProcess(
+            cmd, 2, "", "segbench: error: norm='bogus' is not valid; choose one of: batch\n"
+        )
 
     monkeypatch.setattr(study_module.subprocess, "run", refuse)
     with pytest.raises(SegbenchError, match=r"^norm='bogus' is not valid"):

@@ -20,8 +20,9 @@ class Small(nn.Module):
 
     def __init__(self, norm=nn.BatchNorm2d):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), norm(8), nn.ReLU(),
-                                  nn.Conv2d(8, 8, 3, padding=1), norm(8))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), norm(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), norm(8)
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -130,8 +131,14 @@ def test_torchvision_weights_must_be_a_local_file(tmp_path):
 def test_smp_unet_on_a_timm_encoder_takes_any_norm(norm):
     pytest.importorskip("segmentation_models_pytorch")
     torch.manual_seed(0)
-    model = build_model("smp_unet", 4, 1, norm=norm, norm_options={"num_groups": 4} if norm == "group" else None,
-                        decoder_channels=[32, 16, 8, 8])
+    model = build_model(
+        "smp_unet",
+        4,
+        1,
+        norm=norm,
+        norm_options={"num_groups": 4} if norm == "group" else None,
+        decoder_channels=[32, 16, 8, 8],
+    )
     out = model(torch.randn(2, 4, 32, 32))
     assert out.shape == (2, 1, 32, 32)
     out.mean().backward()
@@ -154,12 +161,19 @@ def test_a_users_own_network_trains_in_segbench_loop_with_the_chosen_norm(tiny_c
     from segbench.train.trainer import train
 
     def build(in_channels, num_outputs, hidden=8):
-        return nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(),
-                             nn.Conv2d(hidden, num_outputs, 1))
+        return nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(),
+            nn.Conv2d(hidden, num_outputs, 1),
+        )
+
     register_model("tiny_user_net", build)
     try:
-        metrics = train(tiny_cfg("model=custom", "model.name=tiny_user_net", "+model.hidden=4", "norm=group",
-                                 "norm.num_groups=2"), tmp_path / "run")
+        metrics = train(
+            tiny_cfg("model=custom", "model.name=tiny_user_net", "+model.hidden=4", "norm=group", "norm.num_groups=2"),
+            tmp_path / "run",
+        )
         assert metrics["model"] == "tiny_user_net" and 0 <= metrics["test"]["best"]["dice"] <= 1
         with pytest.raises(SegbenchError, match="model=custom needs model.name="):
             build_model("custom", 4, 1)

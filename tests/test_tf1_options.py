@@ -14,7 +14,9 @@ from segbench.nn import build_norm
 
 def test_batch_tf1_preset_is_tf1s_defaults():
     cfg = compose(["norm=batch_tf1"])
-    assert cfg.norm.name == "batch" and cfg.norm.momentum == pytest.approx(0.001) and cfg.norm.eps == pytest.approx(1e-3)
+    assert (
+        cfg.norm.name == "batch" and cfg.norm.momentum == pytest.approx(0.001) and cfg.norm.eps == pytest.approx(1e-3)
+    )
     layer = build_norm("batch", 3, momentum=cfg.norm.momentum, eps=cfg.norm.eps)
     x = torch.randn(4, 3, 5, 5) * 2 + 1
     layer.train()(x)
@@ -55,8 +57,14 @@ def test_every_cause_composes():
     from segbench.config import group_options
 
     causes = group_options("cause")
-    assert {"none", "bn_pytorch", "bn_tf1", "bn_tf1_never_updated", "none_no_inner_act",
-            "bn_pytorch_no_inner_act"} <= set(causes)
+    assert {
+        "none",
+        "bn_pytorch",
+        "bn_tf1",
+        "bn_tf1_never_updated",
+        "none_no_inner_act",
+        "bn_pytorch_no_inner_act",
+    } <= set(causes)
     for cause in causes:
         cfg = compose(["experiment=why_bn_failed", f"cause={cause}"])
         assert cfg.trainer.max_steps == 1200 and cfg.study.margin == pytest.approx(0.02)
@@ -67,13 +75,22 @@ def test_until_plateau_stops_at_the_plateau_and_a_resume_trains_nothing(tiny_cfg
     from segbench.train.trainer import train
 
     # epsilon 1: no validation can improve by that much, so the check passes at its 4th validation.
-    cfg = tiny_cfg("trainer.max_steps=40", "trainer.val_every=2", "trainer.until_plateau=true",
-                   "trainer.plateau_epsilon=1.0")
+    cfg = tiny_cfg(
+        "trainer.max_steps=40", "trainer.val_every=2", "trainer.until_plateau=true", "trainer.plateau_epsilon=1.0"
+    )
     metrics = train(cfg, tmp_path)
     assert metrics["steps"] == 8 and metrics["convergence"]["converged"] is True
     assert metrics["budget"] == "40 steps (cap; until plateau)"
-    again = train(tiny_cfg("trainer.max_steps=40", "trainer.val_every=2", "trainer.until_plateau=true",
-                           "trainer.plateau_epsilon=1.0", "trainer.resume=true"), tmp_path)
+    again = train(
+        tiny_cfg(
+            "trainer.max_steps=40",
+            "trainer.val_every=2",
+            "trainer.until_plateau=true",
+            "trainer.plateau_epsilon=1.0",
+            "trainer.resume=true",
+        ),
+        tmp_path,
+    )
     assert again["steps"] == 8
 
 
@@ -120,13 +137,30 @@ def test_a_cause_that_predicts_worse_is_named_even_when_its_slower_learning_is_u
     from segbench.analysis.causes import answer_lines
 
     def result(verdict, diff):
-        return {"verdict": verdict, "diff": diff, "low": diff - 0.1, "high": diff + 0.1, "p": 0.01, "p_holm": 0.02,
-                "diffs": [diff] * 4}
+        return {
+            "verdict": verdict,
+            "diff": diff,
+            "low": diff - 0.1,
+            "high": diff + 0.1,
+            "p": 0.01,
+            "p_holm": 0.02,
+            "diffs": [diff] * 4,
+        }
 
-    rows = [{"arm": "bn_tf1_never_updated", "what": "never updated", "worse": result("held", -0.3),
-             "slower": result("inconclusive at 4 seeds", 5.0)},
-            {"arm": "bn_pytorch", "what": "pytorch", "worse": result("inconclusive at 4 seeds", 0.01),
-             "slower": result("held", 0.1)}]
+    rows = [
+        {
+            "arm": "bn_tf1_never_updated",
+            "what": "never updated",
+            "worse": result("held", -0.3),
+            "slower": result("inconclusive at 4 seeds", 5.0),
+        },
+        {
+            "arm": "bn_pytorch",
+            "what": "pytorch",
+            "worse": result("inconclusive at 4 seeds", 0.01),
+            "slower": result("held", 0.1),
+        },
+    ]
     lines = answer_lines({"rows": rows, "runs": 12, "nothing_at_05": []})
     assert "never updated (learning slower not resolved)" in lines[0]
     assert "pytorch" in lines[1] and "never updated" not in lines[2]

@@ -30,8 +30,10 @@ def test_mlflow_run_reads_back_with_params_step_metrics_test_results_and_checkpo
     assert run.data.metrics["val/dice"] == pytest.approx(metrics["val"]["final"]["dice"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "checkpoints"} <= artifacts
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/best.pt",
-                                                                                      "checkpoints/last.pt"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    }
     assert (tmp_path / "tb").is_dir()  # TensorBoard stays, beside MLflow
 
 
@@ -41,7 +43,9 @@ def test_a_resumed_run_continues_its_mlflow_run(tiny_cfg, tmp_path):
 
     train(tiny_cfg("logger=mlflow", "trainer.max_steps=2", "trainer.val_every=2"), tmp_path)
     first = json.loads((tmp_path / "mlflow.json").read_text())["run_id"]
-    train(tiny_cfg("logger=mlflow", "trainer.max_steps=4", "trainer.val_every=2", f"trainer.resume={tmp_path}"), tmp_path)
+    train(
+        tiny_cfg("logger=mlflow", "trainer.max_steps=4", "trainer.val_every=2", f"trainer.resume={tmp_path}"), tmp_path
+    )
     record = json.loads((tmp_path / "mlflow.json").read_text())
     assert record["run_id"] == first
     client = MlflowClient(record["tracking_uri"])
@@ -65,10 +69,13 @@ def test_a_tracker_of_ones_own_is_a_short_class(tiny_cfg, tmp_path, monkeypatch)
     assert ("train/loss", 3) in seen and ("val/dice", 3) in seen and seen[-1] == ("finish", 3)
 
 
-@pytest.mark.parametrize("names, expected", [
-    ("[tensorboard,wandb]", "logger.names='wandb' is not valid"),
-    ("[mlflow]", "must include tensorboard"),
-])
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        ("[tensorboard,wandb]", "logger.names='wandb' is not valid"),
+        ("[mlflow]", "must include tensorboard"),
+    ],
+)
 def test_bad_tracker_lists_are_one_line(tiny_cfg, names, expected):
     with pytest.raises(SegbenchError, match=expected):
         check_trackers(tiny_cfg(f"logger.names={names}"))
@@ -76,7 +83,9 @@ def test_bad_tracker_lists_are_one_line(tiny_cfg, names, expected):
 
 def test_a_missing_tracker_package_names_the_install_line(tiny_cfg, monkeypatch):
     monkeypatch.setitem(trackers.NEEDS, "mlflow", ("no_such_module_segbench", "pip install 'segbench[mlflow]'"))
-    with pytest.raises(SegbenchError, match=r"needs the no_such_module_segbench package: pip install 'segbench\[mlflow\]'"):
+    with pytest.raises(
+        SegbenchError, match=r"needs the no_such_module_segbench package: pip install 'segbench\[mlflow\]'"
+    ):
         check_trackers(tiny_cfg("logger=mlflow"))
 
 
@@ -114,11 +123,14 @@ def test_a_resumed_runs_curve_drops_what_the_stopped_process_logged_after_it_wit
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.parametrize("swept, expected", [
-    ("", ["norm", "data.batch_size", "seed", "model", "optim.lr"]),
-    ("norm,seed", ["norm", "seed", "data.batch_size", "model", "optim.lr"]),
-    ("optim.weight_decay,data.batch_size,seed", ["optim.weight_decay", "data.batch_size", "seed", "norm", "model"]),
-])
+@pytest.mark.parametrize(
+    "swept, expected",
+    [
+        ("", ["norm", "data.batch_size", "seed", "model", "optim.lr"]),
+        ("norm,seed", ["norm", "seed", "data.batch_size", "model", "optim.lr"]),
+        ("optim.weight_decay,data.batch_size,seed", ["optim.weight_decay", "data.batch_size", "seed", "norm", "model"]),
+    ],
+)
 def test_the_hparams_table_lists_the_swept_settings_first(tiny_cfg, monkeypatch, swept, expected):
     from segbench.train.hparams import hparams_of, shown_keys
 

@@ -16,8 +16,18 @@ from segbench.train.trainer import TrainingDiverged, train
 def test_run_directory_holds_events_checkpoints_and_metrics(tiny_cfg, tmp_path):
     metrics = train(tiny_cfg(), tmp_path)
     scalars = read_scalars(tmp_path / "tb")
-    assert {"train/loss", "val/loss", "val/dice", "val/dice_tuned", "val/auroc", "val/ap", "train/loss_eval_mode",
-            "zz_test_last/dice", "zz_test_last/hd95", "train/lr"} <= set(scalars)
+    assert {
+        "train/loss",
+        "val/loss",
+        "val/dice",
+        "val/dice_tuned",
+        "val/auroc",
+        "val/ap",
+        "train/loss_eval_mode",
+        "zz_test_last/dice",
+        "zz_test_last/hd95",
+        "train/lr",
+    } <= set(scalars)
     assert scalars["train/loss"][0].tolist() == [1, 2, 3]
     assert scalars["val/dice"][0].tolist() == [3]
     for name in ("last.pt", "best.pt"):
@@ -48,8 +58,10 @@ def test_stop_at_ends_the_run_at_the_first_validation_that_reaches_it(tiny_cfg, 
     assert metrics["steps"] == 1 and [h["step"] for h in metrics["val"]["history"]] == [1]
     assert metrics["test"]["last"]["step"] == 1
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
-    again = train(tiny_cfg("trainer.val_every=1", "trainer.max_steps=4", "trainer.stop_at=0.0",
-                           f"trainer.resume={tmp_path}"), tmp_path)
+    again = train(
+        tiny_cfg("trainer.val_every=1", "trainer.max_steps=4", "trainer.stop_at=0.0", f"trainer.resume={tmp_path}"),
+        tmp_path,
+    )
     assert again["steps"] == 1  # a run that reached its target is finished: resuming it trains nothing
     history = train(tiny_cfg("trainer.val_every=1", "trainer.max_steps=2"), tmp_path / "full")["val"]["history"]
     assert [h["step"] for h in history] == [1, 2]
@@ -180,9 +192,12 @@ def test_thread_count_changes_numbers_by_rounding_only(tiny_cfg, tmp_path):
     results = {}
     for threads in (1, 2):
         metrics = train(tiny_cfg(f"trainer.threads={threads}", "trainer.max_steps=6"), tmp_path / str(threads))
-        results[threads] = {f"{split}/{k}": v for split, found in (("val", metrics["val"]["final"]),
-                                                                    ("test", metrics["test"]["best"]))
-                            for k, v in found.items() if isinstance(v, float)}
+        results[threads] = {
+            f"{split}/{k}": v
+            for split, found in (("val", metrics["val"]["final"]), ("test", metrics["test"]["best"]))
+            for k, v in found.items()
+            if isinstance(v, float)
+        }
     assert results[1].keys() == results[2].keys()
     for key, value in results[1].items():
         assert results[2][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
@@ -282,7 +297,7 @@ def test_overlay_is_readable_and_has_a_legend():
     assert out.shape == (1, 3, 48 * scale + 18, 48 * scale)
     for (y, x), (_, colour) in zip([(5, 5), (25, 25), (45, 45)], LEGEND):
         torch.testing.assert_close(out[0, :, y * scale, x * scale], 0.6 * torch.tensor(colour))
-    assert out[0, :, 48 * scale:].amax() > 0.9  # the legend strip has text and swatches
+    assert out[0, :, 48 * scale :].amax() > 0.9  # the legend strip has text and swatches
 
 
 def test_overlays_show_the_slices_with_most_tumour(tiny_cfg):
@@ -309,8 +324,7 @@ def test_validation_overlays_come_from_the_batch_with_most_tumour(tiny_cfg, tmp_
     assert float(shown[1].sum()) == max(areas) > 0 and areas[0] < max(areas)
 
 
-@pytest.mark.parametrize("precision, channels_last", [("bf16-mixed", False), ("16-mixed", False),
-                                                      ("bf16-mixed", True)])
+@pytest.mark.parametrize("precision, channels_last", [("bf16-mixed", False), ("16-mixed", False), ("bf16-mixed", True)])
 def test_mixed_precision_and_channels_last_train(tiny_cfg, tmp_path, precision, channels_last):
     metrics = train(tiny_cfg(f"trainer.precision={precision}", f"trainer.channels_last={channels_last}"), tmp_path)
     assert all(torch.isfinite(torch.tensor(v)) for v in read_scalars(tmp_path / "tb")["train/loss"][1])
@@ -330,8 +344,14 @@ def test_bf16_step_runs_the_forward_in_bfloat16():
     seen = []
     model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss = train_step(model, torch.randn(2, 2, 16, 16), torch.ones(2, 1, 16, 16),
-                      torch.nn.BCEWithLogitsLoss(), opt, precision_for("bf16-mixed", torch.device("cpu")))
+    loss = train_step(
+        model,
+        torch.randn(2, 2, 16, 16),
+        torch.ones(2, 1, 16, 16),
+        torch.nn.BCEWithLogitsLoss(),
+        opt,
+        precision_for("bf16-mixed", torch.device("cpu")),
+    )
     assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
@@ -339,9 +359,18 @@ def test_bf16_step_runs_the_forward_in_bfloat16():
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
 def test_compiled_training_matches_eager_closely(tiny_cfg, tmp_path, precision):
     """Float32 on the CPU is the case that segfaulted (inductor's channels-last conv backward)."""
-    runs = {compiled: train(tiny_cfg(f"trainer.precision={precision}", "trainer.max_steps=2", "trainer.val_every=2",
-                                     f"trainer.compile={str(compiled).lower()}"), tmp_path / str(compiled))
-            for compiled in (False, True)}
+    runs = {
+        compiled: train(
+            tiny_cfg(
+                f"trainer.precision={precision}",
+                "trainer.max_steps=2",
+                "trainer.val_every=2",
+                f"trainer.compile={str(compiled).lower()}",
+            ),
+            tmp_path / str(compiled),
+        )
+        for compiled in (False, True)
+    }
     tolerance = 1e-3 if precision == "32" else 2e-2
     assert runs[True]["val"]["final"]["loss"] == pytest.approx(runs[False]["val"]["final"]["loss"], rel=tolerance)
 

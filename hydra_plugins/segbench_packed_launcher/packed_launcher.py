@@ -49,8 +49,10 @@ class PackedLauncher(Launcher):
         if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
             _refuse(f"hydra.launcher.pack={pack!r} must be a positive whole number of seeds per process")
         if vectorize is not None and not isinstance(vectorize, bool):
-            _refuse(f"hydra.launcher.vectorize={vectorize!r} must be true (one vmapped step), false (members "
-                    "in turn) or null (vmap on a GPU, turns on the CPU)")
+            _refuse(
+                f"hydra.launcher.vectorize={vectorize!r} must be true (one vmapped step), false (members "
+                "in turn) or null (vmap on a GPU, turns on the CPU)"
+            )
         self.pack, self.vectorize = pack, vectorize
         self.config = self.task_function = self.hydra_context = None
 
@@ -66,19 +68,25 @@ class PackedLauncher(Launcher):
         arms: dict[tuple, list] = {}
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             arms.setdefault(_arm(overrides), []).append((idx, list(overrides)))
-        log.info("Launching %d jobs as %d arm(s), up to %d seeds per packed process", len(job_overrides),
-                 len(arms), self.pack)
+        log.info(
+            "Launching %d jobs as %d arm(s), up to %d seeds per packed process",
+            len(job_overrides),
+            len(arms),
+            self.pack,
+        )
         returns: dict[int, JobReturn] = {}
         for jobs in arms.values():
             for first in range(0, len(jobs), self.pack):
-                returns.update(self._run_pack(jobs[first:first + self.pack], pack_refusal, run_log, train_packed))
+                returns.update(self._run_pack(jobs[first : first + self.pack], pack_refusal, run_log, train_packed))
         failed = [r for r in returns.values() if r.status == JobStatus.FAILED]
         if failed:
             from segbench.errors import SegbenchError, one_line
 
             for ret in failed:
-                print(f"segbench: run {' '.join(filter_overrides(ret.overrides))} failed: "
-                      f"{one_line(ret._return_value)}", file=sys.stderr)
+                print(
+                    f"segbench: run {' '.join(filter_overrides(ret.overrides))} failed: {one_line(ret._return_value)}",
+                    file=sys.stderr,
+                )
             usage = all(isinstance(r._return_value, SegbenchError) for r in failed)
             sys.exit(2 if usage else 1)
         return [returns[i] for i in sorted(returns)]
@@ -93,8 +101,13 @@ class PackedLauncher(Launcher):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
-            collected[idx] = run_job(hydra_context=self.hydra_context, task_function=_collect, config=sweep_config,
-                                     job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            collected[idx] = run_job(
+                hydra_context=self.hydra_context,
+                task_function=_collect,
+                config=sweep_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         cfgs, dirs, logs = zip(*(ret.return_value for ret in collected.values()))
         for cfg, run_dir in zip(cfgs, dirs):

@@ -85,8 +85,14 @@ def tent(model: nn.Module, images, kind: str, device, lr: float = 1e-3) -> list[
     return seen
 
 
-def adapt(run_dir: str, methods=METHODS, batches: int = 20, tent_steps: int = 20, tent_lr: float = 1e-3,
-          checkpoint: str = "best.pt") -> dict:
+def adapt(
+    run_dir: str,
+    methods=METHODS,
+    batches: int = 20,
+    tent_steps: int = 20,
+    tent_lr: float = 1e-3,
+    checkpoint: str = "best.pt",
+) -> dict:
     """Score the run's test split after each adaptation method; writes ``adapt.json`` into the run."""
     from segbench.analysis.diagnose import load_run
     from segbench.eval.metrics import REPORT_METRIC
@@ -101,15 +107,20 @@ def adapt(run_dir: str, methods=METHODS, batches: int = 20, tent_steps: int = 20
             raise SegbenchError(f"--methods {method}: norm={cfg.norm.name} keeps no running statistics to re-estimate")
     sites = sample_sites(test_set) if "site_bn" in methods else None
     if "site_bn" in methods and (not sites or not all(sites)):
-        raise SegbenchError("--methods site_bn needs every test subject's site: a sites.tsv (subject<TAB>site) in data.root")
+        raise SegbenchError(
+            "--methods site_bn needs every test subject's site: a sites.tsv (subject<TAB>site) in data.root"
+        )
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     vbatch = int(cfg.data.get("val_batch_size", cfg.data.batch_size))
-    threshold = float(evaluate(model, val_set, loss_fn, ctx, vbatch, hd95=False, tune=True)[0].get("threshold_tuned", 0.5))
+    threshold = float(
+        evaluate(model, val_set, loss_fn, ctx, vbatch, hd95=False, tune=True)[0].get("threshold_tuned", 0.5)
+    )
     kind, metric = train_set.target_kind, REPORT_METRIC[train_set.target_kind]
 
     def target_batches(n: int, images=test_set):
-        loader = DataLoader(images, batch_size=int(cfg.data.batch_size), shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            images, batch_size=int(cfg.data.batch_size), shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
         return (x for x, _ in itertools.islice(itertools.cycle(loader), n))  # images only: no test label is read
 
     def per_site(adapted) -> dict:
@@ -119,15 +130,20 @@ def adapt(run_dir: str, methods=METHODS, batches: int = 20, tent_steps: int = 20
             subset = Subset(test_set, [i for i, s in enumerate(sites) if s == site])
             site_model = copy.deepcopy(adapted)
             used[site] = adabn(site_model, target_batches(batches, subset), ctx.device)
-            scores = evaluate(site_model.eval(), subset, loss_fn, ctx, vbatch, threshold=threshold, hd95=False,
-                              tune=False)[0]
+            scores = evaluate(
+                site_model.eval(), subset, loss_fn, ctx, vbatch, threshold=threshold, hd95=False, tune=False
+            )[0]
             for key in (metric, "dice_at_0.5"):  # per-case means: weighted by cases, they pool exactly
                 merged[key] = merged.get(key, 0.0) + scores[key] * scores["cases"]
             cases += scores["cases"]
             merged.setdefault("per_case", {}).update(scores["per_case"])
             merged["ap"] = scores["ap"] if len(used) == 1 else None
-        return {**{k: v / cases for k, v in merged.items() if k in (metric, "dice_at_0.5")},
-                "ap": merged["ap"], "per_case": merged["per_case"], "bn_batches_per_site": used}
+        return {
+            **{k: v / cases for k, v in merged.items() if k in (metric, "dice_at_0.5")},
+            "ap": merged["ap"],
+            "per_case": merged["per_case"],
+            "bn_batches_per_site": used,
+        }
 
     results = {}
     for method in methods:
@@ -140,11 +156,23 @@ def adapt(run_dir: str, methods=METHODS, batches: int = 20, tent_steps: int = 20
         if method == "site_bn":
             results[method] = per_site(adapted)
             continue
-        scores = evaluate(adapted.eval(), test_set, loss_fn, ctx, vbatch, threshold=threshold, hd95=False, tune=False)[0]
-        results[method] = {metric: scores[metric], "dice_at_0.5": scores.get("dice_at_0.5"), "ap": scores.get("ap"),
-                           "per_case": scores.get("per_case"), **extra}
-    out = {"metric": metric, "threshold_from_val": threshold, "checkpoint": checkpoint,
-           "test_sites": OmegaConf.to_container(cfg.data).get("test_sites"),
-           "site_batches": bool(cfg.data.get("site_batches")), "methods": results}
+        scores = evaluate(adapted.eval(), test_set, loss_fn, ctx, vbatch, threshold=threshold, hd95=False, tune=False)[
+            0
+        ]
+        results[method] = {
+            metric: scores[metric],
+            "dice_at_0.5": scores.get("dice_at_0.5"),
+            "ap": scores.get("ap"),
+            "per_case": scores.get("per_case"),
+            **extra,
+        }
+    out = {
+        "metric": metric,
+        "threshold_from_val": threshold,
+        "checkpoint": checkpoint,
+        "test_sites": OmegaConf.to_container(cfg.data).get("test_sites"),
+        "site_batches": bool(cfg.data.get("site_batches")),
+        "methods": results,
+    }
     write_json(run / "adapt.json", out)
     return out

@@ -8,8 +8,18 @@ from __future__ import annotations
 from segbench.analysis.runs import Run
 
 # Keys that never define an arm: the replicate, and settings that do not change what is learned.
-IGNORED_KEYS = {"seed", "data.fold", "trainer.device", "trainer.progress", "trainer.threads", "hydra.launcher.n_jobs",
-                "data.num_workers", "trainer.log_images", "hydra.sweep.dir", "hydra.run.dir"}
+IGNORED_KEYS = {
+    "seed",
+    "data.fold",
+    "trainer.device",
+    "trainer.progress",
+    "trainer.threads",
+    "hydra.launcher.n_jobs",
+    "data.num_workers",
+    "trainer.log_images",
+    "hydra.sweep.dir",
+    "hydra.run.dir",
+}
 BATCH_KEYS = ("data.batch_size", "bs")
 
 

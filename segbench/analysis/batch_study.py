@@ -4,7 +4,8 @@
 here before its runs were read: BN against a challenger (GN by default, Wu & He 2018; or FRN,
 EvoNorm-S0, WS+GN) at the small and the large batch, their interaction, BN at the small batch
 against BN at the large one (the first question's small-batch cause), and BN against no norm at
-each batch size and the change between them (does BN hurt more at batch 2?). One family, Holm over it; per-seed differences of the same seed (interactions are
+each batch size and the change between them (does BN hurt more at batch 2?). One family, Holm over it;
+per-seed differences of the same seed (interactions are
 differences of per-seed differences); each contrast judged only where every arm it reads converged.
 
     python -c "from segbench.analysis.batch_study import write_table as w; w(['<sweep>'], 'out')"
@@ -28,26 +29,56 @@ from segbench.errors import invalid_choice
 # (label, terms: (+1/-1, norm, batch) summed per seed, claimed direction, what it asks). ``X`` is the
 # challenger the study sets against BN (GN by default; FRN, EvoNorm-S0 or WS+GN for the newcomers).
 CONTRASTS = (
-    ("BN − {X} at the small batch", ((+1, "batch", "small"), (-1, "X", "small")), -1,
-     "{X} beats BN at small batches ({claim})"),
-    ("BN − {X} at the large batch", ((+1, "batch", "large"), (-1, "X", "large")), +1,
-     "BN at least matches {X} at large batches"),
-    ("interaction: (BN − {X}) large − (BN − {X}) small",
-     ((+1, "batch", "large"), (-1, "X", "large"), (-1, "batch", "small"), (+1, "X", "small")), +1,
-     "BN's deficit grows as the batch shrinks"),
-    ("BN small batch − BN large batch", ((+1, "batch", "small"), (-1, "batch", "large")), -1,
-     "the small-batch cause: BN at batch 2 predicts worse than at 16"),
-    ("BN − no norm at the small batch", ((+1, "batch", "small"), (-1, "none", "small")), -1,
-     "the asker's symptom at the small batch"),
-    ("BN − no norm at the large batch", ((+1, "batch", "large"), (-1, "none", "large")), 0,
-     "BN against no norm at the large batch"),
-    ("(BN − no norm) small − (BN − no norm) large",
-     ((+1, "batch", "small"), (-1, "none", "small"), (-1, "batch", "large"), (+1, "none", "large")), -1,
-     "BN hurts more (or helps less) at the small batch"),
+    (
+        "BN − {X} at the small batch",
+        ((+1, "batch", "small"), (-1, "X", "small")),
+        -1,
+        "{X} beats BN at small batches ({claim})",
+    ),
+    (
+        "BN − {X} at the large batch",
+        ((+1, "batch", "large"), (-1, "X", "large")),
+        +1,
+        "BN at least matches {X} at large batches",
+    ),
+    (
+        "interaction: (BN − {X}) large − (BN − {X}) small",
+        ((+1, "batch", "large"), (-1, "X", "large"), (-1, "batch", "small"), (+1, "X", "small")),
+        +1,
+        "BN's deficit grows as the batch shrinks",
+    ),
+    (
+        "BN small batch − BN large batch",
+        ((+1, "batch", "small"), (-1, "batch", "large")),
+        -1,
+        "the small-batch cause: BN at batch 2 predicts worse than at 16",
+    ),
+    (
+        "BN − no norm at the small batch",
+        ((+1, "batch", "small"), (-1, "none", "small")),
+        -1,
+        "the asker's symptom at the small batch",
+    ),
+    (
+        "BN − no norm at the large batch",
+        ((+1, "batch", "large"), (-1, "none", "large")),
+        0,
+        "BN against no norm at the large batch",
+    ),
+    (
+        "(BN − no norm) small − (BN − no norm) large",
+        ((+1, "batch", "small"), (-1, "none", "small"), (-1, "batch", "large"), (+1, "none", "large")),
+        -1,
+        "BN hurts more (or helps less) at the small batch",
+    ),
 )
 # How the contrasts name a challenger, and whose claim "beats BN at small batches" is.
-CHALLENGERS = {"group": ("GN", "Wu & He 2018"), "frn": ("FRN", "Singh & Krishnan 2020"),
-               "evonorm_s0": ("EvoNorm-S0", "Liu et al. 2020"), "ws_group": ("WS+GN", "Qiao et al. 2019")}
+CHALLENGERS = {
+    "group": ("GN", "Wu & He 2018"),
+    "frn": ("FRN", "Singh & Krishnan 2020"),
+    "evonorm_s0": ("EvoNorm-S0", "Liu et al. 2020"),
+    "ws_group": ("WS+GN", "Qiao et al. 2019"),
+}
 
 
 def _arms(runs: list[Run]) -> dict[tuple[str, int], dict[int, Run]]:
@@ -58,8 +89,7 @@ def _arms(runs: list[Run]) -> dict[tuple[str, int], dict[int, Run]]:
     return arms
 
 
-def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = None,
-              challenger: str = "group") -> dict:
+def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = None, challenger: str = "group") -> dict:
     """Each planned contrast's per-seed differences, interval, Holm-adjusted verdict and convergence.
 
     ``challenger`` is the norm set against BN (a key of ``CHALLENGERS``); the family is the
@@ -81,38 +111,76 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
         if any(k not in arms for k in keys) or len(batches) < 2:
             continue
         seeds = sorted(set.intersection(*(set(arms[k]) for k in keys)))
-        diffs = {s: sum(sign * (result(arms[k][s], metric) or np.nan) for (sign, _, _), k in zip(terms, keys))
-                 for s in seeds}
+        diffs = {
+            s: sum(sign * (result(arms[k][s], metric) or np.nan) for (sign, _, _), k in zip(terms, keys)) for s in seeds
+        }
         flags = [arm_converged(list(arms[k].values())) for k in set(keys)]
         converged = False if False in flags else (None if None in flags else True)
-        rows.append({"label": label, "asks": asks, "direction": direction, "arms": sorted(set(keys)),
-                     "converged": converged, **stats.paired(diffs, {s: 0.0 for s in seeds})})
-    for row, verdict in zip(rows, decide_family([r["diffs"] for r in rows], design, [r["direction"] for r in rows],
-                                                [r["converged"] for r in rows])):
+        rows.append(
+            {
+                "label": label,
+                "asks": asks,
+                "direction": direction,
+                "arms": sorted(set(keys)),
+                "converged": converged,
+                **stats.paired(diffs, {s: 0.0 for s in seeds}),
+            }
+        )
+    for row, verdict in zip(
+        rows,
+        decide_family(
+            [r["diffs"] for r in rows], design, [r["direction"] for r in rows], [r["converged"] for r in rows]
+        ),
+    ):
         row.update(verdict)
-    per_arm = {f"{n} bs={b}": {"seeds": len(by), "mean": float(np.mean([result(r, metric) for r in by.values()])),
-                               "converged": sum(run_convergence(r).get("converged") is True for r in by.values()),
-                               "steps": sorted({r.metrics.get("steps") for r in by.values()})}
-               for (n, b), by in sorted(arms.items())}
-    return {"rows": rows, "arms": per_arm, "metric": metric, "margin": design.margin, "batches": size,
-            "runs": len(runs)}
+    per_arm = {
+        f"{n} bs={b}": {
+            "seeds": len(by),
+            "mean": float(np.mean([result(r, metric) for r in by.values()])),
+            "converged": sum(run_convergence(r).get("converged") is True for r in by.values()),
+            "steps": sorted({r.metrics.get("steps") for r in by.values()}),
+        }
+        for (n, b), by in sorted(arms.items())
+    }
+    return {
+        "rows": rows,
+        "arms": per_arm,
+        "metric": metric,
+        "margin": design.margin,
+        "batches": size,
+        "runs": len(runs),
+    }
 
 
 def markdown(numbers: dict) -> str:
-    lines = [f"{numbers['runs']} runs; test {numbers['metric']} of the checkpoint chosen on val; margin "
-             f"±{numbers['margin']:g} declared in the experiment file; Holm over the {len(numbers['rows'])} contrasts.", "",
-             "| arm | seeds | mean | converged | steps |", "|---|---|---|---|---|"]
+    lines = [
+        f"{numbers['runs']} runs; test {numbers['metric']} of the checkpoint chosen on val; margin "
+        f"±{numbers['margin']:g} declared in the experiment file; Holm over the {len(numbers['rows'])} contrasts.",
+        "",
+        "| arm | seeds | mean | converged | steps |",
+        "|---|---|---|---|---|",
+    ]
     for name, a in numbers["arms"].items():
-        lines.append(f"| {name} | {a['seeds']} | {a['mean']:.3f} | {a['converged']}/{a['seeds']} | "
-                     f"{', '.join(map(str, a['steps']))} |")
-    lines += ["", "| contrast | what it asks | mean [95 % CI] | seeds in the claimed direction | Holm p | verdict |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {a['seeds']} | {a['mean']:.3f} | {a['converged']}/{a['seeds']} | "
+            f"{', '.join(map(str, a['steps']))} |"
+        )
+    lines += [
+        "",
+        "| contrast | what it asks | mean [95 % CI] | seeds in the claimed direction | Holm p | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in numbers["rows"]:
         d = np.asarray(r["diffs"])
-        share = (f"{int((np.sign(d) == r['direction']).sum())} of {len(d)}" if r["direction"] else
-                 f"{int((d < 0).sum())} of {len(d)} below 0")
-        lines.append(f"| {r['label']} | {r['asks']} | {r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {share} | "
-                     f"{r['p_holm']:.3f} | **{r['verdict']}** |")
+        share = (
+            f"{int((np.sign(d) == r['direction']).sum())} of {len(d)}"
+            if r["direction"]
+            else f"{int((d < 0).sum())} of {len(d)} below 0"
+        )
+        lines.append(
+            f"| {r['label']} | {r['asks']} | {r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {share} | "
+            f"{r['p_holm']:.3f} | **{r['verdict']}** |"
+        )
     return "\n".join(lines)
 
 

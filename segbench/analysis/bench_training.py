@@ -38,8 +38,13 @@ def bench_model(norm: str, in_channels: int, width: int, depth: int):
     torch.manual_seed(0)
     groups = {"num_groups": math.gcd(8, width)}
     # CBN without burn-in, so the bench times its compensated statistics, not plain BN.
-    options = {"spade": {"hidden": 32}, "group": groups, "wsgroup": groups, "evonorms0": groups,
-               "crossbatch": {"burnin": 0}}.get(norm)
+    options = {
+        "spade": {"hidden": 32},
+        "group": groups,
+        "wsgroup": groups,
+        "evonorms0": groups,
+        "crossbatch": {"burnin": 0},
+    }.get(norm)
     return build_model("resunet", in_channels, 1, norm=norm, norm_options=options, width=width, depth=depth)
 
 
@@ -62,8 +67,7 @@ def train_step_vs_bare(batch: int, size, steps: int, rounds: int, width: int, de
         t_ours += timed(ours_step, steps, device)
         t_bare += timed(bare_step, steps, device)
     n = batch * steps * rounds
-    return {"segbench_step_images_per_s": n / t_ours, "bare_step_images_per_s": n / t_bare,
-            "ratio": t_bare / t_ours}
+    return {"segbench_step_images_per_s": n / t_ours, "bare_step_images_per_s": n / t_bare, "ratio": t_bare / t_ours}
 
 
 def precision_settings(device, compiled: bool = True) -> list[tuple[str, bool, bool]]:
@@ -77,8 +81,9 @@ def precision_settings(device, compiled: bool = True) -> list[tuple[str, bool, b
     return eager + ([("32", False, True), ("bf16-mixed", False, True)] if compiled else [])
 
 
-def precision_speed(batch: int, size, steps: int, rounds: int, width: int, depth: int, device,
-                    compiled: bool = True) -> dict:
+def precision_speed(
+    batch: int, size, steps: int, rounds: int, width: int, depth: int, device, compiled: bool = True
+) -> dict:
     """``train_step`` images/s per ``trainer.precision``, memory format and ``trainer.compile``,
     rounds interleaved in one process (the machine's load hits every setting alike), ratios to
     float32 NCHW eager, and achieved FLOP/s (``torch.utils.flop_counter``) as a share of a GEMM peak
@@ -93,7 +98,7 @@ def precision_speed(batch: int, size, steps: int, rounds: int, width: int, depth
             model, x = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
         opt, precision = torch.optim.Adam(model.parameters()), precision_for(name, device)
         net = compile_for_training(model, device, precision) if compile_it else model
-        step = (lambda m, x, o, p: lambda: train_step(m, x, target, loss_fn, o, p))(net, x, opt, precision)
+        step = (lambda m, x, o, p: lambda: train_step(m, x, target, loss_fn, o, p))(net, x, opt, precision)  # noqa: B023 - called in this iteration
         step()  # warm-up (and compilation)
         steps_of[name + (" channels_last" if channels_last else "") + (" compiled" if compile_it else "")] = step
     flops = step_flops(steps_of["32"])  # the same arithmetic whatever the dtype
@@ -105,9 +110,14 @@ def precision_speed(batch: int, size, steps: int, rounds: int, width: int, depth
     dtypes = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
     peaks = {name: gemm_peak(device, dtype) for name, dtype in dtypes.items() if any(k.startswith(name) for k in per_s)}
     achieved = {k: flops * steps * rounds / t for k, t in seconds.items()}
-    return {"images_per_s": per_s, "relative_to_fp32": {k: v / per_s["32"] for k, v in per_s.items()},
-            "flops_per_step": flops, "achieved_flop_per_s": achieved, "gemm_peak_flop_per_s": peaks,
-            "share_of_gemm_peak": {k: achieved[k] / peaks[k.split()[0]] for k in achieved}}
+    return {
+        "images_per_s": per_s,
+        "relative_to_fp32": {k: v / per_s["32"] for k, v in per_s.items()},
+        "flops_per_step": flops,
+        "achieved_flop_per_s": achieved,
+        "gemm_peak_flop_per_s": peaks,
+        "share_of_gemm_peak": {k: achieved[k] / peaks[k.split()[0]] for k in achieved},
+    }
 
 
 def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, rounds: int, device) -> dict:
@@ -127,13 +137,26 @@ def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, r
     from segbench.data import build_datasets
     from segbench.train.trainer import train
 
-    cfg = compose([f"data.root={root}", f"data.batch_size={batch}", f"model.width={width}", f"model.depth={depth}",
-                   f"trainer.max_steps={steps}", f"trainer.val_every={10 * steps}", "trainer.progress=false",
-                   f"trainer.device={device.type}", f"trainer.checkpoint_every={10 * steps}", "trainer.log_images=0",
-                   "trainer.precision=32"])
+    cfg = compose(
+        [
+            f"data.root={root}",
+            f"data.batch_size={batch}",
+            f"model.width={width}",
+            f"model.depth={depth}",
+            f"trainer.max_steps={steps}",
+            f"trainer.val_every={10 * steps}",
+            "trainer.progress=false",
+            f"trainer.device={device.type}",
+            f"trainer.checkpoint_every={10 * steps}",
+            "trainer.log_images=0",
+            "trainer.precision=32",
+        ]
+    )
     train_set = build_datasets(dict(cfg.data)).train
-    batches = [(x.to(device), y.to(device))
-               for x, y in itertools.islice(DataLoader(train_set, batch_size=batch, shuffle=True), steps)]
+    batches = [
+        (x.to(device), y.to(device))
+        for x, y in itertools.islice(DataLoader(train_set, batch_size=batch, shuffle=True), steps)
+    ]
 
     def one_round() -> tuple[float, float]:
         model = bench_model("batch", train_set.in_channels, width, depth).to(device).train()
@@ -161,9 +184,14 @@ def trainer_vs_bare(root: str, batch: int, steps: int, width: int, depth: int, r
     finally:
         quiet.setLevel(level)
     ratios = [o / t for o, t in zip(ours, theirs)]
-    return {"trainer_images_per_s": float(np.median(ours)), "bare_loop_images_per_s": float(np.median(theirs)),
-            "ratio_trainer_over_bare": float(np.median(ratios)), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "ratio_per_round": ratios}
+    return {
+        "trainer_images_per_s": float(np.median(ours)),
+        "bare_loop_images_per_s": float(np.median(theirs)),
+        "ratio_trainer_over_bare": float(np.median(ratios)),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "ratio_per_round": ratios,
+    }
 
 
 def loader_throughput(root: str, batch: int, batches: int, workers: int) -> float:
@@ -187,7 +215,7 @@ def per_norm(batch: int, size, steps: int, width: int, depth: int, device) -> di
     for norm in progress(sorted(NORMS), "norms", len(NORMS), "norm"):
         model = bench_model(norm, 4, width, depth).to(device)
         opt = torch.optim.Adam(model.parameters())
-        step = lambda: train_step(model, images, target, MultilabelLoss("bce"), opt)  # noqa: E731
+        step = lambda: train_step(model, images, target, MultilabelLoss("bce"), opt)  # noqa: E731, B023 - called in this iteration
         step()
         out[norm] = batch * steps / timed(step, steps, device)
     base = out["batch"]
@@ -205,12 +233,21 @@ def per_norm_3d(batch: int, patch, steps: int, width: int, depth: int, device) -
     norms = [n for n in sorted(NORMS) if has_3d_form(n)]
     for norm in progress(norms, "3-D norms", len(norms), "norm"):
         torch.manual_seed(0)
-        options = {"spade": {"hidden": 16}, "group": {"num_groups": 4}, "wsgroup": {"num_groups": 4},
-                   "evonorms0": {"num_groups": 4}}.get(norm)
+        options = {
+            "spade": {"hidden": 16},
+            "group": {"num_groups": 4},
+            "wsgroup": {"num_groups": 4},
+            "evonorms0": {"num_groups": 4},
+        }.get(norm)
         model = ResUNet(4, 1, width=width, depth=depth, norm=norm, norm_options=options, dims=3).to(device)
         opt = torch.optim.Adam(model.parameters())
-        step = lambda: train_step(model, images, target, MultilabelLoss("bce"), opt)  # noqa: E731
+        step = lambda: train_step(model, images, target, MultilabelLoss("bce"), opt)  # noqa: E731, B023 - called in this iteration
         step()
         out[norm] = batch * math.prod(patch) * steps / timed(step, steps, device)
-    return {"voxels_per_s": out, "relative_to_batch": {k: v / out["batch"] for k, v in out.items()},
-            "patch": list(patch), "batch_size": batch, "model": f"resunet3d width={width} depth={depth}"}
+    return {
+        "voxels_per_s": out,
+        "relative_to_batch": {k: v / out["batch"] for k, v in out.items()},
+        "patch": list(patch),
+        "batch_size": batch,
+        "model": f"resunet3d width={width} depth={depth}",
+    }

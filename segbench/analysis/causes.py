@@ -23,14 +23,18 @@ from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.verdicts import arm_converged, run_convergence
 
 # (arm, its no-BN twin, what it adds, the cause diagnose should name on it)
-TRAINED = (("bn_pytorch", "none", "BN, PyTorch's defaults (momentum 0.1, eps 1e-5)", "healthy"),
-           ("bn_tf1", "none", "BN, TF1's defaults (decay 0.999, eps 1e-3), updates run", "too_slow"),
-           ("bn_tf1_never_updated", "none", "BN, TF1's defaults, update ops never run", "never_updated"),
-           ("bn_pytorch_no_inner_act", "none_no_inner_act", "BN in the posted wiring (conv -> BN -> conv)", "healthy"),
-           ("none_no_inner_act", "none", "the posted wiring itself, no BN", None))
-EVAL_ONLY = (("bn_pytorch", "batch", "PyTorch BN evaluated with batch statistics (is_training left true), eval batch"),
-             ("bn_pytorch", "batch_1", "PyTorch BN evaluated with batch statistics at batch 1"),
-             ("bn_tf1", "batch", "TF1 BN evaluated with batch statistics, eval batch"))
+TRAINED = (
+    ("bn_pytorch", "none", "BN, PyTorch's defaults (momentum 0.1, eps 1e-5)", "healthy"),
+    ("bn_tf1", "none", "BN, TF1's defaults (decay 0.999, eps 1e-3), updates run", "too_slow"),
+    ("bn_tf1_never_updated", "none", "BN, TF1's defaults, update ops never run", "never_updated"),
+    ("bn_pytorch_no_inner_act", "none_no_inner_act", "BN in the posted wiring (conv -> BN -> conv)", "healthy"),
+    ("none_no_inner_act", "none", "the posted wiring itself, no BN", None),
+)
+EVAL_ONLY = (
+    ("bn_pytorch", "batch", "PyTorch BN evaluated with batch statistics (is_training left true), eval batch"),
+    ("bn_pytorch", "batch_1", "PyTorch BN evaluated with batch statistics at batch 1"),
+    ("bn_tf1", "batch", "TF1 BN evaluated with batch statistics, eval batch"),
+)
 
 
 def _cause(run: Run) -> str:
@@ -59,15 +63,21 @@ def diagnose_all(runs: list[Run], missing: bool = True) -> dict[str, dict]:
             cached = json.loads(path.read_text())
         else:  # the scores are measured once; the naming rule is applied to them afresh
             scores = {k: cached[k] for k in ("running", "batch", "batch_1", "precise")}
-            cached["cause"], cached["verdict"] = name_cause(cached["metric"], scores, cached["statistics"],
-                                                            cached["batchmate_flip_fraction"], cached["layers"],
-                                                            int(run.config.get("data", {}).get("batch_size", 4)))
+            cached["cause"], cached["verdict"] = name_cause(
+                cached["metric"],
+                scores,
+                cached["statistics"],
+                cached["batchmate_flip_fraction"],
+                cached["layers"],
+                int(run.config.get("data", {}).get("batch_size", 4)),
+            )
         out[str(run.path)] = cached
     return out
 
 
-def cause_table(sweep: str | list[str], design: Design | None = None, diagnose_missing: bool = True,
-                eval_causes: bool = True) -> tuple[str, dict]:
+def cause_table(
+    sweep: str | list[str], design: Design | None = None, diagnose_missing: bool = True, eval_causes: bool = True
+) -> tuple[str, dict]:
     """The answer table (markdown) and its numbers for ``why_bn_failed`` sweep folders (one, or
     several holding more seeds of the same arms). ``eval_causes=False`` leaves out the causes read off
     the BN runs by ``diagnose`` (batch statistics at eval) and the diagnoses themselves: the family
@@ -81,29 +91,54 @@ def cause_table(sweep: str | list[str], design: Design | None = None, diagnose_m
     rows = []
     for arm, twin, what, _ in TRAINED:
         if arm in arms and twin in arms:
-            rows.append({"what": what, "arm": arm, "twin": twin,
-                         "slower": stats.paired({s: _fit_auc(r) for s, r in arms[arm].items()},
-                                                {s: _fit_auc(r) for s, r in arms[twin].items()}),
-                         "worse": stats.paired({s: result(r, "dice") for s, r in arms[arm].items()},
-                                               {s: result(r, "dice") for s, r in arms[twin].items()}),
-                         "worse_05": stats.paired({s: result(r, "dice_at_0.5") for s, r in arms[arm].items()},
-                                                  {s: result(r, "dice_at_0.5") for s, r in arms[twin].items()})})
+            rows.append(
+                {
+                    "what": what,
+                    "arm": arm,
+                    "twin": twin,
+                    "slower": stats.paired(
+                        {s: _fit_auc(r) for s, r in arms[arm].items()}, {s: _fit_auc(r) for s, r in arms[twin].items()}
+                    ),
+                    "worse": stats.paired(
+                        {s: result(r, "dice") for s, r in arms[arm].items()},
+                        {s: result(r, "dice") for s, r in arms[twin].items()},
+                    ),
+                    "worse_05": stats.paired(
+                        {s: result(r, "dice_at_0.5") for s, r in arms[arm].items()},
+                        {s: result(r, "dice_at_0.5") for s, r in arms[twin].items()},
+                    ),
+                }
+            )
     for arm, mode, what in EVAL_ONLY if eval_causes else ():
         if arm in arms and "none" in arms:
             scored = {s: diag[str(r.path)][mode] for s, r in arms[arm].items() if str(r.path) in diag}
-            rows.append({"what": what, "arm": f"{arm} ({mode} statistics)", "twin": "none", "slower": None,
-                         "worse": stats.paired(scored, {s: result(r, "dice") for s, r in arms["none"].items()}),
-                         "worse_05": None})
+            rows.append(
+                {
+                    "what": what,
+                    "arm": f"{arm} ({mode} statistics)",
+                    "twin": "none",
+                    "slower": None,
+                    "worse": stats.paired(scored, {s: result(r, "dice") for s, r in arms["none"].items()}),
+                    "worse_05": None,
+                }
+            )
     # Three families, one per question asked of every cause; Holm within each.
     for key, direction in (("slower", +1), ("worse", -1), ("worse_05", -1)):
         judged = [r for r in rows if r[key] is not None]
         conv = [_converged(arms, r["arm"].split(" ")[0], r["twin"]) for r in judged]
-        for row, verdict in zip(judged, decide_family([r[key]["diffs"] for r in judged], design,
-                                                      [direction] * len(judged), conv)):
+        for row, verdict in zip(
+            judged, decide_family([r[key]["diffs"] for r in judged], design, [direction] * len(judged), conv)
+        ):
             row[key].update(verdict)
-    nothing = [f"{c} seed {s}" for c, by in arms.items() for s, r in by.items() if (result(r, "dice_at_0.5") or 0) < 0.01]
-    return _markdown(rows, arms, diag, design), {"rows": rows, "hit_rate": hit_rate(arms, diag),
-                                                 "nothing_at_05": nothing, "runs": len(runs)}
+    nothing = [
+        f"{c} seed {s}" for c, by in arms.items() for s, r in by.items() if (result(r, "dice_at_0.5") or 0) < 0.01
+    ]
+    return _markdown(rows, arms, diag, design), {
+        "rows": rows,
+        "hit_rate": hit_rate(arms, diag),
+        "nothing_at_05": nothing,
+        "runs": len(runs),
+    }
 
 
 def _converged(arms, arm: str, twin: str) -> bool | None:
@@ -120,9 +155,13 @@ def hit_rate(arms, diag) -> dict:
         named = [diag[str(r.path)]["cause"] for r in arms[arm].values() if str(r.path) in diag]
         if not named:  # no run of this arm diagnosed: nothing to count
             continue
-        out[arm] = {"expected": expected, "right": sum(c == expected for c in named),
-                    "silent": sum(c == "unclear" for c in named),
-                    "wrong": sum(c not in (expected, "unclear") for c in named), "named": named}
+        out[arm] = {
+            "expected": expected,
+            "right": sum(c == expected for c in named),
+            "silent": sum(c == "unclear" for c in named),
+            "wrong": sum(c not in (expected, "unclear") for c in named),
+            "named": named,
+        }
     return out
 
 
@@ -143,27 +182,42 @@ def _markdown(rows, arms, diag, design: Design) -> str:
     steps = sorted({r.metrics.get("steps") for v in arms.values() for r in v.values()})
     conv = sum(run_convergence(r).get("converged") is True for v in arms.values() for r in v.values())
     total = sum(len(v) for v in arms.values())
-    lines = [f"{counts[0]}-{counts[-1]} paired seeds per arm, {', '.join(map(str, steps))} steps; {conv} of {total} runs converged by "
-             f"the rule in `segbench/train/convergence.py`. Each cause minus its no-BN twin, mean [95 % t-interval]; "
-             f"Holm over the causes, one family per column; margin ±{design.margin:g} Dice declared before the run; "
-             "scope: these test subjects.", "",
-             "| cause (minus its no-BN twin) | learns slower? (eval-mode training loss, mean over validations) | "
-             "predicts worse? (test Dice, val-chosen threshold) | seeds worse | at a fixed 0.5 threshold |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"{counts[0]}-{counts[-1]} paired seeds per arm, {', '.join(map(str, steps))} steps; "
+        f"{conv} of {total} runs converged by "
+        f"the rule in `segbench/train/convergence.py`. Each cause minus its no-BN twin, mean [95 % t-interval]; "
+        f"Holm over the causes, one family per column; margin ±{design.margin:g} Dice declared before the run; "
+        "scope: these test subjects.",
+        "",
+        "| cause (minus its no-BN twin) | learns slower? (eval-mode training loss, mean over validations) | "
+        "predicts worse? (test Dice, val-chosen threshold) | seeds worse | at a fixed 0.5 threshold |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['what']} | {_cell(r['slower'])} | {_cell(r['worse'])} | {_share(r['worse'])} | "
-                     f"{_cell(r['worse_05']) if r['worse_05'] is not None else '—'} |")
+        lines.append(
+            f"| {r['what']} | {_cell(r['slower'])} | {_cell(r['worse'])} | {_share(r['worse'])} | "
+            f"{_cell(r['worse_05']) if r['worse_05'] is not None else '—'} |"
+        )
     rates = hit_rate(arms, diag)
     bn_runs = sum(len(v) for c, v in arms.items() if c.startswith("bn_"))
     if rates:
-        scope = ("every BN run" if len(diag) == bn_runs else
-                 f"{len(diag)} of the {bn_runs} BN runs (the others not diagnosed yet; the batch-statistics rows "
-                 "above read only the diagnosed ones)")
-        lines += ["", f"`segbench diagnose --split test --checkpoint best.pt` on {scope}, against the cause each "
-                      "arm was built with:", ""]
+        scope = (
+            "every BN run"
+            if len(diag) == bn_runs
+            else f"{len(diag)} of the {bn_runs} BN runs (the others not diagnosed yet; the batch-statistics rows "
+            "above read only the diagnosed ones)"
+        )
+        lines += [
+            "",
+            f"`segbench diagnose --split test --checkpoint best.pt` on {scope}, against the cause each "
+            "arm was built with:",
+            "",
+        ]
         for arm, h in rates.items():
-            lines.append(f"- {arm} (expected `{h['expected']}`): named right {h['right']}, named wrong {h['wrong']}, "
-                         f"said nothing clear {h['silent']} of {len(h['named'])} ({', '.join(h['named'])})")
+            lines.append(
+                f"- {arm} (expected `{h['expected']}`): named right {h['right']}, named wrong {h['wrong']}, "
+                f"said nothing clear {h['silent']} of {len(h['named'])} ({', '.join(h['named'])})"
+            )
     return "\n".join(lines)
 
 
@@ -182,6 +236,7 @@ def _held(res: dict | None) -> bool:
 def answer_lines(numbers: dict) -> list[str]:
     """The asker's answer in plain lines, written from the verdicts (nothing here is typed by hand)."""
     rows = numbers["rows"]
+
     def how_slow(r):  # every cause that predicts worse is listed, whether or not its slower learning resolved
         if r["slower"] is None:
             return r["what"]
@@ -189,46 +244,61 @@ def answer_lines(numbers: dict) -> list[str]:
 
     both = [how_slow(r) for r in rows if _held(r["worse"])]
     slower_only = [r["what"] for r in rows if _held(r["slower"]) and not _held(r["worse"])]
-    lines = [f"1. **Reproduce the symptom (predicts worse)**: "
-             f"{'; '.join(both) if both else 'none of the causes, at these seeds'}."]
+    lines = [
+        f"1. **Reproduce the symptom (predicts worse)**: "
+        f"{'; '.join(both) if both else 'none of the causes, at these seeds'}."
+    ]
     lines.append(f"2. **Learn slower without predicting worse**: {'; '.join(slower_only) if slower_only else 'none'}.")
     lines.append("")  # line 3, once the early-training results are set apart below
 
     def signal(r):
-        return (f"{r['what']}: test Dice {r['worse']['diff']:+.3f} [{r['worse']['low']:+.3f}, {r['worse']['high']:+.3f}], "
-                f"worse in {_share(r['worse'])} seeds (raw p {r['worse']['p']:.3f}, Holm {r['worse']['p_holm']:.3f})")
+        return (
+            f"{r['what']}: test Dice {r['worse']['diff']:+.3f} [{r['worse']['low']:+.3f}, {r['worse']['high']:+.3f}], "
+            f"worse in {_share(r['worse'])} seeds (raw p {r['worse']['p']:.3f}, Holm {r['worse']['p_holm']:.3f})"
+        )
 
     def early(r):  # passed the family's correction, but an arm had not reached its plateau
-        return (not _held(r["worse"]) and r["worse"]["verdict"].startswith("early-training")
-                and "held" in r["worse"]["verdict"])
+        return (
+            not _held(r["worse"])
+            and r["worse"]["verdict"].startswith("early-training")
+            and "held" in r["worse"]["verdict"]
+        )
 
     passed_early = [r for r in rows if early(r)]
     neither = [r["what"] for r in rows if not _held(r["worse"]) and not _held(r["slower"]) and r not in passed_early]
     lines[2] = f"3. **No resolved effect on either**: {'; '.join(neither) if neither else 'none'}."
     strong = [r for r in rows if not _held(r["worse"]) and not early(r) and r["worse"].get("p", 1) < 0.05]
     if passed_early:
-        lines.append("   Through the family correction, but early-training (not every run of the arm or its twin at "
-                     f"its plateau, so not yet a verdict on final performance): {'; '.join(map(signal, passed_early))}.")
+        lines.append(
+            "   Through the family correction, but early-training (not every run of the arm or its twin at "
+            f"its plateau, so not yet a verdict on final performance): {'; '.join(map(signal, passed_early))}."
+        )
     if strong:
         lines.append(f"   Signals the family correction does not yet let through: {'; '.join(map(signal, strong))}.")
     names = {r["arm"] for r in rows if _held(r["worse"])}
     names_early = {r["arm"] for r in passed_early}
     fixes = []
     if names & {"bn_tf1_never_updated", "bn_tf1"}:
-        fixes.append("run the moving-average updates (`with tf.control_dependencies(tf.get_collection("
-                     "tf.GraphKeys.UPDATE_OPS)): train_op = optimizer.minimize(loss)`) and lower `decay` from "
-                     "0.999 to 0.9-0.99 for a run this short (PyTorch's momentum 0.1 is decay 0.9)")
+        fixes.append(
+            "run the moving-average updates (`with tf.control_dependencies(tf.get_collection("
+            "tf.GraphKeys.UPDATE_OPS)): train_op = optimizer.minimize(loss)`) and lower `decay` from "
+            "0.999 to 0.9-0.99 for a run this short (PyTorch's momentum 0.1 is decay 0.9)"
+        )
     if any(n.startswith("bn_pytorch (batch") or n.startswith("bn_tf1 (batch") for n in names):
         fixes.append("evaluate with `is_training=False`: batch statistics at test time cost Dice")
     if not fixes and names_early & {"bn_tf1_never_updated", "bn_tf1"}:
-        fixes.append("on early-training evidence (see above): run the moving-average updates (`with "
-                     "tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)): train_op = "
-                     "optimizer.minimize(loss)`) and lower `decay` from 0.999 to 0.9-0.99 for a run this short")
+        fixes.append(
+            "on early-training evidence (see above): run the moving-average updates (`with "
+            "tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)): train_op = "
+            "optimizer.minimize(loss)`) and lower `decay` from 0.999 to 0.9-0.99 for a run this short"
+        )
     if not fixes:
         fixes.append("nothing in the BN settings tested here explains the symptom at these seeds")
     lines.append(f"4. **What to change in the asker's code**: {'; '.join(fixes)}.")
     nothing = numbers.get("nothing_at_05", [])
-    lines.append(f"5. **Judge with the right number**: at a fixed 0.5 threshold {len(nothing)} of {numbers.get('runs')} "
-                 f"runs predict no tumour at all on test{' (' + ', '.join(nothing) + ')' if nothing else ''}; the "
-                 "val-chosen threshold and threshold-free AP separate the causes, 0.5 mixes in calibration.")
+    lines.append(
+        f"5. **Judge with the right number**: at a fixed 0.5 threshold {len(nothing)} of {numbers.get('runs')} "
+        f"runs predict no tumour at all on test{' (' + ', '.join(nothing) + ')' if nothing else ''}; the "
+        "val-chosen threshold and threshold-free AP separate the causes, 0.5 mixes in calibration."
+    )
     return lines

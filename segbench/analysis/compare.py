@@ -20,8 +20,8 @@ from segbench.analysis import stats, verdicts
 from segbench.analysis.arms import arm_key, label, result, sort_key, varying_keys
 from segbench.analysis.decide import Design
 from segbench.analysis.figures import plot_curves
-from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.predictions import prediction_grid
+from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.study import read_design
 from segbench.errors import SegbenchError, one_line
 from segbench.io import write_text
@@ -60,21 +60,26 @@ def summarize(arms: dict[tuple, list[Run]], metric: str) -> list[dict]:
         converged = [c.get("converged") for c in checks]
         folds = sorted({r.overrides.get("data.fold") for r in runs if "data.fold" in r.overrides})
         # The lr the optimizer used (after optim.lr_scaling), not the one the config named.
-        row = {"arm": label(key), "norm": runs[0].metrics.get("norm"),
-               "batch_size": runs[0].metrics.get("global_batch_size"),
-               "seeds": len({r.metrics.get("seed") for r in runs}) if not folds else
-               f"{len({r.metrics.get('seed') for r in runs})} x {len(folds)} folds",
-               "lr": ",".join(sorted({f"{r.metrics.get('lr_applied', r.metrics.get('lr')):.3g}" for r in runs})),
-               "steps": ",".join(sorted({str(r.metrics.get("steps")) for r in runs})),
-               "converged": f"{sum(c is True for c in converged)}/{len(runs)}"
-                            + (f" ({sum(c is None for c in converged)} unknown)" if None in converged else ""),
-               "failed_seeds": "; ".join(verdicts.failed_seeds(runs)),
-               "not_converged": "; ".join(r.path.name for r, c in zip(runs, converged) if c is False),
-               "convergence_rechecked": "; ".join(r.path.name for r, c in zip(runs, checks)
-                                                  if "stored_check_validations" in c)}
+        row = {
+            "arm": label(key),
+            "norm": runs[0].metrics.get("norm"),
+            "batch_size": runs[0].metrics.get("global_batch_size"),
+            "seeds": len({r.metrics.get("seed") for r in runs})
+            if not folds
+            else f"{len({r.metrics.get('seed') for r in runs})} x {len(folds)} folds",
+            "lr": ",".join(sorted({f"{r.metrics.get('lr_applied', r.metrics.get('lr')):.3g}" for r in runs})),
+            "steps": ",".join(sorted({str(r.metrics.get("steps")) for r in runs})),
+            "converged": f"{sum(c is True for c in converged)}/{len(runs)}"
+            + (f" ({sum(c is None for c in converged)} unknown)" if None in converged else ""),
+            "failed_seeds": "; ".join(verdicts.failed_seeds(runs)),
+            "not_converged": "; ".join(r.path.name for r, c in zip(runs, converged) if c is False),
+            "convergence_rechecked": "; ".join(
+                r.path.name for r, c in zip(runs, checks) if "stored_check_validations" in c
+            ),
+        }
         for name, read, _ in COLUMNS:
             col = name.format(m=metric)
-            mean, lo, hi = stats.mean_ci(list(verdicts.per_seed(runs, lambda r: read(r, metric)).values()))
+            mean, lo, hi = stats.mean_ci(list(verdicts.per_seed(runs, lambda r: read(r, metric)).values()))  # noqa: B023 - called in this iteration
             lo, hi, clipped = verdicts.clip_interval(lo, hi, verdicts.metric_range(col))
             row[col], row[f"{col}_low"], row[f"{col}_high"] = mean, lo, hi
             row[f"{col}_clipped"] = clipped
@@ -109,13 +114,22 @@ def _population(p: dict) -> str:
 def markdown(rows: list[dict], pairs: list[dict], metric: str, design_note: str = "", scope: str = "subjects") -> str:
     cols = [(name.format(m=metric), digits) for name, _, digits in COLUMNS]
     best_value = max((r[f"test_{metric}"] for r in rows if np.isfinite(r[f"test_{metric}"])), default=None)
-    lines = ["| arm | seeds | lr applied | steps | converged | " + " | ".join(c for c, _ in cols) + " |",
-             "|---" * (5 + len(cols)) + "|"]
+    lines = [
+        "| arm | seeds | lr applied | steps | converged | " + " | ".join(c for c, _ in cols) + " |",
+        "|---" * (5 + len(cols)) + "|",
+    ]
     for row in rows:
         # Not bold and not a winner: the verdicts above say whether any difference is resolved.
-        mark = " (highest mean)" if best_value is not None and row[f"test_{metric}"] == best_value and len(rows) > 1 else ""
-        lines.append(f"| {row['arm']}{mark} | {row['seeds']} | {row['lr']} | {row['steps']} | {row['converged']} | "
-                     + " | ".join(_cell(row, c, d) for c, d in cols) + " |")
+        mark = (
+            " (highest mean)"
+            if best_value is not None and row[f"test_{metric}"] == best_value and len(rows) > 1
+            else ""
+        )
+        lines.append(
+            f"| {row['arm']}{mark} | {row['seeds']} | {row['lr']} | {row['steps']} | {row['converged']} | "
+            + " | ".join(_cell(row, c, d) for c, d in cols)
+            + " |"
+        )
     lines += ["", "† interval clipped to the metric's range (a t-interval at few seeds can leave it)."]
     failed = [(row["arm"], row["failed_seeds"]) for row in rows if row["failed_seeds"]]
     if failed:
@@ -127,41 +141,62 @@ def markdown(rows: list[dict], pairs: list[dict], metric: str, design_note: str 
         lines += [f"- {arm}: {names}" for arm, names in unconverged]
     rechecked = "; ".join(row["convergence_rechecked"] for row in rows if row["convergence_rechecked"])
     if rechecked:
-        lines += ["", f"Convergence judged again on the whole TensorBoard val curve for {rechecked}: their "
-                      "metrics.json check saw only the validations after a resume (segbench before 2026-12-07)."]
+        lines += [
+            "",
+            f"Convergence judged again on the whole TensorBoard val curve for {rechecked}: their "
+            "metrics.json check saw only the validations after a resume (segbench before 2026-12-07).",
+        ]
     if not pairs:
         return "\n".join(lines)
     level = pairs[0]["level"]
-    lines += ["", f"### Paired differences a - b of test {metric} (best-by-val checkpoint), on shared seeds", "",
-              f"{design_note}. Family: the {len(pairs)} comparisons below, Holm-adjusted; a verdict needs adjusted "
-              f"p < {level:g}. Verdicts use the scope **{'these test subjects' if scope == 'subjects' else 'a new subject'}** "
-              "(study.scope); the other scope is shown beside it. Scopes: *these subjects* = seeds random, test "
-              "subjects fixed (t-interval over per-seed means); *a new subject* = seeds and subjects both random "
-              "(crossed variance components, Satterthwaite df).", "",
-              "| a | b | n | budget | converged | a - b [95% CI] | median | Hodges-Lehmann [rank CI] | t-test p | Holm p | "
-              "sign-flip p | TOST p (Holm) | equivalent at n within | detectable (80%) | a new subject: a - b [95% CI] | "
-              "verdict |", "|---" * 16 + "|"]
+    lines += [
+        "",
+        f"### Paired differences a - b of test {metric} (best-by-val checkpoint), on shared seeds",
+        "",
+        f"{design_note}. Family: the {len(pairs)} comparisons below, Holm-adjusted; a verdict needs adjusted "
+        f"p < {level:g}. Verdicts use the scope "
+        f"**{'these test subjects' if scope == 'subjects' else 'a new subject'}** "
+        "(study.scope); the other scope is shown beside it. Scopes: *these subjects* = seeds random, test "
+        "subjects fixed (t-interval over per-seed means); *a new subject* = seeds and subjects both random "
+        "(crossed variance components, Satterthwaite df).",
+        "",
+        "| a | b | n | budget | converged | a - b [95% CI] | median | Hodges-Lehmann [rank CI] | t-test p | Holm p | "
+        "sign-flip p | TOST p (Holm) | equivalent at n within | detectable (80%) | a new subject: a - b [95% CI] | "
+        "verdict |",
+        "|---" * 16 + "|",
+    ]
     for p in pairs:
         conv = {True: "both", False: "no", None: "unknown"}[p["converged"]]
-        lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {p['budget'] or 'same batch'} | {conv} | "
-                     f"{_f(p['diff'])} {_ci(p['low'], p['high'])}{'†' if p['clipped'] else ''} | {_f(p['median'])} | "
-                     f"{_f(p['hodges_lehmann'])} {_ci(p['hl_low'], p['hl_high'])} | {_f(p['p'], '.3f')} | "
-                     f"{_f(p['p_holm'], '.3f')} | {_f(p['p_sign_flip'], '.3f')} | {_f(p['p_tost_holm'], '.3f')} | ±{_f(p['equivalence_margin_supported'], '.3f')} | "
-                     f"{_f(p['detectable'], '.3f')} | {_population(p)} | {_verdict(p, scope)} |")
+        lines.append(
+            f"| {p['a']} | {p['b']} | {p['n']} | {p['budget'] or 'same batch'} | {conv} | "
+            f"{_f(p['diff'])} {_ci(p['low'], p['high'])}{'†' if p['clipped'] else ''} | {_f(p['median'])} | "
+            f"{_f(p['hodges_lehmann'])} {_ci(p['hl_low'], p['hl_high'])} | {_f(p['p'], '.3f')} | "
+            f"{_f(p['p_holm'], '.3f')} | {_f(p['p_sign_flip'], '.3f')} | {_f(p['p_tost_holm'], '.3f')} | "
+            f"±{_f(p['equivalence_margin_supported'], '.3f')} | "
+            f"{_f(p['detectable'], '.3f')} | {_population(p)} | {_verdict(p, scope)} |"
+        )
     plan = [p for p in pairs if not p["decided"] and not p.get("early")]
     if plan:
-        lines += ["", f"**Seeds planned from these runs as a pilot** (margin ±{pairs[0]['margin']:g}, 80 % power, "
-                      f"level {level:g}; the per-seed spread of each comparison):"]
+        lines += [
+            "",
+            f"**Seeds planned from these runs as a pilot** (margin ±{pairs[0]['margin']:g}, 80 % power, "
+            f"level {level:g}; the per-seed spread of each comparison):",
+        ]
         for p in plan:
             need = p["seeds_to_detect_margin"] or "over 1000"
             equiv = p["seeds_for_equivalence"] or "over 1000"
-            lines.append(f"- {p['a']} vs {p['b']}: inconclusive at n = {p['n']}; about {need} paired seeds to detect a "
-                         f"difference of {p['margin']:g}, about {equiv} to show equivalence within ±{p['margin']:g}; "
-                         f"at n = {p['n']} equivalence could be claimed only within "
-                         f"±{_f(p['equivalence_margin_supported'], '.3f')}.")
+            lines.append(
+                f"- {p['a']} vs {p['b']}: inconclusive at n = {p['n']}; about {need} paired seeds to detect a "
+                f"difference of {p['margin']:g}, about {equiv} to show equivalence within ±{p['margin']:g}; "
+                f"at n = {p['n']} equivalence could be claimed only within "
+                f"±{_f(p['equivalence_margin_supported'], '.3f')}."
+            )
     if min((p["n"] for p in pairs), default=0) < verdicts.SMALL_N:
-        lines += ["", f"Note: some comparisons have fewer than {verdicts.SMALL_N} paired seeds; their intervals say "
-                      "little, and the exact sign-flip test cannot reach p < 0.05 below 6 seeds."]
+        lines += [
+            "",
+            f"Note: some comparisons have fewer than {verdicts.SMALL_N} paired seeds; their intervals say "
+            "little, and the exact sign-flip test cannot reach p < 0.05 below 6 seeds.",
+        ]
     return "\n".join(lines)
 
 
@@ -183,13 +218,22 @@ def _shared_metric(runs: list[Run]) -> str:
         kinds[run.metrics.get("report_metric", "dice")].append(run)
     if len(kinds) > 1:
         shown = "; ".join(f"{m}: {len(rs)} run(s), e.g. {rs[0].path}" for m, rs in sorted(kinds.items()))
-        raise SegbenchError(f"the runs report different test metrics ({shown}); compare runs of one kind of "
-                            "target, or name a metric they all have with --metric")
+        raise SegbenchError(
+            f"the runs report different test metrics ({shown}); compare runs of one kind of "
+            "target, or name a metric they all have with --metric"
+        )
     return next(iter(kinds))
 
 
-def compare(paths: list[str], out: str | None = None, metric: str | None = None, by: list[str] | None = None,
-            smooth: float = 0.6, margin: float | None = None, evaluation: str | None = None) -> Path:
+def compare(
+    paths: list[str],
+    out: str | None = None,
+    metric: str | None = None,
+    by: list[str] | None = None,
+    smooth: float = 0.6,
+    margin: float | None = None,
+    evaluation: str | None = None,
+) -> Path:
     """Write curves.png, by_batch_size.png, summary.md and summary.csv for the runs under ``paths``.
 
     Args:
@@ -215,17 +259,27 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
     metric = metric or _shared_metric(runs)
     lacking = [r for r in runs if result(r, metric) is None]
     if lacking:
-        has = sorted({k for k, v in (lacking[0].metrics.get("test", {}).get("best") or {}).items()
-                      if isinstance(v, (int, float))})
-        raise SegbenchError(f"{lacking[0].path} has no test {metric!r} ({len(lacking)} of {len(runs)} runs lack it); "
-                            f"its test metrics: {', '.join(has) or 'none'}")
+        has = sorted(
+            {
+                k
+                for k, v in (lacking[0].metrics.get("test", {}).get("best") or {}).items()
+                if isinstance(v, (int, float))
+            }
+        )
+        raise SegbenchError(
+            f"{lacking[0].path} has no test {metric!r} ({len(lacking)} of {len(runs)} runs lack it); "
+            f"its test metrics: {', '.join(has) or 'none'}"
+        )
     main_metric = runs[0].metrics.get("main_metric", metric)
     varying = list(by) if by else varying_keys(runs)
     arms: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         arms[arm_key(run, varying)].append(run)
-    out_dir = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.json").exists()
-                                     else Path("compare"))
+    out_dir = (
+        Path(out)
+        if out
+        else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.json").exists() else Path("compare"))
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_curves(arms, metric, main_metric, out_dir, smooth)
     try:
@@ -239,8 +293,10 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
     planned = read_design(paths)
     if planned:  # a sequential study: judged at alpha / looks, as its rounds were
         design = Design(design.margin, float(planned["alpha"]), int(planned["looks"]), design.power)
-        design_note += (f"; sequential study: {planned['looks']} looks planned ({planned['first']} seeds, then "
-                        f"{planned['per_round']} per round up to {planned['max_seeds']}), each at alpha/{planned['looks']}")
+        design_note += (
+            f"; sequential study: {planned['looks']} looks planned ({planned['first']} seeds, then "
+            f"{planned['per_round']} per round up to {planned['max_seeds']}), each at alpha/{planned['looks']}"
+        )
     pairs = verdicts.paired_comparisons(arms, metric, result, label, sort_key, design)
     scopes = {(r.config.get("study") or {}).get("scope", "subjects") for r in runs}
     scope = "population" if "population" in scopes else "subjects"
@@ -251,28 +307,63 @@ def compare(paths: list[str], out: str | None = None, metric: str | None = None,
     write_text(out_dir / "summary.csv", buffer.getvalue())
     if pairs:
         buffer = io.StringIO()
-        fields = ["a", "b", "differs_in", "same", "n", "budget", "converged", "diff", "low", "high", "median",
-                  "hodges_lehmann", "hl_low", "hl_high", "p", "p_holm", "p_tost", "p_tost_holm", "margin",
-                  "equivalence_margin_supported", "p_sign_flip", "p_wilcoxon", "detectable", "seeds_to_detect_margin",
-                  "seeds_for_equivalence", "verdict"]
+        fields = [
+            "a",
+            "b",
+            "differs_in",
+            "same",
+            "n",
+            "budget",
+            "converged",
+            "diff",
+            "low",
+            "high",
+            "median",
+            "hodges_lehmann",
+            "hl_low",
+            "hl_high",
+            "p",
+            "p_holm",
+            "p_tost",
+            "p_tost_holm",
+            "margin",
+            "equivalence_margin_supported",
+            "p_sign_flip",
+            "p_wilcoxon",
+            "detectable",
+            "seeds_to_detect_margin",
+            "seeds_for_equivalence",
+            "verdict",
+        ]
         writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(pairs)
         write_text(out_dir / "paired.csv", buffer.getvalue())
     seeds = sorted({r.metrics.get("seed") for r in runs})
-    header = (f"# segbench comparison\n\n{len(runs)} runs in {len(arms)} arms, varying: {', '.join(varying)}; "
-              f"seeds: {', '.join(map(str, seeds))}.\n\n"
-              f"Result: {scored_on} `{metric}` of the checkpoint chosen on val by `{main_metric}`"
-              f"{' (sigmoid threshold also chosen on val)' if metric == 'dice' else ''}; "
-              "cells are mean [95% t-interval over seeds]. `val_selection` is the val number used to choose and is "
-              "not a result. `train_eval_loss`: training images in eval mode, measured alike for every arm.\n\n"
-              "![curves](curves.png)\n\n" + pictures)
-    verdict_lines = [f"{p['a']} vs {p['b']}: {_verdict(p, scope)} (a - b {_f(p['diff'])} {_ci(p['low'], p['high'])}, "
-                     f"n={p['n']}, Holm p={_f(p['p_holm'], '.3f')})" for p in pairs]
+    header = (
+        f"# segbench comparison\n\n{len(runs)} runs in {len(arms)} arms, varying: {', '.join(varying)}; "
+        f"seeds: {', '.join(map(str, seeds))}.\n\n"
+        f"Result: {scored_on} `{metric}` of the checkpoint chosen on val by `{main_metric}`"
+        f"{' (sigmoid threshold also chosen on val)' if metric == 'dice' else ''}; "
+        "cells are mean [95% t-interval over seeds]. `val_selection` is the val number used to choose and is "
+        "not a result. `train_eval_loss`: training images in eval mode, measured alike for every arm.\n\n"
+        "![curves](curves.png)\n\n" + pictures
+    )
+    verdict_lines = [
+        f"{p['a']} vs {p['b']}: {_verdict(p, scope)} (a - b {_f(p['diff'])} {_ci(p['low'], p['high'])}, "
+        f"n={p['n']}, Holm p={_f(p['p_holm'], '.3f')})"
+        for p in pairs
+    ]
     write_text(out_dir / "verdicts.txt", "".join(line + "\n" for line in verdict_lines))
     # The verdicts in sentences first: what a reader opened the report for, before any table.
     opening = ("## Verdicts\n\n" + "".join(f"- {line}\n" for line in verdict_lines) + "\n") if verdict_lines else ""
     header = header.replace("\n\n![curves]", "\n\n" + opening + "![curves]", 1)
-    write_text(out_dir / "summary.md", header + markdown(rows, pairs, metric, design_note, scope) + "\n\n"
-               + "\n".join(f"- {r.path}" for r in runs) + "\n")
+    write_text(
+        out_dir / "summary.md",
+        header
+        + markdown(rows, pairs, metric, design_note, scope)
+        + "\n\n"
+        + "\n".join(f"- {r.path}" for r in runs)
+        + "\n",
+    )
     return out_dir

@@ -27,6 +27,7 @@ import numpy as np
 
 from segbench.analysis import stats
 
+
 @dataclass(frozen=True)
 class Design:
     """What a study declares before it runs.
@@ -55,8 +56,13 @@ def _word(sign: int, direction: int) -> str:
     return "held" if sign == direction else "did not hold"
 
 
-def decide_family(diff_sets: list, design: Design, directions: list[int] | None = None,
-                  converged: list[bool | None] | None = None, plan: bool = True) -> list[dict]:
+def decide_family(
+    diff_sets: list,
+    design: Design,
+    directions: list[int] | None = None,
+    converged: list[bool | None] | None = None,
+    plan: bool = True,
+) -> list[dict]:
     """Judge each comparison of one family (``diff_sets``: per-seed differences a - b of each).
 
     ``directions``: +1 (claim a > b), -1 (a < b) or 0 (no claim) per comparison; ``converged``:
@@ -79,12 +85,24 @@ def decide_family(diff_sets: list, design: Design, directions: list[int] | None 
         mean = float(d.mean()) if n else math.nan
         sd = float(d.std(ddof=1)) if n > 1 else math.nan
         hl, hl_lo, hl_hi = stats.hodges_lehmann(d, design.level)
-        res = {"n": n, "diff": mean, "median": float(np.median(d)) if n else math.nan,
-               "hodges_lehmann": hl, "hl_low": hl_lo, "hl_high": hl_hi,
-               "p": p_diff[i], "p_holm": adj_diff[i], "p_tost": p_tost[i], "p_tost_holm": adj_tost[i],
-               "margin": design.margin, "level": design.level, "family": k,
-               "equivalence_margin_supported": stats.equivalence_margin(d, design.level),
-               "seeds_to_detect_margin": None, "seeds_for_equivalence": None}
+        res = {
+            "n": n,
+            "diff": mean,
+            "median": float(np.median(d)) if n else math.nan,
+            "hodges_lehmann": hl,
+            "hl_low": hl_lo,
+            "hl_high": hl_hi,
+            "p": p_diff[i],
+            "p_holm": adj_diff[i],
+            "p_tost": p_tost[i],
+            "p_tost_holm": adj_tost[i],
+            "margin": design.margin,
+            "level": design.level,
+            "family": k,
+            "equivalence_margin_supported": stats.equivalence_margin(d, design.level),
+            "seeds_to_detect_margin": None,
+            "seeds_for_equivalence": None,
+        }
         if plan:
             res["seeds_to_detect_margin"] = stats.seeds_needed(sd, design.margin, design.level, design.power)
             res["seeds_for_equivalence"] = stats.seeds_for_equivalence(sd, design.margin, design.level, design.power)
@@ -100,8 +118,12 @@ def decide_family(diff_sets: list, design: Design, directions: list[int] | None 
             res.update(verdict=f"inconclusive at {n} seeds{ask}", decided=False)
         if not converged[i]:
             what = "not converged" if converged[i] is False else "convergence unknown"
-            res.update(verdict=f"early-training comparison ({what}): {res['verdict']} at this budget, "
-                               "not a verdict on final performance", decided=False, early=True)
+            res.update(
+                verdict=f"early-training comparison ({what}): {res['verdict']} at this budget, "
+                "not a verdict on final performance",
+                decided=False,
+                early=True,
+            )
         out.append(res)
     return out
 
@@ -109,15 +131,23 @@ def decide_family(diff_sets: list, design: Design, directions: list[int] | None 
 def planned_looks(first: int, per_round: int, max_seeds: int) -> int:
     """Looks of a sequential study: after ``first`` seeds, then every ``per_round`` up to ``max_seeds``."""
     if first < 2 or per_round < 1 or max_seeds < first:
-        raise ValueError(f"need first >= 2, per_round >= 1 and max_seeds >= first (got {first}, {per_round}, "
-                         f"{max_seeds})")
+        raise ValueError(
+            f"need first >= 2, per_round >= 1 and max_seeds >= first (got {first}, {per_round}, {max_seeds})"
+        )
     return 1 + math.ceil((max_seeds - first) / per_round)
 
 
-def sequential(run_round: Callable[[list[int]], None], read: Callable[[], list[list[float]]],
-               seeds: list[int], per_round: int, max_seeds: int, design: Design,
-               directions: list[int] | None = None, converged: Callable[[], list] | None = None,
-               report: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
+def sequential(
+    run_round: Callable[[list[int]], None],
+    read: Callable[[], list[list[float]]],
+    seeds: list[int],
+    per_round: int,
+    max_seeds: int,
+    design: Design,
+    directions: list[int] | None = None,
+    converged: Callable[[], list] | None = None,
+    report: Callable[[int, list[dict]], None] | None = None,
+) -> list[dict]:
     """Add seeds in rounds until every comparison is decided or ``max_seeds`` seeds have run.
 
     ``run_round(seeds)`` trains the new seeds of every arm; ``read()`` returns the per-seed

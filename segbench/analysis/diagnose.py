@@ -20,12 +20,12 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from segbench.nn.bn_stats import batch_statistics, bn_layers, recompute_bn_stats, running_statistics
 from segbench.errors import SegbenchError
-from segbench.io import write_json, write_text
-from segbench.ranks import DistContext
 from segbench.eval.evaluate import evaluate
 from segbench.eval.metrics import MAIN_METRIC, REPORT_METRIC
+from segbench.io import write_json, write_text
+from segbench.nn.bn_stats import batch_statistics, bn_layers, recompute_bn_stats, running_statistics
+from segbench.ranks import DistContext
 
 
 def load_run(run_dir: Path, checkpoint: str, split: str = "val"):
@@ -43,10 +43,19 @@ def load_run(run_dir: Path, checkpoint: str, split: str = "val"):
     if split == "test" and splits.test is None:
         raise SegbenchError(f"{run_dir}: its data has no test split (data.test_fraction=0); use --split val")
     train_set = splits.train
-    model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, list(getattr(train_set, "modalities", [])))
+    model = model_from_config(
+        cfg, train_set.in_channels, train_set.num_outputs, list(getattr(train_set, "modalities", []))
+    )
     load_model_state(model, state, path)
-    return (cfg, model.eval(), train_set, splits.val, splits.test if split == "test" else None,
-            loss_from_config(cfg, train_set.target_kind), int(state.get("step", 0)))
+    return (
+        cfg,
+        model.eval(),
+        train_set,
+        splits.val,
+        splits.test if split == "test" else None,
+        loss_from_config(cfg, train_set.target_kind),
+        int(state.get("step", 0)),
+    )
 
 
 def layer_divergence(model, reference) -> list[dict]:
@@ -54,9 +63,15 @@ def layer_divergence(model, reference) -> list[dict]:
     rows = []
     for (name, run), (_, ref) in zip(bn_layers(model), bn_layers(reference)):
         sigma = torch.sqrt(ref.running_var + ref.eps)
-        rows.append({"layer": name,
-                     "mean_shift": float(((run.running_mean - ref.running_mean).abs() / sigma).mean()),
-                     "log_var_ratio": float((torch.log((run.running_var + run.eps) / (ref.running_var + ref.eps))).abs().mean())})
+        rows.append(
+            {
+                "layer": name,
+                "mean_shift": float(((run.running_mean - ref.running_mean).abs() / sigma).mean()),
+                "log_var_ratio": float(
+                    (torch.log((run.running_var + run.eps) / (ref.running_var + ref.eps))).abs().mean()
+                ),
+            }
+        )
     return rows
 
 
@@ -82,9 +97,14 @@ def statistics_state(model, steps: int) -> dict:
     never = all(bool(torch.all(m.running_mean == 0)) and bool(torch.all(m.running_var == 1)) for m in layers)
     momentum = layers[0].momentum if layers else None
     left = 0.0 if momentum is None else float((1 - float(momentum)) ** max(steps, 0))
-    return {"never_updated": never, "momentum": momentum, "steps": steps, "initial_share_left": left,
-            "updates_run": all(getattr(m, "update_stats", True) for m in layers),
-            "eval_stats": sorted({getattr(m, "eval_stats", "running") for m in layers})}
+    return {
+        "never_updated": never,
+        "momentum": momentum,
+        "steps": steps,
+        "initial_share_left": left,
+        "updates_run": all(getattr(m, "update_stats", True) for m in layers),
+        "eval_stats": sorted({getattr(m, "eval_stats", "running") for m in layers}),
+    }
 
 
 # Eval metric lost to the running statistics before a cause is named: CLOSE (within it, two ways
@@ -94,7 +114,9 @@ GAP = 0.05
 CLOSE = 0.02
 
 
-def name_cause(metric: str, scores: dict, state: dict, flips: float, layers: list[dict], batch_size: int) -> tuple[str, list[str]]:
+def name_cause(
+    metric: str, scores: dict, state: dict, flips: float, layers: list[dict], batch_size: int
+) -> tuple[str, list[str]]:
     """The cause in one word and the evidence in lines, from the measured scores and the statistics' state.
 
     ``scores``: the split's metric with running statistics, batch statistics at the eval batch and at
@@ -111,48 +133,68 @@ def name_cause(metric: str, scores: dict, state: dict, flips: float, layers: lis
         own = min(batch, batch1)
         if max(running, precise) - own > GAP:
             cause = "batch_stats_at_eval"
-            lines.append(f"this run evaluates with batch statistics (is_training left true at test): {metric} "
-                         f"{batch:.2f} at the eval batch and {batch1:.2f} at batch 1, against {precise:.2f} with "
-                         f"recomputed statistics; evaluate in eval mode (model.eval(), is_training=False)")
+            lines.append(
+                f"this run evaluates with batch statistics (is_training left true at test): {metric} "
+                f"{batch:.2f} at the eval batch and {batch1:.2f} at batch 1, against {precise:.2f} with "
+                f"recomputed statistics; evaluate in eval mode (model.eval(), is_training=False)"
+            )
         else:
-            lines.append(f"this run evaluates with batch statistics, which cost little here ({batch:.2f} at the eval "
-                         f"batch, {batch1:.2f} at batch 1, {precise:.2f} recomputed)")
+            lines.append(
+                f"this run evaluates with batch statistics, which cost little here ({batch:.2f} at the eval "
+                f"batch, {batch1:.2f} at batch 1, {precise:.2f} recomputed)"
+            )
     elif gap > CLOSE and state["never_updated"]:
         cause = "never_updated"
-        lines.append(f"running statistics were never updated: every BN layer still holds its initial (0, 1) "
-                     f"(TF1: the UPDATE_OPS were never run, e.g. optimizer.minimize without a control dependency on "
-                     f"tf.GraphKeys.UPDATE_OPS; here momentum={state['momentum']}, update_stats="
-                     f"{state['updates_run']}); eval {metric} {running:.2f} vs {precise:.2f} with recomputed statistics")
+        lines.append(
+            f"running statistics were never updated: every BN layer still holds its initial (0, 1) "
+            f"(TF1: the UPDATE_OPS were never run, e.g. optimizer.minimize without a control dependency on "
+            f"tf.GraphKeys.UPDATE_OPS; here momentum={state['momentum']}, update_stats="
+            f"{state['updates_run']}); eval {metric} {running:.2f} vs {precise:.2f} with recomputed statistics"
+        )
     elif gap > CLOSE and state["initial_share_left"] > 0.05:
         cause = "too_slow"
-        lines.append(f"running statistics update too slowly for this run: momentum {state['momentum']:g} over "
-                     f"{state['steps']} steps leaves {100 * state['initial_share_left']:.0f}% of the initial (0, 1) in them "
-                     f"(TF1's decay 0.999 is momentum 0.001); eval {metric} {running:.2f} vs {precise:.2f} recomputed. "
-                     f"The updates ran; lower the decay (0.9-0.99, PyTorch's 0.1) or recompute them (precise BN)")
+        lines.append(
+            f"running statistics update too slowly for this run: momentum {state['momentum']:g} over "
+            f"{state['steps']} steps leaves {100 * state['initial_share_left']:.0f}% of the initial (0, 1) in them "
+            f"(TF1's decay 0.999 is momentum 0.001); eval {metric} {running:.2f} vs {precise:.2f} recomputed. "
+            f"The updates ran; lower the decay (0.9-0.99, PyTorch's 0.1) or recompute them (precise BN)"
+        )
     elif gap > GAP:
         cause = "stale"
-        lines.append(f"running statistics are stale: eval {metric} {running:.2f} vs {precise:.2f} with recomputed "
-                     f"statistics ({shift:.2f} sigma mean shift per layer), though they were updated at momentum "
-                     f"{state['momentum']}; recompute them after training (trainer.precise_bn_batches)")
+        lines.append(
+            f"running statistics are stale: eval {metric} {running:.2f} vs {precise:.2f} with recomputed "
+            f"statistics ({shift:.2f} sigma mean shift per layer), though they were updated at momentum "
+            f"{state['momentum']}; recompute them after training (trainer.precise_bn_batches)"
+        )
     elif abs(gap) <= CLOSE and abs(batch - running) <= GAP:
-        lines.append(f"BN is fine here: running, batch and recomputed statistics agree (eval {metric} {running:.2f}, "
-                     f"batch {batch:.2f}, precise {precise:.2f})")
+        lines.append(
+            f"BN is fine here: running, batch and recomputed statistics agree (eval {metric} {running:.2f}, "
+            f"batch {batch:.2f}, precise {precise:.2f})"
+        )
     else:
         cause = "unclear"
-        lines.append(f"no single cause: running {running:.2f}, batch {batch:.2f}, batch 1 {batch1:.2f}, recomputed "
-                     f"{precise:.2f}; the gaps are between {CLOSE} and {GAP} and the statistics' state points at "
-                     "nothing, where this check cannot tell causes apart")
+        lines.append(
+            f"no single cause: running {running:.2f}, batch {batch:.2f}, batch 1 {batch1:.2f}, recomputed "
+            f"{precise:.2f}; the gaps are between {CLOSE} and {GAP} and the statistics' state points at "
+            "nothing, where this check cannot tell causes apart"
+        )
     if not evaluates_with_batch and state["never_updated"] and cause != "never_updated":
         lines.append("the running statistics were never updated (still (0, 1)), but eval does not suffer from it here")
     if batch_size <= 2:
-        lines.append(f"trained at batch {batch_size}: BN's batch statistics are noisy there; one run cannot show "
-                     "whether that hurt — compare with group norm at this batch (experiment=norm_vs_batch_size)")
+        lines.append(
+            f"trained at batch {batch_size}: BN's batch statistics are noisy there; one run cannot show "
+            "whether that hurt — compare with group norm at this batch (experiment=norm_vs_batch_size)"
+        )
     if not evaluates_with_batch and batch - max(running, precise) > GAP:
-        lines.append(f"the net relies on batch statistics: {batch:.2f} with them vs {max(running, precise):.2f} "
-                     f"with fixed ones; BN at this batch size trains a net that eval mode cannot reproduce")
+        lines.append(
+            f"the net relies on batch statistics: {batch:.2f} with them vs {max(running, precise):.2f} "
+            f"with fixed ones; BN at this batch size trains a net that eval mode cannot reproduce"
+        )
     if flips == flips and flips > 0.01:
-        lines.append(f"predictions depend on batch-mates: {100 * flips:.1f}% of an image's pixels change class when "
-                     f"its batch-mates change; a batch-independent norm (group, instance, layer) avoids this")
+        lines.append(
+            f"predictions depend on batch-mates: {100 * flips:.1f}% of an image's pixels change class when "
+            f"its batch-mates change; a batch-independent norm (group, instance, layer) avoids this"
+        )
     return cause, lines
 
 
@@ -190,32 +232,51 @@ def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt", split
         scores["batch"] = score(model, vbatch)
         scores["batch_1"] = score(model, 1)
     precise_model = copy.deepcopy(model)
-    loader = DataLoader(train_set, batch_size=int(cfg.data.batch_size), shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        train_set, batch_size=int(cfg.data.batch_size), shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     used = recompute_bn_stats(precise_model, (x for x, _ in itertools.islice(loader, batches)), ctx.device)
     with running_statistics(precise_model.eval()):
         scores["precise"] = score(precise_model, vbatch)
     layers = layer_divergence(model, precise_model)
     flips = batchmate_dependence(model, val_set, max(2, int(cfg.data.batch_size)))
     cause, verdict = name_cause(metric, scores, state, flips, layers, int(cfg.data.batch_size))
-    result = {"metric": metric, "split": split, "checkpoint": checkpoint, **scores, "precise_batches": used, "cause": cause,
-              "statistics": state, "gap_precise_minus_running": scores["precise"] - scores["running"],
-              "gap_batch_minus_running": scores["batch"] - scores["running"],
-              "batchmate_flip_fraction": flips, "layers": layers, "verdict": verdict}
+    result = {
+        "metric": metric,
+        "split": split,
+        "checkpoint": checkpoint,
+        **scores,
+        "precise_batches": used,
+        "cause": cause,
+        "statistics": state,
+        "gap_precise_minus_running": scores["precise"] - scores["running"],
+        "gap_batch_minus_running": scores["batch"] - scores["running"],
+        "batchmate_flip_fraction": flips,
+        "layers": layers,
+        "verdict": verdict,
+    }
     write_json(run / "diagnose.json", result)
     worst = sorted(layers, key=lambda r: -r["mean_shift"])[:5]
-    text = "\n".join([
-        f"# BN diagnosis of {run} ({checkpoint}, norm={cfg.norm.name}, batch {cfg.data.batch_size}, step {step})", "",
-        f"cause: {cause}", "",
-        f"{split} {metric}{' (each at the threshold it chose on val)' if split == 'test' else ''}: running statistics "
-        f"{scores['running']:.4f} | batch statistics {scores['batch']:.4f} (batch {vbatch}), {scores['batch_1']:.4f} "
-        f"(batch 1) | precise BN over {used} batches {scores['precise']:.4f}",
-        f"statistics: never updated {state['never_updated']}; momentum {state['momentum']}; initial (0, 1) left after "
-        f"{step} steps {100 * state['initial_share_left']:.1f}%",
-        f"batch-mate dependence: {100 * flips:.2f}% of pixels change", "",
-        "layers whose running statistics are furthest from recomputed ones (mean shift in sigmas, |log var ratio|):",
-        *[f"  {r['layer']}: {r['mean_shift']:.3f}, {r['log_var_ratio']:.3f}" for r in worst], "",
-        *[f"- {line}" for line in verdict]])
+    text = "\n".join(
+        [
+            f"# BN diagnosis of {run} ({checkpoint}, norm={cfg.norm.name}, batch {cfg.data.batch_size}, step {step})",
+            "",
+            f"cause: {cause}",
+            "",
+            f"{split} {metric}{' (each at the threshold it chose on val)' if split == 'test' else ''}: "
+            f"running statistics {scores['running']:.4f} | batch statistics {scores['batch']:.4f} (batch {vbatch}), "
+            f"{scores['batch_1']:.4f} (batch 1) | precise BN over {used} batches {scores['precise']:.4f}",
+            f"statistics: never updated {state['never_updated']}; momentum {state['momentum']}; "
+            f"initial (0, 1) left after {step} steps {100 * state['initial_share_left']:.1f}%",
+            f"batch-mate dependence: {100 * flips:.2f}% of pixels change",
+            "",
+            "layers whose running statistics are furthest from recomputed ones "
+            "(mean shift in sigmas, |log var ratio|):",
+            *[f"  {r['layer']}: {r['mean_shift']:.3f}, {r['log_var_ratio']:.3f}" for r in worst],
+            "",
+            *[f"- {line}" for line in verdict],
+        ]
+    )
     write_text(run / "diagnose.md", text + "\n")
     metrics_path = run / "metrics.json"
     if metrics_path.exists():

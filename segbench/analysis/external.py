@@ -66,8 +66,14 @@ def bootstrap_ci(values: np.ndarray, statistic, seed: int = 0) -> tuple[float, f
     if len(values) < 2 or np.ptp(values) == 0:
         value = float(statistic(values))
         return value, value
-    res = bootstrap((values,), statistic, n_resamples=BOOTSTRAP_DRAWS, method="percentile",
-                    random_state=np.random.default_rng(seed), vectorized=False)
+    res = bootstrap(
+        (values,),
+        statistic,
+        n_resamples=BOOTSTRAP_DRAWS,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+        vectorized=False,
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -77,10 +83,16 @@ def summarize_subjects(dice: np.ndarray) -> dict:
 
     poor = int((dice < POOR_DICE).sum())
     share = binomtest(poor, len(dice)).proportion_ci(0.95, method="wilson")
-    return {"subjects": int(len(dice)), "mean": float(dice.mean()), "mean_ci": bootstrap_ci(dice, np.mean),
-            "median": float(np.median(dice)), "median_ci": bootstrap_ci(dice, np.median),
-            "worst": float(dice.min()), f"share_below_{POOR_DICE}": poor / len(dice),
-            f"share_below_{POOR_DICE}_ci": (float(share.low), float(share.high))}
+    return {
+        "subjects": int(len(dice)),
+        "mean": float(dice.mean()),
+        "mean_ci": bootstrap_ci(dice, np.mean),
+        "median": float(np.median(dice)),
+        "median_ci": bootstrap_ci(dice, np.median),
+        "worst": float(dice.min()),
+        f"share_below_{POOR_DICE}": poor / len(dice),
+        f"share_below_{POOR_DICE}_ci": (float(share.low), float(share.high)),
+    }
 
 
 def _rows(results: dict, dataset) -> list[dict]:
@@ -90,10 +102,17 @@ def _rows(results: dict, dataset) -> list[dict]:
     for case, values in results["per_case"].items():
         spacing = dataset.spacing[case] if isinstance(dataset.spacing, dict) else dataset.spacing
         voxel = float(np.prod(spacing))
-        rows.append({"subject": case, "site": sites.get(case, ""), "dice": values["dice"][0],
-                     "hd95": values.get("hd95", [float("nan")])[0],
-                     "tumor_volume": values["truth_voxels"][0] * voxel,
-                     "predicted_volume": values["predicted_voxels"][0] * voxel, "slices": slices.get(case)})
+        rows.append(
+            {
+                "subject": case,
+                "site": sites.get(case, ""),
+                "dice": values["dice"][0],
+                "hd95": values.get("hd95", [float("nan")])[0],
+                "tumor_volume": values["truth_voxels"][0] * voxel,
+                "predicted_volume": values["predicted_voxels"][0] * voxel,
+                "slices": slices.get(case),
+            }
+        )
     return rows
 
 
@@ -106,8 +125,9 @@ def _csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def evaluate_external(run_dir: str, data_root: str, checkpoint: str = "best.pt", name: str | None = None,
-                      force: bool = False) -> dict:
+def evaluate_external(
+    run_dir: str, data_root: str, checkpoint: str = "best.pt", name: str | None = None, force: bool = False
+) -> dict:
     """Score ``run_dir``'s checkpoint on every subject of ``data_root``; returns what evaluation.json holds."""
     from segbench.data import DATASETS
     from segbench.eval.evaluate import evaluate
@@ -122,43 +142,76 @@ def evaluate_external(run_dir: str, data_root: str, checkpoint: str = "best.pt",
         raise SegbenchError(f"{out} already holds an evaluation; pass --force to write it again or --name another")
     state = load_checkpoint(path, ("model", "config"))
     cfg = OmegaConf.create(state["config"])
-    opts = {k: v for k, v in OmegaConf.to_container(cfg.data).items()
-            if k not in ("name", "batch_size", "val_batch_size", "num_workers", "split_seed", "site_batches",
-                         "split", "test_sites", "folds", "fold", "val_fraction", "test_fraction")}
+    opts = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.data).items()
+        if k
+        not in (
+            "name",
+            "batch_size",
+            "val_batch_size",
+            "num_workers",
+            "split_seed",
+            "site_batches",
+            "split",
+            "test_sites",
+            "folds",
+            "fold",
+            "val_fraction",
+            "test_fraction",
+        )
+    }
     opts["root"] = str(data_root)
     if cfg.data.name not in DATASETS or cfg.data.name in ("voc", "brats3d"):
-        raise SegbenchError(f"segbench evaluate scores runs on subjects with sigmoid masks (data=lgg, brats, "
-                            f"folder, brain_phantom); this run has data={cfg.data.name}")
+        raise SegbenchError(
+            f"segbench evaluate scores runs on subjects with sigmoid masks (data=lgg, brats, "
+            f"folder, brain_phantom); this run has data={cfg.data.name}"
+        )
     try:
         dataset = DATASETS[cfg.data.name]("all", int(cfg.data.get("split_seed", 0)), **{**opts, "augment": False})
     except TypeError as err:
         raise SegbenchError(f"data={cfg.data.name}: {err}") from None
     if dataset.target_kind != "multilabel":
         raise SegbenchError(f"{data_root}: its masks are class ids; segbench evaluate scores sigmoid masks")
-    model = model_from_config(cfg, dataset.in_channels, dataset.num_outputs, list(getattr(dataset, "modalities", [])),
-                              init=False)
+    model = model_from_config(
+        cfg, dataset.in_channels, dataset.num_outputs, list(getattr(dataset, "modalities", [])), init=False
+    )
     load_model_state(model, state, path)
     threshold, source = chosen_threshold(metrics, checkpoint)
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     torch.manual_seed(0)
-    results, _ = evaluate(model.eval(), dataset, loss_from_config(cfg, dataset.target_kind), ctx,
-                          int(cfg.data.get("val_batch_size", 16)), threshold=threshold, tune=False,
-                          hd95=str(cfg.trainer.get("hd95", "monai")))
+    results, _ = evaluate(
+        model.eval(),
+        dataset,
+        loss_from_config(cfg, dataset.target_kind),
+        ctx,
+        int(cfg.data.get("val_batch_size", 16)),
+        threshold=threshold,
+        tune=False,
+        hd95=str(cfg.trainer.get("hd95", "monai")),
+    )
     rows = _rows(results, dataset)
     dice = np.array([r["dice"] for r in rows])
     by_site = {}
     for site in sorted({r["site"] for r in rows if r["site"]}):
         by_site[site] = summarize_subjects(np.array([r["dice"] for r in rows if r["site"] == site]))
     report = {
-        "run": str(run), "checkpoint": checkpoint, "checkpoint_step": int(state.get("step", 0)),
-        "data_root": str(Path(data_root).resolve()), "data": getattr(dataset, "summary", None),
-        "threshold": threshold, "threshold_source": source,
+        "run": str(run),
+        "checkpoint": checkpoint,
+        "checkpoint_step": int(state.get("step", 0)),
+        "data_root": str(Path(data_root).resolve()),
+        "data": getattr(dataset, "summary", None),
+        "threshold": threshold,
+        "threshold_source": source,
         "labels_used_for_choices": "none: no training, no adaptation, threshold and checkpoint chosen on the run's val",
-        "dice": summarize_subjects(dice), "by_site": by_site,
-        "hd95_mean": float(np.nanmean([r["hd95"] for r in rows])), "hd95_unit": getattr(dataset, "distance_unit", "mm"),
+        "dice": summarize_subjects(dice),
+        "by_site": by_site,
+        "hd95_mean": float(np.nanmean([r["hd95"] for r in rows])),
+        "hd95_unit": getattr(dataset, "distance_unit", "mm"),
         "hd95_convention": str(cfg.trainer.get("hd95", "monai")),
         "volume_unit": "mm^3" if getattr(dataset, "distance_unit", "mm") == "mm" else "pixels x slices",
-        "seed": metrics.get("seed"), "norm": metrics.get("norm"),
+        "seed": metrics.get("seed"),
+        "norm": metrics.get("norm"),
         "results": {k: v for k, v in results.items()},  # per_case included: compare's population scope reads it
     }
     write_text(out / "per_subject.csv", _csv(rows))
@@ -171,17 +224,21 @@ def format_report(report: dict) -> str:
     """The lines ``segbench evaluate`` prints."""
     d = report["dice"]
     share = f"share_below_{POOR_DICE}"
-    lines = [f"{report['run']}: {report['checkpoint']} (step {report['checkpoint_step']}), threshold "
-             f"{report['threshold']:.3f} {report['threshold_source']}",
-             f"data: {report['data'] or report['data_root']}",
-             f"per-subject Dice over {d['subjects']} subjects: mean {d['mean']:.3f} [{d['mean_ci'][0]:.3f}, "
-             f"{d['mean_ci'][1]:.3f}], median {d['median']:.3f} [{d['median_ci'][0]:.3f}, {d['median_ci'][1]:.3f}], "
-             f"worst {d['worst']:.3f}, below {POOR_DICE}: {d[share]:.0%} [{d[share + '_ci'][0]:.0%}, "
-             f"{d[share + '_ci'][1]:.0%}] (95 % intervals: bootstrap over subjects; Wilson)",
-             f"HD95 mean {report['hd95_mean']:.2f} ({report['hd95_unit']})"]
+    lines = [
+        f"{report['run']}: {report['checkpoint']} (step {report['checkpoint_step']}), threshold "
+        f"{report['threshold']:.3f} {report['threshold_source']}",
+        f"data: {report['data'] or report['data_root']}",
+        f"per-subject Dice over {d['subjects']} subjects: mean {d['mean']:.3f} [{d['mean_ci'][0]:.3f}, "
+        f"{d['mean_ci'][1]:.3f}], median {d['median']:.3f} [{d['median_ci'][0]:.3f}, {d['median_ci'][1]:.3f}], "
+        f"worst {d['worst']:.3f}, below {POOR_DICE}: {d[share]:.0%} [{d[share + '_ci'][0]:.0%}, "
+        f"{d[share + '_ci'][1]:.0%}] (95 % intervals: bootstrap over subjects; Wilson)",
+        f"HD95 mean {report['hd95_mean']:.2f} ({report['hd95_unit']})",
+    ]
     for site, s in report["by_site"].items():
-        lines.append(f"  {site}: {s['subjects']} subjects, mean Dice {s['mean']:.3f}, median {s['median']:.3f}, "
-                     f"worst {s['worst']:.3f}")
+        lines.append(
+            f"  {site}: {s['subjects']} subjects, mean Dice {s['mean']:.3f}, median {s['median']:.3f}, "
+            f"worst {s['worst']:.3f}"
+        )
     lines.append(f"written: {report['out']}/evaluation.json, per_subject.csv")
     return "\n".join(lines)
 
@@ -194,8 +251,10 @@ def with_evaluation(runs: list, name: str) -> tuple[list, str]:
     for run in runs:
         path = run.path / EVALUATIONS / name / "evaluation.json"
         if not path.is_file():
-            raise SegbenchError(f"{run.path} has no evaluation {name!r} ({path} is missing); run "
-                                f"'segbench evaluate {run.path} --data-root <folder> --name {name}' first")
+            raise SegbenchError(
+                f"{run.path} has no evaluation {name!r} ({path} is missing); run "
+                f"'segbench evaluate {run.path} --data-root <folder> --name {name}' first"
+            )
         try:
             report = json.loads(path.read_text())
         except ValueError as err:
@@ -204,6 +263,8 @@ def with_evaluation(runs: list, name: str) -> tuple[list, str]:
         subjects.add(tuple(sorted(report["results"].get("per_case", {}))))
         run.metrics = {**run.metrics, "test": {"best": report["results"]}}
     if len(subjects) > 1:
-        raise SegbenchError(f"the runs' evaluations {name!r} scored different subjects ({len(roots)} folder(s): "
-                            f"{', '.join(sorted(roots))}); evaluate every run on the same folder")
+        raise SegbenchError(
+            f"the runs' evaluations {name!r} scored different subjects ({len(roots)} folder(s): "
+            f"{', '.join(sorted(roots))}); evaluate every run on the same folder"
+        )
     return runs, next(iter(roots))

@@ -54,13 +54,33 @@ def plot_curves(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out
     colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
     styles = {b: LINESTYLES[i % len(LINESTYLES)] for i, b in enumerate(batches)}
     # (tag, smoothed, title, log scale, y label, range of the metric)
-    panels = [("train/loss", True, f"train loss (per step, batch statistics; EMA {smooth:g} over the raw mean, faint)",
-               True, "loss (log)", (0, np.inf)),
-              ("train/loss_eval_mode", False, "train loss in eval mode (fixed training images)", True, "loss (log)",
-               (0, np.inf)),
-              ("val/loss", False, "val loss", True, "loss (log)", (0, np.inf)),
-              (f"val/{main_metric}", False, f"val {main_metric} (selection metric; triangles: where each seed's "
-               "best-by-val checkpoint was taken)", False, main_metric, (0, 1))]
+    panels = [
+        (
+            "train/loss",
+            True,
+            f"train loss (per step, batch statistics; EMA {smooth:g} over the raw mean, faint)",
+            True,
+            "loss (log)",
+            (0, np.inf),
+        ),
+        (
+            "train/loss_eval_mode",
+            False,
+            "train loss in eval mode (fixed training images)",
+            True,
+            "loss (log)",
+            (0, np.inf),
+        ),
+        ("val/loss", False, "val loss", True, "loss (log)", (0, np.inf)),
+        (
+            f"val/{main_metric}",
+            False,
+            f"val {main_metric} (selection metric; triangles: where each seed's best-by-val checkpoint was taken)",
+            False,
+            main_metric,
+            (0, 1),
+        ),
+    ]
     by_images = len(batches) > 1  # steps of different batch sizes are not comparable; images seen are
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)))
     marked = False  # the checkpoint marks' legend entry, once
@@ -79,8 +99,9 @@ def plot_curves(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out
                 raw = _band(runs, tag)
                 # Faint, and kept out of the axis limits: one raw dip must not squash the smoothed curves.
                 ax.plot(raw[0] * scale, raw[1], alpha=0.25, linewidth=0.6, scalex=False, scaley=False, **style)
-            ax.plot(x, mean, label=f"{label(key)} (n={len(runs)})", marker=None if smoothed else "o", markersize=3,
-                    **style)
+            ax.plot(
+                x, mean, label=f"{label(key)} (n={len(runs)})", marker=None if smoothed else "o", markersize=3, **style
+            )
             if np.isfinite(lo).any():
                 floor = np.nanmin(mean[mean > 0]) / 10 if log and (mean > 0).any() else low
                 # A t-band can leave the metric's range at few seeds; drawn clipped to it.
@@ -90,8 +111,15 @@ def plot_curves(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out
                 at = dict(zip(x / scale, mean))
                 marks = [(c * scale, at[c]) for c in chosen if c in at]
                 if marks:
-                    ax.scatter(*zip(*marks), marker="v", s=40, color=style["color"], edgecolor="black", zorder=3,
-                               label=None if marked else "best-by-val checkpoint (per seed)")
+                    ax.scatter(
+                        *zip(*marks),
+                        marker="v",
+                        s=40,
+                        color=style["color"],
+                        edgecolor="black",
+                        zorder=3,
+                        label=None if marked else "best-by-val checkpoint (per seed)",
+                    )
                     marked = True
         ax.set_title(title + "; band: 95% CI over seeds", fontsize=9)
         ax.set_xlabel("images seen" if by_images else "step")
@@ -122,8 +150,15 @@ def plot_curves(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out
         yerr = np.nan_to_num(np.abs(ci[:, 1:] - ci[:, :1]).T)
         # Arms side by side at each batch size (a few per cent apart on the log axis), so bars do not overlap.
         shift = 2 ** ((i - (len(groups) - 1) / 2) * 0.06)
-        ax.errorbar([b * shift for b in xs], ci[:, 0], yerr=yerr, marker="o", capsize=3, label=label(group),
-                    color=colours[group])
+        ax.errorbar(
+            [b * shift for b in xs],
+            ci[:, 0],
+            yerr=yerr,
+            marker="o",
+            capsize=3,
+            label=label(group),
+            color=colours[group],
+        )
         for b in xs:  # every seed, so a reader sees the spread the interval summarises
             ax.scatter([b * shift] * len(points[b]), points[b], s=12, alpha=0.5, color=colours[group], edgecolor="none")
     ax.set_xscale("log", base=2)

@@ -31,8 +31,9 @@ def _model_of(run: Run, splits):
     path, state = _checkpoint(run)
     cfg = OmegaConf.create(state["config"])
     train = splits.train
-    model = model_from_config(cfg, train.in_channels, train.num_outputs, list(getattr(train, "modalities", []) or []),
-                              init=False)
+    model = model_from_config(
+        cfg, train.in_channels, train.num_outputs, list(getattr(train, "modalities", []) or []), init=False
+    )
     load_model_state(model, state, path)
     return model.eval(), float(state.get("best", {}).get("threshold_tuned", 0.5))
 
@@ -59,8 +60,12 @@ def prediction_grid(arms: dict[tuple, list[Run]], labels: dict[tuple, str], out:
     splits = build_datasets(dict(data), 1)
     test = splits.test or splits.val
     kind = splits.train.target_kind
-    foreground = [float((test[i][1] > 0).float().mean()) if kind == "multilabel" else
-                  float(((test[i][1] > 0) & (test[i][1] != 255)).float().mean()) for i in range(len(test))]
+    foreground = [
+        float((test[i][1] > 0).float().mean())
+        if kind == "multilabel"
+        else float(((test[i][1] > 0) & (test[i][1] != 255)).float().mean())
+        for i in range(len(test))
+    ]
     # One slice per case (its fullest), from the cases with the most foreground: different subjects.
     cases = getattr(base_dataset(test), "cases", None) or list(range(len(test)))
     fullest: dict = {}
@@ -68,8 +73,10 @@ def prediction_grid(arms: dict[tuple, list[Run]], labels: dict[tuple, str], out:
         if share >= foreground[fullest.get(cases[index], index)]:
             fullest[cases[index]] = index
     picks = sorted(fullest.values(), key=lambda i: -foreground[i])[:rows]
-    models = {key: _model_of(min(arms[key], key=lambda r: r.metrics.get("seed", 0)), splits)
-              for key in sorted(arms, key=sort_key)}
+    models = {
+        key: _model_of(min(arms[key], key=lambda r: r.metrics.get("seed", 0)), splits)
+        for key in sorted(arms, key=sort_key)
+    }
     columns = 2 + len(models)
     fig, axes = plt.subplots(len(picks), columns, figsize=(2.2 * columns, 2.2 * len(picks)), squeeze=False)
     with torch.no_grad():
@@ -77,12 +84,14 @@ def prediction_grid(arms: dict[tuple, list[Run]], labels: dict[tuple, str], out:
             image, target = test[index]
             # A whole volume (3-D data) is predicted by sliding windows and shown at its fullest axial slice.
             z = int(target[0].flatten(1).sum(1).argmax()) if image.dim() == 4 else None
-            pick = (lambda t: t[:, z]) if z is not None else (lambda t: t)
+            pick = (lambda t: t[:, z]) if z is not None else (lambda t: t)  # noqa: B023 - called in this iteration
             target2d, image2d = pick(target), pick(image)
-            truth = (target2d[0] > 0.5).numpy() if kind == "multilabel" else ((target2d > 0) & (target2d != 255)).numpy()
+            truth = (
+                (target2d[0] > 0.5).numpy() if kind == "multilabel" else ((target2d > 0) & (target2d != 255)).numpy()
+            )
             row[0].imshow(image2d[-1].numpy(), cmap="gray")
             row[1].imshow(truth, cmap="gray", vmin=0, vmax=1)
-            for ax, (key, (model, threshold)) in zip(row[2:], models.items()):
+            for ax, (model, threshold) in zip(row[2:], models.values()):
                 pred = _mask(pick(predict(model, image[None], base_dataset(test))[0]), kind, threshold)
                 overlap = np.stack([pred & ~truth, truth & pred, truth & ~pred], axis=-1).astype(float)
                 ax.imshow(overlap)
@@ -90,8 +99,11 @@ def prediction_grid(arms: dict[tuple, list[Run]], labels: dict[tuple, str], out:
                 ax.set_xticks([]), ax.set_yticks([])
     for ax, title in zip(axes[0], ["image (last channel)", "truth", *(labels[k] for k in models)]):
         ax.set_title(title, fontsize=7)
-    fig.suptitle("test slices; prediction colours: green both, red prediction only, blue truth only "
-                 "(lowest seed, best-by-val checkpoint, val-chosen threshold)", fontsize=7)
+    fig.suptitle(
+        "test slices; prediction colours: green both, red prediction only, blue truth only "
+        "(lowest seed, best-by-val checkpoint, val-chosen threshold)",
+        fontsize=7,
+    )
     fig.tight_layout()
     path = save_figure(out / "predictions.png", fig)
     plt.close(fig)

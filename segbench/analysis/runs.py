@@ -40,7 +40,7 @@ RENAMED_PREFIXES = {"test_best/": "zz_test_best/", "test_last/": "zz_test_last/"
 def current_tag(tag: str) -> str:
     for old, new in RENAMED_PREFIXES.items():
         if tag.startswith(old):
-            return new + tag[len(old):]
+            return new + tag[len(old) :]
     return RENAMED_TAGS.get(tag, tag)
 
 
@@ -85,8 +85,10 @@ def load_run(path: Path) -> Run:
         config = _read_yaml(path / ".hydra" / "config.yaml") or {}
         saved_overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
     except (ValueError, OSError) as err:  # JSON and YAML parse errors are ValueErrors
-        raise SegbenchError(f"{path}: cannot read its metrics.json or .hydra files "
-                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise SegbenchError(
+            f"{path}: cannot read its metrics.json or .hydra files "
+            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from None
     if not isinstance(metrics, dict) or not isinstance(saved_overrides, list):
         raise SegbenchError(f"{path}: its metrics.json or .hydra/overrides.yaml is not what segbench writes")
     overrides = {}
@@ -96,8 +98,10 @@ def load_run(path: Path) -> Run:
     # An lr-grid run keeps its curves in the chosen lr's folder.
     tb = path / str(metrics["selected"]) / "tb" if metrics.get("selected") else path / "tb"
     if not tb.is_dir():
-        raise SegbenchError(f"{path} has no TensorBoard folder {tb.relative_to(path)}/ for its curves; "
-                            "compare finished runs as segbench wrote them")
+        raise SegbenchError(
+            f"{path} has no TensorBoard folder {tb.relative_to(path)}/ for its curves; "
+            "compare finished runs as segbench wrote them"
+        )
     return Run(path, metrics, config, overrides, read_scalars(tb))
 
 
@@ -108,7 +112,9 @@ def find_runs(paths: list[str]) -> list[Run]:
         base = Path(item)
         if not base.exists():
             raise SegbenchError(f"{item!r} does not exist; pass run directories or sweep folders")
-        found += sorted({p.parent for p in base.rglob("metrics.json")}) if not (base / "metrics.json").exists() else [base]
+        found += (
+            sorted({p.parent for p in base.rglob("metrics.json")}) if not (base / "metrics.json").exists() else [base]
+        )
     if not found:
         raise SegbenchError(f"no finished runs (folders with metrics.json) under: {' '.join(paths)}")
     unique = list(dict.fromkeys(found))
@@ -118,6 +124,8 @@ def find_runs(paths: list[str]) -> list[Run]:
         raise SegbenchError(f"no finished runs (folders with metrics.json) under: {' '.join(paths)}")
     if any("test" not in r.metrics for r in runs):
         old = next(r for r in runs if "test" not in r.metrics)
-        raise SegbenchError(f"{old.path} was trained by an older segbench (no val/test results in metrics.json); "
-                            "train it again to compare")
+        raise SegbenchError(
+            f"{old.path} was trained by an older segbench (no val/test results in metrics.json); "
+            "train it again to compare"
+        )
     return runs

@@ -93,16 +93,33 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
     for arm, against, direction, asks in CONTRASTS:
         if arm not in values or against not in values:
             continue
-        units = sorted(u for u in set(values[arm]) & set(values[against])
-                       if values[arm][u] is not None and values[against][u] is not None)
+        units = sorted(
+            u
+            for u in set(values[arm]) & set(values[against])
+            if values[arm][u] is not None and values[against][u] is not None
+        )
         flags = [arm_converged(trained[a]) for a in (arm, against)]
         converged = False if False in flags else (None if None in flags else True)
         diffs = [values[arm][u] - values[against][u] for u in units]
         _, low, high = stats.mean_ci(diffs)
-        rows.append({"label": f"{arm} − {against}", "asks": asks, "direction": direction, "units": units,
-                     "diffs": diffs, "low": low, "high": high, "converged": converged})
-    for row, verdict in zip(rows, decide_family([r["diffs"] for r in rows], design, [r["direction"] for r in rows],
-                                                [r["converged"] for r in rows])):
+        rows.append(
+            {
+                "label": f"{arm} − {against}",
+                "asks": asks,
+                "direction": direction,
+                "units": units,
+                "diffs": diffs,
+                "low": low,
+                "high": high,
+                "converged": converged,
+            }
+        )
+    for row, verdict in zip(
+        rows,
+        decide_family(
+            [r["diffs"] for r in rows], design, [r["direction"] for r in rows], [r["converged"] for r in rows]
+        ),
+    ):
         row.update(verdict)
         # The decision code counts paired seeds; here a pair is a (seed, held-out site) unit.
         row["verdict"] = row["verdict"].replace("paired seeds", "paired units").replace(" seeds", " units")
@@ -110,33 +127,50 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
     per_arm = {}
     for name, by in sorted(values.items()):
         got = [v for v in by.values() if v is not None]
-        per_site = {s: float(np.mean([v for (_, site), v in by.items() if site == s and v is not None] or [np.nan]))
-                    for s in sites}
-        per_arm[name] = {"units": len(got), "mean": float(np.mean(got)) if got else float("nan"), "per_site": per_site,
-                         "converged": sum(run_convergence(r).get("converged") is True for r in trained[name]),
-                         "runs": len(trained[name])}
-    return {"rows": rows, "arms": per_arm, "sites": sites, "metric": metric, "margin": design.margin,
-            "runs": len(runs)}
+        per_site = {
+            s: float(np.mean([v for (_, site), v in by.items() if site == s and v is not None] or [np.nan]))
+            for s in sites
+        }
+        per_arm[name] = {
+            "units": len(got),
+            "mean": float(np.mean(got)) if got else float("nan"),
+            "per_site": per_site,
+            "converged": sum(run_convergence(r).get("converged") is True for r in trained[name]),
+            "runs": len(trained[name]),
+        }
+    return {"rows": rows, "arms": per_arm, "sites": sites, "metric": metric, "margin": design.margin, "runs": len(runs)}
 
 
 def markdown(numbers: dict) -> str:
     sites = numbers["sites"]
-    lines = [f"{numbers['runs']} training runs; test {numbers['metric']} on the held-out site, checkpoint and "
-             f"threshold chosen on val (training sites); margin ±{numbers['margin']:g} declared in the experiment "
-             f"file; Holm over the {len(numbers['rows'])} contrasts; scope: these held-out sites and their test "
-             "subjects, paired by (seed, held-out site).", "",
-             "| arm | units | mean | " + " | ".join(f"held-out {s}" for s in sites) + " | converged |",
-             "|---|---|---|" + "---|" * len(sites) + "---|"]
+    lines = [
+        f"{numbers['runs']} training runs; test {numbers['metric']} on the held-out site, checkpoint and "
+        f"threshold chosen on val (training sites); margin ±{numbers['margin']:g} declared in the experiment "
+        f"file; Holm over the {len(numbers['rows'])} contrasts; scope: these held-out sites and their test "
+        "subjects, paired by (seed, held-out site).",
+        "",
+        "| arm | units | mean | " + " | ".join(f"held-out {s}" for s in sites) + " | converged |",
+        "|---|---|---|" + "---|" * len(sites) + "---|",
+    ]
     for name, a in numbers["arms"].items():
-        lines.append(f"| {name} | {a['units']} | {a['mean']:.3f} | "
-                     + " | ".join(f"{a['per_site'][s]:.3f}" for s in sites) + f" | {a['converged']}/{a['runs']} |")
-    lines += ["", "| contrast | what it asks | mean [95 % CI] | units in the claimed direction | Holm p | "
-              "TOST Holm p | verdict |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {a['units']} | {a['mean']:.3f} | "
+            + " | ".join(f"{a['per_site'][s]:.3f}" for s in sites)
+            + f" | {a['converged']}/{a['runs']} |"
+        )
+    lines += [
+        "",
+        "| contrast | what it asks | mean [95 % CI] | units in the claimed direction | Holm p | "
+        "TOST Holm p | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in numbers["rows"]:
         d = np.asarray(r["diffs"])
-        lines.append(f"| {r['label']} | {r['asks']} | {r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
-                     f"{int((np.sign(d) == r['direction']).sum())} of {len(d)} | {r['p_holm']:.3f} | "
-                     f"{r['p_tost_holm']:.3f} | **{r['verdict']}** |")
+        lines.append(
+            f"| {r['label']} | {r['asks']} | {r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
+            f"{int((np.sign(d) == r['direction']).sum())} of {len(d)} | {r['p_holm']:.3f} | "
+            f"{r['p_tost_holm']:.3f} | **{r['verdict']}** |"
+        )
     return "\n".join(lines)
 
 

@@ -98,8 +98,9 @@ def seeds_needed(sd: float, effect: float, alpha: float = ALPHA, power: float = 
     return None
 
 
-def seeds_for_equivalence(sd: float, margin: float, alpha: float = ALPHA, power: float = POWER,
-                          cap: int = 1000) -> int | None:
+def seeds_for_equivalence(
+    sd: float, margin: float, alpha: float = ALPHA, power: float = POWER, cap: int = 1000
+) -> int | None:
     """Paired seeds for TOST at ``alpha`` to show equivalence within ``margin`` with ``power`` when
     the true difference is 0: the smallest n with (t_{1-alpha} + t_{1-(1-power)/2}) sd / sqrt(n) <=
     margin (Chow, Shao & Wang, Sample Size Calculations, 3.2.3); None above ``cap``."""
@@ -166,7 +167,7 @@ def _signed_rank_cdf(n: int) -> np.ndarray:
     counts[0] = 1
     for k in range(1, n + 1):
         counts[k:] = counts[k:] + counts[:-k].copy()
-    return np.cumsum(counts) / 2.0 ** n
+    return np.cumsum(counts) / 2.0**n
 
 
 def hodges_lehmann(diffs, alpha: float = ALPHA) -> tuple[float, float, float]:
@@ -204,20 +205,28 @@ def crossed_interval(cells, alpha: float = ALPHA) -> dict:
     ms_seed = n_subj * ((seed_means - mean) ** 2).sum() / (n_seed - 1)
     ms_subj = n_seed * ((subj_means - mean) ** 2).sum() / (n_subj - 1)
     resid = x - seed_means[:, None] - subj_means[None, :] + mean
-    ms_res = (resid ** 2).sum() / ((n_seed - 1) * (n_subj - 1))
+    ms_res = (resid**2).sum() / ((n_seed - 1) * (n_subj - 1))
     s2_seed, s2_subj = max((ms_seed - ms_res) / n_subj, 0.0), max((ms_subj - ms_res) / n_seed, 0.0)
     # Var(mean) = sum_i c_i MS_i: each unclipped component adds (MS - MS_res) / (S J), the residual
     # MS_res / (S J); Satterthwaite's df follows from that combination.
     keep_seed, keep_subj = s2_seed > 0, s2_subj > 0
     cells_n = n_seed * n_subj
-    terms = [(keep_seed / cells_n, ms_seed, n_seed - 1), (keep_subj / cells_n, ms_subj, n_subj - 1),
-             ((1 - keep_seed - keep_subj) / cells_n, ms_res, (n_seed - 1) * (n_subj - 1))]
+    terms = [
+        (keep_seed / cells_n, ms_seed, n_seed - 1),
+        (keep_subj / cells_n, ms_subj, n_subj - 1),
+        ((1 - keep_seed - keep_subj) / cells_n, ms_res, (n_seed - 1) * (n_subj - 1)),
+    ]
     var = sum(c * m for c, m, _ in terms)
     denom = sum((c * m) ** 2 / f for c, m, f in terms if c and m > 0)
-    df = var ** 2 / denom if denom > 0 else math.inf
+    df = var**2 / denom if denom > 0 else math.inf
     half = float(sps.t.ppf(1 - alpha / 2, max(df, 1.0)) * math.sqrt(var))
-    return {"diff": mean, "low": mean - half, "high": mean + half, "df": float(df),
-            "components": {"seed": s2_seed, "subject": s2_subj, "residual": float(ms_res)}}
+    return {
+        "diff": mean,
+        "low": mean - half,
+        "high": mean + half,
+        "df": float(df),
+        "components": {"seed": s2_seed, "subject": s2_subj, "residual": float(ms_res)},
+    }
 
 
 def paired(a: dict, b: dict) -> dict:
@@ -227,16 +236,25 @@ def paired(a: dict, b: dict) -> dict:
     sign-flip and Wilcoxon p-values and the smallest detectable difference.
     """
     seeds = sorted(set(a) & set(b))
-    pairs = [(a[s], b[s]) for s in seeds
-             if a[s] is not None and b[s] is not None and np.isfinite(a[s]) and np.isfinite(b[s])]
+    pairs = [
+        (a[s], b[s]) for s in seeds if a[s] is not None and b[s] is not None and np.isfinite(a[s]) and np.isfinite(b[s])
+    ]
     diffs = [x - y for x, y in pairs]
     mean, lo, hi = mean_ci(diffs)
-    return {"n": len(diffs), "diff": mean, "low": lo, "high": hi, "p_sign_flip": sign_flip_p(diffs),
-            "p_wilcoxon": wilcoxon_p(diffs), "detectable": detectable_difference(diffs), "diffs": diffs}
+    return {
+        "n": len(diffs),
+        "diff": mean,
+        "low": lo,
+        "high": hi,
+        "p_sign_flip": sign_flip_p(diffs),
+        "p_wilcoxon": wilcoxon_p(diffs),
+        "detectable": detectable_difference(diffs),
+        "diffs": diffs,
+    }
 
 
 def verdict(result: dict, direction: int) -> str:
-    """"held" when the interval of the difference excludes 0 on the claimed side (``direction`` +1: a > b,
+    """ "held" when the interval of the difference excludes 0 on the claimed side (``direction`` +1: a > b,
     -1: a < b), "did not hold" when it excludes the claimed side, else "inconclusive at n seeds"."""
     lo, hi, n = result["low"], result["high"], result["n"]
     if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -250,6 +268,8 @@ def verdict(result: dict, direction: int) -> str:
 
 def describe(result: dict, unit: str = "") -> str:
     """One line: difference [interval], p-values, n, detectable difference."""
-    return (f"{result['diff']:+.3f}{unit} [95% CI {result['low']:+.3f}, {result['high']:+.3f}], "
-            f"n={result['n']} paired seeds, sign-flip p={result['p_sign_flip']:.3f}, "
-            f"Wilcoxon p={result['p_wilcoxon']:.3f}, detectable at 80% power: {result['detectable']:.3f}")
+    return (
+        f"{result['diff']:+.3f}{unit} [95% CI {result['low']:+.3f}, {result['high']:+.3f}], "
+        f"n={result['n']} paired seeds, sign-flip p={result['p_sign_flip']:.3f}, "
+        f"Wilcoxon p={result['p_wilcoxon']:.3f}, detectable at 80% power: {result['detectable']:.3f}"
+    )

@@ -57,10 +57,26 @@ def _comparisons(out: Path, metric: str | None, design: Design) -> list[dict]:
     return verdicts.paired_comparisons(arms, metric, result, label, sort_key, design)
 
 
-def _design_record(overrides: list[str], first: int, per_round: int, max_seeds: int, start_seed: int,
-                   looks: int, alpha: float, margin: float) -> dict:
-    return {"first": first, "per_round": per_round, "max_seeds": max_seeds, "start_seed": start_seed,
-            "looks": looks, "alpha": alpha, "margin": margin, "overrides": list(overrides)}
+def _design_record(
+    overrides: list[str],
+    first: int,
+    per_round: int,
+    max_seeds: int,
+    start_seed: int,
+    looks: int,
+    alpha: float,
+    margin: float,
+) -> dict:
+    return {
+        "first": first,
+        "per_round": per_round,
+        "max_seeds": max_seeds,
+        "start_seed": start_seed,
+        "looks": looks,
+        "alpha": alpha,
+        "margin": margin,
+        "overrides": list(overrides),
+    }
 
 
 def _check_recorded(folder: Path, record: dict) -> bool:
@@ -71,22 +87,35 @@ def _check_recorded(folder: Path, record: dict) -> bool:
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise SegbenchError(f"{path} cannot be read ({type(err).__name__}); it holds the design of the study "
-                            "in this folder: restore it, or choose another --out") from None
+        raise SegbenchError(
+            f"{path} cannot be read ({type(err).__name__}); it holds the design of the study "
+            "in this folder: restore it, or choose another --out"
+        ) from None
     # A key missing from the file (written before it was recorded) cannot be compared and is let be.
     differs = [key for key in record if key in recorded and recorded[key] != record[key]]
     if differs:
         key = differs[0]
-        raise SegbenchError(f"--out {folder} holds another study: its {DESIGN_FILE} declares {key}="
-                            f"{recorded[key]!r}, this command {key}={record[key]!r}; continue it with the "
-                            "command it was declared with, or choose another --out")
+        raise SegbenchError(
+            f"--out {folder} holds another study: its {DESIGN_FILE} declares {key}="
+            f"{recorded[key]!r}, this command {key}={record[key]!r}; continue it with the "
+            "command it was declared with, or choose another --out"
+        )
     return True
 
 
 def _check_first_round(overrides: list[str], seeds: list[int], target: Path) -> None:
     """``segbench train --check`` of the first round: a bad override is refused before the design is written."""
-    cmd = [sys.executable, "-m", "segbench", "train", "--check", "-m", *overrides,
-           f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={target}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbench",
+        "train",
+        "--check",
+        "-m",
+        *overrides,
+        f"seed={','.join(map(str, seeds))}",
+        f"hydra.sweep.dir={target}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
@@ -94,13 +123,22 @@ def _check_first_round(overrides: list[str], seeds: list[int], target: Path) -> 
         raise SegbenchError(reason.removeprefix("segbench: ").removeprefix("error: "))
 
 
-def run_study(overrides: list[str], out: str, first: int = 4, per_round: int = 4, max_seeds: int = 20,
-              start_seed: int = 0, margin: float | None = None, metric: str | None = None,
-              alpha: float = 0.05) -> list[dict]:
+def run_study(
+    overrides: list[str],
+    out: str,
+    first: int = 4,
+    per_round: int = 4,
+    max_seeds: int = 20,
+    start_seed: int = 0,
+    margin: float | None = None,
+    metric: str | None = None,
+    alpha: float = 0.05,
+) -> list[dict]:
     """Train rounds of seeds until decided or capped; returns the last look's comparisons."""
     if any(o.split("=", 1)[0].lstrip("+") in ("seed", "hydra.sweep.dir") for o in overrides):
-        raise SegbenchError("segbench study chooses seed= and hydra.sweep.dir= itself; leave them out "
-                            "(use --start-seed and --out)")
+        raise SegbenchError(
+            "segbench study chooses seed= and hydra.sweep.dir= itself; leave them out (use --start-seed and --out)"
+        )
     try:
         looks = planned_looks(first, per_round, max_seeds)
     except ValueError as err:
@@ -120,8 +158,11 @@ def run_study(overrides: list[str], out: str, first: int = 4, per_round: int = 4
     record = _design_record(overrides, first, per_round, max_seeds, start_seed, looks, alpha, margin)
     seeds = list(range(start_seed, start_seed + first))
     if _check_recorded(folder, record):
-        print(f"continuing the study declared in {folder / DESIGN_FILE}: finished runs are read, unfinished "
-              "ones continue from their last checkpoint", flush=True)
+        print(
+            f"continuing the study declared in {folder / DESIGN_FILE}: finished runs are read, unfinished "
+            "ones continue from their last checkpoint",
+            flush=True,
+        )
     else:
         _check_first_round(overrides, seeds, folder / "round_1")
         write_json(folder / DESIGN_FILE, record)  # declared before any seed runs
@@ -130,12 +171,22 @@ def run_study(overrides: list[str], out: str, first: int = 4, per_round: int = 4
     def run_round(seeds: list[int]) -> None:
         state["round"] += 1
         target = folder / f"round_{state['round']}"
-        cmd = [sys.executable, "-m", "segbench", "train", "-m", *overrides, f"seed={','.join(map(str, seeds))}",
-               f"hydra.sweep.dir={target}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "segbench",
+            "train",
+            "-m",
+            *overrides,
+            f"seed={','.join(map(str, seeds))}",
+            f"hydra.sweep.dir={target}",
+        ]
         print(f"round {state['round']}: seeds {seeds[0]}-{seeds[-1]}", flush=True)
         if subprocess.run(cmd).returncode:
-            raise SegbenchError(f"round {state['round']} failed (see its output above); the runs so far stay in "
-                                f"{folder}, and the same command continues the study")
+            raise SegbenchError(
+                f"round {state['round']} failed (see its output above); the runs so far stay in "
+                f"{folder}, and the same command continues the study"
+            )
 
     def read() -> list[list[float]]:
         state["comparisons"] = _comparisons(folder, metric, design)
@@ -143,9 +194,11 @@ def run_study(overrides: list[str], out: str, first: int = 4, per_round: int = 4
 
     def report(look: int, judged: list[dict]) -> None:
         for comp, verdict in zip(state["comparisons"], judged):
-            print(f"  look {look}/{looks}: {comp['a']} vs {comp['b']}: {verdict['verdict']} "
-                  f"(n={verdict['n']}, Holm p={verdict['p_holm']:.3f}, TOST Holm p={verdict['p_tost_holm']:.3f})",
-                  flush=True)
+            print(
+                f"  look {look}/{looks}: {comp['a']} vs {comp['b']}: {verdict['verdict']} "
+                f"(n={verdict['n']}, Holm p={verdict['p_holm']:.3f}, TOST Holm p={verdict['p_tost_holm']:.3f})",
+                flush=True,
+            )
 
     converged = lambda: [c["converged"] for c in state["comparisons"]]  # noqa: E731
     return sequential(run_round, read, seeds, per_round, max_seeds, design, converged=converged, report=report)

@@ -20,9 +20,17 @@ from segbench.train.convergence import plateau
 
 # Where each metric lives: intervals are clipped to it (and the clipping said) so a Dice interval
 # cannot read [-2.18, 3.30] at n = 2.
-METRIC_RANGE = {"dice": (0.0, 1.0), "dice_at_0.5": (0.0, 1.0), "soft_dice": (0.0, 1.0), "dice_pooled": (0.0, 1.0),
-                "ap": (0.0, 1.0), "auroc": (0.0, 1.0), "miou": (0.0, 1.0), "hd95": (0.0, math.inf),
-                "loss": (0.0, math.inf)}
+METRIC_RANGE = {
+    "dice": (0.0, 1.0),
+    "dice_at_0.5": (0.0, 1.0),
+    "soft_dice": (0.0, 1.0),
+    "dice_pooled": (0.0, 1.0),
+    "ap": (0.0, 1.0),
+    "auroc": (0.0, 1.0),
+    "miou": (0.0, 1.0),
+    "hd95": (0.0, math.inf),
+    "loss": (0.0, math.inf),
+}
 SMALL_N = 5  # below this many seeds an interval says little: the table says so
 
 
@@ -107,8 +115,11 @@ def failed_seeds(runs: list[Run]) -> list[str]:
     x = np.array([v for _, v in scored])
     median, mad = float(np.median(x)), float(np.median(np.abs(x - np.median(x)))) * 1.4826
     limit = median - max(3.5 * mad, 0.05)
-    return [f"{r.path.name} (seed {r.metrics.get('seed')}: val {v:.3f}, arm median {median:.3f})"
-            for r, v in scored if v < limit]
+    return [
+        f"{r.path.name} (seed {r.metrics.get('seed')}: val {v:.3f}, arm median {median:.3f})"
+        for r, v in scored
+        if v < limit
+    ]
 
 
 def _case_scores(run: Run, metric: str) -> dict[str, float]:
@@ -135,14 +146,15 @@ def crossed(runs_a: list[Run], runs_b: list[Run], metric: str) -> dict | None:
     return {**stats.crossed_interval(cells), "subjects": len(cases)}
 
 
-def paired_comparisons(arms: dict[tuple, list[Run]], metric: str, result, label, sort_key,
-                       design: Design) -> list[dict]:
+def paired_comparisons(
+    arms: dict[tuple, list[Run]], metric: str, result, label, sort_key, design: Design
+) -> list[dict]:
     """Every pair of arms that differ in one factor, paired on shared seeds, judged as one family."""
     keys = sorted(arms, key=sort_key)
     varying = [k for k, _ in keys[0]] if keys else []
     out = []
     for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
+        for b in keys[i + 1 :]:
             differ = [k for (k, va), (_, vb) in zip(a, b) if va != vb]
             factors = sorted({factor(k, varying) for k in differ})
             if len(factors) != 1:
@@ -150,13 +162,24 @@ def paired_comparisons(arms: dict[tuple, list[Run]], metric: str, result, label,
             by_seed = [per_seed(arms[k], lambda r: result(r, metric)) for k in (a, b)]
             res = stats.paired(*by_seed)
             lo, hi, clipped = clip_interval(res["low"], res["high"], (-_span(metric), _span(metric)))
-            res.update({"a": label(a), "b": label(b), "differs_in": factors[0], "low": lo, "high": hi,
-                        "clipped": clipped, "same": label(tuple(kv for kv in a if factor(kv[0], varying) != factors[0])),
-                        "converged": _both(arm_converged(arms[a]), arm_converged(arms[b])),
-                        "crossed": crossed(arms[a], arms[b], metric), "budget": _budget_note(arms[a], arms[b])})
+            res.update(
+                {
+                    "a": label(a),
+                    "b": label(b),
+                    "differs_in": factors[0],
+                    "low": lo,
+                    "high": hi,
+                    "clipped": clipped,
+                    "same": label(tuple(kv for kv in a if factor(kv[0], varying) != factors[0])),
+                    "converged": _both(arm_converged(arms[a]), arm_converged(arms[b])),
+                    "crossed": crossed(arms[a], arms[b], metric),
+                    "budget": _budget_note(arms[a], arms[b]),
+                }
+            )
             out.append(res)
-    for res, decision in zip(out, decide_family([p["diffs"] for p in out], design,
-                                                converged=[p["converged"] for p in out])):
+    for res, decision in zip(
+        out, decide_family([p["diffs"] for p in out], design, converged=[p["converged"] for p in out])
+    ):
         res.update(decision)
     return out
 
@@ -178,8 +201,10 @@ def _budget_note(runs_a: list[Run], runs_b: list[Run]) -> str:
     if len(batch) < 2:
         return ""
     steps = {r.metrics.get("steps") for r in runs_a + runs_b}
-    images = {r.metrics.get("images_seen") or (r.metrics.get("steps", 0) * (r.metrics.get("global_batch_size") or 0))
-              for r in runs_a + runs_b}
+    images = {
+        r.metrics.get("images_seen") or (r.metrics.get("steps", 0) * (r.metrics.get("global_batch_size") or 0))
+        for r in runs_a + runs_b
+    }
     if len(images) == 1:
         return f"equal images ({images.pop()})"
     if len(steps) == 1:
@@ -191,8 +216,11 @@ def describe_design(runs: list[Run], margin: float | None) -> tuple[Design, str]
     """The design the verdicts use: the margin the runs' config declared, or one given to compare."""
     declared = {float(m) for r in runs if (m := (r.config.get("study") or {}).get("margin")) is not None}
     if margin is not None:
-        note = f"margin ±{margin:g} given to compare (not the one the study declared: read it as a sensitivity check)" \
-            if declared and margin not in declared else f"margin ±{margin:g}"
+        note = (
+            f"margin ±{margin:g} given to compare (not the one the study declared: read it as a sensitivity check)"
+            if declared and margin not in declared
+            else f"margin ±{margin:g}"
+        )
         return Design(margin=margin), note
     if len(declared) == 1:
         value = declared.pop()

@@ -81,11 +81,14 @@ def check_split_kind(kind, opts: dict) -> None:
         from segbench.data.brats import read_sites
 
         known = sorted(set(read_sites(str(opts.get("root", ""))).values())) if opts.get("root") else []
-        raise SegbenchError("data.split=by_site needs the held-out site(s) named: data.test_sites=[<site>]"
-                            + (f" (the data's sites: {', '.join(known)})" if known else " (sites.tsv names them)"))
+        raise SegbenchError(
+            "data.split=by_site needs the held-out site(s) named: data.test_sites=[<site>]"
+            + (f" (the data's sites: {', '.join(known)})" if known else " (sites.tsv names them)")
+        )
     if kind == "by_subject" and sites:
-        raise SegbenchError(f"data.split=by_subject and data.test_sites={list(sites)} ask for two different splits; "
-                            "drop one of them")
+        raise SegbenchError(
+            f"data.split=by_subject and data.test_sites={list(sites)} ask for two different splits; drop one of them"
+        )
 
 
 def build_datasets(data_cfg: dict, train_eval_samples: int = 64) -> Splits:

@@ -31,10 +31,10 @@ NECROSIS, OEDEMA, ENHANCING = 1, 2, 4
 # CSF bright in T2 and dark in FLAIR, oedema bright in T2/FLAIR, the enhancing rim bright in T1ce.
 #            background  CSF   GM    WM   necrosis oedema enhancing
 CONTRAST = {
-    "t1":   (0.0,       0.25, 0.55, 0.80, 0.30,    0.45,  0.55),
-    "t1ce": (0.0,       0.25, 0.55, 0.80, 0.30,    0.45,  1.00),
-    "t2":   (0.0,       1.00, 0.60, 0.40, 0.90,    0.85,  0.65),
-    "flair": (0.0,      0.10, 0.60, 0.45, 0.40,    0.95,  0.75),
+    "t1": (0.0, 0.25, 0.55, 0.80, 0.30, 0.45, 0.55),
+    "t1ce": (0.0, 0.25, 0.55, 0.80, 0.30, 0.45, 1.00),
+    "t2": (0.0, 1.00, 0.60, 0.40, 0.90, 0.85, 0.65),
+    "flair": (0.0, 0.10, 0.60, 0.45, 0.40, 0.95, 0.75),
 }
 
 
@@ -81,8 +81,13 @@ def site_protocol(cfg: PhantomConfig, site: int) -> Protocol:
     rng = np.random.default_rng([cfg.seed, 1000 + site])
     contrast = {m: tuple(np.asarray(CONTRAST[m]) * rng.uniform(0.75, 1.25, 7)) for m in MODALITIES}
     scale = {m: float(np.exp(rng.uniform(np.log(0.4), np.log(2.5)))) for m in MODALITIES}
-    return Protocol(contrast, scale, bias=float(rng.uniform(0.1, 0.6)), noise=float(rng.uniform(0.01, 0.07)),
-                    blur=float(rng.uniform(0.0, 1.0)))
+    return Protocol(
+        contrast,
+        scale,
+        bias=float(rng.uniform(0.1, 0.6)),
+        noise=float(rng.uniform(0.01, 0.07)),
+        blur=float(rng.uniform(0.0, 1.0)),
+    )
 
 
 def site_of(index: int, cfg: PhantomConfig) -> int:
@@ -121,8 +126,7 @@ def _deform(rng, maps: np.ndarray, amplitude_vox: float) -> np.ndarray:
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
     scale = 1 + rng.uniform(-0.06, 0.06, 3)  # head size
     center = [s / 2 for s in shape]
-    coords = [(g - c) / k + c + amplitude_vox * _smooth_field(rng, shape, 12)
-              for g, c, k in zip(grid, center, scale)]
+    coords = [(g - c) / k + c + amplitude_vox * _smooth_field(rng, shape, 12) for g, c, k in zip(grid, center, scale)]
     return np.stack([ndimage.map_coordinates(m, coords, order=1, mode="nearest") for m in maps])
 
 
@@ -155,7 +159,7 @@ def _tumor_labels(rng, brain: np.ndarray, wm: np.ndarray, cfg: PhantomConfig) ->
     if len(candidates) == 0:
         return labels
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    voxel_ml = cfg.voxel_mm ** 3 / 1000.0
+    voxel_ml = cfg.voxel_mm**3 / 1000.0
     for volume_ml in _lesion_volumes_ml(rng, cfg):
         center = candidates[rng.integers(len(candidates))]
         radius = (3 * volume_ml / voxel_ml / (4 * np.pi)) ** (1 / 3)  # oedema radius in voxels
@@ -182,8 +186,10 @@ def _contrast(rng, maps: np.ndarray, labels: np.ndarray, modality: str, protocol
         image = ndimage.gaussian_filter(image, protocol.blur)
     bias = np.exp(protocol.bias * _smooth_field(rng, image.shape, 40) / 2)
     sigma = protocol.noise * rng.uniform(0.8, 1.2) * tissue[3]
-    noisy = np.hypot(image * bias + sigma * rng.standard_normal(image.shape, np.float32),
-                     sigma * rng.standard_normal(image.shape, np.float32))
+    noisy = np.hypot(
+        image * bias + sigma * rng.standard_normal(image.shape, np.float32),
+        sigma * rng.standard_normal(image.shape, np.float32),
+    )
     gain = protocol.scale[modality] * rng.uniform(0.9, 1.1)
     return np.where(maps[0] > 0.98, 0, noisy * gain)  # skull-stripped: no signal outside the head
 
@@ -196,13 +202,19 @@ def make_subject(index: int, maps: np.ndarray, cfg: PhantomConfig) -> tuple[dict
     brain = 1 - warped[0]
     labels = _tumor_labels(rng, brain, warped[3], cfg)
     # The tumour displaces tissue: inside it, the tissue maps give way to the tumour classes.
-    images = {m: (_contrast(rng, warped, labels, m, protocol) * 1000).clip(0, 32767).astype(np.int16)
-              for m in MODALITIES}
+    images = {
+        m: (_contrast(rng, warped, labels, m, protocol) * 1000).clip(0, 32767).astype(np.int16) for m in MODALITIES
+    }
     return images, labels
 
 
-def write_brain_phantom(out: str | os.PathLike, cfg: PhantomConfig = PhantomConfig(), progress=None,
-                        force: bool = False, layout: str = "brats2021") -> tuple[Path, int]:
+def write_brain_phantom(
+    out: str | os.PathLike,
+    cfg: PhantomConfig = PhantomConfig(),
+    progress=None,
+    force: bool = False,
+    layout: str = "brats2021",
+) -> tuple[Path, int]:
     """Write ``cfg.subjects`` subjects under ``out`` in ``layout`` (any of ``segbench.data.layouts``:
     BraTS 2021 or 2023 naming, MSD Task01, nnU-Net raw); the same volumes whichever the layout.
 

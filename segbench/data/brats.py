@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from segbench.data.brats_volume import Volume, VolumeCache, preprocess
-from segbench.data.layouts import MODALITIES, Subject, find_layout
 from segbench.data.common import FITS, SegmentationDataset, subject_split
+from segbench.data.layouts import MODALITIES, Subject, find_layout
 from segbench.errors import SegbenchError, invalid_choice
 from segbench.io import check_writable
 from segbench.progress import progress
@@ -69,8 +69,13 @@ def select_slices(has_tumor: np.ndarray, tumor_fraction: float | None, rng) -> n
 
 
 @functools.lru_cache(maxsize=4)
-def load_brats(root: str, modalities: tuple[str, ...], cache: bool = True, cache_dir: str | None = None,
-               spacing: tuple[float, float, float] | None = None) -> tuple[Volume, ...]:
+def load_brats(
+    root: str,
+    modalities: tuple[str, ...],
+    cache: bool = True,
+    cache_dir: str | None = None,
+    spacing: tuple[float, float, float] | None = None,
+) -> tuple[Volume, ...]:
     """Every subject under ``root``, opened once per process (train, val and test share it).
 
     With ``cache`` the subjects are memory-mapped from the preprocessing cache, building what is
@@ -83,16 +88,22 @@ def load_brats(root: str, modalities: tuple[str, ...], cache: bool = True, cache
     log.info("%s", layout.summary())
     subjects = layout.subjects
     if not cache:
-        volumes = [preprocess(s, modalities, spacing)
-                   for s in progress(subjects, f"loading {root}", len(subjects), "subject")]
+        volumes = [
+            preprocess(s, modalities, spacing) for s in progress(subjects, f"loading {root}", len(subjects), "subject")
+        ]
         return tuple(check_spacing(volumes))
     store = VolumeCache(root, modalities, cache_dir, spacing)
     volumes = [store.open(s) for s in subjects]
     stale = [i for i, v in enumerate(volumes) if v is None]
     if stale:
         check_writable(store.folder, "data.cache_dir")
-        log.info("caching %d of %d subjects of %s in %s (once; later runs reuse it)", len(stale), len(subjects),
-                 root, store.folder)
+        log.info(
+            "caching %d of %d subjects of %s in %s (once; later runs reuse it)",
+            len(stale),
+            len(subjects),
+            root,
+            store.folder,
+        )
     for i in progress(stale, f"caching {root}", len(stale), "subject"):
         volumes[i] = store.build(subjects[i])
     return tuple(check_spacing(volumes))
@@ -107,9 +118,11 @@ def check_spacing(volumes: list[Volume]) -> list[Volume]:
     for v in volumes[1:]:
         if not np.allclose(v.spacing, first.spacing, rtol=SPACING_TOLERANCE):
             zyx = lambda s: " x ".join(f"{x:g}" for x in s[::-1])  # noqa: E731 - shown as NIfTI's x, y, z
-            raise SegbenchError(f"subject {v.subject} has voxels of {zyx(v.spacing)} mm but {first.subject} has "
-                                f"{zyx(first.spacing)} mm; resample every subject to one grid with "
-                                "data.spacing=[x,y,z] (mm), e.g. data.spacing=[1,1,1]")
+            raise SegbenchError(
+                f"subject {v.subject} has voxels of {zyx(v.spacing)} mm but {first.subject} has "
+                f"{zyx(first.spacing)} mm; resample every subject to one grid with "
+                "data.spacing=[x,y,z] (mm), e.g. data.spacing=[1,1,1]"
+            )
     return volumes
 
 
@@ -169,11 +182,27 @@ class BratsSlices(SegmentationDataset):
             val come from the others only (None: subjects split across sites).
     """
 
-    def __init__(self, root: str, split: str = "train", modalities=MODALITIES, target: str = "whole_tumor",
-                 val_fraction: float = 0.2, test_fraction: float = 0.2, tumor_fraction: float | None = 0.5,
-                 min_brain_fraction: float = 0.05, size=(96, 112), augment: bool = True, seed: int = 0,
-                 cache: bool = True, cache_dir: str | None = None, fit: str = "pad", folds: int | None = None,
-                 fold: int = 0, spacing=None, test_sites=None):
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        modalities=MODALITIES,
+        target: str = "whole_tumor",
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        tumor_fraction: float | None = 0.5,
+        min_brain_fraction: float = 0.05,
+        size=(96, 112),
+        augment: bool = True,
+        seed: int = 0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        fit: str = "pad",
+        folds: int | None = None,
+        fold: int = 0,
+        spacing=None,
+        test_sites=None,
+    ):
         modalities = tuple(modalities)
         if not modalities:
             raise SegbenchError(f"data.modalities is empty; name one or more of: {', '.join(MODALITIES)}")
@@ -191,8 +220,17 @@ class BratsSlices(SegmentationDataset):
             raise SegbenchError(f"data.tumor_fraction={tumor_fraction} must be between 0 and 1 (or null: every slice)")
         volumes = load_brats(str(root), modalities, cache, cache_dir, parse_spacing(spacing))
         sites = read_sites(str(root))
-        chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
-                               strata=sites, folds=folds, fold=fold, test_sites=test_sites)
+        chosen = subject_split(
+            [v.subject for v in volumes],
+            split,
+            val_fraction,
+            seed,
+            test_fraction,
+            strata=sites,
+            folds=folds,
+            fold=fold,
+            test_sites=test_sites,
+        )
         self.volumes = [v for v in volumes if v.subject in chosen]
         self.site_of = sites  # subject -> site (sites.tsv); empty when the data names no sites
         rng = np.random.default_rng(seed)
@@ -206,8 +244,13 @@ class BratsSlices(SegmentationDataset):
         self.cases = [self.volumes[i].subject for i, _ in self.index]
         # Each case's own voxel size (Z, H, W) in mm, for its HD95.
         self.spacing = {v.subject: v.spacing for v in self.volumes}
-        super().__init__(size=tuple(size), augment=augment and split == "train", pad_label=0, resize=fit == "resize",
-                         loaded_at_size=fit == "pad")
+        super().__init__(
+            size=tuple(size),
+            augment=augment and split == "train",
+            pad_label=0,
+            resize=fit == "resize",
+            loaded_at_size=fit == "pad",
+        )
         self.fit = fit
 
     def sample_sites(self) -> list[str]:
@@ -236,8 +279,11 @@ class BratsSlices(SegmentationDataset):
         volume = self.volumes[v]
         # Read only the window the centre crop/pad keeps (zeros where it reaches past the volume),
         # so the transform's pad and crop have nothing left to do.
-        window = ([_centre_window(full, want) for full, want in zip(volume.shape[1:], self.size)]
-                  if self.fit == "pad" else [(0, full) for full in volume.shape[1:]])
+        window = (
+            [_centre_window(full, want) for full, want in zip(volume.shape[1:], self.size)]
+            if self.fit == "pad"
+            else [(0, full) for full in volume.shape[1:]]
+        )
         images, labels = volume.read_box((z, z + 1), *window)
         # (H, W, M) float32 in one contiguous block, as OpenCV's warps want it; cast by torch, whose
         # float16 conversion is vectorised (numpy's took 4x as long, the loader's largest single cost).

@@ -37,12 +37,30 @@ class BratsVolumes(Dataset):
     target_kind = "multilabel"
     spatial_dims = 3
 
-    def __init__(self, root: str, split: str = "train", modalities=MODALITIES, target: str = "whole_tumor",
-                 val_fraction: float = 0.2, test_fraction: float = 0.2, patch=(48, 64, 64),
-                 foreground_fraction: float = 0.33, patches_per_subject: int = 8, augment: bool = True,
-                 rotate: float = 10.0, scale=(0.9, 1.1), overlap: float = 0.5, window_batch: int = 2,
-                 seed: int = 0, cache: bool = True, cache_dir: str | None = None, folds: int | None = None,
-                 fold: int = 0, spacing=None, test_sites=None):
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        modalities=MODALITIES,
+        target: str = "whole_tumor",
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        patch=(48, 64, 64),
+        foreground_fraction: float = 0.33,
+        patches_per_subject: int = 8,
+        augment: bool = True,
+        rotate: float = 10.0,
+        scale=(0.9, 1.1),
+        overlap: float = 0.5,
+        window_batch: int = 2,
+        seed: int = 0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        folds: int | None = None,
+        fold: int = 0,
+        spacing=None,
+        test_sites=None,
+    ):
         if split not in SPLITS:
             raise invalid_choice("split", split, SPLITS)
         modalities = tuple(modalities)
@@ -63,8 +81,17 @@ class BratsVolumes(Dataset):
         self.modalities, self.regions, self.split = modalities, TARGETS[target], split
         volumes = load_brats(str(root), modalities, cache, cache_dir, parse_spacing(spacing))
         self.site_of = read_sites(str(root))  # subject -> site; empty when the data names no sites
-        chosen = subject_split([v.subject for v in volumes], split, val_fraction, seed, test_fraction,
-                               strata=self.site_of, folds=folds, fold=fold, test_sites=test_sites)
+        chosen = subject_split(
+            [v.subject for v in volumes],
+            split,
+            val_fraction,
+            seed,
+            test_fraction,
+            strata=self.site_of,
+            folds=folds,
+            fold=fold,
+            test_sites=test_sites,
+        )
         self.volumes = [v for v in volumes if v.subject in chosen]
         self.window = self.size = patch
         self.overlap, self.window_batch = float(overlap), int(window_batch)

@@ -42,11 +42,14 @@ def read_nifti(path: Path, subject: str, four_d: bool = False):
         voxels = np.asarray(image.dataobj)
     except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib each raise their own kinds
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SegbenchError(f"subject {subject}: cannot read {path} ({reason}); is it a truncated or "
-                            "corrupt .nii.gz?") from None
+        raise SegbenchError(
+            f"subject {subject}: cannot read {path} ({reason}); is it a truncated or corrupt .nii.gz?"
+        ) from None
     if voxels.ndim != (4 if four_d else 3):
-        raise SegbenchError(f"subject {subject}: {path.name} has shape {voxels.shape}; a "
-                            f"{'4-D (dataset.json names its channels)' if four_d else '3-D'} image is expected")
+        raise SegbenchError(
+            f"subject {subject}: {path.name} has shape {voxels.shape}; a "
+            f"{'4-D (dataset.json names its channels)' if four_d else '3-D'} image is expected"
+        )
     return image, voxels
 
 
@@ -58,8 +61,10 @@ def _map_labels(seg: np.ndarray, path: Path, subject: Subject) -> np.ndarray:
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
         valid = ", ".join(f"{k} ({LABEL_NAMES[v]})" for k, v in sorted(subject.labels.items()))
-        raise SegbenchError(f"subject {subject.id}: {path.name} holds label value(s) {shown}; the {subject.layout} "
-                            f"layout's labels are {valid}")
+        raise SegbenchError(
+            f"subject {subject.id}: {path.name} holds label value(s) {shown}; the {subject.layout} "
+            f"layout's labels are {valid}"
+        )
     table = np.zeros(int(max(subject.labels)) + 1, np.uint8)
     for raw, canon in subject.labels.items():
         table[int(raw)] = canon
@@ -163,19 +168,25 @@ def read_subject(subject: Subject, modalities: tuple[str, ...], spacing=None):
         if path not in read:
             read[path] = read_nifti(path, subject.id, four_d=where.index is not None)[1]
         if where.index is not None and where.index >= read[path].shape[3]:
-            raise SegbenchError(f"subject {subject.id}: {path.name} has shape {read[path].shape}; dataset.json "
-                                f"names channel {where.index}")
+            raise SegbenchError(
+                f"subject {subject.id}: {path.name} has shape {read[path].shape}; dataset.json "
+                f"names channel {where.index}"
+            )
         image = (read[path] if where.index is None else read[path][..., where.index]).astype(np.float32)
         if image.shape != seg.shape:
-            raise SegbenchError(f"subject {subject.id}: {path.name} has shape {image.shape} but "
-                                f"{subject.seg.name} has {seg.shape}")
+            raise SegbenchError(
+                f"subject {subject.id}: {path.name} has shape {image.shape} but {subject.seg.name} has {seg.shape}"
+            )
         finite = np.isfinite(image)
         if not finite.all():
-            raise SegbenchError(f"subject {subject.id}: {path.name} has {int((~finite).sum())} NaN or infinite "
-                                "voxel(s); fix or drop the subject")
+            raise SegbenchError(
+                f"subject {subject.id}: {path.name} has {int((~finite).sum())} NaN or infinite "
+                "voxel(s); fix or drop the subject"
+            )
         if not image.any():
-            raise SegbenchError(f"subject {subject.id}: {path.name} is all zero (a failed export?); fix or drop "
-                                "the subject")
+            raise SegbenchError(
+                f"subject {subject.id}: {path.name} is all zero (a failed export?); fix or drop the subject"
+            )
         images.append(image)
     if spacing is not None:
         images, seg, zooms = _resample(images, seg, zooms, tuple(float(v) for v in spacing))
@@ -210,13 +221,22 @@ def preprocess(subject: Subject, modalities: tuple[str, ...], spacing=None) -> V
     labels, brain = _to_axial(seg), _to_axial(brain)
     # The box holds every voxel with signal or a label; outside it the volume is all zero.
     keep = brain | (labels > 0)
-    box = tuple(int(v) for axis in range(3)
-                for v in _extent(keep.any(axis=tuple(a for a in range(3) if a != axis))))
+    box = tuple(int(v) for axis in range(3) for v in _extent(keep.any(axis=tuple(a for a in range(3) if a != axis))))
     crop = (slice(box[0], box[1]), slice(box[2], box[3]), slice(box[4], box[5]))
     stacked = np.stack([s[crop] for s in scaled], axis=1).astype(np.float16)  # (z, M, h, w)
-    return Volume(subject.id, labels.shape, box, np.asarray(scale, np.float32), np.asarray(shift, np.float32),
-                  brain.mean(axis=(1, 2)), labels.any(axis=(1, 2)), (zooms[2], zooms[1], zooms[0]),
-                  None, stacked, np.ascontiguousarray(labels[crop]))
+    return Volume(
+        subject.id,
+        labels.shape,
+        box,
+        np.asarray(scale, np.float32),
+        np.asarray(shift, np.float32),
+        brain.mean(axis=(1, 2)),
+        labels.any(axis=(1, 2)),
+        (zooms[2], zooms[1], zooms[0]),
+        None,
+        stacked,
+        np.ascontiguousarray(labels[crop]),
+    )
 
 
 def _extent(flags: np.ndarray) -> tuple[int, int]:
@@ -238,8 +258,9 @@ class VolumeCache:
     must not change the folder it reads.
     """
 
-    def __init__(self, root: str, modalities: tuple[str, ...], cache_dir: str | os.PathLike | None = None,
-                 spacing=None):
+    def __init__(
+        self, root: str, modalities: tuple[str, ...], cache_dir: str | os.PathLike | None = None, spacing=None
+    ):
         spacing = None if spacing is None else [float(v) for v in spacing]
         key = json.dumps([str(Path(root).resolve()), list(modalities), CACHE_VERSION] + ([spacing] if spacing else []))
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -259,10 +280,17 @@ class VolumeCache:
             return None  # a file went missing: rebuilding names it
         if meta.get("version") != CACHE_VERSION or meta.get("sources") != current:
             return None
-        return Volume(meta["subject"], tuple(meta["shape"]), tuple(meta["box"]),
-                      np.asarray(meta["scale"], np.float32), np.asarray(meta["shift"], np.float32),
-                      np.asarray(meta["brain_fraction"], np.float64), np.asarray(meta["tumor_slices"], bool),
-                      tuple(meta["spacing"]), where)
+        return Volume(
+            meta["subject"],
+            tuple(meta["shape"]),
+            tuple(meta["box"]),
+            np.asarray(meta["scale"], np.float32),
+            np.asarray(meta["shift"], np.float32),
+            np.asarray(meta["brain_fraction"], np.float64),
+            np.asarray(meta["tumor_slices"], bool),
+            tuple(meta["spacing"]),
+            where,
+        )
 
     def build(self, subject: Subject) -> Volume:
         """Preprocess one subject and store it; the stored copy appears whole or not at all."""
@@ -273,16 +301,25 @@ class VolumeCache:
         readme = self.folder / "source.txt"
         if not readme.exists():
             resampled = f", resampled to {self.spacing} mm" if self.spacing else ""
-            readme.write_text(f"segbench BraTS cache of {Path(self.root).resolve()} ({', '.join(self.modalities)}"
-                              f"{resampled})\n")
+            readme.write_text(
+                f"segbench BraTS cache of {Path(self.root).resolve()} ({', '.join(self.modalities)}{resampled})\n"
+            )
         tmp = Path(tempfile.mkdtemp(prefix=f".{volume.subject}.", dir=self.folder))
         try:
             np.save(tmp / "images.npy", volume.images)
             np.save(tmp / "labels.npy", volume.labels)
-            meta = {"version": CACHE_VERSION, "subject": volume.subject, "shape": list(volume.shape),
-                    "box": list(volume.box), "scale": volume.scale.tolist(), "shift": volume.shift.tolist(),
-                    "brain_fraction": volume.brain_fraction.tolist(),
-                    "tumor_slices": volume.tumor_slices.tolist(), "spacing": list(volume.spacing), "sources": stamp}
+            meta = {
+                "version": CACHE_VERSION,
+                "subject": volume.subject,
+                "shape": list(volume.shape),
+                "box": list(volume.box),
+                "scale": volume.scale.tolist(),
+                "shift": volume.shift.tolist(),
+                "brain_fraction": volume.brain_fraction.tolist(),
+                "tumor_slices": volume.tumor_slices.tolist(),
+                "spacing": list(volume.spacing),
+                "sources": stamp,
+            }
             (tmp / "meta.json").write_text(json.dumps(meta))
             os.chmod(tmp, 0o755)
             final = self.folder / volume.subject

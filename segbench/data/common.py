@@ -23,7 +23,6 @@ from torch.utils.data import Dataset, Sampler
 from segbench.errors import SegbenchError, invalid_choice
 from segbench.progress import progress
 
-
 SPLITS = ("train", "val", "test")
 ALL = "all"  # every subject: how `segbench evaluate` reads a folder of subjects a run never saw
 # Class-mask label of pixels no loss or metric counts (VOC's object borders, padding).
@@ -44,13 +43,23 @@ def check_split_fractions(val_fraction, test_fraction) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise SegbenchError(f"{name}={value!r} must be a number at least 0 and below 1")
     if val_fraction + test_fraction >= 1:
-        raise SegbenchError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g} leaves "
-                            "no subject for training; keep the sum below 1")
+        raise SegbenchError(
+            f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g} leaves "
+            "no subject for training; keep the sum below 1"
+        )
 
 
-def subject_split(subjects: list[str], split: str, val_fraction: float, seed: int, test_fraction: float = 0.0,
-                  strata: dict[str, str] | None = None, folds: int | None = None, fold: int = 0,
-                  test_sites: list[str] | None = None) -> set[str]:
+def subject_split(
+    subjects: list[str],
+    split: str,
+    val_fraction: float,
+    seed: int,
+    test_fraction: float = 0.0,
+    strata: dict[str, str] | None = None,
+    folds: int | None = None,
+    fold: int = 0,
+    test_sites: list[str] | None = None,
+) -> set[str]:
     """The subjects of ``split``: a seeded shuffle, test first, then val, the rest train.
 
     With ``strata`` (subject -> site) the shuffled subjects are dealt out site by site in turn,
@@ -78,7 +87,9 @@ def subject_split(subjects: list[str], split: str, val_fraction: float, seed: in
         if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
             raise SegbenchError(f"data.fold={fold!r} must be an integer from 0 to {folds - 1} (data.folds={folds})")
         if len(subjects) < 2 * folds:
-            raise SegbenchError(f"data.folds={folds} needs at least {2 * folds} subjects; this data has {len(subjects)}")
+            raise SegbenchError(
+                f"data.folds={folds} needs at least {2 * folds} subjects; this data has {len(subjects)}"
+            )
         test_fraction = 0.0
     check_split_fractions(val_fraction, test_fraction)
     rng = np.random.default_rng(seed)
@@ -96,8 +107,11 @@ def subject_split(subjects: list[str], split: str, val_fraction: float, seed: in
         chosen = set(test)
         order = test + [m for m in order if m not in chosen]
     n = len(order)
-    n_test = len(test) if folds is not None else (
-        max(1, int(round(n * test_fraction))) if test_fraction > 0 and n > 2 else 0)
+    n_test = (
+        len(test)
+        if folds is not None
+        else (max(1, int(round(n * test_fraction))) if test_fraction > 0 and n > 2 else 0)
+    )
     n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 and n - n_test > 1 else 0
     bounds = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, n)}
     lo, hi = bounds[split]
@@ -115,13 +129,15 @@ def _site_split(subjects, split, val_fraction, seed, strata, folds, test_sites) 
     sites = sorted({strata.get(s, "") for s in subjects} - {""})
     bad = [t for t in test_sites if t not in sites]
     if bad or not test_sites:
-        raise SegbenchError(f"data.test_sites={test_sites} names {bad[0] if bad else 'no site'!r}; the data's sites: "
-                            f"{', '.join(sites)}")
+        raise SegbenchError(
+            f"data.test_sites={test_sites} names {bad[0] if bad else 'no site'!r}; the data's sites: {', '.join(sites)}"
+        )
     for site in test_sites:
         n = sum(strata.get(s) == site for s in subjects)
         if n < MIN_SITE_SUBJECTS:
-            raise SegbenchError(f"data.test_sites: site {site} has {n} subject(s); a held-out site needs at least "
-                                f"{MIN_SITE_SUBJECTS}")
+            raise SegbenchError(
+                f"data.test_sites: site {site} has {n} subject(s); a held-out site needs at least {MIN_SITE_SUBJECTS}"
+            )
     test = {s for s in subjects if strata.get(s) in test_sites}
     rest = [s for s in subjects if s not in test]
     if len(rest) < 2:
@@ -156,14 +172,18 @@ def _pair_problem(image_path: Path | None, mask_path: Path, valid: frozenset[int
         return f"mask {mask_path} {problem}"
     mask = np.asarray(mask_file)
     if image_size is not None and image_size != (mask.shape[1], mask.shape[0]):
-        return (f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} is "
-                f"{image_size[0]}x{image_size[1]}")
+        return (
+            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} is "
+            f"{image_size[0]}x{image_size[1]}"
+        )
     if valid is not None:
         values = np.unique(mask if mask.ndim == 2 else mask[..., 0])
         bad = sorted(set(values.tolist()) - valid)
         if bad:
-            return (f"mask {mask_path} holds value(s) {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}; "
-                    f"valid: {_ranges(sorted(valid))}")
+            return (
+                f"mask {mask_path} holds value(s) {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}; "
+                f"valid: {_ranges(sorted(valid))}"
+            )
     return None
 
 
@@ -190,8 +210,15 @@ def check_masks(pairs: tuple[tuple[Path | None, Path], ...], valid: frozenset[in
             raise SegbenchError(f"{problem}{hint if 'holds value' in problem else ''}")
 
 
-def build_transform(size, augment: bool, pad_label: int, random_crop: bool = False, scale=(0.9, 1.1),
-                    rotate: float = 10.0, resize: bool = False):
+def build_transform(
+    size,
+    augment: bool,
+    pad_label: int,
+    random_crop: bool = False,
+    scale=(0.9, 1.1),
+    rotate: float = 10.0,
+    resize: bool = False,
+):
     """Pad to ``size``, crop to it (random when augmenting and ``random_crop``), then augment;
     with ``resize`` scale to ``size`` instead (masks by nearest neighbour)."""
     import albumentations as A
@@ -210,8 +237,15 @@ def build_transform(size, augment: bool, pad_label: int, random_crop: bool = Fal
     if augment:
         steps += [
             A.HorizontalFlip(p=0.5),
-            A.Affine(scale=scale, rotate=(-rotate, rotate), translate_percent=(-0.05, 0.05),
-                     border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=pad_label, p=0.5),
+            A.Affine(
+                scale=scale,
+                rotate=(-rotate, rotate),
+                translate_percent=(-0.05, 0.05),
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=pad_label,
+                p=0.5,
+            ),
             A.RandomBrightnessContrast(0.1, 0.1, brightness_by_max=False, p=0.5),
         ]
     return A.Compose(steps)
@@ -226,13 +260,21 @@ class SegmentationDataset(Dataset, ABC):
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # (Z, H, W) mm between a case's voxels, for HD95
     distance_unit = "mm"  # what HD95 is measured in (metrics.json hd95_unit)
 
-    def __init__(self, size, augment: bool, pad_label: int, random_crop: bool = False, resize: bool = False,
-                 loaded_at_size: bool = False):
+    def __init__(
+        self,
+        size,
+        augment: bool,
+        pad_label: int,
+        random_crop: bool = False,
+        resize: bool = False,
+        loaded_at_size: bool = False,
+    ):
         self.size, self.augment = size, augment
         # ``loaded_at_size``: ``load`` already returns ``size`` (it read just the crop window), so the
         # pad and crop steps would copy the sample for nothing (about a tenth of the loader's time).
-        self.transform = build_transform(None if loaded_at_size else size, augment, pad_label, random_crop,
-                                         resize=resize)
+        self.transform = build_transform(
+            None if loaded_at_size else size, augment, pad_label, random_crop, resize=resize
+        )
 
     @abstractmethod
     def load(self, i: int):
@@ -264,14 +306,17 @@ class StepBatchSampler(Sampler[list]):
     DDP each rank takes its own slice of every global batch.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start: int, stop: int,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, num_items: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1
+    ):
         global_batch = batch_size * world_size
         if num_items < global_batch:
             from segbench.errors import SegbenchError
 
-            raise SegbenchError(f"data.batch_size={batch_size} x {world_size} rank(s) is more than the "
-                                f"{num_items} training samples; lower data.batch_size")
+            raise SegbenchError(
+                f"data.batch_size={batch_size} x {world_size} rank(s) is more than the "
+                f"{num_items} training samples; lower data.batch_size"
+            )
         self.n, self.batch, self.seed = num_items, batch_size, seed
         self.start, self.stop, self.rank, self.world = start, stop, rank, world_size
         self.steps_per_epoch = num_items // global_batch
@@ -286,4 +331,4 @@ class StepBatchSampler(Sampler[list]):
             if epoch != perm_epoch:
                 perm, perm_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.n), epoch
             lo = (k * self.world + self.rank) * self.batch
-            yield [(int(i), zlib.crc32(f"{self.seed}/{step}/{i}".encode())) for i in perm[lo:lo + self.batch]]
+            yield [(int(i), zlib.crc32(f"{self.seed}/{step}/{i}".encode())) for i in perm[lo : lo + self.batch]]

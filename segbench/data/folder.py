@@ -31,14 +31,21 @@ def find_pairs(root: Path, layout: str, mask_suffix: str) -> list[tuple[Path, Pa
         for image in (p for p in files if p not in masks):
             mask = image.with_name(image.stem + mask_suffix + image.suffix)
             if mask not in masks:
-                hint = "; the folder has images/ and masks/: set data.layout=parallel" if parallel_dirs else (
-                    f" (data.layout=suffix looks for <name>{mask_suffix}.<ext>; set data.mask_suffix)")
+                hint = (
+                    "; the folder has images/ and masks/: set data.layout=parallel"
+                    if parallel_dirs
+                    else (f" (data.layout=suffix looks for <name>{mask_suffix}.<ext>; set data.mask_suffix)")
+                )
                 raise SegbenchError(f"{image} has no mask {mask.name}{hint}")
             pairs.append((image, mask))
     else:
-        for image in (p for p in sorted((root / "images").rglob("*"), key=natural_key) if p.suffix.lower() in EXTENSIONS):
+        for image in (
+            p for p in sorted((root / "images").rglob("*"), key=natural_key) if p.suffix.lower() in EXTENSIONS
+        ):
             rel = image.relative_to(root / "images")
-            candidates = [m for m in (root / "masks" / rel.parent).glob(rel.stem + ".*") if m.suffix.lower() in EXTENSIONS]
+            candidates = [
+                m for m in (root / "masks" / rel.parent).glob(rel.stem + ".*") if m.suffix.lower() in EXTENSIONS
+            ]
             if not candidates:
                 raise SegbenchError(f"{image} has no mask in {root / 'masks' / rel.parent}")
             pairs.append((image, candidates[0]))
@@ -61,11 +68,14 @@ def _class_map(classes) -> tuple[dict[int, int], set[int]]:
                 continue
             out[int(key)] = int(value)
         except (TypeError, ValueError):
-            raise SegbenchError(f"data.classes maps {key!r}: {value!r}; give mask value: class index or 'ignore', "
-                                "e.g. {0: 0, 1: 1, 255: ignore}") from None
+            raise SegbenchError(
+                f"data.classes maps {key!r}: {value!r}; give mask value: class index or 'ignore', "
+                "e.g. {0: 0, 1: 1, 255: ignore}"
+            ) from None
         if out[int(key)] < 0 or not 0 <= int(key) < 65536:
-            raise SegbenchError(f"data.classes maps {key!r}: {value!r}; mask values are 0-65535 and class "
-                                "indices at least 0")
+            raise SegbenchError(
+                f"data.classes maps {key!r}: {value!r}; mask values are 0-65535 and class indices at least 0"
+            )
     return out, ignored
 
 
@@ -73,8 +83,9 @@ def _ignore_value(value) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
-        raise SegbenchError(f"data.ignore_index={value!r} must be a mask value 0-65535 (e.g. 255, VOC's border) "
-                            "or null")
+        raise SegbenchError(
+            f"data.ignore_index={value!r} must be a mask value 0-65535 (e.g. 255, VOC's border) or null"
+        )
     return value
 
 
@@ -123,10 +134,22 @@ class ImageMaskFolder(SegmentationDataset):
         val_fraction, test_fraction: shares of subjects (or files) for selection and for reporting.
     """
 
-    def __init__(self, root: str, split: str = "train", layout: str = "auto", mask_suffix: str = "_mask",
-                 classes: dict | None = None, size=(128, 128), augment: bool = True, val_fraction: float = 0.2,
-                 test_fraction: float = 0.2, split_by: str = "folder", fit: str = "pad", seed: int = 0,
-                 ignore_index: int | None = None):
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        layout: str = "auto",
+        mask_suffix: str = "_mask",
+        classes: dict | None = None,
+        size=(128, 128),
+        augment: bool = True,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        split_by: str = "folder",
+        fit: str = "pad",
+        seed: int = 0,
+        ignore_index: int | None = None,
+    ):
         pairs = find_pairs(Path(root), layout, mask_suffix)
         key = (lambda p: str(p[0].parent)) if split_by == "folder" else (lambda p: str(p[0]))
         if split_by == "folder" and len({key(p) for p in pairs}) < 2:
@@ -138,8 +161,14 @@ class ImageMaskFolder(SegmentationDataset):
         if _ignore_value(ignore_index) is not None:
             self.ignored.add(ignore_index)
         valid = frozenset(self.classes) | frozenset(self.ignored) if self.classes else None
-        check_masks(tuple(pairs), valid, "; map every mask value to a class in data.classes, or set "
-                                         "data.ignore_index (e.g. 255) for a border no metric counts" if valid else "")
+        check_masks(
+            tuple(pairs),
+            valid,
+            "; map every mask value to a class in data.classes, or set "
+            "data.ignore_index (e.g. 255) for a border no metric counts"
+            if valid
+            else "",
+        )
         multiclass = max(self.classes.values(), default=0) > 1  # class indices beyond 0/1
         self.target_kind = "multiclass" if multiclass else "multilabel"
         self.num_outputs = max(self.classes.values()) + 1 if multiclass else 1

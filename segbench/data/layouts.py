@@ -35,12 +35,18 @@ MODALITIES = ("t1", "t1ce", "t2", "flair")
 EXTENSIONS = (".nii.gz", ".nii")
 LAYOUTS = ("brats2021", "brats2023", "msd", "nnunet")
 # The file suffix of each modality in the two BraTS namings, and their label codes.
-SUFFIXES = {"brats2021": ("_", {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}),
-            "brats2023": ("-", {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"})}
-BRATS_LABELS = {"brats2021": {0: 0, 1: NCR, 2: ED, 3: ET, 4: ET},  # 3: BraTS 2023 data named the old way
-                "brats2023": {0: 0, 1: NCR, 2: ED, 3: ET}}
-CONVENTIONS = {"brats2021": "labels 1 necrotic, 2 oedema, 4 enhancing",
-               "brats2023": "labels 1 necrotic, 2 oedema, 3 enhancing"}
+SUFFIXES = {
+    "brats2021": ("_", {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}),
+    "brats2023": ("-", {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}),
+}
+BRATS_LABELS = {
+    "brats2021": {0: 0, 1: NCR, 2: ED, 3: ET, 4: ET},  # 3: BraTS 2023 data named the old way
+    "brats2023": {0: 0, 1: NCR, 2: ED, 3: ET},
+}
+CONVENTIONS = {
+    "brats2021": "labels 1 necrotic, 2 oedema, 4 enhancing",
+    "brats2023": "labels 1 necrotic, 2 oedema, 3 enhancing",
+}
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,10 @@ class Subject:
         if modality not in self.channels:
             sep, suffixes = SUFFIXES.get(self.layout, ("_", {}))
             wanted = f"{self.id}{sep}{suffixes[modality]}.nii.gz; " if modality in suffixes else ""
-            raise SegbenchError(f"subject {self.id}: no {modality} image ({wanted}it has: "
-                                f"{', '.join(self.channels) or 'none'}) in {self.seg.parent}")
+            raise SegbenchError(
+                f"subject {self.id}: no {modality} image ({wanted}it has: "
+                f"{', '.join(self.channels) or 'none'}) in {self.seg.parent}"
+            )
         return self.channels[modality]
 
     def sources(self, modalities) -> list[Path]:
@@ -91,8 +99,10 @@ class Layout:
 
     def summary(self) -> str:
         """The one line that says what was found."""
-        line = (f"{self.root}: {self.name} layout, {len(self.subjects)} subjects, modalities "
-                f"{', '.join(self.modalities) or 'none'}; {self.convention}")
+        line = (
+            f"{self.root}: {self.name} layout, {len(self.subjects)} subjects, modalities "
+            f"{', '.join(self.modalities) or 'none'}; {self.convention}"
+        )
         if self.skipped:
             shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
             line += f"; skipped {len(self.skipped)} without a label map ({shown})"
@@ -145,15 +155,19 @@ def find_layout(root: str | os.PathLike) -> Layout:
         elif any(_strip(p.name) for p in folder.iterdir()):
             skipped.append(folder.name)
     if not subjects:
-        raise SegbenchError(f"data.root={str(root)!r} holds no subjects in a known layout (BraTS "
-                            "<id>/<id>_seg.nii.gz or <id>/<id>-seg.nii.gz, or an MSD / nnU-Net folder with "
-                            "dataset.json); " + MISSING_HELP.format(root=root))
+        raise SegbenchError(
+            f"data.root={str(root)!r} holds no subjects in a known layout (BraTS "
+            "<id>/<id>_seg.nii.gz or <id>/<id>-seg.nii.gz, or an MSD / nnU-Net folder with "
+            "dataset.json); " + MISSING_HELP.format(root=root)
+        )
     names = sorted({s.layout for s in subjects})
     return Layout("+".join(names), base, subjects, "; ".join(CONVENTIONS[n] for n in names), skipped)
 
 
-MISSING_HELP = ("make a phantom with 'segbench make-data brain-phantom --out {root}' "
-                "or put real BraTS, MSD Task01 or nnU-Net raw data there (see data/README.md)")
+MISSING_HELP = (
+    "make a phantom with 'segbench make-data brain-phantom --out {root}' "
+    "or put real BraTS, MSD Task01 or nnU-Net raw data there (see data/README.md)"
+)
 
 
 # Modality names as MSD, nnU-Net and the BraTS generations spell them -> the canonical four.
@@ -168,8 +182,10 @@ def modality_of(name: str) -> str:
         return "t1"
     if s in ("t2", "t2w"):
         return "t2"
-    raise SegbenchError(f"dataset.json channel {name!r} is none of the modalities segbench reads "
-                        f"(T1 / T1w / t1n, T1Gd / t1c / t1ce, T2 / T2w, FLAIR / t2f)")
+    raise SegbenchError(
+        f"dataset.json channel {name!r} is none of the modalities segbench reads "
+        f"(T1 / T1w / t1n, T1Gd / t1c / t1ce, T2 / T2w, FLAIR / t2f)"
+    )
 
 
 def _role(name: str, code) -> int:
@@ -183,8 +199,10 @@ def _role(name: str, code) -> int:
         return NCR
     if "enhanc" in s or s == "et":
         return ET
-    raise SegbenchError(f"dataset.json label {name!r} (value {code}) is none of background, necrotic / "
-                        "non-enhancing core, oedema (edema) or enhancing tumour")
+    raise SegbenchError(
+        f"dataset.json label {name!r} (value {code}) is none of background, necrotic / "
+        "non-enhancing core, oedema (edema) or enhancing tumour"
+    )
 
 
 def _region(name: str) -> str | None:
@@ -211,8 +229,9 @@ def label_map(labels: dict) -> dict[int, int]:
         return {int(v[0]): _role(k, v[0]) for k, v in sets.items()}
     regions = {_region(k): {int(x) for x in v} for k, v in sets.items() if _region(k)}
     if set(regions) != {"WT", "TC", "ET"}:
-        raise SegbenchError(f"dataset.json labels {labels} are regions but not whole tumour, tumour core "
-                            "and enhancing tumour")
+        raise SegbenchError(
+            f"dataset.json labels {labels} are regions but not whole tumour, tumour core and enhancing tumour"
+        )
     out = {0: 0}
     out.update({c: ET for c in regions["ET"]})
     out.update({c: NCR for c in regions["TC"] - regions["ET"]})

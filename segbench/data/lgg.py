@@ -86,15 +86,19 @@ def find_patients(root: str) -> tuple[Path, list[Patient]]:
     base = Path(root)
     if not base.is_dir():
         state = "is a file, not a folder" if base.exists() else "does not exist"
-        raise SegbenchError(f"data.root={str(root)!r} {state}; download the Kaggle LGG set (see data/README.md) "
-                            "and point data.root at its kaggle_3m folder")
+        raise SegbenchError(
+            f"data.root={str(root)!r} {state}; download the Kaggle LGG set (see data/README.md) "
+            "and point data.root at its kaggle_3m folder"
+        )
     if (base / "kaggle_3m").is_dir() and not any(CASE_NAME.match(p.name) for p in base.iterdir()):
         base = base / "kaggle_3m"
     sites = _read_sites_file(base)
     patients = [p for p in (_patient(f, sites) for f in sorted(base.iterdir()) if f.is_dir()) if p is not None]
     if not patients:
-        raise SegbenchError(f"data.root={str(root)!r} holds no patient folders of slices "
-                            "(<patient>/<case>_<n>.tif with <case>_<n>_mask.tif, as Kaggle's kaggle_3m)")
+        raise SegbenchError(
+            f"data.root={str(root)!r} holds no patient folders of slices "
+            "(<patient>/<case>_<n>.tif with <case>_<n>_mask.tif, as Kaggle's kaggle_3m)"
+        )
     return base, patients
 
 
@@ -139,14 +143,18 @@ def read_patient(patient: Patient, size, fit: str, normalize: str, clip_percenti
     for image_path, mask_path in zip(patient.images, patient.masks):
         image, mask = _read(image_path, "image"), _read(mask_path, "mask")
         if mask.shape != image.shape[:2]:
-            raise SegbenchError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
-                                f"{image_path.name} is {image.shape[1]}x{image.shape[0]}")
+            raise SegbenchError(
+                f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{image_path.name} is {image.shape[1]}x{image.shape[0]}"
+            )
         if first is None:
             first = image_path
         elif image.shape != images[0].shape:
-            raise SegbenchError(f"slice {image_path} is {image.shape[1]}x{image.shape[0]} but {first.name} of the "
-                                f"same patient is {images[0].shape[1]}x{images[0].shape[0]}; a patient's slices "
-                                "share one size")
+            raise SegbenchError(
+                f"slice {image_path} is {image.shape[1]}x{image.shape[0]} but {first.name} of the "
+                f"same patient is {images[0].shape[1]}x{images[0].shape[0]}; a patient's slices "
+                "share one size"
+            )
         bad = sorted(set(np.unique(mask).tolist()) - set(MASK_VALUES))
         if bad:
             shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
@@ -171,8 +179,9 @@ def read_patient(patient: Patient, size, fit: str, normalize: str, clip_percenti
         # Area averaging for images; masks averaged the same way and cut at half (a nearest-neighbour
         # pick of every second pixel would drop thin rims of tumour at random).
         clipped = np.stack([cv2.resize(s, (w, h), interpolation=cv2.INTER_AREA) for s in clipped])
-        truth = np.stack([cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
-                          for m in truth]).astype(np.uint8)
+        truth = np.stack(
+            [cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5 for m in truth]
+        ).astype(np.uint8)
     return Volume(patient.subject, patient.site, clipped.astype(np.float16), truth, scale, shift, native)
 
 
@@ -187,13 +196,16 @@ def describe(base: Path, patients: list[Patient]) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def load_lgg(root: str, size: tuple[int, int], fit: str, normalize: str,
-             clip_percentiles: tuple[float, float]) -> tuple[str, tuple[Volume, ...]]:
+def load_lgg(
+    root: str, size: tuple[int, int], fit: str, normalize: str, clip_percentiles: tuple[float, float]
+) -> tuple[str, tuple[Volume, ...]]:
     """What was found (one line) and every patient under ``root``, read once per process (train, val
     and test share it)."""
     base, patients = find_patients(root)
-    line = (f"{describe(base, patients)}; normalised per {'patient volume' if normalize == 'volume' else 'slice'} "
-            f"and channel (clipped to percentiles {clip_percentiles[0]:g}-{clip_percentiles[1]:g}, then z-scored)")
+    line = (
+        f"{describe(base, patients)}; normalised per {'patient volume' if normalize == 'volume' else 'slice'} "
+        f"and channel (clipped to percentiles {clip_percentiles[0]:g}-{clip_percentiles[1]:g}, then z-scored)"
+    )
     return line, tuple(read_patient(p, size, fit, normalize, clip_percentiles) for p in patients)
 
 
@@ -207,8 +219,10 @@ def _check_options(fit, normalize, clip_percentiles, size, tumor_fraction):
     except (TypeError, ValueError):
         lo = hi = float("nan")
     if not 0 <= lo < hi <= 100:
-        raise SegbenchError(f"data.clip_percentiles={clip_percentiles!r} must be two percentiles, low below high, "
-                            "within 0-100, e.g. [1, 99]")
+        raise SegbenchError(
+            f"data.clip_percentiles={clip_percentiles!r} must be two percentiles, low below high, "
+            "within 0-100, e.g. [1, 99]"
+        )
     if tumor_fraction is not None and not 0 <= float(tumor_fraction) <= 1:
         raise SegbenchError(f"data.tumor_fraction={tumor_fraction} must be between 0 and 1 (or null: every slice)")
     if len(size) != 2 or any(int(s) < 8 for s in size):
@@ -237,17 +251,40 @@ class LggSlices(SegmentationDataset):
     target_kind = "multilabel"
     in_channels, num_outputs, class_names = 3, 1, ("tumor",)
 
-    def __init__(self, root: str, split: str = "train", size=(128, 128), fit: str = "resize",
-                 normalize: str = "volume", clip_percentiles=(1.0, 99.0), tumor_fraction: float | None = None,
-                 augment: bool = True, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                 folds: int | None = None, fold: int = 0, test_sites=None, spacing=None, seed: int = 0):
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        size=(128, 128),
+        fit: str = "resize",
+        normalize: str = "volume",
+        clip_percentiles=(1.0, 99.0),
+        tumor_fraction: float | None = None,
+        augment: bool = True,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        folds: int | None = None,
+        fold: int = 0,
+        test_sites=None,
+        spacing=None,
+        seed: int = 0,
+    ):
         clip = _check_options(fit, normalize, clip_percentiles, tuple(size), tumor_fraction)
         size = tuple(int(s) for s in size)
         self.summary, volumes = load_lgg(str(root), size, fit, normalize, clip)
         self.site_of = {v.subject: v.site for v in volumes}
         strata = {s: site for s, site in self.site_of.items() if site}
-        chosen = subject_split(list(self.site_of), split, val_fraction, seed, test_fraction, strata=strata,
-                               folds=folds, fold=fold, test_sites=list(test_sites) if test_sites else None)
+        chosen = subject_split(
+            list(self.site_of),
+            split,
+            val_fraction,
+            seed,
+            test_fraction,
+            strata=strata,
+            folds=folds,
+            fold=fold,
+            test_sites=list(test_sites) if test_sites else None,
+        )
         self.volumes = [v for v in volumes if v.subject in chosen]
         rng = np.random.default_rng(seed)
         self.index = []
@@ -261,8 +298,9 @@ class LggSlices(SegmentationDataset):
         self.cases = [self.volumes[i].subject for i, _ in self.index]
         self.spacing = {v.subject: _spacing(spacing, v, size, fit) for v in self.volumes}
         self.distance_unit = "mm" if spacing is not None else "pixels of the files' grid in-plane, slices through-plane"
-        super().__init__(size=size, augment=augment and split == "train", pad_label=0, resize=False,
-                         loaded_at_size=fit == "resize")
+        super().__init__(
+            size=size, augment=augment and split == "train", pad_label=0, resize=False, loaded_at_size=fit == "resize"
+        )
 
     def sample_sites(self) -> list[str]:
         return [self.site_of.get(case, "") for case in self.cases]
@@ -291,8 +329,10 @@ def _spacing(spacing, volume: Volume, size, fit: str) -> tuple[float, float, flo
         except (TypeError, ValueError):
             x = y = z = float("nan")
         if not all(np.isfinite(s) and s > 0 for s in (x, y, z)):
-            raise SegbenchError(f"data.spacing={spacing!r} must be null or three positive sizes in mm, e.g. "
-                                "[0.94, 0.94, 3.0] (x, y, z of the files' grid)")
+            raise SegbenchError(
+                f"data.spacing={spacing!r} must be null or three positive sizes in mm, e.g. "
+                "[0.94, 0.94, 3.0] (x, y, z of the files' grid)"
+            )
     h0, w0 = volume.native
     fy, fx = (h0 / size[0], w0 / size[1]) if fit == "resize" else (1.0, 1.0)
     return (z, y * fy, x * fx)

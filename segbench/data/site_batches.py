@@ -37,18 +37,24 @@ def check_site_batches(dataset, global_batch: int) -> dict[str, np.ndarray]:
     """Each site's item indices; one line naming what is missing when batches cannot be per site."""
     sites = sample_sites(dataset)
     if sites is None:
-        raise SegbenchError(f"data.site_batches=true: data={type(dataset).__name__} has no sites; it needs a brain "
-                            "dataset (data=brain_phantom, brats, brats3d) with a sites.tsv (subject<TAB>site)")
+        raise SegbenchError(
+            f"data.site_batches=true: data={type(dataset).__name__} has no sites; it needs a brain "
+            "dataset (data=brain_phantom, brats, brats3d) with a sites.tsv (subject<TAB>site)"
+        )
     unknown = sorted({s for s in sites if not s})
     if unknown or not sites:
-        raise SegbenchError("data.site_batches=true needs every training subject's site: add the missing subjects "
-                            "to sites.tsv (subject<TAB>site) in data.root")
+        raise SegbenchError(
+            "data.site_batches=true needs every training subject's site: add the missing subjects "
+            "to sites.tsv (subject<TAB>site) in data.root"
+        )
     by_site = {site: np.flatnonzero(np.asarray(sites) == site) for site in sorted(set(sites))}
     small = {site: len(idx) for site, idx in by_site.items() if len(idx) < global_batch}
     if small:
         site, n = next(iter(small.items()))
-        raise SegbenchError(f"data.site_batches=true: site {site} has {n} training sample(s), fewer than one batch "
-                            f"of {global_batch}; lower data.batch_size or drop data.site_batches")
+        raise SegbenchError(
+            f"data.site_batches=true: site {site} has {n} training sample(s), fewer than one batch "
+            f"of {global_batch}; lower data.batch_size or drop data.site_batches"
+        )
     return by_site
 
 
@@ -62,8 +68,16 @@ class SiteBatchSampler(Sampler[list]):
     slice of the global batch, so every rank normalises with the same site.
     """
 
-    def __init__(self, by_site: dict[str, np.ndarray], batch_size: int, seed: int, start: int, stop: int,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        by_site: dict[str, np.ndarray],
+        batch_size: int,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.by_site, self.batch, self.seed = by_site, batch_size, seed
         self.start, self.stop, self.rank, self.world = start, stop, rank, world_size
         self.global_batch = batch_size * world_size
@@ -93,5 +107,5 @@ class SiteBatchSampler(Sampler[list]):
             epoch, k = divmod(step, self.steps_per_epoch)
             if epoch != batches_epoch:
                 batches, batches_epoch = self._epoch(epoch), epoch
-            mine = batches[k][self.rank * self.batch:(self.rank + 1) * self.batch]
+            mine = batches[k][self.rank * self.batch : (self.rank + 1) * self.batch]
             yield [(int(i), zlib.crc32(f"{self.seed}/{step}/{i}".encode())) for i in mine]

@@ -30,15 +30,22 @@ def subject_stats(subject: Subject, min_brain_fraction: float = 0.05, modalities
     tumour_slices = wt[:, :, slices].any(axis=(0, 1))
     _, lesions = ndimage.label(wt, structure=np.ones((3, 3, 3)))
     return {
-        "subject": sid, "brain_slices": len(slices), "tumour_slices": int(tumour_slices.sum()),
-        "tumour_per_slice": tumour_slices, "wt_voxels": int(wt[:, :, slices].sum()),
-        "pixels": int(brain[:, :, slices].size), "lesions": int(lesions), "wt_ml": float(wt.sum() * voxel_ml),
+        "subject": sid,
+        "brain_slices": len(slices),
+        "tumour_slices": int(tumour_slices.sum()),
+        "tumour_per_slice": tumour_slices,
+        "wt_voxels": int(wt[:, :, slices].sum()),
+        "pixels": int(brain[:, :, slices].size),
+        "lesions": int(lesions),
+        "wt_ml": float(wt.sum() * voxel_ml),
         # Median raw intensity inside the brain, per modality: what a protocol's gain changes.
         "median": {m: float(np.median(v[brain])) if brain.any() else 0.0 for m, v in images.items()},
         # Contrast between tumour and normal brain, in units of the brain's spread: what a protocol's
         # contrast table changes, and what a per-volume z-score does not remove.
-        "contrast": {m: float((v[wt].mean() - v[brain & ~wt].mean()) / (v[brain].std() + 1e-6)) if wt.any() else 0.0
-                     for m, v in images.items()},
+        "contrast": {
+            m: float((v[wt].mean() - v[brain & ~wt].mean()) / (v[brain].std() + 1e-6)) if wt.any() else 0.0
+            for m, v in images.items()
+        },
     }
 
 
@@ -70,8 +77,11 @@ def data_stats(root: str, tumor_fraction: float | None = 0.5, min_brain_fraction
         "",
         "per-site intensity (raw median inside the brain; CV = std / mean across the site's subjects)",
         "and tumour-vs-brain contrast (in brain standard deviations, mean over the site's subjects):",
-        "| site | subjects | " + " | ".join(f"{m} median (CV)" for m in modalities) + " | "
-        + " | ".join(f"{m} contrast" for m in modalities) + " |",
+        "| site | subjects | "
+        + " | ".join(f"{m} median (CV)" for m in modalities)
+        + " | "
+        + " | ".join(f"{m} contrast" for m in modalities)
+        + " |",
         "|---" * (2 + 2 * len(modalities)) + "|",
     ]
     groups = defaultdict(list)
@@ -87,6 +97,8 @@ def data_stats(root: str, tumor_fraction: float | None = 0.5, min_brain_fraction
         lines.append(f"| {site} | {len(members)} | " + " | ".join(cells) + " |")
     if len(groups) > 1:
         means = {m: np.array([np.mean([r["median"][m] for r in g]) for g in groups.values()]) for m in modalities}
-        lines.append("between-site CV of the site means: "
-                     + ", ".join(f"{m} {v.std() / max(v.mean(), 1e-6):.2f}" for m, v in means.items()))
+        lines.append(
+            "between-site CV of the site means: "
+            + ", ".join(f"{m} {v.std() / max(v.mean(), 1e-6):.2f}" for m, v in means.items())
+        )
     return "\n".join(lines)

@@ -34,41 +34,56 @@ class VOCSegmentationData(SegmentationDataset):
     target_kind = "multiclass"
     in_channels = 3
 
-    def __init__(self, root: str, split: str = "train", size=(256, 256), augment: bool = True,
-                 sbd_root: str | None = None, val_whole_images: bool = True, year: str = "2012",
-                 val_fraction: float = 0.1, fit: str = "pad", seed: int = 0):
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        size=(256, 256),
+        augment: bool = True,
+        sbd_root: str | None = None,
+        val_whole_images: bool = True,
+        year: str = "2012",
+        val_fraction: float = 0.1,
+        fit: str = "pad",
+        seed: int = 0,
+    ):
         from torchvision.datasets import SBDataset, VOCSegmentation
 
         base = Path(root) / "VOCdevkit" / f"VOC{year}"
         if not base.is_dir():
-            raise SegbenchError(f"data.root={root!r} has no VOCdevkit/VOC{year}; make a phantom with "
-                                f"'segbench make-data voc-phantom --out {root}' or see data/README.md")
+            raise SegbenchError(
+                f"data.root={root!r} has no VOCdevkit/VOC{year}; make a phantom with "
+                f"'segbench make-data voc-phantom --out {root}' or see data/README.md"
+            )
         if fit not in FITS:
             raise invalid_choice("data.fit", fit, FITS)
         if split not in ("train", "val", "test"):
             raise SegbenchError(f"split={split!r} is not valid; choose one of: train, val, test")
         if not 0 < float(val_fraction) < 1:
             raise SegbenchError(f"data.val_fraction={val_fraction} must be between 0 and 1 (a share of VOC train)")
-        self.parts = [VOCSegmentation(str(root), year=year, image_set="val" if split == "test" else "train",
-                                      download=False)]
+        self.parts = [
+            VOCSegmentation(str(root), year=year, image_set="val" if split == "test" else "train", download=False)
+        ]
         self.keep: list[int] | None = None  # indices into the first part; None: all of it
         if split != "test":
             n = len(self.parts[0])
-            held = set(np.random.default_rng(seed).permutation(n)[:max(1, int(round(n * val_fraction)))].tolist())
+            held = set(np.random.default_rng(seed).permutation(n)[: max(1, int(round(n * val_fraction)))].tolist())
             self.keep = [i for i in range(n) if (i in held) == (split == "val")]
         if sbd_root and split == "train":
             if not Path(sbd_root).is_dir():
                 raise SegbenchError(f"data.sbd_root={sbd_root!r} does not exist (see data/README.md)")
             self.parts.append(SBDataset(str(sbd_root), image_set="train_noval", mode="segmentation", download=False))
         voc = self.parts[0]  # VOC's PNG masks hold class ids 0-20 and 255 (border, ignored)
-        check_masks(tuple(zip(map(Path, voc.images), map(Path, voc.targets))),
-                    frozenset([*range(len(VOC_CLASSES)), BORDER]), "")
+        check_masks(
+            tuple(zip(map(Path, voc.images), map(Path, voc.targets))), frozenset([*range(len(VOC_CLASSES)), BORDER]), ""
+        )
         sizes = [len(self.keep) if self.keep is not None else len(self.parts[0])] + [len(p) for p in self.parts[1:]]
         self.offsets = np.cumsum([0] + sizes)
         train = split == "train"
         crop = tuple(size) if (train or not val_whole_images) else None
-        super().__init__(size=crop, augment=augment and train, pad_label=BORDER, random_crop=True,
-                         resize=fit == "resize")
+        super().__init__(
+            size=crop, augment=augment and train, pad_label=BORDER, random_crop=True, resize=fit == "resize"
+        )
 
     num_outputs = len(VOC_CLASSES)
     class_names = VOC_CLASSES

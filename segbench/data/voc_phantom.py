@@ -14,9 +14,29 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from segbench.io import atomic_write, write_text
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 BORDER = 255
 
 
@@ -51,7 +71,7 @@ def make_image(rng, height: int, width: int):
     mask = Image.new("L", (width, height), 0)
     for _ in range(int(rng.integers(1, 4))):
         cls = int(rng.integers(1, len(VOC_CLASSES)))
-        hue = np.array(voc_palette()[3 * cls: 3 * cls + 3], np.float32) * 0.7 + 40  # class colour
+        hue = np.array(voc_palette()[3 * cls : 3 * cls + 3], np.float32) * 0.7 + 40  # class colour
         w, h = int(rng.uniform(0.2, 0.6) * width), int(rng.uniform(0.2, 0.6) * height)
         x0, y0 = int(rng.uniform(0, width - w)), int(rng.uniform(0, height - h))
         shape = Image.new("L", (width, height), 0)
@@ -83,7 +103,9 @@ def write_voc_phantom(out: str | Path, images: int = 60, val_fraction: float = 0
     for i in range(images):
         name = f"2012_{i:06d}"
         image, labels = make_image(rng, int(rng.integers(120, 201)), int(rng.integers(140, 241)))
-        atomic_write(voc / "JPEGImages" / f"{name}.jpg", lambda p, a=image: Image.fromarray(a).save(p, format="JPEG", quality=92))
+        atomic_write(
+            voc / "JPEGImages" / f"{name}.jpg", lambda p, a=image: Image.fromarray(a).save(p, format="JPEG", quality=92)
+        )
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(palette)
         atomic_write(voc / "SegmentationClass" / f"{name}.png", lambda p, m=mask: m.save(p, format="PNG"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from segbench.progress import progress
-from segbench.ranks import DistContext, all_reduce_sum
 from segbench.eval.inference import predict
 from segbench.eval.metrics import build_metric
+from segbench.progress import progress
+from segbench.ranks import DistContext, all_reduce_sum
 
 
 def base_dataset(dataset):
@@ -37,9 +37,18 @@ def _rank_share(dataset, ids: list[int], ctx: DistContext) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, num_workers: int = 0,
-             threshold: float = 0.5, hd95: bool | str = True, tune: bool = True,
-             channels_last: bool | None = None) -> tuple[dict, tuple | None]:
+def evaluate(
+    model,
+    dataset,
+    loss_fn,
+    ctx: DistContext,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    threshold: float = 0.5,
+    hd95: bool | str = True,
+    tune: bool = True,
+    channels_last: bool | None = None,
+) -> tuple[dict, tuple | None]:
     """Loss and metrics of ``model`` over ``dataset`` (summed across ranks), and the batch with the
     most foreground (what validation overlays show: tumour, not the empty edge slices a split starts with).
 
@@ -51,7 +60,8 @@ def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, nu
     ``channels_last`` (None: on the CPU, for images) feeds the model NHWC images: the CPU's conv
     kernels run about 1.3x faster on them (width-8 ResUNet, measured by ``segbench bench``), and
     only the logits' last bits change: per-case Dice and HD95 of a study run's val and test came
-    out identical, AUROC within 1e-5 (a pixel on a histogram bin edge can move a bin); tested. The backward pass, which crashes in NHWC float32 on the
+    out identical, AUROC within 1e-5 (a pixel on a histogram bin edge can move a bin); tested.
+    The backward pass, which crashes in NHWC float32 on the
     CPU, is never run here.
     """
     base = base_dataset(dataset)
@@ -71,7 +81,7 @@ def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, nu
             images = images.contiguous(memory_format=torch.channels_last)
         logits = predict(model, images, base)
         loss_sum += torch.tensor([float(loss_fn(logits, target)) * len(images), len(images)], dtype=torch.float64)
-        metric.update(logits, target, [ids[p] for p in positions[seen:seen + len(images)]])
+        metric.update(logits, target, [ids[p] for p in positions[seen : seen + len(images)]])
         seen += len(images)
         foreground = float(((target > 0.5) & (target != 255)).sum())
         if foreground > most:
@@ -85,8 +95,9 @@ def evaluate(model, dataset, loss_fn, ctx: DistContext, batch_size: int = 16, nu
 LEGEND = (("truth only", (0.1, 0.85, 0.1)), ("prediction only", (0.9, 0.1, 0.1)), ("both", (0.95, 0.85, 0.1)))
 
 
-def overlay(images: torch.Tensor, target: torch.Tensor, logits: torch.Tensor, kind: str, limit: int,
-            min_side: int = 256) -> torch.Tensor:
+def overlay(
+    images: torch.Tensor, target: torch.Tensor, logits: torch.Tensor, kind: str, limit: int, min_side: int = 256
+) -> torch.Tensor:
     """(N, 3, H', W') pictures: first input channel in grey, truth-only green, prediction-only red, both
     yellow; upscaled (nearest) to at least ``min_side`` pixels and with a legend strip underneath."""
     if images.dim() == 4:  # slices: those with the most truth first
@@ -100,7 +111,9 @@ def overlay(images: torch.Tensor, target: torch.Tensor, logits: torch.Tensor, ki
         pick = torch.arange(len(images))
         images, target, logits = images[pick, :, z], target[pick, :, z], logits[pick, :, z]
     grey = images[:, :1].float()
-    grey = (grey - grey.amin((2, 3), keepdim=True)) / (grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True) + 1e-6)
+    grey = (grey - grey.amin((2, 3), keepdim=True)) / (
+        grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True) + 1e-6
+    )
     if kind == "multilabel":
         truth, pred = target[:, :1] > 0.5, torch.sigmoid(logits[:, :1]) > 0.5
     else:

@@ -35,8 +35,14 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
 
 
 @torch.no_grad()
-def sliding_window(predict, inputs: torch.Tensor, window: tuple[int, ...], overlap: float = 0.5,
-                   batch_size: int = 1, sigma_scale: float = 0.125) -> torch.Tensor:
+def sliding_window(
+    predict,
+    inputs: torch.Tensor,
+    window: tuple[int, ...],
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    sigma_scale: float = 0.125,
+) -> torch.Tensor:
     """``predict`` over ``inputs`` (N, C, *spatial) in overlapping ``window``s, Gaussian-blended.
 
     An input smaller than the window is zero-padded around it (and the output cropped back).
@@ -53,7 +59,7 @@ def sliding_window(predict, inputs: torch.Tensor, window: tuple[int, ...], overl
     out = count = None
     for n in range(inputs.shape[0]):
         for first in range(0, len(starts), batch_size):
-            chunk = starts[first:first + batch_size]
+            chunk = starts[first : first + batch_size]
             boxes = [tuple(slice(a, a + w) for a, w in zip(start, window)) for start in chunk]
             logits = predict(torch.stack([inputs[n][(slice(None), *box)] for box in boxes])).float()
             if out is None:
@@ -74,5 +80,6 @@ def predict(model, images: torch.Tensor, dataset) -> torch.Tensor:
     window = getattr(dataset, "window", None)
     if window is None or tuple(images.shape[2:]) == tuple(window):
         return model(images)
-    return sliding_window(model, images, tuple(window), float(getattr(dataset, "overlap", 0.5)),
-                          int(getattr(dataset, "window_batch", 1)))
+    return sliding_window(
+        model, images, tuple(window), float(getattr(dataset, "overlap", 0.5)), int(getattr(dataset, "window_batch", 1))
+    )

@@ -42,7 +42,7 @@ def edge_to_threshold(edge: int) -> float:
 # for empty masks below, and 1-connected surfaces: a mask minus its erosion).
 HD95_CONVENTIONS = {
     "monai": "the larger of the two directed 95th percentiles (MONAI's compute_hausdorff_distance, "
-             "MedPy, BraTS 2018-2021's Hausdorff95)",
+    "MedPy, BraTS 2018-2021's Hausdorff95)",
     "brats": "the 95th percentile of both directions' distances pooled (panoptica, the BraTS 2023+ evaluation)",
 }
 
@@ -57,11 +57,11 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing, convention: str = "monai"
     """
     if convention not in HD95_CONVENTIONS:
         raise ValueError(f"hd95 convention {convention!r}; choose one of: {', '.join(HD95_CONVENTIONS)}")
-    spacing = np.asarray(spacing, float)[-pred.ndim:]
+    spacing = np.asarray(spacing, float)[-pred.ndim :]
     if not pred.any() and not truth.any():
         return 0.0
     if not pred.any() or not truth.any():
-        return float(np.sqrt((((np.asarray(pred.shape) * spacing)) ** 2).sum()))
+        return float(np.sqrt(((np.asarray(pred.shape) * spacing) ** 2).sum()))
     # Crop to the union's bounding box (plus one voxel): distances between the two surfaces stay exact.
     lo = np.maximum(np.argwhere(pred | truth).min(0) - 1, 0)
     hi = np.argwhere(pred | truth).max(0) + 2
@@ -118,8 +118,15 @@ class CaseMetrics:
             (``threshold_tuned``, ``dice_tuned``); for val only, never for a split reported on.
     """
 
-    def __init__(self, names: tuple[str, ...], case_ids: list[str], spacing=(1.0, 1.0, 1.0),
-                 threshold: float = 0.5, hd95: bool = True, tune: bool = True):
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        case_ids: list[str],
+        spacing=(1.0, 1.0, 1.0),
+        threshold: float = 0.5,
+        hd95: bool = True,
+        tune: bool = True,
+    ):
         # hd95: False (not computed), True (the "monai" convention) or a key of HD95_CONVENTIONS.
         self.names, self.compute_hd95, self.tune = tuple(names), bool(hd95), tune
         self.convention = hd95 if isinstance(hd95, str) else "monai"
@@ -187,8 +194,9 @@ class CaseMetrics:
             pred = np.concatenate([s[0] for s in self._slices], axis=1)  # (K, Z, H, W)
             truth = np.concatenate([s[1] for s in self._slices], axis=1)
             for c in range(len(self.names)):
-                self.hd[self._open, c] = hd95(pred[c], truth[c], self.spacing_of(self.cases[self._open]),
-                                              self.convention)
+                self.hd[self._open, c] = hd95(
+                    pred[c], truth[c], self.spacing_of(self.cases[self._open]), self.convention
+                )
         self.seen[self._open] = 1
         self._open, self._slices = None, []
 
@@ -214,12 +222,14 @@ class CaseMetrics:
         done = self.seen.numpy() > 0
         dice_cases = self.case_dice(np.array([self.edge]))[..., 0]  # (cases, K)
         h = self.hist.numpy()[done].sum(0)  # (K, 2, bins)
-        tp = h[:, 1, self.edge + 1:].sum(-1)
-        pred = h[:, :, self.edge + 1:].sum((1, 2))
+        tp = h[:, 1, self.edge + 1 :].sum(-1)
+        pred = h[:, :, self.edge + 1 :].sum((1, 2))
         true = h[:, 1].sum(-1)
         pooled = np.where(pred + true > 0, 2 * tp / np.maximum(pred + true, 1e-12), 1.0)
         soft = self.soft.numpy()[done].sum(0)
-        soft_dice = np.where(soft[:, 1] + soft[:, 2] > 0, 2 * soft[:, 0] / np.maximum(soft[:, 1] + soft[:, 2], 1e-12), 1.0)
+        soft_dice = np.where(
+            soft[:, 1] + soft[:, 2] > 0, 2 * soft[:, 0] / np.maximum(soft[:, 1] + soft[:, 2], 1e-12), 1.0
+        )
         out = {
             "dice": float(dice_cases.mean()) if len(dice_cases) else float("nan"),
             "dice_pooled": float(pooled.mean()),
@@ -228,12 +238,15 @@ class CaseMetrics:
             "ap": _mean_defined([ap_from_histograms(*h[c]) for c in range(len(self.names))]),
             "threshold": self.threshold,
             # What the asker looked at: Dice at a fixed 0.5, whatever threshold val chose.
-            "dice_at_0.5": float(self.case_dice(np.array([threshold_to_edge(0.5)]))[..., 0].mean()) if len(dice_cases) else float("nan"),
+            "dice_at_0.5": float(self.case_dice(np.array([threshold_to_edge(0.5)]))[..., 0].mean())
+            if len(dice_cases)
+            else float("nan"),
             "cases": int(done.sum()),
         }
         if out["auroc"] is None or out["ap"] is None:
-            out["auroc_ap_undefined"] = ("no tumour pixel (or no background pixel) in these cases: AUROC and "
-                                         "average precision need both classes")
+            out["auroc_ap_undefined"] = (
+                "no tumour pixel (or no background pixel) in these cases: AUROC and average precision need both classes"
+            )
         if self.tune:
             curve = self.case_dice(TUNABLE).mean(axis=(0, 1))  # mean per-case Dice at each tunable edge
             best = int(np.argmax(curve))
@@ -248,12 +261,16 @@ class CaseMetrics:
         cases = [c for c, d in zip(self.cases, done) if d]
         h_cases = self.hist.numpy()[done]  # (case, channel, neg/pos, bin)
         truth_voxels = h_cases[:, :, 1].sum(-1)
-        pred_voxels = h_cases[:, :, :, self.edge + 1:].sum((-1, -2))
-        out["per_case"] = {case: {"dice": [float(v) for v in dice_cases[i]],
-                                  "truth_voxels": [int(v) for v in truth_voxels[i]],
-                                  "predicted_voxels": [int(v) for v in pred_voxels[i]],
-                                  **({"hd95": [float(v) for v in self.hd.numpy()[done][i]]} if self.compute_hd95 else {})}
-                           for i, case in enumerate(cases)}
+        pred_voxels = h_cases[:, :, :, self.edge + 1 :].sum((-1, -2))
+        out["per_case"] = {
+            case: {
+                "dice": [float(v) for v in dice_cases[i]],
+                "truth_voxels": [int(v) for v in truth_voxels[i]],
+                "predicted_voxels": [int(v) for v in pred_voxels[i]],
+                **({"hd95": [float(v) for v in self.hd.numpy()[done][i]]} if self.compute_hd95 else {}),
+            }
+            for i, case in enumerate(cases)
+        }
         return out
 
 

@@ -20,6 +20,7 @@ def _resunet3d(in_channels: int, num_outputs: int, **kw) -> nn.Module:
 def _fcn(variant: int):
     def build(in_channels: int, num_outputs: int, **kw) -> nn.Module:
         return FCN(num_classes=num_outputs, variant=variant, in_channels=in_channels, **kw)
+
     return build
 
 
@@ -34,12 +35,22 @@ def _external(builder: str):
         from segbench.models import external  # MONAI and torchvision's nets: imported only when asked for
 
         return getattr(external, builder)(in_channels, num_outputs, **kw)
+
     return build
 
 
-MODELS = {"resunet": _resunet, "resunet3d": _resunet3d, "fcn8s": _fcn(8), "fcn16s": _fcn(16), "fcn32s": _fcn(32),
-          "monai_unet": _monai_unet, "dynunet": _external("dynunet"), "segresnet": _external("segresnet"),
-          "torchvision_seg": _external("torchvision_seg"), "smp_unet": _external("smp_unet")}
+MODELS = {
+    "resunet": _resunet,
+    "resunet3d": _resunet3d,
+    "fcn8s": _fcn(8),
+    "fcn16s": _fcn(16),
+    "fcn32s": _fcn(32),
+    "monai_unet": _monai_unet,
+    "dynunet": _external("dynunet"),
+    "segresnet": _external("segresnet"),
+    "torchvision_seg": _external("torchvision_seg"),
+    "smp_unet": _external("smp_unet"),
+}
 BUILT_IN = frozenset(MODELS)
 
 
@@ -50,12 +61,20 @@ def register_model(name: str, builder, dims: int = 2) -> None:
     then replaced by the run's ``norm=`` (``segbench.nn.swap.swap_norms``), and ``model.*`` keys
     other than ``name`` reach the builder as ``options``.
     """
-    def build(in_channels: int, num_outputs: int, norm: str = "batch", norm_options: dict | None = None,
-              cond_channels=None, **options) -> nn.Module:
+
+    def build(
+        in_channels: int,
+        num_outputs: int,
+        norm: str = "batch",
+        norm_options: dict | None = None,
+        cond_channels=None,
+        **options,
+    ) -> nn.Module:
         from segbench.models.external import Wrapped, with_norm
 
         net = builder(in_channels, num_outputs, **options)
         return with_norm(Wrapped(net, dims, 1, name), norm, norm_options, cond_channels)
+
     if name in BUILT_IN:
         raise SegbenchError(f"register_model: {name!r} is a built-in model; choose another name")
     MODELS[name] = build
@@ -64,8 +83,10 @@ def register_model(name: str, builder, dims: int = 2) -> None:
 def build_model(name: str, in_channels: int, num_outputs: int, **kw) -> nn.Module:
     """Build a registered model; ``kw`` holds its own options and the norm slot's."""
     if name == "custom":
-        raise SegbenchError("model=custom needs model.name=<a name given to segbench.models.register_model>; "
-                            f"registered: {', '.join(sorted(set(MODELS) - BUILT_IN)) or 'none'}")
+        raise SegbenchError(
+            "model=custom needs model.name=<a name given to segbench.models.register_model>; "
+            f"registered: {', '.join(sorted(set(MODELS) - BUILT_IN)) or 'none'}"
+        )
     if name not in MODELS:
         raise invalid_choice("model", name, MODELS)
     return MODELS[name](in_channels, num_outputs, **kw)

@@ -43,7 +43,7 @@ def _upsampler(channels: int, kernel: int, stride: int) -> nn.ConvTranspose2d:
 
 def _crop(x: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
     h, w = like.shape[-2:]
-    return x[..., offset:offset + h, offset:offset + w]
+    return x[..., offset : offset + h, offset : offset + w]
 
 
 class ConvNormReLU(nn.Module):
@@ -81,10 +81,21 @@ class FCN(nn.Module):
             (only the intermediate ones learn); true lets it learn too.
     """
 
-    def __init__(self, num_classes: int = 21, variant: int = 8, in_channels: int = 3, width: float = 1.0,
-                 norm: str | Callable[[int], nn.Module] = "none", norm_options: dict | None = None,
-                 cond_channels: list[int] | None = None, dropout: float = 0.5, skip_scale: bool = False,
-                 backbone_weights: str | None = None, init: str = "default", learn_final_upsample: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 21,
+        variant: int = 8,
+        in_channels: int = 3,
+        width: float = 1.0,
+        norm: str | Callable[[int], nn.Module] = "none",
+        norm_options: dict | None = None,
+        cond_channels: list[int] | None = None,
+        dropout: float = 0.5,
+        skip_scale: bool = False,
+        backbone_weights: str | None = None,
+        init: str = "default",
+        learn_final_upsample: bool = False,
+    ):
         super().__init__()
         if variant not in FINAL_UPSAMPLE:
             raise invalid_choice("model.variant", variant, FINAL_UPSAMPLE)
@@ -181,15 +192,21 @@ def load_vgg16_backbone(model: FCN, path: str) -> None:
     """
     file = Path(path)
     if not file.is_file():
-        raise SegbenchError(f"model.backbone_weights={path!r}: no such file; download torchvision's "
-                            "vgg16 (or vgg16_bn) ImageNet weights elsewhere and pass the local path")
+        raise SegbenchError(
+            f"model.backbone_weights={path!r}: no such file; download torchvision's "
+            "vgg16 (or vgg16_bn) ImageNet weights elsewhere and pass the local path"
+        )
     from torchvision.ops import FrozenBatchNorm2d
 
     state = load_torch(file)
     if not isinstance(state, dict):
         raise SegbenchError(f"{path} holds a {type(state).__name__}, not a state dict of VGG16 weights")
-    convs = [k[:-len(".weight")] for k, v in state.items() if k.startswith("features.") and k.endswith(".weight") and v.dim() == 4]
-    bns = [k[:-len(".running_mean")] for k in state if k.startswith("features.") and k.endswith(".running_mean")]
+    convs = [
+        k[: -len(".weight")]
+        for k, v in state.items()
+        if k.startswith("features.") and k.endswith(".weight") and v.dim() == 4
+    ]
+    bns = [k[: -len(".running_mean")] for k in state if k.startswith("features.") and k.endswith(".running_mean")]
     layers = [layer for stage in model.stages for layer in stage]
     if len(convs) != len(layers):
         raise SegbenchError(f"{path} holds {len(convs)} backbone convs, VGG16 has {len(layers)}")
@@ -206,5 +223,7 @@ def load_vgg16_backbone(model: FCN, path: str) -> None:
             model.fc7.weight.copy_(state["classifier.3.weight"].view_as(model.fc7.weight))
             model.fc7.bias.copy_(state["classifier.3.bias"])
     except (RuntimeError, KeyError) as err:
-        raise SegbenchError(f"{path} does not fit this FCN (VGG16 weights need model.width=1 and "
-                            f"3 input channels): {str(err).splitlines()[0]}") from None
+        raise SegbenchError(
+            f"{path} does not fit this FCN (VGG16 weights need model.width=1 and "
+            f"3 input channels): {str(err).splitlines()[0]}"
+        ) from None

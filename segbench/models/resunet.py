@@ -56,9 +56,18 @@ class ResUNet(nn.Module):
             conv -> norm -> conv wiring (see ``ResBlock``).
     """
 
-    def __init__(self, in_channels: int = 4, out_channels: int = 1, width: int = 16, depth: int = 4,
-                 norm: str | Callable[[int], nn.Module] = "batch", norm_options: dict | None = None,
-                 cond_channels: list[int] | None = None, dims: int = 2, inner_act: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 4,
+        out_channels: int = 1,
+        width: int = 16,
+        depth: int = 4,
+        norm: str | Callable[[int], nn.Module] = "batch",
+        norm_options: dict | None = None,
+        cond_channels: list[int] | None = None,
+        dims: int = 2,
+        inner_act: bool = True,
+    ):
         super().__init__()
         if depth < 1:
             raise SegbenchError(f"model.depth={depth} must be at least 1")
@@ -68,19 +77,22 @@ class ResUNet(nn.Module):
         self.depth, self.dims = depth, dims
         up, head = (nn.ConvTranspose3d, nn.Conv3d) if dims == 3 else (nn.ConvTranspose2d, nn.Conv2d)
         self.conditioner = slot.conditioner()
-        widths = [width * 2 ** i for i in range(depth)]
+        widths = [width * 2**i for i in range(depth)]
         self.stem = ResBlock(in_channels, widths[0], 1, slot, inner_act)
         self.down = nn.ModuleList(ResBlock(widths[i - 1], widths[i], 2, slot, inner_act) for i in range(1, depth))
         self.up = nn.ModuleList(up(widths[i], widths[i - 1], 2, stride=2) for i in range(depth - 1, 0, -1))
-        self.decode = nn.ModuleList(ResBlock(2 * widths[i - 1], widths[i - 1], 1, slot, inner_act)
-                                    for i in range(depth - 1, 0, -1))
+        self.decode = nn.ModuleList(
+            ResBlock(2 * widths[i - 1], widths[i - 1], 1, slot, inner_act) for i in range(depth - 1, 0, -1)
+        )
         self.head = head(widths[0], out_channels, 1)
 
     def check_input_size(self, *sides: int) -> None:
         factor = 2 ** (self.depth - 1)
         if any(side % factor for side in sides):
-            raise SegbenchError(f"input size {'x'.join(map(str, sides))} is not divisible by {factor}, which a "
-                                f"ResUNet of depth {self.depth} needs; crop or pad to a multiple of {factor}")
+            raise SegbenchError(
+                f"input size {'x'.join(map(str, sides))} is not divisible by {factor}, which a "
+                f"ResUNet of depth {self.depth} needs; crop or pad to a multiple of {factor}"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input_size(*x.shape[2:])

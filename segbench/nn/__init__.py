@@ -1,8 +1,20 @@
 """Layers: the normalization registry and the conditional norms."""
 
-from segbench.nn.conditional import AdaIN, SPADE, Condition, Conditioner, adain
+from segbench.nn.conditional import SPADE, AdaIN, Condition, Conditioner, adain
 from segbench.nn.norms import CONDITIONAL_NORMS, NORMS, build_norm, canonical_norm_name, norm_options
 from segbench.nn.slot import NormSlot, apply_norm
 
-__all__ = ["AdaIN", "SPADE", "Condition", "Conditioner", "adain", "NORMS", "CONDITIONAL_NORMS",
-           "build_norm", "canonical_norm_name", "norm_options", "NormSlot", "apply_norm"]
+__all__ = [
+    "AdaIN",
+    "SPADE",
+    "Condition",
+    "Conditioner",
+    "adain",
+    "NORMS",
+    "CONDITIONAL_NORMS",
+    "build_norm",
+    "canonical_norm_name",
+    "norm_options",
+    "NormSlot",
+    "apply_norm",
+]

@@ -19,9 +19,16 @@ class BatchNorm2d(nn.BatchNorm2d):
     first question, not recommendations.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, eval_stats: str = "running",
-                 update_stats: bool = True):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        eval_stats: str = "running",
+        update_stats: bool = True,
+    ):
         if eval_stats not in ("running", "batch"):
             raise invalid_choice("norm.eval_stats", eval_stats, ["running", "batch"])
         super().__init__(num_features, eps, momentum, affine, track_running_stats)

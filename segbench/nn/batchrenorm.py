@@ -33,17 +33,31 @@ class BatchRenorm2d(nn.BatchNorm2d):
             over 25k steps of a 130k-step run; the defaults keep those proportions for short runs.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.01,
-                 affine: bool = True, r_max: float = 3.0, d_max: float = 5.0, hold_steps: int = 20,
-                 r_relax_steps: int = 160, d_relax_steps: int = 100):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.01,
+        affine: bool = True,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        hold_steps: int = 20,
+        r_relax_steps: int = 160,
+        d_relax_steps: int = 100,
+    ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
         if r_max < 1 or d_max < 0:
             raise ValueError(f"batch renorm needs r_max >= 1 and d_max >= 0, got {r_max}, {d_max}")
         if min(hold_steps, r_relax_steps, d_relax_steps) < 0:
-            raise ValueError(f"batch renorm's hold and relax steps must be >= 0, got {hold_steps}, "
-                             f"{r_relax_steps}, {d_relax_steps}")
+            raise ValueError(
+                f"batch renorm's hold and relax steps must be >= 0, got {hold_steps}, {r_relax_steps}, {d_relax_steps}"
+            )
         self.r_max, self.d_max = float(r_max), float(d_max)
-        self.hold_steps, self.r_relax_steps, self.d_relax_steps = int(hold_steps), int(r_relax_steps), int(d_relax_steps)
+        self.hold_steps, self.r_relax_steps, self.d_relax_steps = (
+            int(hold_steps),
+            int(r_relax_steps),
+            int(d_relax_steps),
+        )
 
     def current_limits(self) -> tuple[float, float]:
         """(r_max, d_max) at this step: (1, 0) while holding, then opening linearly to the set limits."""
@@ -83,6 +97,8 @@ class BatchRenorm2d(nn.BatchNorm2d):
         return x_hat
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max}, "
-                f"d_max={self.d_max}, hold_steps={self.hold_steps}, r_relax_steps={self.r_relax_steps}, "
-                f"d_relax_steps={self.d_relax_steps}")
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max}, "
+            f"d_max={self.d_max}, hold_steps={self.hold_steps}, r_relax_steps={self.r_relax_steps}, "
+            f"d_relax_steps={self.d_relax_steps}"
+        )

@@ -1,4 +1,5 @@
-"""Batch-norm statistics tools: precise BN and frozen BN for the trainer, batch vs running statistics for ``diagnose``."""
+"""Batch-norm statistics tools: precise BN and frozen BN for the trainer, batch vs running statistics
+for ``diagnose``."""
 
 from __future__ import annotations
 

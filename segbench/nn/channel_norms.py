@@ -60,7 +60,9 @@ class RMSNormChannels(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _in_format_of(F.rms_norm(x.movedim(1, -1), (self.num_channels,), self.weight, self.eps).movedim(-1, 1), x)
+        return _in_format_of(
+            F.rms_norm(x.movedim(1, -1), (self.num_channels,), self.weight, self.eps).movedim(-1, 1), x
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
@@ -86,8 +88,9 @@ class GhostBatchNorm(BatchNorm2d):
     """Batch norm with statistics from virtual batches of ``virtual_batch`` samples in training
     (the last chunk may be smaller); eval uses the running statistics, as batch norm does."""
 
-    def __init__(self, num_features: int, virtual_batch: int = 2, eps: float = 1e-5, momentum: float = 0.1,
-                 affine: bool = True):
+    def __init__(
+        self, num_features: int, virtual_batch: int = 2, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True
+    ):
         super().__init__(num_features, eps, momentum, affine)
         self.virtual_batch = int(virtual_batch)
 
@@ -95,8 +98,10 @@ class GhostBatchNorm(BatchNorm2d):
         self._check_input_dim(x)
         if not self.training or x.shape[0] <= self.virtual_batch:
             return super().forward(x)
-        chunks = [F.batch_norm(c, self.running_mean, self.running_var, self.weight, self.bias, True,
-                               self.momentum, self.eps) for c in torch.split(x, self.virtual_batch)]
+        chunks = [
+            F.batch_norm(c, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps)
+            for c in torch.split(x, self.virtual_batch)
+        ]
         self.num_batches_tracked.add_(len(chunks))
         return torch.cat(chunks)
 

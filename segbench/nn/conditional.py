@@ -103,8 +103,9 @@ class SPADE(nn.Module):
 
     conditional = True
 
-    def __init__(self, num_channels: int, cond_channels: int, inner: nn.Module, hidden: int = 128, kernel: int = 3,
-                 dims: int = 2):
+    def __init__(
+        self, num_channels: int, cond_channels: int, inner: nn.Module, hidden: int = 128, kernel: int = 3, dims: int = 2
+    ):
         super().__init__()
         self.inner = inner
         pad, conv = kernel // 2, CONVS[dims]
@@ -145,16 +146,19 @@ class Conditioner(nn.Module):
         dims: 2 for images, 3 for volumes.
     """
 
-    def __init__(self, in_channels: int, cond_channels: list[int] | None = None, style_dim: int | None = None,
-                 dims: int = 2):
+    def __init__(
+        self, in_channels: int, cond_channels: list[int] | None = None, style_dim: int | None = None, dims: int = 2
+    ):
         super().__init__()
         index = list(range(in_channels)) if cond_channels is None else [int(c) for c in cond_channels]
         bad = [c for c in index if not 0 <= c < in_channels]
         if bad:
             from segbench.errors import SegbenchError
 
-            raise SegbenchError(f"norm.cond_channels={index} names channel {bad[0]}, but the input has "
-                                f"{in_channels} channels (valid: 0..{in_channels - 1})")
+            raise SegbenchError(
+                f"norm.cond_channels={index} names channel {bad[0]}, but the input has "
+                f"{in_channels} channels (valid: 0..{in_channels - 1})"
+            )
         self.register_buffer("index", torch.tensor(index), persistent=False)
         self.all_channels = index == list(range(in_channels))
         self.style = StyleEncoder(len(index), style_dim, dims=dims) if style_dim else None

@@ -31,8 +31,15 @@ class CrossIterationBatchNorm2d(nn.Module):
             to the conv). Without one the layer is plain BN.
     """
 
-    def __init__(self, num_features: int, window: int = 4, burnin: int = 100, momentum: float = 0.1,
-                 eps: float = 1e-5, conv: nn.Conv2d | None = None):
+    def __init__(
+        self,
+        num_features: int,
+        window: int = 4,
+        burnin: int = 100,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        conv: nn.Conv2d | None = None,
+    ):
         super().__init__()
         self.window, self.burnin, self.momentum, self.eps = window, burnin, momentum, eps
         self.weight = nn.Parameter(torch.ones(num_features))
@@ -49,8 +56,14 @@ class CrossIterationBatchNorm2d(nn.Module):
         xf = x.float()
         mu, nu = xf.mean(dim=(0, 2, 3)), xf.square().mean(dim=(0, 2, 3))
         conv = self._conv[0]
-        pool = (conv is not None and self.window > 1 and int(self.num_batches_tracked) >= self.burnin
-                and torch.is_grad_enabled() and x.requires_grad and conv.weight.requires_grad)
+        pool = (
+            conv is not None
+            and self.window > 1
+            and int(self.num_batches_tracked) >= self.burnin
+            and torch.is_grad_enabled()
+            and x.requires_grad
+            and conv.weight.requires_grad
+        )
         if pool:
             mean, var = self._pooled(mu, nu, conv.weight)
         else:
@@ -80,10 +93,12 @@ class CrossIterationBatchNorm2d(nn.Module):
             mus.append(moved_mu)
             nus.append(torch.maximum(moved_nu, moved_mu.square()))  # a valid second moment
         self._history.insert(0, (mu.detach(), nu.detach(), dmu.detach(), dnu.detach(), now.clone()))
-        del self._history[self.window - 1:]
+        del self._history[self.window - 1 :]
         mean = torch.stack(mus).mean(0)
         return mean, torch.stack(nus).mean(0) - mean.square()
 
     def extra_repr(self) -> str:
-        return (f"{self.weight.numel()}, window={self.window}, burnin={self.burnin}, "
-                f"momentum={self.momentum}, eps={self.eps}, compensated={self._conv[0] is not None}")
+        return (
+            f"{self.weight.numel()}, window={self.window}, burnin={self.burnin}, "
+            f"momentum={self.momentum}, eps={self.eps}, compensated={self._conv[0] is not None}"
+        )

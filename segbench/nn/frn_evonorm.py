@@ -78,7 +78,9 @@ class EvoNormB0(nn.Module):
             else:
                 var = self.running_var
             batch_std = _channel(var.add(self.eps).sqrt(), d).to(x.dtype)
-            x = x / torch.maximum(batch_std.expand_as(x), x * _channel(self.v, d).to(x.dtype) + _std(x, _spatial(x), self.eps))
+            x = x / torch.maximum(
+                batch_std.expand_as(x), x * _channel(self.v, d).to(x.dtype) + _std(x, _spatial(x), self.eps)
+            )
         return x * _channel(self.weight, d).to(x.dtype) + _channel(self.bias, d).to(x.dtype)
 
 

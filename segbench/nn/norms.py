@@ -21,14 +21,28 @@ def _none(num_channels: int, dims: int = 2) -> nn.Module:
     return nn.Identity()
 
 
-def _batch(num_channels: int, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
-           track_running_stats: bool = True, eval_stats: str = "running", update_stats: bool = True,
-           dims: int = 2) -> nn.Module:
+def _batch(
+    num_channels: int,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    affine: bool = True,
+    track_running_stats: bool = True,
+    eval_stats: str = "running",
+    update_stats: bool = True,
+    dims: int = 2,
+) -> nn.Module:
     return BatchNorm2d(num_channels, eps, momentum, affine, track_running_stats, eval_stats, update_stats)
 
 
-def _syncbatch(num_channels: int, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
-               track_running_stats: bool = True, eval_stats: str = "running", dims: int = 2) -> nn.Module:
+def _syncbatch(
+    num_channels: int,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    affine: bool = True,
+    track_running_stats: bool = True,
+    eval_stats: str = "running",
+    dims: int = 2,
+) -> nn.Module:
     from segbench.nn.syncbn import SyncBatchNorm
 
     return SyncBatchNorm(num_channels, eps, momentum, affine, track_running_stats, eval_stats)
@@ -44,24 +58,40 @@ def _groups(num_channels: int, num_groups: int | None, group_size: int | None) -
     """The group count for ``num_channels``, from a count or a size, refused when it does not divide."""
     if group_size is not None:
         if num_channels % group_size:
-            raise SegbenchError(f"norm.group_size={group_size} does not divide a layer's "
-                                f"{num_channels} channels; pick a divisor of {num_channels}")
+            raise SegbenchError(
+                f"norm.group_size={group_size} does not divide a layer's "
+                f"{num_channels} channels; pick a divisor of {num_channels}"
+            )
         num_groups = num_channels // group_size
     if not num_groups or num_groups < 1:
         raise SegbenchError(f"norm.num_groups={num_groups} must be a positive integer")
     if num_channels % num_groups:
-        raise SegbenchError(f"norm.num_groups={num_groups} does not divide a layer's {num_channels} "
-                            f"channels; pick a divisor of {num_channels} or set norm.group_size")
+        raise SegbenchError(
+            f"norm.num_groups={num_groups} does not divide a layer's {num_channels} "
+            f"channels; pick a divisor of {num_channels} or set norm.group_size"
+        )
     return num_groups
 
 
-def _group(num_channels: int, num_groups: int | None = 8, group_size: int | None = None,
-           eps: float = 1e-5, affine: bool = True, dims: int = 2) -> nn.Module:
+def _group(
+    num_channels: int,
+    num_groups: int | None = 8,
+    group_size: int | None = None,
+    eps: float = 1e-5,
+    affine: bool = True,
+    dims: int = 2,
+) -> nn.Module:
     return nn.GroupNorm(_groups(num_channels, num_groups, group_size), num_channels, eps=eps, affine=affine)
 
 
-def _ws_group(num_channels: int, num_groups: int | None = 8, group_size: int | None = None,
-              eps: float = 1e-5, affine: bool = True, dims: int = 2) -> nn.Module:
+def _ws_group(
+    num_channels: int,
+    num_groups: int | None = 8,
+    group_size: int | None = None,
+    eps: float = 1e-5,
+    affine: bool = True,
+    dims: int = 2,
+) -> nn.Module:
     # The norm is group norm; what makes it WS+GN is the conv the slot puts in front (see NORM_CONVS).
     return _group(num_channels, num_groups, group_size, eps, affine)
 
@@ -72,21 +102,35 @@ def _frn(num_channels: int, eps: float = 1e-6, apply_act: bool = True, dims: int
     return FilterResponseNorm2d(num_channels, eps, apply_act)
 
 
-def _evonorm_b0(num_channels: int, eps: float = 1e-3, momentum: float = 0.1, apply_act: bool = True, dims: int = 2) -> nn.Module:
+def _evonorm_b0(
+    num_channels: int, eps: float = 1e-3, momentum: float = 0.1, apply_act: bool = True, dims: int = 2
+) -> nn.Module:
     from segbench.nn.frn_evonorm import EvoNormB0
 
     return EvoNormB0(num_channels, eps, momentum, apply_act)
 
 
-def _evonorm_s0(num_channels: int, num_groups: int | None = 8, group_size: int | None = None, eps: float = 1e-5,
-                apply_act: bool = True, dims: int = 2) -> nn.Module:
+def _evonorm_s0(
+    num_channels: int,
+    num_groups: int | None = 8,
+    group_size: int | None = None,
+    eps: float = 1e-5,
+    apply_act: bool = True,
+    dims: int = 2,
+) -> nn.Module:
     from segbench.nn.frn_evonorm import EvoNormS0
 
     return EvoNormS0(num_channels, _groups(num_channels, num_groups, group_size), eps, apply_act)
 
 
-def _crossbatch(num_channels: int, window: int = 4, burnin: int = 100, momentum: float = 0.1, eps: float = 1e-5,
-                conv: nn.Module | None = None) -> nn.Module:
+def _crossbatch(
+    num_channels: int,
+    window: int = 4,
+    burnin: int = 100,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    conv: nn.Module | None = None,
+) -> nn.Module:
     from segbench.nn.crossbatch import CrossIterationBatchNorm2d
 
     if window < 1 or burnin < 0:
@@ -113,9 +157,18 @@ def _layer(num_channels: int, eps: float = 1e-5, affine: bool = True, dims: int 
     return nn.GroupNorm(1, num_channels, eps=eps, affine=affine)
 
 
-def _batchrenorm(num_channels: int, momentum: float = 0.01, eps: float = 1e-5, affine: bool = True,
-                 r_max: float = 3.0, d_max: float = 5.0, hold_steps: int = 20, r_relax_steps: int = 160,
-                 d_relax_steps: int = 100, dims: int = 2) -> nn.Module:
+def _batchrenorm(
+    num_channels: int,
+    momentum: float = 0.01,
+    eps: float = 1e-5,
+    affine: bool = True,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    hold_steps: int = 20,
+    r_relax_steps: int = 160,
+    d_relax_steps: int = 100,
+    dims: int = 2,
+) -> nn.Module:
     from segbench.nn.batchrenorm import BatchRenorm2d
 
     return BatchRenorm2d(num_channels, eps, momentum, affine, r_max, d_max, hold_steps, r_relax_steps, d_relax_steps)
@@ -140,8 +193,14 @@ def _grn(num_channels: int, eps: float = 1e-6, dims: int = 2) -> nn.Module:
     return GlobalResponseNorm(num_channels, eps)
 
 
-def _ghost_batch(num_channels: int, virtual_batch: int = 2, momentum: float = 0.1, eps: float = 1e-5,
-                 affine: bool = True, dims: int = 2) -> nn.Module:
+def _ghost_batch(
+    num_channels: int,
+    virtual_batch: int = 2,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    affine: bool = True,
+    dims: int = 2,
+) -> nn.Module:
     from segbench.nn.channel_norms import GhostBatchNorm
 
     if int(virtual_batch) < 1 or momentum is None:
@@ -158,8 +217,15 @@ def _adain(num_channels: int, style_dim: int = 64, eps: float = 1e-5, dims: int 
 SPADE_INNER = ("batch", "syncbatch", "instance")
 
 
-def _spade(num_channels: int, cond_channels: int = 1, inner: str = "batch", hidden: int = 128,
-           kernel: int = 3, eps: float = 1e-5, dims: int = 2) -> nn.Module:
+def _spade(
+    num_channels: int,
+    cond_channels: int = 1,
+    inner: str = "batch",
+    hidden: int = 128,
+    kernel: int = 3,
+    eps: float = 1e-5,
+    dims: int = 2,
+) -> nn.Module:
     from segbench.nn.conditional import SPADE
 
     if inner not in SPADE_INNER:
@@ -192,13 +258,33 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
     "ghostbatch": _ghost_batch,
 }
 
-ALIASES = {"identity": "none", "bn": "batch", "batchnorm": "batch", "syncbn": "syncbatch",
-           "syncbatchnorm": "syncbatch", "in": "instance", "instancenorm": "instance",
-           "gn": "group", "groupnorm": "group", "ln": "layer", "layernorm": "layer",
-           "brn": "batchrenorm", "frntlu": "frn", "wsgn": "wsgroup", "cbn": "crossbatch",
-           "crossiterationbatch": "crossbatch", "sn": "switchable", "frozenbn": "frozenbatch",
-           "layernorm2d": "layerchannels", "convnextlayernorm": "layerchannels", "rmsnorm": "rmschannels",
-           "rmsnorm2d": "rmschannels", "globalresponsenorm": "grn", "ghostbn": "ghostbatch", "gbn": "ghostbatch"}
+ALIASES = {
+    "identity": "none",
+    "bn": "batch",
+    "batchnorm": "batch",
+    "syncbn": "syncbatch",
+    "syncbatchnorm": "syncbatch",
+    "in": "instance",
+    "instancenorm": "instance",
+    "gn": "group",
+    "groupnorm": "group",
+    "ln": "layer",
+    "layernorm": "layer",
+    "brn": "batchrenorm",
+    "frntlu": "frn",
+    "wsgn": "wsgroup",
+    "cbn": "crossbatch",
+    "crossiterationbatch": "crossbatch",
+    "sn": "switchable",
+    "frozenbn": "frozenbatch",
+    "layernorm2d": "layerchannels",
+    "convnextlayernorm": "layerchannels",
+    "rmsnorm": "rmschannels",
+    "rmsnorm2d": "rmschannels",
+    "globalresponsenorm": "grn",
+    "ghostbn": "ghostbatch",
+    "gbn": "ghostbatch",
+}
 
 CONDITIONAL_NORMS = frozenset({"adain", "spade"})
 # Norm-activation layers: where the model would apply ReLU after the norm, they apply their own
@@ -220,8 +306,9 @@ def check_dims(name: str, dims: int) -> None:
     """Refuse, in one line, a norm without a form for ``dims``-D feature maps."""
     if dims != 2 and not has_3d_form(name):
         volumetric = ", ".join(k for k in NORMS if has_3d_form(k))
-        raise SegbenchError(f"norm={canonical_norm_name(name)} has no 3-D form in segbench; for 3-D models use "
-                            f"one of: {volumetric}")
+        raise SegbenchError(
+            f"norm={canonical_norm_name(name)} has no 3-D form in segbench; for 3-D models use one of: {volumetric}"
+        )
 
 
 def canonical_norm_name(name: str) -> str:

@@ -30,8 +30,15 @@ class NormSlot:
         dims: 2 for images, 3 for volumes; a norm without a 3-D form is refused in one line.
     """
 
-    def __init__(self, norm: str | Callable[[int], nn.Module] = "batch", options: dict | None = None,
-                 in_channels: int = 1, cond_channels: list[int] | None = None, style_dim: int = 64, dims: int = 2):
+    def __init__(
+        self,
+        norm: str | Callable[[int], nn.Module] = "batch",
+        options: dict | None = None,
+        in_channels: int = 1,
+        cond_channels: list[int] | None = None,
+        style_dim: int = 64,
+        dims: int = 2,
+    ):
         self.options, self.dims = dict(options or {}), dims
         if callable(norm):
             self.name, self._factory = getattr(norm, "__name__", "custom"), norm
@@ -79,8 +86,9 @@ class NormSlot:
         """What follows a norm built with ``act=True``: ReLU, or nothing for a norm-activation layer."""
         return nn.Identity() if self.name in ACTIVATING_NORMS else nn.ReLU()
 
-    def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0,
-             bias: bool | None = None) -> nn.Module:
+    def conv(
+        self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool | None = None
+    ) -> nn.Module:
         """The conv in front of a slot norm: of the norm's kind (``NORM_CONVS``), and biased only
         when the norm does not re-centre (see ``bias``) unless ``bias`` says otherwise.
 
@@ -109,5 +117,8 @@ def apply_norm(norm: nn.Module, x, cond):
 def norm_scalars(model: nn.Module) -> dict[str, dict[str, float]]:
     """Per layer, what a norm reports of its learned state (``tensorboard_scalars``, e.g. the IN/LN/BN
     mixture of switchable norm); empty for norms with nothing to report."""
-    return {name: module.tensorboard_scalars() for name, module in model.named_modules()
-            if callable(getattr(module, "tensorboard_scalars", None))}
+    return {
+        name: module.tensorboard_scalars()
+        for name, module in model.named_modules()
+        if callable(getattr(module, "tensorboard_scalars", None))
+    }

@@ -33,13 +33,19 @@ from segbench.nn.norms import ACTIVATING_NORMS, CONDITIONAL_NORMS, build_norm, c
 # Norms that need the conv in front of them, or the model's input, and why.
 NOT_SWAPPABLE = {
     "wsgroup": "it standardizes the weights of the conv in front, and a module tree does not say which conv "
-               "feeds which norm",
+    "feeds which norm",
     "crossbatch": "it reads the weights of the conv in front, and a module tree does not say which conv feeds "
-                  "which norm",
+    "which norm",
     **{name: "it needs the model's input at every layer (a conditional norm)" for name in CONDITIONAL_NORMS},
 }
-_BY_DIMS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3,
-            nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
+_BY_DIMS = {
+    nn.BatchNorm1d: 1,
+    nn.BatchNorm2d: 2,
+    nn.BatchNorm3d: 3,
+    nn.InstanceNorm1d: 1,
+    nn.InstanceNorm2d: 2,
+    nn.InstanceNorm3d: 3,
+}
 
 
 def _channels_and_dims(layer: nn.Module, dims: int) -> tuple[int, int] | None:
@@ -70,8 +76,10 @@ def swap_norms(model: nn.Module, norm: str, options: dict | None = None, dims: i
     """
     name = canonical_norm_name(norm)
     if name in NOT_SWAPPABLE:
-        raise SegbenchError(f"norm={name} cannot be swapped into an existing model: {NOT_SWAPPABLE[name]}; "
-                            "use it in model=resunet / resunet3d, whose norm slot builds the conv too")
+        raise SegbenchError(
+            f"norm={name} cannot be swapped into an existing model: {NOT_SWAPPABLE[name]}; "
+            "use it in model=resunet / resunet3d, whose norm slot builds the conv too"
+        )
     options = dict(options or {})
     # Norm-activation layers lose their own activation: the network keeps the one it applies after each norm.
     derived = {"apply_act": False} if name in ACTIVATING_NORMS else {}
@@ -88,8 +96,10 @@ def swap_norms(model: nn.Module, norm: str, options: dict | None = None, dims: i
             try:
                 new = build_norm(name, channels, context={"dims": d, **derived}, **options)
             except ValueError as err:  # e.g. 8 groups for a 12-channel layer
-                raise SegbenchError(f"norm={name} for {child_name} ({type(child).__name__}, {channels} channels): "
-                                    f"{str(err).splitlines()[0]}") from None
+                raise SegbenchError(
+                    f"norm={name} for {child_name} ({type(child).__name__}, {channels} channels): "
+                    f"{str(err).splitlines()[0]}"
+                ) from None
             _carry_over(child, new)
             if isinstance(getattr(child, "act", None), nn.Module):
                 # timm's norm-activation layers (BatchNormAct2d, GroupNormAct): keep their dropout and activation.
@@ -97,8 +107,10 @@ def swap_norms(model: nn.Module, norm: str, options: dict | None = None, dims: i
             setattr(parent, child_name, new)
             report[f"{type(child).__name__} -> {name}"] += 1
     if not any("->" in k for k in report):
-        raise SegbenchError(f"{type(model).__name__} has no normalization layer to swap (BatchNorm, SyncBatchNorm, "
-                            "InstanceNorm, GroupNorm, LayerNorm2d)")
+        raise SegbenchError(
+            f"{type(model).__name__} has no normalization layer to swap (BatchNorm, SyncBatchNorm, "
+            "InstanceNorm, GroupNorm, LayerNorm2d)"
+        )
     return report
 
 

@@ -58,6 +58,9 @@ class SwitchableNorm2d(nn.Module):
         """The learned shares: ``{"mean_in": .., "mean_ln": .., "mean_bn": .., "var_in": .., ...}``."""
         with torch.no_grad():
             mw, vw = torch.softmax(self.mean_weight, 0), torch.softmax(self.var_weight, 0)
-        return {**{f"mean_{k}": float(v) for k, v in zip(KINDS, mw)}, **{f"var_{k}": float(v) for k, v in zip(KINDS, vw)}}
+        return {
+            **{f"mean_{k}": float(v) for k, v in zip(KINDS, mw)},
+            **{f"var_{k}": float(v) for k, v in zip(KINDS, vw)},
+        }
 
     tensorboard_scalars = mixture

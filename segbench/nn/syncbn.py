@@ -84,5 +84,4 @@ def _warn_single_process() -> None:
     # trial step: the run itself will be multi-process, so saying otherwise would be false.
     if not _warned_single_process and int(os.environ.get("WORLD_SIZE", 1)) == 1:
         _warned_single_process = True
-        warnings.warn("norm=syncbatch outside a multi-process run: it behaves as norm=batch",
-                      stacklevel=3)
+        warnings.warn("norm=syncbatch outside a multi-process run: it behaves as norm=batch", stacklevel=3)

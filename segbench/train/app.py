@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from segbench.errors import SegbenchError, one_line
 
-
 # Keys that name a sweep member's folder: the ones its sweep varies, paths excepted (they split a name
 # into nested folders); without that list, every override but paths, trainer.* and hydra.*. The
 # full config stays in each run's .hydra/.
@@ -32,7 +31,9 @@ def run_name(overrides) -> str:
     for item in overrides:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
-        wanted = key in swept and not key.startswith(PATH_KEYS) if swept is not None else not key.startswith(UNNAMED_KEYS)
+        wanted = (
+            key in swept and not key.startswith(PATH_KEYS) if swept is not None else not key.startswith(UNNAMED_KEYS)
+        )
         if wanted:
             parts.append(f"{SHORT_KEYS.get(key, key)}={value.replace('/', '_')}")
     return ",".join(parts) or "run"
@@ -44,13 +45,14 @@ OmegaConf.register_new_resolver("segbench_run_name", run_name, replace=True)
 @hydra.main(config_path="pkg://segbench.configs", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """Train one run; the return value (best validation metric, never test) is what Hydra sweepers optimise."""
+    import torch
+
     from segbench.train.launch import write_run_note
     from segbench.train.lr_grid import train_with_lr_grid
     from segbench.train.preemption import Preempted
     from segbench.train.restart import continue_if_saved
     from segbench.train.rundir import remove_if_untouched
     from segbench.train.trainer import TrainingDiverged
-    import torch
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -68,8 +70,11 @@ def hydra_main(cfg: DictConfig) -> float:
         remove_if_untouched(run_dir)  # a run refused at its start leaves nothing behind
         sys.exit(2)
     except torch.OutOfMemoryError as err:  # the GPU's: the preflight estimates only a CPU run's memory
-        print(f"segbench: error: out of memory ({one_line(err)[:200]}); lower data.batch_size, data.size or "
-              "model.width, or use trainer.precision=bf16-mixed", file=sys.stderr)
+        print(
+            f"segbench: error: out of memory ({one_line(err)[:200]}); lower data.batch_size, data.size or "
+            "model.width, or use trainer.precision=bf16-mixed",
+            file=sys.stderr,
+        )
         _close_log_files()
         remove_if_untouched(run_dir)
         sys.exit(2)
@@ -95,8 +100,12 @@ def hydra_main(cfg: DictConfig) -> float:
         last = shared / "checkpoints" / "last.pt"
         saved = f"resume it from {last} with {resume_hint(shared)}" if last.exists() else "no checkpoint was saved yet"
         if not os.environ.get(RUN_NOTE):  # segbench torchrun says it once for the job, with the resume command
-            print(f"segbench: rank {os.environ.get('RANK', 0)} lost another rank during a collective "
-                  f"({one_line(err)[:160]}); {saved}", file=sys.stderr, flush=True)
+            print(
+                f"segbench: rank {os.environ.get('RANK', 0)} lost another rank during a collective "
+                f"({one_line(err)[:160]}); {saved}",
+                file=sys.stderr,
+                flush=True,
+            )
         os._exit(LOST_PEER_EXIT)  # the process group cannot be torn down without its lost member
     finally:
         from segbench.train.distributed import teardown
@@ -116,7 +125,8 @@ def lost_peer(err: BaseException) -> bool:
         return False
     text = str(err).lower()
     return isinstance(err, dist.DistError) or any(
-        k in text for k in ("connection closed by peer", "connection reset by peer", "gloo", "nccl", "timed out"))
+        k in text for k in ("connection closed by peer", "connection reset by peer", "gloo", "nccl", "timed out")
+    )
 
 
 def _record_resume(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:

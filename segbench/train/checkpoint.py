@@ -18,8 +18,18 @@ from segbench.schema import flatten
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "best", "config")
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: dict, config: dict,
-                    last_val: dict | None = None, scaler=None, val_history: list | None = None) -> None:
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    step: int,
+    best: dict,
+    config: dict,
+    last_val: dict | None = None,
+    scaler=None,
+    val_history: list | None = None,
+) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -51,8 +61,9 @@ def resume_path(resume, run_dir: Path) -> Path | None:
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
-        raise SegbenchError(f"trainer.resume={resume!r}: no checkpoint at {path}; pass a run directory "
-                            "that holds checkpoints/last.pt")
+        raise SegbenchError(
+            f"trainer.resume={resume!r}: no checkpoint at {path}; pass a run directory that holds checkpoints/last.pt"
+        )
     return path
 
 
@@ -74,11 +85,16 @@ def load_model_state(model, state: dict, path: Path) -> None:
     if missing or unexpected or reshaped:
         config = state.get("config") or {}
         built = ", ".join(f"{g}={(config.get(g) or {}).get('name')}" for g in ("model", "norm") if config.get(g))
-        parts = [f"{len(v)} {what}" for v, what in ((missing, "missing"), (unexpected, "unexpected"),
-                                                    (reshaped, "of another shape")) if v]
+        parts = [
+            f"{len(v)} {what}"
+            for v, what in ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape"))
+            if v
+        ]
         example = (missing or unexpected or reshaped)[0]
-        raise SegbenchError(f"{path} does not fit this model: weights {', '.join(parts)} (e.g. {example!r})"
-                            + (f"; it was trained with {built}" if built else ""))
+        raise SegbenchError(
+            f"{path} does not fit this model: weights {', '.join(parts)} (e.g. {example!r})"
+            + (f"; it was trained with {built}" if built else "")
+        )
     model.load_state_dict(theirs)
 
 
@@ -93,5 +109,10 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
     # An option added after the checkpoint was written, left at its null or false (off) default, changes
     # nothing: runs trained before data.spacing, data.test_sites or data.site_batches existed still resume.
     added_off = {k for k in flat_now if k not in flat_saved and (flat_now[k] is None or flat_now[k] is False)}
-    return [k for k in keys if flat_saved.get(k, "<unset>") != flat_now.get(k, "<unset>")
-            and not k.startswith(RESUMABLE) and k not in added_off]
+    return [
+        k
+        for k in keys
+        if flat_saved.get(k, "<unset>") != flat_now.get(k, "<unset>")
+        and not k.startswith(RESUMABLE)
+        and k not in added_off
+    ]

@@ -29,14 +29,20 @@ EPSILON = 0.01
 
 def plateau(history: list[dict], metric: str, epsilon: float = EPSILON, min_points: int = MIN_POINTS) -> dict:
     """The convergence check of one run's ``history`` (``[{"step": s, metric: v}, ...]``)."""
-    points = [(float(h["step"]), float(h[metric])) for h in history
-              if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+    points = [
+        (float(h["step"]), float(h[metric]))
+        for h in history
+        if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])
+    ]
     rule = f"no improvement above {epsilon:g} in the last max(3, n/4) validations"
     if len(points) < min_points:
-        return {"converged": None, "rule": rule, "validations": len(points),
-                "reason": f"{len(points)} validation(s); the check needs at least {min_points} "
-                          "(lower trainer.val_every)"}
-    tail = points[len(points) // 2:] if len(points) // 2 >= 3 else points[-3:]
+        return {
+            "converged": None,
+            "rule": rule,
+            "validations": len(points),
+            "reason": f"{len(points)} validation(s); the check needs at least {min_points} (lower trainer.val_every)",
+        }
+    tail = points[len(points) // 2 :] if len(points) // 2 >= 3 else points[-3:]
     steps, values = np.array([p[0] for p in tail]), np.array([p[1] for p in tail])
     fit = sps.linregress(steps, values)
     span = float(steps[-1] - steps[0])
@@ -44,10 +50,18 @@ def plateau(history: list[dict], metric: str, epsilon: float = EPSILON, min_poin
     k = max(3, math.ceil(len(points) / 4))
     improvement = max(p[1] for p in points[-k:]) - max(p[1] for p in points[:-k])
     gain = float(fit.slope * span)
-    return {"converged": bool(improvement < epsilon), "rule": rule, "validations": len(points),
-            "last_k": k, "improvement_last_k": float(improvement),
-            "projected_gain": gain, "projected_gain_high": float((fit.slope + half) * span),
-            "trend_flat": gain < epsilon, "trend_from_step": int(steps[0]), "epsilon": epsilon}
+    return {
+        "converged": bool(improvement < epsilon),
+        "rule": rule,
+        "validations": len(points),
+        "last_k": k,
+        "improvement_last_k": float(improvement),
+        "projected_gain": gain,
+        "projected_gain_high": float((fit.slope + half) * span),
+        "trend_flat": gain < epsilon,
+        "trend_from_step": int(steps[0]),
+        "epsilon": epsilon,
+    }
 
 
 def plateau_reached(check: dict) -> bool:

@@ -8,7 +8,6 @@ sums. Without torchrun everything here is a no-op.
 from __future__ import annotations
 
 import contextlib
-
 import os
 from datetime import timedelta
 
@@ -50,11 +49,20 @@ def setup(preference: str) -> DistContext:
         if restarts not in ("", "0") and "MASTER_ADDR" in os.environ:
             # torchrun restarted the workers: its store still holds the dead round's addresses under
             # the default keys (gloo then dials a process that is gone), so each round gets its own.
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                                  is_master=rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True",
-                                  timeout=timeout)
-            dist.init_process_group(backend, store=dist.PrefixStore(f"segbench/restart{restarts}", store),
-                                    rank=rank, world_size=world, timeout=timeout)
+            store = dist.TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                world,
+                is_master=rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True",
+                timeout=timeout,
+            )
+            dist.init_process_group(
+                backend,
+                store=dist.PrefixStore(f"segbench/restart{restarts}", store),
+                rank=rank,
+                world_size=world,
+                timeout=timeout,
+            )
         else:
             dist.init_process_group(backend, timeout=timeout)
     return DistContext(rank, world, local_rank, device)
@@ -66,8 +74,9 @@ def use_torch_syncbn(model: nn.Module) -> nn.Module:
 
     for name, child in model.named_children():
         if isinstance(child, SyncBatchNorm):
-            fused = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                     child.track_running_stats)
+            fused = nn.SyncBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             fused.load_state_dict(child.state_dict())
             setattr(model, name, fused.to(child.running_mean.device))
         else:

@@ -32,7 +32,9 @@ def hparams_of(cfg: DictConfig, world_size: int) -> dict:
         if key == "data.batch_size" and value is not None:
             value = int(value) * world_size  # the global batch is what the study compares
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            value = "null" if value is None else str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+            value = (
+                "null" if value is None else str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+            )
         out[key.replace(".name", "")] = value
     return out
 
@@ -58,8 +60,14 @@ def shown_keys(settings: dict) -> list[str]:
 
 def metric_tags(main_metric: str, report_metric: str) -> list[str]:
     """The test result first (the number a reader looks for), then val's, then the fit."""
-    return [f"{TEST_GROUP}_best/{report_metric}", f"val/{main_metric}", f"{TEST_GROUP}_best/auroc",
-            f"{TEST_GROUP}_last/{report_metric}", "train/loss_eval_mode", "train/loss"]
+    return [
+        f"{TEST_GROUP}_best/{report_metric}",
+        f"val/{main_metric}",
+        f"{TEST_GROUP}_best/auroc",
+        f"{TEST_GROUP}_last/{report_metric}",
+        "train/loss_eval_mode",
+        "train/loss",
+    ]
 
 
 def write_start(writer, cfg: DictConfig, world_size: int, main_metric: str, report_metric: str) -> None:
@@ -87,13 +95,21 @@ def write_layout(writer, main_metric: str, report_metric: str) -> None:
     maintainers point to this page for a chosen order, tensorflow/tensorboard#865), so
     ``test_*`` would come before ``train``; here the order is ours.
     """
-    writer.add_custom_scalars({
-        "1 train and val": {
-            "loss (train, train images in eval mode, val)": ["Multiline", ["train/loss", "train/loss_eval_mode", "val/loss"]],
-            f"val {main_metric} and {report_metric}": ["Multiline", [f"val/{main_metric}", f"val/{report_metric}"]],
-            "learning rate": ["Multiline", ["train/lr"]],
-        },
-        "2 test (last and best-by-val checkpoints)": {
-            report_metric: ["Multiline", [f"{TEST_GROUP}_last/{report_metric}", f"{TEST_GROUP}_best/{report_metric}"]],
-        },
-    })
+    writer.add_custom_scalars(
+        {
+            "1 train and val": {
+                "loss (train, train images in eval mode, val)": [
+                    "Multiline",
+                    ["train/loss", "train/loss_eval_mode", "val/loss"],
+                ],
+                f"val {main_metric} and {report_metric}": ["Multiline", [f"val/{main_metric}", f"val/{report_metric}"]],
+                "learning rate": ["Multiline", ["train/lr"]],
+            },
+            "2 test (last and best-by-val checkpoints)": {
+                report_metric: [
+                    "Multiline",
+                    [f"{TEST_GROUP}_last/{report_metric}", f"{TEST_GROUP}_best/{report_metric}"],
+                ],
+            },
+        }
+    )

@@ -29,12 +29,14 @@ LOST_PEER_EXIT = 70  # a rank that ended because another rank vanished: not a fa
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     """(torchrun's options, the training overrides) around the word ``train``."""
     if "train" not in argv:
-        raise SegbenchError("segbench torchrun: name the command to run after torchrun's options: "
-                            "segbench torchrun --nproc_per_node=2 train norm=syncbatch ...")
+        raise SegbenchError(
+            "segbench torchrun: name the command to run after torchrun's options: "
+            "segbench torchrun --nproc_per_node=2 train norm=syncbatch ..."
+        )
     i = argv.index("train")
     if any(a in ("-m", "--module", "--no-python", "--no_python") for a in argv[:i]):
         raise SegbenchError("segbench torchrun runs `-m segbench train` itself; leave out -m / --no-python")
-    return argv[:i], argv[i + 1:]
+    return argv[:i], argv[i + 1 :]
 
 
 def failure_lines(failures: dict, run_dir: str | None, options: list[str], overrides: list[str]) -> list[str]:
@@ -42,11 +44,17 @@ def failure_lines(failures: dict, run_dir: str | None, options: list[str], overr
     lines = []
     own = {r: f for r, f in failures.items() if f.exitcode != LOST_PEER_EXIT}
     for rank, failure in sorted((own or failures).items()):  # a rank that only lost its peer is no cause
-        how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
-               else "lost its peer ranks" if failure.exitcode == LOST_PEER_EXIT
-               else f"exited with code {failure.exitcode}")
-        lines.append(f"segbench torchrun: rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) {how}; "
-                     "torchrun stopped the other ranks")
+        how = (
+            f"was killed by {failure.signal_name()}"
+            if failure.exitcode < 0
+            else "lost its peer ranks"
+            if failure.exitcode == LOST_PEER_EXIT
+            else f"exited with code {failure.exitcode}"
+        )
+        lines.append(
+            f"segbench torchrun: rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) {how}; "
+            "torchrun stopped the other ranks"
+        )
     if run_dir and (Path(run_dir) / "checkpoints" / "last.pt").exists():
         kept = [o for o in overrides if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
         command = shlex.join(["segbench", "torchrun", *options, "train", *kept, f"trainer.resume={run_dir}"])

@@ -10,8 +10,9 @@ from segbench.data.common import IGNORE_INDEX
 from segbench.errors import SegbenchError, invalid_choice
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
-                   valid: torch.Tensor | None = None) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """1 - mean over samples and channels of (2|P∩T| + s) / (|P| + |T| + s), P = sigmoid(logits)
     (only over ``valid`` pixels when given)."""
     prob = torch.sigmoid(logits)
@@ -62,8 +63,9 @@ class MultilabelLoss(nn.Module):
 class SoftmaxCrossEntropy(nn.Module):
     """Softmax cross-entropy over classes; ``reduction="sum"`` is the original FCN recipe's."""
 
-    def __init__(self, class_weights: list[float] | None = None, reduction: str = "mean",
-                 ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self, class_weights: list[float] | None = None, reduction: str = "mean", ignore_index: int = IGNORE_INDEX
+    ):
         super().__init__()
         if reduction not in ("mean", "sum"):
             raise invalid_choice("loss.reduction", reduction, ["mean", "sum"])
@@ -72,8 +74,9 @@ class SoftmaxCrossEntropy(nn.Module):
         self.reduction, self.ignore_index = reduction, ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
-                               reduction=self.reduction)
+        return F.cross_entropy(
+            logits, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction
+        )
 
 
 def vmap_ready(loss_fn: nn.Module, target: torch.Tensor):
@@ -98,8 +101,10 @@ def build_loss(name: str, target_kind: str, **options) -> nn.Module:
         raise invalid_choice("loss", name, [*LOSSES, "auto"])
     if LOSSES[name] != target_kind:
         fitting = [k for k, v in LOSSES.items() if v == target_kind]
-        raise SegbenchError(f"loss={name} needs {LOSSES[name]} targets but the data gives {target_kind} "
-                            f"ones; use one of: {', '.join(fitting)}")
+        raise SegbenchError(
+            f"loss={name} needs {LOSSES[name]} targets but the data gives {target_kind} "
+            f"ones; use one of: {', '.join(fitting)}"
+        )
     try:
         if name == "ce":
             return SoftmaxCrossEntropy(**options)

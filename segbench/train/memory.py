@@ -19,7 +19,7 @@ from torch import nn
 
 from segbench.errors import SegbenchError
 
-GIB = 2 ** 30
+GIB = 2**30
 OPTIMIZER_SLOTS = {"adam": 2, "adamw": 2, "sgd": 1, "rmsprop": 1}  # state tensors per weight (momentum, ...)
 
 
@@ -88,7 +88,10 @@ def check_fits(build, sample: torch.Tensor, batch: int, optimizer: str, device: 
     if need <= free:
         return
     parts = f"weights, gradients and optimizer state {state / GIB:.1f} GiB" + (
-        f", activations {activations / GIB:.1f} GiB at data.batch_size={batch}" if activations else "")
+        f", activations {activations / GIB:.1f} GiB at data.batch_size={batch}" if activations else ""
+    )
     lower = "model.width or model.depth" if state > free / 2 else "data.batch_size, data.size or model.width"
-    raise SegbenchError(f"the first training step needs about {need / GIB:.1f} GiB ({parts}), more than the "
-                        f"{free / GIB:.1f} GiB free on {device.type}; lower {lower}")
+    raise SegbenchError(
+        f"the first training step needs about {need / GIB:.1f} GiB ({parts}), more than the "
+        f"{free / GIB:.1f} GiB free on {device.type}; lower {lower}"
+    )

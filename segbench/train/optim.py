@@ -27,10 +27,16 @@ def build_optimizer(params, cfg: dict, global_batch: int) -> torch.optim.Optimiz
         raise invalid_choice("optim", name, OPTIMIZERS)
     lr = scaled_lr(cfg["lr"], global_batch, cfg.get("lr_scaling", "none"), cfg.get("reference_batch_size", 8))
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))),
-                                weight_decay=cfg.get("weight_decay", 0.0))
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False),
-                           weight_decay=cfg.get("weight_decay", 0.0))
+        return torch.optim.Adam(
+            params, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))), weight_decay=cfg.get("weight_decay", 0.0)
+        )
+    return torch.optim.SGD(
+        params,
+        lr=lr,
+        momentum=cfg.get("momentum", 0.9),
+        nesterov=cfg.get("nesterov", False),
+        weight_decay=cfg.get("weight_decay", 0.0),
+    )
 
 
 def build_scheduler(optimizer, cfg: dict, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -61,6 +67,8 @@ def training_steps(trainer_cfg: dict, num_items: int, global_batch: int) -> int:
     else:
         steps = trainer_cfg["max_steps"]
     if steps < 1:
-        raise SegbenchError(f"the training budget comes to {steps} steps; raise trainer.max_steps, "
-                            "trainer.max_epochs or trainer.max_images")
+        raise SegbenchError(
+            f"the training budget comes to {steps} steps; raise trainer.max_steps, "
+            "trainer.max_epochs or trainer.max_images"
+        )
     return int(steps)

@@ -59,8 +59,10 @@ def pack_refusal(cfg: DictConfig, vectorize: bool | None = None) -> str | None:
     if vectorize and norm in UNPACKABLE_NORMS:
         return f"norm={cfg.norm.name} cannot pack into one vmapped step: {UNPACKABLE_NORMS[norm]}"
     if vectorize and _has_dropout(cfg):
-        return (f"model.dropout={cfg.model.dropout} cannot pack into one vmapped step: each member's dropout "
-                "masks must come from its own seed (hydra.launcher.vectorize=false lets the members take turns)")
+        return (
+            f"model.dropout={cfg.model.dropout} cannot pack into one vmapped step: each member's dropout "
+            "masks must come from its own seed (hydra.launcher.vectorize=false lets the members take turns)"
+        )
     if str(cfg.trainer.get("precision", "32")) in ("16", "16-mixed"):
         return "trainer.precision=16-mixed cannot pack: each member would need its own loss scaler"
     if cfg.trainer.get("compile"):
@@ -164,8 +166,11 @@ class PackedSteps:
 
         models = [m[0] for m in members]
         loss_fn, precision = members[0][3], members[0][5]
-        if (not self.vectorize or len(members) == 1
-                or len({(tuple(m[1].shape), tuple(m[2].shape)) for m in members}) > 1):
+        if (
+            not self.vectorize
+            or len(members) == 1
+            or len({(tuple(m[1].shape), tuple(m[2].shape)) for m in members}) > 1
+        ):
             # One member after another: the very kernels (and numbers) of separate runs, each
             # forward drawing from its member's RNG stream. Also for a lone member or batches of
             # different shapes.
@@ -177,8 +182,10 @@ class PackedSteps:
         names = [n for n, _ in models[0].named_parameters()]
         buffer_names = [n for n, _ in models[0].named_buffers()]
         # Frozen weights (FCN's fixed bilinear upsampling) stay frozen: no gradient is taken for them.
-        params = {n: torch.stack([p.detach() for p in ps]).requires_grad_(ps[0].requires_grad)
-                  for n, ps in zip(names, zip(*(m.parameters() for m in models)))}
+        params = {
+            n: torch.stack([p.detach() for p in ps]).requires_grad_(ps[0].requires_grad)
+            for n, ps in zip(names, zip(*(m.parameters() for m in models)))
+        }
         buffers = {n: torch.stack([b for b in bs]) for n, bs in zip(buffer_names, zip(*(m.buffers() for m in models)))}
 
         images = torch.stack([m[1] for m in members])
@@ -264,8 +271,12 @@ def vectorize_by_default(cfg: DictConfig) -> bool:
     return resolve_device(str(cfg.trainer.device)).type == "cuda" and not _has_dropout(cfg)
 
 
-def train_packed(cfgs: list[DictConfig], run_dirs: list[str | Path], log_names: list[str | None] | None = None,
-                 vectorize: bool | None = None) -> list:
+def train_packed(
+    cfgs: list[DictConfig],
+    run_dirs: list[str | Path],
+    log_names: list[str | None] | None = None,
+    vectorize: bool | None = None,
+) -> list:
     """Train ``cfgs[k]`` into ``run_dirs[k]`` for every k, packed; returns each run's metrics
     (or the exception that ended it, so one diverged seed does not take its pack down).
 

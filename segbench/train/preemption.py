@@ -28,9 +28,11 @@ class Preempted(Exception):
 
     def __init__(self, signum: int, step: int, checkpoint, run_dir) -> None:
         self.signum, self.step, self.checkpoint, self.run_dir = signum, step, checkpoint, run_dir
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {checkpoint}; "
-                         f"continue it with the same command (a sweep continues its unfinished members; a requeued job "
-                         f"does so by itself) or with segbench train {resume_hint(run_dir)}")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}; saved {checkpoint}; "
+            f"continue it with the same command (a sweep continues its unfinished members; a requeued job "
+            f"does so by itself) or with segbench train {resume_hint(run_dir)}"
+        )
 
     @property
     def exit_code(self) -> int:

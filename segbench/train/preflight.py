@@ -15,10 +15,10 @@ from pathlib import Path
 
 from segbench.config import parse_overrides, parses
 from segbench.errors import SegbenchError
-from segbench.trust import ALLOWED_TARGETS, ConfigSource, check_config_is_data, compose_with_hydra
 from segbench.train.checkpoint import resume_hint, resume_path
 from segbench.train.restart import restart_count, saved_checkpoint, sweep_state
 from segbench.train.search import is_search
+from segbench.trust import ALLOWED_TARGETS, ConfigSource, check_config_is_data, compose_with_hydra
 
 # Flags after which Hydra prints something and trains nothing: only the overrides are checked.
 SHOW_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
@@ -35,8 +35,10 @@ def check_targets(overrides: list[str]) -> None:
             targets = [value] if key.split(".")[-1] == "_target_" else list(_targets_in(value))
             bad = [t for t in targets if str(t) not in ALLOWED_TARGETS]
             if bad:
-                raise SegbenchError(f"{key}: refusing _target_={bad[0]!r}; an override may name only Hydra's "
-                                    "launchers and sweepers (pick them with hydra/launcher=...), never a function")
+                raise SegbenchError(
+                    f"{key}: refusing _target_={bad[0]!r}; an override may name only Hydra's "
+                    "launchers and sweepers (pick them with hydra/launcher=...), never a function"
+                )
 
 
 def _targets_in(value):
@@ -102,8 +104,10 @@ def resume_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], P
     run_dir_given = _value(overrides, "hydra.run.dir")
     if value.lower() == "true":
         if run_dir_given is None:
-            raise SegbenchError("trainer.resume=true continues the run in hydra.run.dir, which was not given; "
-                                "pass the run instead: trainer.resume=<run dir>")
+            raise SegbenchError(
+                "trainer.resume=true continues the run in hydra.run.dir, which was not given; "
+                "pass the run instead: trainer.resume=<run dir>"
+            )
         run = Path(run_dir_given)
     else:
         run = Path(value)
@@ -112,8 +116,10 @@ def resume_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], P
                 return overrides, None  # a checkpoint from elsewhere: a new run continues from it
             run = run.parent.parent
         if run_dir_given is not None and Path(run_dir_given).resolve() != run.resolve():
-            raise SegbenchError(f"trainer.resume={value} and hydra.run.dir={run_dir_given} name different runs; "
-                                "a resume continues in the run's own folder (drop hydra.run.dir)")
+            raise SegbenchError(
+                f"trainer.resume={value} and hydra.run.dir={run_dir_given} name different runs; "
+                "a resume continues in the run's own folder (drop hydra.run.dir)"
+            )
     resume_path(value, run)  # the run must hold checkpoints/last.pt; the same one-line error as train()
     saved = _saved_overrides(run)
     given = _without(overrides, "trainer.resume", "hydra.run.dir")
@@ -130,8 +136,11 @@ def _saved_overrides(run: Path) -> list[str]:
         saved = list(OmegaConf.to_container(OmegaConf.load(path)))
     except Exception as err:  # noqa: BLE001 - a hand-edited or truncated YAML file
         raise SegbenchError(f"cannot read {path} ({str(err).splitlines()[0]})") from None
-    return [str(o) for o in _without(saved, "trainer.resume", "hydra.run.dir")
-            if not str(o).lstrip("+~").startswith("hydra")]
+    return [
+        str(o)
+        for o in _without(saved, "trainer.resume", "hydra.run.dir")
+        if not str(o).lstrip("+~").startswith("hydra")
+    ]
 
 
 def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -145,8 +154,9 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def preflight(argv: list[str], overrides: list[str], source: ConfigSource = ConfigSource(),
-              claim_run: bool = True) -> tuple[list[str], Path | None]:
+def preflight(
+    argv: list[str], overrides: list[str], source: ConfigSource = ConfigSource(), claim_run: bool = True
+) -> tuple[list[str], Path | None]:
     """Check a ``segbench train`` command; return the argv Hydra should see and the resumed run (or None).
 
     ``claim_run=False`` (``--check``): every check, but the named run folder is neither created nor locked.
@@ -154,19 +164,22 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
     segbench's own config groups. Raises ``SegbenchError`` (one line) or ``RunFinished``.
     """
     from segbench.config import compose, validate_overrides
-    from segbench.train.prepare import dry_run, prepare
     from segbench.io import check_writable
+    from segbench.train.prepare import dry_run, prepare
     from segbench.train.rundir import check_unlocked, claim, release
 
     multirun = "-m" in argv or "--multirun" in argv
     shown = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in SHOW_FLAGS - {"--help", "-h", "--hydra-help"}]
     if multirun and shown:  # Hydra refuses the pair with a traceback
-        raise SegbenchError(f"{shown[0]} shows one job's config and -m runs a sweep; use one of them "
-                            "(drop -m to see the config a member gets)")
+        raise SegbenchError(
+            f"{shown[0]} shows one job's config and -m runs a sweep; use one of them "
+            "(drop -m to see the config a member gets)"
+        )
     check_targets(overrides)
     if multirun:  # sweep members are named by what varies (segbench.train.app.run_name)
         os.environ["SEGBENCH_SWEPT_KEYS"] = ",".join(
-            o.get_key_element().lstrip("+~") for o in parse_overrides(overrides) if o.is_sweep_override())
+            o.get_key_element().lstrip("+~") for o in parse_overrides(overrides) if o.is_sweep_override()
+        )
     if not multirun and restart_count() and _value(overrides, "trainer.resume") is None:
         # SLURM requeued this job, or torchrun restarted it: continue the run it had saved.
         folder = named_run_dir(overrides, False)
@@ -189,8 +202,10 @@ def preflight(argv: list[str], overrides: list[str], source: ConfigSource = Conf
     if target is not None and int(os.environ.get("RANK", 0)) == 0:  # under torchrun rank 0 owns the folder
         check_unlocked(target, "hydra.sweep.dir" if multirun else "hydra.run.dir")
         if run is None and ((target / "checkpoints").is_dir() or (target / "metrics.json").is_file()):
-            raise SegbenchError(f"hydra.run.dir={target} already holds a run; continue it with "
-                                f"{resume_hint(target)}, or choose another folder")
+            raise SegbenchError(
+                f"hydra.run.dir={target} already holds a run; continue it with "
+                f"{resume_hint(target)}, or choose another folder"
+            )
     check_writable(target or _output_base(multirun), "hydra.run.dir" if target else "the output folder")
     if multirun and target is not None and _value(overrides, "hydra.sweep.subdir") is None:
         from segbench.train.app import run_name
@@ -238,15 +253,20 @@ def _compose_arms(overrides: list[str], multirun: bool, source: ConfigSource) ->
     part, from wherever it comes; refused if it names code; returned without the Hydra part."""
     from omegaconf import OmegaConf
 
-    fixed_hydra = [o for o in overrides if o.lstrip("+~").startswith("hydra")
-                   and not any(p.is_sweep_override() for p in parse_overrides([o]))]
+    fixed_hydra = [
+        o
+        for o in overrides
+        if o.lstrip("+~").startswith("hydra") and not any(p.is_sweep_override() for p in parse_overrides([o]))
+    ]
     arms = {}
     for job in sweep_jobs(overrides, multirun):
         key = tuple(o for o in job if not o.startswith("seed="))
         if key not in arms:
             full = compose_with_hydra([*job, *fixed_hydra], source)
             check_config_is_data(full)
-            cfg = OmegaConf.create({k: v for k, v in OmegaConf.to_container(full, resolve=False).items() if k != "hydra"})
+            cfg = OmegaConf.create(
+                {k: v for k, v in OmegaConf.to_container(full, resolve=False).items() if k != "hydra"}
+            )
             OmegaConf.set_struct(cfg, True)  # as Hydra hands it to the run: unknown keys are errors
             arms[key] = cfg
     return list(arms.values())

@@ -19,25 +19,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from segbench.data import Splits, build_datasets
 from segbench.errors import SegbenchError
+from segbench.eval.metrics import MAIN_METRIC
 from segbench.models import build_model
 from segbench.schema import check_config, flatten
-from segbench.train.checkpoint import (REQUIRED_KEYS, changed_settings, load_checkpoint, load_model_state,
-                                       resume_path)
+from segbench.train.checkpoint import REQUIRED_KEYS, changed_settings, load_checkpoint, load_model_state, resume_path
 from segbench.train.distributed import resolve_device
-from segbench.train.trackers import check_trackers
 from segbench.train.losses import build_loss
 from segbench.train.memory import check_fits
-from segbench.eval.metrics import MAIN_METRIC
 from segbench.train.optim import build_optimizer, build_scheduler, training_steps
 from segbench.train.precision import Precision, precision_for
+from segbench.train.trackers import check_trackers
 
 
 class RunFinished(Exception):
     """The run asked to resume has trained all its steps and written its metrics: nothing to do."""
 
     def __init__(self, run_dir: Path, step: int, total: int):
-        super().__init__(f"{run_dir} is finished (step {step} of {total}) and its metrics.json is written; "
-                         "nothing to do (raise trainer.max_steps to train it further)")
+        super().__init__(
+            f"{run_dir} is finished (step {step} of {total}) and its metrics.json is written; "
+            "nothing to do (raise trainer.max_steps to train it further)"
+        )
         self.run_dir = run_dir
 
 
@@ -76,10 +77,19 @@ def model_from_config(cfg: DictConfig, in_channels: int, num_outputs: int, modal
         cond = [modalities.index(c) if isinstance(c, str) and modalities and c in modalities else c for c in cond]
         bad = [c for c in cond if not isinstance(c, int) or not 0 <= c < in_channels]
         if bad:
-            raise SegbenchError(f"norm.cond_channels names {bad[0]!r}; use channel indices 0-{in_channels - 1} "
-                                f"or one of: {', '.join(modalities or [])}")
-    model = build_model(cfg.model.name, in_channels, num_outputs, norm=cfg.norm.name,
-                        norm_options=norm_opts, cond_channels=cond, **model_opts)
+            raise SegbenchError(
+                f"norm.cond_channels names {bad[0]!r}; use channel indices 0-{in_channels - 1} "
+                f"or one of: {', '.join(modalities or [])}"
+            )
+    model = build_model(
+        cfg.model.name,
+        in_channels,
+        num_outputs,
+        norm=cfg.norm.name,
+        norm_options=norm_opts,
+        cond_channels=cond,
+        **model_opts,
+    )
     if init and cfg.model.get("init_from"):
         init_from_checkpoint(model, str(cfg.model.init_from))
     return model
@@ -92,8 +102,10 @@ def init_from_checkpoint(model, path: str) -> int:
     if source.is_dir():
         source = source / "checkpoints" / "best.pt"
     if not source.is_file():
-        raise SegbenchError(f"model.init_from={path!r}: no checkpoint there (give a run directory holding "
-                            "checkpoints/best.pt, or a .pt file)")
+        raise SegbenchError(
+            f"model.init_from={path!r}: no checkpoint there (give a run directory holding "
+            "checkpoints/best.pt, or a .pt file)"
+        )
     state = load_checkpoint(source)["model"]
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -108,8 +120,10 @@ def loss_from_config(cfg: DictConfig, target_kind: str, num_outputs: int | None 
     options = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k != "name"}
     weights = options.get("class_weights")
     if weights is not None and num_outputs is not None and len(weights) != num_outputs:
-        raise SegbenchError(f"loss.class_weights has {len(weights)} weight(s) but the data has {num_outputs} "
-                            "classes; give one weight per class")
+        raise SegbenchError(
+            f"loss.class_weights has {len(weights)} weight(s) but the data has {num_outputs} "
+            "classes; give one weight per class"
+        )
     return build_loss(cfg.loss.name, target_kind, **options)
 
 
@@ -157,16 +171,24 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     train_set = splits.train
     modalities = list(getattr(train_set, "modalities", []) or [])
     # Refused before a weight is allocated: a model too large for the machine ends in the kernel's kill.
-    check_fits(lambda: model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities, init=False),
-               train_set[(0, 0)][0], int(cfg.data.batch_size), str(cfg.optim.get("name", "adam")), target_device)
+    check_fits(
+        lambda: model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities, init=False),
+        train_set[(0, 0)][0],
+        int(cfg.data.batch_size),
+        str(cfg.optim.get("name", "adam")),
+        target_device,
+    )
     # A resumed run's weights come from its checkpoint; its init_from run may be gone by now.
-    model = model_from_config(cfg, train_set.in_channels, train_set.num_outputs, modalities,
-                              init=resume_from is None).to(device)
+    model = model_from_config(
+        cfg, train_set.in_channels, train_set.num_outputs, modalities, init=resume_from is None
+    ).to(device)
     channels_last = bool(cfg.trainer.get("channels_last", False))
     if channels_last and precision.nhwc_backward_crashes and target_device.type == "cpu":
         # Refused rather than crashing a sweep.
-        raise SegbenchError("trainer.channels_last=true needs trainer.precision=bf16-mixed on the CPU (the fp32 "
-                            "channels-last backward crashes in this torch build); or set trainer.channels_last=false")
+        raise SegbenchError(
+            "trainer.channels_last=true needs trainer.precision=bf16-mixed on the CPU (the fp32 "
+            "channels-last backward crashes in this torch build); or set trainer.channels_last=false"
+        )
     # A GPU run's preflight dry run on the CPU stays NCHW in float32, for the same crash.
     channels_last = channels_last and not precision.nhwc_backward_crashes
     if channels_last:
@@ -174,25 +196,40 @@ def prepare(cfg: DictConfig, run_dir: Path, world_size: int = 1, device=torch.de
     model_dims, data_dims = getattr(model, "dims", 2), getattr(train_set, "spatial_dims", 2)
     if model_dims != data_dims:
         fit = "model=resunet3d" if data_dims == 3 else "a 2-D model (resunet, fcn8s, ...)"
-        raise SegbenchError(f"model={cfg.model.name} is {model_dims}-D but data={cfg.data.name} gives "
-                            f"{data_dims}-D inputs; use {fit} with data={cfg.data.name}")
+        raise SegbenchError(
+            f"model={cfg.model.name} is {model_dims}-D but data={cfg.data.name} gives "
+            f"{data_dims}-D inputs; use {fit} with data={cfg.data.name}"
+        )
     if hasattr(model, "check_input_size") and train_set.size:
         model.check_input_size(*train_set.size)
     loss_fn = loss_from_config(cfg, train_set.target_kind, train_set.num_outputs).to(device)
     if cfg.data.get("val_whole_images") and int(cfg.data.get("val_batch_size", 1)) > 1:
-        raise SegbenchError(f"data.val_batch_size={cfg.data.val_batch_size} with data.val_whole_images=true: whole "
-                            "images differ in size and cannot share a batch; use data.val_batch_size=1")
+        raise SegbenchError(
+            f"data.val_batch_size={cfg.data.val_batch_size} with data.val_whole_images=true: whole "
+            "images differ in size and cannot share a batch; use data.val_batch_size=1"
+        )
     global_batch = int(cfg.data.batch_size) * world_size
     if len(train_set) < global_batch:
-        raise SegbenchError(f"data.batch_size={cfg.data.batch_size} x {world_size} rank(s) is more than the "
-                            f"{len(train_set)} training samples; lower data.batch_size")
+        raise SegbenchError(
+            f"data.batch_size={cfg.data.batch_size} x {world_size} rank(s) is more than the "
+            f"{len(train_set)} training samples; lower data.batch_size"
+        )
     total_steps = training_steps(OmegaConf.to_container(cfg.trainer), len(train_set), global_batch)
     optimizer = build_optimizer(model.parameters(), OmegaConf.to_container(cfg.optim), global_batch)
     scheduler = build_scheduler(optimizer, OmegaConf.to_container(cfg.optim), total_steps)
     freeze_at = cfg.trainer.get("freeze_bn_after")
     freeze_step = total_steps if freeze_at is None else int(total_steps * float(freeze_at))
-    prepared = Prepared(splits, model, loss_fn, optimizer, scheduler, total_steps, freeze_step,
-                        precision=precision, channels_last=channels_last)
+    prepared = Prepared(
+        splits,
+        model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        total_steps,
+        freeze_step,
+        precision=precision,
+        channels_last=channels_last,
+    )
     if state is not None:
         _resume(prepared, state, resume_from, Path(run_dir), cfg.trainer.get("stop_at"))
     return prepared
@@ -208,11 +245,12 @@ def _checkpoint_to_resume(cfg: DictConfig, path: Path) -> dict:
     changed = changed_settings(state["config"], now)
     if changed:
         saved = flatten(state["config"])
-        shown = ", ".join(f"{k} ({saved.get(k, 'unset')!r} -> {flatten(now).get(k, 'unset')!r})"
-                          for k in changed[:4])
-        raise SegbenchError(f"cannot resume {path} with other settings than it was trained with: {shown}"
-                            f"{f' and {len(changed) - 4} more' if len(changed) > 4 else ''}; a resume may "
-                            "change only trainer.* (e.g. trainer.max_steps), data.num_workers and data.val_batch_size")
+        shown = ", ".join(f"{k} ({saved.get(k, 'unset')!r} -> {flatten(now).get(k, 'unset')!r})" for k in changed[:4])
+        raise SegbenchError(
+            f"cannot resume {path} with other settings than it was trained with: {shown}"
+            f"{f' and {len(changed) - 4} more' if len(changed) > 4 else ''}; a resume may "
+            "change only trainer.* (e.g. trainer.max_steps), data.num_workers and data.val_batch_size"
+        )
     return state
 
 
@@ -223,8 +261,11 @@ def _resume(prepared: Prepared, state: dict, path: Path, run_dir: Path, stop_at:
     if (run_dir / "metrics.json").is_file() and not stopped:
         # A run that trainer.until_plateau stopped at its plateau is finished too.
         ended = json.loads((run_dir / "metrics.json").read_text())
-        stopped = ended.get("steps") == step and (ended.get("convergence") or {}).get("converged") is True \
+        stopped = (
+            ended.get("steps") == step
+            and (ended.get("convergence") or {}).get("converged") is True
             and bool(state.get("config", {}).get("trainer", {}).get("until_plateau"))
+        )
     if (step >= prepared.total_steps or stopped) and (run_dir / "metrics.json").is_file():
         raise RunFinished(run_dir, step, prepared.total_steps)
     load_model_state(prepared.model, state, path)

@@ -70,12 +70,18 @@ class SweepState:
         if not self.finished and not self.unfinished:
             return None
         total = len(self.finished) + len(self.unfinished) + len(self.new)
-        parts = [f"{len(self.finished)} finished (left as they are)" if self.finished else "",
-                 f"{len(self.unfinished)} unfinished (continued from last.pt: {', '.join(self.unfinished[:3])}"
-                 f"{' ...' if len(self.unfinished) > 3 else ''})" if self.unfinished else "",
-                 f"{len(self.new)} new" if self.new else ""]
-        return f"the sweep folder already holds {len(self.finished) + len(self.unfinished)} of its {total} members: " \
-               + "; ".join(p for p in parts if p)
+        parts = [
+            f"{len(self.finished)} finished (left as they are)" if self.finished else "",
+            f"{len(self.unfinished)} unfinished (continued from last.pt: {', '.join(self.unfinished[:3])}"
+            f"{' ...' if len(self.unfinished) > 3 else ''})"
+            if self.unfinished
+            else "",
+            f"{len(self.new)} new" if self.new else "",
+        ]
+        return (
+            f"the sweep folder already holds {len(self.finished) + len(self.unfinished)} of its {total} members: "
+            + "; ".join(p for p in parts if p)
+        )
 
 
 def sweep_state(sweep_dir: Path, jobs: list[list[str]], member_name, compose) -> SweepState:
@@ -99,9 +105,11 @@ def sweep_state(sweep_dir: Path, jobs: list[list[str]], member_name, compose) ->
             now = None
         changed = changed_settings(saved["config"], now) if now is not None else []
         if changed:
-            raise SegbenchError(f"{run} holds a run trained with other settings ({', '.join(changed[:3])}); "
-                                "this sweep would continue it as another run: use another hydra.sweep.dir, "
-                                "or the settings it was trained with")
+            raise SegbenchError(
+                f"{run} holds a run trained with other settings ({', '.join(changed[:3])}); "
+                "this sweep would continue it as another run: use another hydra.sweep.dir, "
+                "or the settings it was trained with"
+            )
         metrics = run / "metrics.json"
         try:
             ended = json.loads(metrics.read_text()).get("steps") == int(saved["step"]) if metrics.is_file() else False
@@ -145,8 +153,13 @@ def sweep_report(sweep_dir: Path, jobs: list[list[str]], member_name, err: BaseE
     else:
         text = one_line(err)
         codes = re.search(r"exit codes of the workers are (\{[^}]*\})", text)  # joblib's (loky's) wording
-        why = f"a worker process was lost, exit codes {codes.group(1)}" if codes else \
-            f"{type(err).__name__}: {text.split('. ')[0][:160]}"
-    lines.append(f"segbench: the sweep ended early ({why}); {done} of {len(names)} members finished in {sweep_dir}; "
-                 "the same command continues the others and leaves the finished ones")
+        why = (
+            f"a worker process was lost, exit codes {codes.group(1)}"
+            if codes
+            else f"{type(err).__name__}: {text.split('. ')[0][:160]}"
+        )
+    lines.append(
+        f"segbench: the sweep ended early ({why}); {done} of {len(names)} members finished in {sweep_dir}; "
+        "the same command continues the others and leaves the finished ones"
+    )
     return lines

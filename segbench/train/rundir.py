@@ -43,8 +43,10 @@ def lock_holder(run_dir: Path) -> str | None:
 def check_unlocked(run_dir: Path, key: str = "hydra.run.dir") -> None:
     holder = lock_holder(run_dir)
     if holder:
-        raise SegbenchError(f"{run_dir} is in use by another segbench run ({holder}); wait for it to end, or "
-                            f"choose another {key} (a stale lock is {run_dir / LOCK_NAME})")
+        raise SegbenchError(
+            f"{run_dir} is in use by another segbench run ({holder}); wait for it to end, or "
+            f"choose another {key} (a stale lock is {run_dir / LOCK_NAME})"
+        )
 
 
 def claim(run_dir: Path, key: str = "hydra.run.dir") -> Path:
@@ -56,8 +58,10 @@ def claim(run_dir: Path, key: str = "hydra.run.dir") -> Path:
     check_unlocked(run_dir, key)
     for name in (".hydra", "app.log", LOCK_NAME, "checkpoints", "tb"):
         if (run_dir / name).is_symlink():
-            raise SegbenchError(f"{run_dir / name} is a symbolic link; segbench writes only into real folders "
-                                "and files of the run: remove the link or choose another hydra.run.dir")
+            raise SegbenchError(
+                f"{run_dir / name} is a symbolic link; segbench writes only into real folders "
+                "and files of the run: remove the link or choose another hydra.run.dir"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
     try:

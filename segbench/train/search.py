@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from segbench.errors import SegbenchError
 
 SWEEPER = "hydra/sweeper=optuna"
-GRAMMAR = "e.g. optim.lr='tag(log, interval(1e-4, 1e-2))', optim.weight_decay='interval(0, 1e-3)', model.width='choice(8, 16)'"
+GRAMMAR = (
+    "e.g. optim.lr='tag(log, interval(1e-4, 1e-2))', optim.weight_decay='interval(0, 1e-3)', "
+    "model.width='choice(8, 16)'"
+)
 
 
 @dataclass
@@ -45,7 +48,9 @@ def distribution(key: str, text: str):
     try:
         override = OverridesParser.create().parse_override(f"{key}={text}")
     except Exception as err:  # noqa: BLE001 - Hydra's grammar errors are many classes
-        raise SegbenchError(f"{key}={text!r} is not Hydra's sweep grammar ({str(err).splitlines()[0]}); {GRAMMAR}") from None
+        raise SegbenchError(
+            f"{key}={text!r} is not Hydra's sweep grammar ({str(err).splitlines()[0]}); {GRAMMAR}"
+        ) from None
     return _from_override(override)
 
 
@@ -75,25 +80,36 @@ def read_search(arguments: list[str], params: dict | None = None) -> Search:
     try:
         import optuna  # noqa: F401
     except ImportError:
-        raise SegbenchError("hydra/sweeper=optuna needs Optuna: pip install 'segbench[optuna]' (or pip install optuna)") from None
+        raise SegbenchError(
+            "hydra/sweeper=optuna needs Optuna: pip install 'segbench[optuna]' (or pip install optuna)"
+        ) from None
     search = Search()
     for key, text in (params or {}).items():
         found = distribution(str(key), str(text))
         if found is None:
-            raise SegbenchError(f"hydra.sweeper.params.{key}={text!r} is one value, not a search space; set it on "
-                                f"the command line instead ({GRAMMAR})")
+            raise SegbenchError(
+                f"hydra.sweeper.params.{key}={text!r} is one value, not a search space; set it on "
+                f"the command line instead ({GRAMMAR})"
+            )
         search.space[str(key)] = found
     for override in OverridesParser.create().parse_overrides([a for a in arguments if not a.startswith("hydra")]):
         key = override.get_key_element().lstrip("+~")
         if key == "seed" and _from_override(override) is not None and not override.is_discrete_sweep():
-            raise SegbenchError("seed may not be searched: it is not a hyperparameter; list the seeds every trial "
-                                "trains (seed=0,1) and a trial scores their mean")
+            raise SegbenchError(
+                "seed may not be searched: it is not a hyperparameter; list the seeds every trial "
+                "trains (seed=0,1) and a trial scores their mean"
+            )
         if key == "seed":
-            search.seeds = [str(s) for s in override.sweep_string_iterator()] if override.is_sweep_override() \
+            search.seeds = (
+                [str(s) for s in override.sweep_string_iterator()]
+                if override.is_sweep_override()
                 else [override.get_value_element_as_str()]
+            )
         elif override.is_sweep_override() and (key in GROUPS or key.split("/")[0] in GROUPS):
-            raise SegbenchError(f"{override.input_line}: an Optuna search tunes one arm; fix {key} (one search per "
-                                "arm, then compare the arms on fresh seeds) and search its hyperparameters")
+            raise SegbenchError(
+                f"{override.input_line}: an Optuna search tunes one arm; fix {key} (one search per "
+                "arm, then compare the arms on fresh seeds) and search its hyperparameters"
+            )
         elif override.is_sweep_override():
             if key in search.space:
                 raise SegbenchError(f"{key} is searched both on the command line and in hydra.sweeper.params")
@@ -104,8 +120,10 @@ def read_search(arguments: list[str], params: dict | None = None) -> Search:
     if not search.space:
         raise SegbenchError(f"an Optuna search needs something to search: {GRAMMAR}")
     if "seed" in search.space:
-        raise SegbenchError("seed may not be searched: it is not a hyperparameter; list the seeds every trial "
-                            "trains (seed=0,1) and a trial scores their mean")
+        raise SegbenchError(
+            "seed may not be searched: it is not a hyperparameter; list the seeds every trial "
+            "trains (seed=0,1) and a trial scores their mean"
+        )
     _check_ends(search)
     return search
 

@@ -22,6 +22,7 @@ from segbench.train import hparams
 @dataclass(frozen=True)
 class RunInfo:
     """What a tracker is told when a run opens."""
+
     run_dir: Path
     cfg: DictConfig
     start: int  # 0 for a fresh start, else the step a resumed run continues from
@@ -116,11 +117,12 @@ class MLflowTracker(Tracker):
             experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
         else:
             experiment_id = experiment.experiment_id
-        run = self.client.create_run(experiment_id, run_name=info.run_dir.name,
-                                     tags={"segbench.run_dir": str(info.run_dir.resolve())})
+        run = self.client.create_run(
+            experiment_id, run_name=info.run_dir.name, tags={"segbench.run_dir": str(info.run_dir.resolve())}
+        )
         params = [Param(k, str(v)[:6000]) for k, v in flatten(OmegaConf.to_container(info.cfg, resolve=True)).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+            self.client.log_batch(run.info.run_id, params=params[i : i + 100])
         return run.info.run_id
 
     def scalar(self, tag: str, value: float, step: int) -> None:
@@ -210,4 +212,3 @@ class Trackers:
             self.closed = True
             for member in self.members:
                 member.close()
-

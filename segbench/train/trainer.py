@@ -18,21 +18,20 @@ from torch.utils.data import DataLoader
 
 from segbench.data.common import StepBatchSampler
 from segbench.data.site_batches import SiteBatchSampler, check_site_batches
+from segbench.eval.metrics import MAIN_METRIC, REPORT_METRIC
 from segbench.io import write_json
 from segbench.nn.bn_stats import train_mode
 from segbench.nn.slot import norm_scalars
 from segbench.train import distributed
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.convergence import plateau, plateau_reached
-from segbench.eval.metrics import MAIN_METRIC, REPORT_METRIC
-from segbench.train.prepare import Prepared, RunFinished, prepare
 from segbench.train.precision import emulated_bf16
 from segbench.train.preemption import Preempted, StopRequest
+from segbench.train.prepare import Prepared, RunFinished, prepare
 from segbench.train.rundir import remove_orphans, run_lock
 from segbench.train.step import compile_for_training, train_step
 from segbench.train.trackers import RunInfo, Trackers
 from segbench.train.validation import Stopwatch, summary_line, test_split, validate
-
 
 log = logging.getLogger(__name__)
 PREPARING = threading.Lock()
@@ -42,8 +41,12 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None] | None = None,
-          step_fn: Callable[..., torch.Tensor] | None = None) -> dict:
+def train(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    after_step: Callable[[int], None] | None = None,
+    step_fn: Callable[..., torch.Tensor] | None = None,
+) -> dict:
     """Train ``cfg`` and write TensorBoard events, checkpoints and metrics.json under ``run_dir``.
 
     Choices (best checkpoint, sigmoid threshold) are made on val; the test split is evaluated
@@ -64,7 +67,11 @@ def train(cfg: DictConfig, run_dir: str | Path, after_step: Callable[[int], None
     try:
         # PREPARING: seeding and building a model use the process-wide RNG; packed seeds prepare
         # in threads of one process, so each member seeds and builds its model alone.
-        with distributed.main_rank_first(ctx), PREPARING, timing("prepare"):  # one rank builds a missing data cache, the others open it
+        with (
+            distributed.main_rank_first(ctx),
+            PREPARING,
+            timing("prepare"),
+        ):  # one rank builds a missing data cache, the others open it
             prepared = prepare(cfg, run_dir, ctx.world_size, ctx.device)
     except RunFinished as finished:
         log.info("%s", finished)
@@ -90,19 +97,41 @@ def _log_start(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> None:
     weights = sum(p.numel() for p in prepared.model.parameters())
     if getattr(splits.train, "summary", None):  # what the reader found (patients, slices, sites) first
         log.info("data: %s", splits.train.summary)
-    log.info("run %s: model=%s (%s parameters) norm=%s loss=%s optim=%s lr=%g, batch %d x %d rank(s), %d steps on "
-             "%s, precision %s", run_dir, cfg.model.name, f"{weights:,}", cfg.norm.name, cfg.loss.name, cfg.optim.name,
-             float(cfg.optim.lr), int(cfg.data.batch_size), ctx.world_size, prepared.total_steps, ctx.device,
-             prepared.precision.name)
+    log.info(
+        "run %s: model=%s (%s parameters) norm=%s loss=%s optim=%s lr=%g, batch %d x %d rank(s), %d steps on "
+        "%s, precision %s",
+        run_dir,
+        cfg.model.name,
+        f"{weights:,}",
+        cfg.norm.name,
+        cfg.loss.name,
+        cfg.optim.name,
+        float(cfg.optim.lr),
+        int(cfg.data.batch_size),
+        ctx.world_size,
+        prepared.total_steps,
+        ctx.device,
+        prepared.precision.name,
+    )
     if emulated_bf16(prepared.precision, ctx.device):
-        log.warning("precision bf16-mixed on %s, which has no bf16 arithmetic (AVX-512 BF16, AMX or an Ampere+ GPU): "
-                    "it is emulated and slower than float32 (10x per FCN-8s step on an AVX2 CPU); "
-                    "trainer.precision=auto picks float32 here", ctx.device)
+        log.warning(
+            "precision bf16-mixed on %s, which has no bf16 arithmetic (AVX-512 BF16, AMX or an Ampere+ GPU): "
+            "it is emulated and slower than float32 (10x per FCN-8s step on an AVX2 CPU); "
+            "trainer.precision=auto picks float32 here",
+            ctx.device,
+        )
     if cfg.data.get("site_batches"):
         log.info("site batches: every training batch from one site (per-site BN's training half)")
-    log.info("data %s (%s): %d train / %d val / %d test samples, %s targets, %d input channel(s)",
-             cfg.data.name, cfg.data.get("root"), len(splits.train), len(splits.val),
-             len(splits.test) if splits.test is not None else 0, splits.train.target_kind, splits.train.in_channels)
+    log.info(
+        "data %s (%s): %d train / %d val / %d test samples, %s targets, %d input channel(s)",
+        cfg.data.name,
+        cfg.data.get("root"),
+        len(splits.train),
+        len(splits.val),
+        len(splits.test) if splits.test is not None else 0,
+        splits.train.target_kind,
+        splits.train.in_channels,
+    )
     if prepared.resumed_from is not None:
         log.info("resumed at step %d of %d from %s", prepared.start, prepared.total_steps, prepared.resumed_from)
 
@@ -111,12 +140,27 @@ def _log_end(metrics: dict, run_dir: Path) -> None:
     main, report = metrics["main_metric"], metrics["report_metric"]
     best, test = metrics["val"]["best"], metrics["test"].get("best", {})
     tested = f"test {report} {test[report]:.4g}" if isinstance(test.get(report), (int, float)) else "no test split"
-    log.info("best val %s %.4g at step %s, %s; run: %s", main, best.get(main, float("nan")), best.get("step"),
-             tested, run_dir)
+    log.info(
+        "best val %s %.4g at step %s, %s; run: %s",
+        main,
+        best.get(main, float("nan")),
+        best.get("step"),
+        tested,
+        run_dir,
+    )
 
 
-def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step,
-           step_fn, timing: Stopwatch, stop: StopRequest) -> dict:
+def _train(
+    cfg: DictConfig,
+    run_dir: Path,
+    ctx,
+    prepared: Prepared,
+    started: float,
+    after_step,
+    step_fn,
+    timing: Stopwatch,
+    stop: StopRequest,
+) -> dict:
     train_set = prepared.splits.train
     start = prepared.start
     net = distributed.wrap(prepared.model, ctx)
@@ -137,8 +181,19 @@ def _train(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: flo
             trackers.close()  # after finish(): nothing; after a stop or a failure: each tracker says so
 
 
-def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: float, after_step, step_fn,
-          timing: Stopwatch, stop: StopRequest, net, trackers) -> dict:
+def _loop(
+    cfg: DictConfig,
+    run_dir: Path,
+    ctx,
+    prepared: Prepared,
+    started: float,
+    after_step,
+    step_fn,
+    timing: Stopwatch,
+    stop: StopRequest,
+    net,
+    trackers,
+) -> dict:
     step_fn = step_fn or train_step  # looked up at call time, so a test may replace train_step
     splits, model, loss_fn = prepared.splits, prepared.model, prepared.loss_fn
     optimizer, scheduler, total_steps = prepared.optimizer, prepared.scheduler, prepared.total_steps
@@ -150,8 +205,13 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
     else:
         sampler = StepBatchSampler(len(train_set), batch, int(cfg.seed), start, total_steps, ctx.rank, ctx.world_size)
     workers = int(cfg.data.num_workers)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
-                        pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+    loader = DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=False,
+    )
     eval_batch = int(cfg.data.get("val_batch_size", batch))
     config = OmegaConf.to_container(cfg, resolve=True)
     ckpt_dir = run_dir / "checkpoints"
@@ -170,8 +230,18 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
 
     def checkpoint(name: str) -> None:
         with timing("checkpoints"):
-            save_checkpoint(ckpt_dir / name, model, optimizer, scheduler, done, best, config, last_val,
-                            prepared.precision.scaler, history)
+            save_checkpoint(
+                ckpt_dir / name,
+                model,
+                optimizer,
+                scheduler,
+                done,
+                best,
+                config,
+                last_val,
+                prepared.precision.scaler,
+                history,
+            )
 
     tick = time.perf_counter()
     fetched = time.perf_counter()
@@ -193,13 +263,22 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
         # One reduce per step carries the loss and whether any rank was asked to stop (a signal), so
         # every rank stops at the same step.
         reduced = distributed.all_reduce_sum(
-            torch.stack([loss.detach().cpu().double(), torch.tensor(float(stop.signum is not None), dtype=torch.float64)]), ctx)
+            torch.stack(
+                [loss.detach().cpu().double(), torch.tensor(float(stop.signum is not None), dtype=torch.float64)]
+            ),
+            ctx,
+        )
         loss_value, stopping = float(reduced[0]) / ctx.world_size, bool(reduced[1] > 0)
         if not math.isfinite(loss_value):
-            kept = (f"last good checkpoint: {ckpt_dir / 'last.pt'} (step {_saved_step(ckpt_dir / 'last.pt')})"
-                    if (ckpt_dir / "last.pt").is_file() else "no checkpoint was saved before it")
-            raise TrainingDiverged(f"loss became {loss_value} at step {step + 1}; stopped before updating the "
-                                   f"weights; {kept}. Try a lower optim.lr")
+            kept = (
+                f"last good checkpoint: {ckpt_dir / 'last.pt'} (step {_saved_step(ckpt_dir / 'last.pt')})"
+                if (ckpt_dir / "last.pt").is_file()
+                else "no checkpoint was saved before it"
+            )
+            raise TrainingDiverged(
+                f"loss became {loss_value} at step {step + 1}; stopped before updating the "
+                f"weights; {kept}. Try a lower optim.lr"
+            )
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         done = step + 1
@@ -220,16 +299,28 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
             last_val = validate(cfg, model, net, splits, loss_fn, ctx, trackers, done, eval_batch, timing)
             eval_seconds += time.perf_counter() - eval_start
             improved = last_val[main_metric] >= best.get(main_metric, -math.inf)
-            history.append({"step": done, "seconds": round(time.perf_counter() - started, 3),
-                            "eval_seconds": round(eval_seconds, 3), main_metric: last_val[main_metric]})
+            history.append(
+                {
+                    "step": done,
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "eval_seconds": round(eval_seconds, 3),
+                    main_metric: last_val[main_metric],
+                }
+            )
             reached = stop_at is not None and last_val[main_metric] >= stop_at
             if cfg.trainer.get("until_plateau") and not reached:
                 # Train each run until its own plateau, max_steps (or images, epochs) the cap.
                 reached = plateau_reached(plateau(history, main_metric, float(cfg.trainer.plateau_epsilon)))
             if ctx.is_main:
                 # The run's folder name first: a sweep's parallel members share one console.
-                log.info("%s step %d/%d val: %s%s", run_dir.name, done, total_steps, summary_line(last_val),
-                         " (best)" if improved else "")
+                log.info(
+                    "%s step %d/%d val: %s%s",
+                    run_dir.name,
+                    done,
+                    total_steps,
+                    summary_line(last_val),
+                    " (best)" if improved else "",
+                )
             if ctx.is_main and improved:
                 best = {**last_val, "step": done}
                 checkpoint("best.pt")
@@ -245,8 +336,11 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
         tick = fetched = time.perf_counter()
         if reached:  # every rank saw the same (all-reduced) validation, so all stop together
             if ctx.is_main:
-                why = (f"reached trainer.stop_at={stop_at:g}" if stop_at is not None and last_val[main_metric] >= stop_at
-                       else "reached its plateau (trainer.until_plateau)")
+                why = (
+                    f"reached trainer.stop_at={stop_at:g}"
+                    if stop_at is not None and last_val[main_metric] >= stop_at
+                    else "reached its plateau (trainer.until_plateau)"
+                )
                 log.info("val %s %.4g %s at step %d; stopping", main_metric, last_val[main_metric], why, done)
             break
     progress.close()
@@ -254,19 +348,32 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
 
     best = distributed.broadcast_object(best, ctx)
     with timing("test"):
-        test = test_split(cfg, model, net, splits, loss_fn, ctx, trackers, total_steps, eval_batch, last_val, best, ckpt_dir)
+        test = test_split(
+            cfg, model, net, splits, loss_fn, ctx, trackers, total_steps, eval_batch, last_val, best, ckpt_dir
+        )
     metrics = {
-        "val": {"final": last_val, "best": best, "history": history}, "test": test,
-        "main_metric": main_metric, "report_metric": REPORT_METRIC[train_set.target_kind],
-        "steps": total_steps, "images_per_s": images_seen / train_time if train_time else None,
-        "global_batch_size": batch * ctx.world_size, "world_size": ctx.world_size,
-        "precision": prepared.precision.name, "norm": cfg.norm.name, "model": cfg.model.name,
-        "batch_size": batch, "seed": int(cfg.seed), "hd95_convention": str(cfg.trainer.get("hd95", "monai")),
+        "val": {"final": last_val, "best": best, "history": history},
+        "test": test,
+        "main_metric": main_metric,
+        "report_metric": REPORT_METRIC[train_set.target_kind],
+        "steps": total_steps,
+        "images_per_s": images_seen / train_time if train_time else None,
+        "global_batch_size": batch * ctx.world_size,
+        "world_size": ctx.world_size,
+        "precision": prepared.precision.name,
+        "norm": cfg.norm.name,
+        "model": cfg.model.name,
+        "batch_size": batch,
+        "seed": int(cfg.seed),
+        "hd95_convention": str(cfg.trainer.get("hd95", "monai")),
         "hd95_unit": getattr(train_set, "distance_unit", "mm"),
-        "lr": float(cfg.optim.lr), "lr_applied": float(optimizer.param_groups[0]["initial_lr"]),
+        "lr": float(cfg.optim.lr),
+        "lr_applied": float(optimizer.param_groups[0]["initial_lr"]),
         "images_seen": total_steps * batch * ctx.world_size,
-        "budget": _budget(cfg), "convergence": plateau(history, main_metric, float(cfg.trainer.get("plateau_epsilon", 0.01))),
-        "train_samples": len(train_set), "val_samples": len(splits.val),
+        "budget": _budget(cfg),
+        "convergence": plateau(history, main_metric, float(cfg.trainer.get("plateau_epsilon", 0.01))),
+        "train_samples": len(train_set),
+        "val_samples": len(splits.val),
         "test_samples": len(splits.test) if splits.test is not None else 0,
         "norm_state": _mean_over_layers(norm_scalars(model)),
         # This process's wall seconds by phase (a resumed run: since its resume); "total" from
@@ -283,11 +390,14 @@ def _loop(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared, started: floa
 def _write_split(run_dir: Path, splits) -> None:
     """``split.json``: which subjects each split holds (readers of whole subjects), so a reader can check
     that train and test share no subject, or no site under ``data.test_sites``."""
+
     def subjects(dataset):
         volumes = getattr(dataset, "volumes", None)
         return None if volumes is None else sorted({v.subject for v in volumes})
 
-    found = {name: subjects(getattr(splits, name)) for name in ("train", "val", "test") if getattr(splits, name) is not None}
+    found = {
+        name: subjects(getattr(splits, name)) for name in ("train", "val", "test") if getattr(splits, name) is not None
+    }
     if any(v is not None for v in found.values()):
         write_json(run_dir / "split.json", found)
 
@@ -308,14 +418,19 @@ def _mean_over_layers(per_layer: dict[str, dict[str, float]]) -> dict[str, float
     return {k: sum(v[k] for v in per_layer.values() if k in v) / sum(k in v for v in per_layer.values()) for k in keys}
 
 
-
 def _saved_step(path: Path) -> int:
     return int(load_checkpoint(path).get("step", 0))
-
 
 
 def _progress(cfg, ctx, start: int, total: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
-                disable=not (cfg.trainer.progress and ctx.is_main), leave=False)
+    return tqdm(
+        total=total,
+        initial=start,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (cfg.trainer.progress and ctx.is_main),
+        leave=False,
+    )

@@ -39,8 +39,10 @@ class Stopwatch(dict):
             self.add(phase, time.perf_counter() - start)
 
 
-def summary_line(results: dict, keys=("loss", "dice", "dice_tuned", "threshold_tuned", "auroc", "ap", "hd95", "miou",
-                                      "train_eval_loss")) -> str:
+def summary_line(
+    results: dict,
+    keys=("loss", "dice", "dice_tuned", "threshold_tuned", "auroc", "ap", "hd95", "miou", "train_eval_loss"),
+) -> str:
     """One log line of a validation's or test's numbers."""
     return ", ".join(f"{k} {results[k]:.4g}" for k in keys if isinstance(results.get(k), (int, float)))
 
@@ -55,8 +57,12 @@ def validate(cfg, model, net, splits, loss_fn, ctx, trackers, step, eval_batch, 
         # Its own generator, seeded by run and step: the same batches after a resume, and in a
         # packed run (whose members share the process-wide RNG) as in a separate one.
         order = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
-        batches = (images for images, _ in itertools.islice(
-            DataLoader(splits.train, batch_size=int(cfg.data.batch_size), shuffle=True, generator=order), k))
+        batches = (
+            images
+            for images, _ in itertools.islice(
+                DataLoader(splits.train, batch_size=int(cfg.data.batch_size), shuffle=True, generator=order), k
+            )
+        )
         with timing("precise_bn"):
             recompute_bn_stats(model, batches, ctx.device)
     # Evaluate the bare module: ranks hold different numbers of cases, and DDP's forward would
@@ -97,11 +103,24 @@ def test_split(cfg, model, net, splits, loss_fn, ctx, trackers, step, eval_batch
         net.eval()
         threshold = float(val.get("threshold_tuned", 0.5))
         # tune=False: a threshold tuned on test would be a choice made on test.
-        results, _ = evaluate(model, splits.test, loss_fn, ctx, eval_batch, threshold=threshold, tune=False,
-                              hd95=cfg.trainer.get("hd95", "monai"))
+        results, _ = evaluate(
+            model,
+            splits.test,
+            loss_fn,
+            ctx,
+            eval_batch,
+            threshold=threshold,
+            tune=False,
+            hd95=cfg.trainer.get("hd95", "monai"),
+        )
         if ctx.is_main:
-            log.info("test, %s checkpoint (step %d, threshold %.3f chosen on val): %s", name, ckpt_step,
-                     threshold, summary_line(results))
+            log.info(
+                "test, %s checkpoint (step %d, threshold %.3f chosen on val): %s",
+                name,
+                ckpt_step,
+                threshold,
+                summary_line(results),
+            )
         log_test(name, results)
         return {**results, "step": ckpt_step}
 
