@@ -17,7 +17,7 @@ install: $(STAMP) ## create .venv and install segbench with its test extras
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch and torchvision first, pinned: these versions install from this machine's disk.
+	# torch and torchvision first, pinned: these versions install from a local package index where one is set up.
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)

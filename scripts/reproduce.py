@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -415,7 +416,7 @@ def main() -> None:
         parser.error(f"--claims: choose from {', '.join(names)}")
     out = Path(args.out)
     report = "REPORT.md" if chosen == list(CLAIMS) else f"REPORT_{'_'.join(c.__name__[6:] for c in chosen)}.md"
-    # Not the seeds 0-4 used while developing: a report's seeds must not be the ones tuned on.
+    # Not the seeds 0-4 of earlier pilots: a report's seeds must not be the ones tuned on.
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     quick = ["trainer.max_steps=10", "trainer.val_every=5"] if args.quick else []
     start = time.time()
@@ -442,7 +443,8 @@ def main() -> None:
         write_text(out / report, "\n".join(lines + ["(in progress)"]))
     minutes = (time.time() - start) / 60
     lines += [
-        f"Run time: {minutes:.1f} minutes on this machine ({'quick' if args.quick else 'full'} mode, "
+        f"Run time: {minutes:.1f} minutes on {platform.processor() or platform.machine()} "
+        f"({'quick' if args.quick else 'full'} mode, "
         f"{len(seeds)} seeds)."
     ]
     write_text(out / report, "\n".join(lines) + "\n")

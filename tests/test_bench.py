@@ -116,7 +116,7 @@ def test_packing_ceiling_times_one_member_against_vmapped_packs():
     assert "packing's ceiling" in lines(report)[0]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_bench_on_cuda_without_a_gpu_is_one_line():
     result = segbench("bench", "--device", "cuda")
     assert result.returncode == 2

@@ -57,7 +57,7 @@ CONTRASTS = (
         "BN − no norm at the small batch",
         ((+1, "batch", "small"), (-1, "none", "small")),
         -1,
-        "the asker's symptom at the small batch",
+        "the first question's symptom at the small batch",
     ),
     (
         "BN − no norm at the large batch",

@@ -234,7 +234,7 @@ def _held(res: dict | None) -> bool:
 
 
 def answer_lines(numbers: dict) -> list[str]:
-    """The asker's answer in plain lines, written from the verdicts (nothing here is typed by hand)."""
+    """The first question's answer in plain lines, written from the verdicts (nothing here is typed by hand)."""
     rows = numbers["rows"]
 
     def how_slow(r):  # every cause that predicts worse is listed, whether or not its slower learning resolved
@@ -294,7 +294,7 @@ def answer_lines(numbers: dict) -> list[str]:
         )
     if not fixes:
         fixes.append("nothing in the BN settings tested here explains the symptom at these seeds")
-    lines.append(f"4. **What to change in the asker's code**: {'; '.join(fixes)}.")
+    lines.append(f"4. **What to change in the first question's code**: {'; '.join(fixes)}.")
     nothing = numbers.get("nothing_at_05", [])
     lines.append(
         f"5. **Judge with the right number**: at a fixed 0.5 threshold {len(nothing)} of {numbers.get('runs')} "

@@ -5,7 +5,7 @@ after it, every comparison of the runs so far is judged by ``segbench.analysis.d
 level ``alpha / looks``, the looks planned from the first round, the round size and the cap
 before any seed ran (Bonferroni over looks: stopping early is then not optional stopping).
 ``study.json`` records the design before the first seed runs; ``compare`` on ``<out>`` reads it
-and judges with the same looks. The same command again continues a stopped study (a session's or
+and judges with the same looks. The same command again continues a stopped study (a stopped process's or
 a job's end): each round is the same ``train -m`` command, whose finished members are left as
 they are and unfinished ones continue from their last checkpoint. A command whose design differs
 from the recorded one is refused before anything runs: changing the looks or the cap after seeing

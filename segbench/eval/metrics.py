@@ -237,7 +237,7 @@ class CaseMetrics:
             "auroc": _mean_defined([auroc_from_histograms(*h[c]) for c in range(len(self.names))]),
             "ap": _mean_defined([ap_from_histograms(*h[c]) for c in range(len(self.names))]),
             "threshold": self.threshold,
-            # What the asker looked at: Dice at a fixed 0.5, whatever threshold val chose.
+            # What the first question's code looked at: Dice at a fixed 0.5, whatever threshold val chose.
             "dice_at_0.5": float(self.case_dice(np.array([threshold_to_edge(0.5)]))[..., 0].mean())
             if len(dice_cases)
             else float("nan"),
