@@ -1,10 +1,12 @@
-"""``make reproduce``: the CPU-sized studies, with paired seeds, and a report whose verdicts follow the intervals.
+"""``make reproduce``: the CPU-sized studies, with paired seeds, and a report whose verdicts decide.
 
-Each claim (shared/context and the literature) is a sweep of one ``configs/experiment`` file over
-N seeds, compared with ``segbench compare``. Every number called a result is measured on the
-test split, for the checkpoint (and sigmoid threshold) chosen on val. A claim is "held" only when
-the 95 % interval of the paired difference excludes 0 in the claimed direction, "did not hold"
-when it excludes the claimed direction, and "inconclusive at n seeds" otherwise.
+Each claim (the two motivating questions, docs/questions.md, and the literature) is a sweep of one
+``configs/experiment`` file over N seeds, compared with ``segbench compare``. Every number called
+a result is measured on the test split, for the checkpoint (and sigmoid threshold) chosen on val.
+Verdicts come from ``segbench.analysis.decide``, as in ``compare``: the claims read together are
+one family, Holm-adjusted; a claim "held" or "did not hold" when its adjusted paired test passes
+in one direction, "equivalent within ±margin" when TOST passes, and otherwise "inconclusive at n
+seeds", with the seeds a decision would need.
 Usage: python scripts/reproduce.py [--out reports] [--seeds 5] [--quick]
 """
 

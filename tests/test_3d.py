@@ -21,8 +21,8 @@ from tests.test_cli import segbench
 NORM_KW = {
     "spade": {"hidden": 4},
     "group": {"num_groups": 2},
-    "wsgroup": {"num_groups": 2},
-    "evonorms0": {"num_groups": 2},
+    "ws_group": {"num_groups": 2},
+    "evonorm_s0": {"num_groups": 2},
 }
 
 

@@ -226,7 +226,7 @@ def test_every_norm_hands_on_activations_in_its_inputs_memory_format(norm, dims)
 
     if dims == 3 and not has_3d_form(norm):
         pytest.skip(f"norm={norm} has no 3-D form")
-    options = NORM_KW.get(norm, {}) | ({"num_groups": 2} if norm in ("wsgroup", "evonorms0") else {})
+    options = NORM_KW.get(norm, {}) | ({"num_groups": 2} if norm in ("ws_group", "evonorm_s0") else {})
     torch.manual_seed(0)
     net = ResUNet(3, 2, width=4, depth=2, norm=norm, norm_options=options, dims=dims).train()
     handed_on = []
@@ -235,3 +235,45 @@ def test_every_norm_hands_on_activations_in_its_inputs_memory_format(norm, dims)
             module.register_forward_pre_hook(lambda m, args: handed_on.append(args[0].is_contiguous()))
     net(torch.randn(2, 3, *((16, 16) if dims == 2 else (8, 8, 8)))).square().mean().backward()
     assert handed_on and all(handed_on)
+
+
+def test_register_norm_puts_a_users_norm_in_every_slot():
+    from torch import nn
+
+    from segbench.errors import SegbenchError
+    from segbench.nn import NORM_DIMS, NORMS, register_norm
+    from segbench.nn.norms import canonical_norm_name
+
+    class Scale(nn.Module):
+        def __init__(self, channels, gain=2.0):
+            super().__init__()
+            self.gain = gain
+
+        def forward(self, x):
+            return x * self.gain
+
+    try:
+        register_norm("test_scale", lambda channels, gain=2.0: Scale(channels, gain))
+        assert canonical_norm_name("Test-Scale") == "test_scale" and NORM_DIMS["test_scale"] == (2,)
+        net = build_model("resunet", 3, 1, norm="test_scale", norm_options={"gain": 0.5}, width=4, depth=2)
+        assert any(isinstance(m, Scale) and m.gain == 0.5 for m in net.modules())
+        assert net(torch.randn(1, 3, 16, 16)).shape == (1, 1, 16, 16)
+        with pytest.raises(SegbenchError, match="no 3-D form"):
+            build_model("resunet", 3, 1, norm="test_scale", width=4, depth=2, dims=3)
+        with pytest.raises(SegbenchError, match="is taken"):
+            register_norm("GroupNorm", lambda c: nn.GroupNorm(1, c))
+    finally:
+        NORMS.pop("test_scale", None)
+        NORM_DIMS.pop("test_scale", None)
+
+
+def test_norm_names_are_the_ones_users_type_and_aliases_resolve_to_them():
+    from segbench.config import group_options
+    from segbench.errors import SegbenchError
+    from segbench.nn.norms import canonical_norm_name
+
+    assert canonical_norm_name("evonormb0") == "evonorm_b0" and canonical_norm_name("WSGN") == "ws_group"
+    presets = {"batch_tf1", "instance_noaffine"}
+    assert set(group_options("norm")) - presets <= set(NORMS)
+    with pytest.raises(SegbenchError, match="ws_group"):
+        canonical_norm_name("no_such_norm")

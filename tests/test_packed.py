@@ -103,7 +103,7 @@ def test_packed_members_equal_separate_runs(norm):
                 assert torch.equal(x, y), f"{norm}: {name} differs"  # BN's batch counters
 
 
-@pytest.mark.parametrize("norm", ["batch", "group", "evonorms0"])
+@pytest.mark.parametrize("norm", ["batch", "group", "evonorm_s0"])
 def test_members_taking_turns_equal_separate_float32_runs_bit_for_bit(norm):
     separate = _members(norm, torch.float32)
     packed = copy.deepcopy(separate)

@@ -41,8 +41,8 @@ def bench_model(norm: str, in_channels: int, width: int, depth: int):
     options = {
         "spade": {"hidden": 32},
         "group": groups,
-        "wsgroup": groups,
-        "evonorms0": groups,
+        "ws_group": groups,
+        "evonorm_s0": groups,
         "crossbatch": {"burnin": 0},
     }.get(norm)
     return build_model("resunet", in_channels, 1, norm=norm, norm_options=options, width=width, depth=depth)
@@ -236,8 +236,8 @@ def per_norm_3d(batch: int, patch, steps: int, width: int, depth: int, device) -
         options = {
             "spade": {"hidden": 16},
             "group": {"num_groups": 4},
-            "wsgroup": {"num_groups": 4},
-            "evonorms0": {"num_groups": 4},
+            "ws_group": {"num_groups": 4},
+            "evonorm_s0": {"num_groups": 4},
         }.get(norm)
         model = ResUNet(4, 1, width=width, depth=depth, norm=norm, norm_options=options, dims=3).to(device)
         opt = torch.optim.Adam(model.parameters())

@@ -253,19 +253,6 @@ def paired(a: dict, b: dict) -> dict:
     }
 
 
-def verdict(result: dict, direction: int) -> str:
-    """ "held" when the interval of the difference excludes 0 on the claimed side (``direction`` +1: a > b,
-    -1: a < b), "did not hold" when it excludes the claimed side, else "inconclusive at n seeds"."""
-    lo, hi, n = result["low"], result["high"], result["n"]
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return f"inconclusive at {n} seed{'s' if n != 1 else ''} (no interval)"
-    if (direction > 0 and lo > 0) or (direction < 0 and hi < 0):
-        return "held"
-    if (direction > 0 and hi < 0) or (direction < 0 and lo > 0):
-        return "did not hold"
-    return f"inconclusive at {n} seeds"
-
-
 def describe(result: dict, unit: str = "") -> str:
     """One line: difference [interval], p-values, n, detectable difference."""
     return (

@@ -235,6 +235,8 @@ def _spade(
     return SPADE(num_channels, cond_channels, inner_norm, hidden=hidden, kernel=kernel, dims=dims)
 
 
+# The names users type (configs, the command line, error messages); ``canonical_norm_name`` also
+# accepts them in any case, with or without "_" and "-", and the aliases below.
 NORMS: dict[str, Callable[..., nn.Module]] = {
     "none": _none,
     "batch": _batch,
@@ -246,16 +248,24 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
     "adain": _adain,
     "spade": _spade,
     "frn": _frn,
-    "evonormb0": _evonorm_b0,
-    "evonorms0": _evonorm_s0,
-    "wsgroup": _ws_group,
+    "evonorm_b0": _evonorm_b0,
+    "evonorm_s0": _evonorm_s0,
+    "ws_group": _ws_group,
     "crossbatch": _crossbatch,
     "switchable": _switchable,
-    "frozenbatch": _frozen_batch,
-    "layerchannels": _layer_channels,
-    "rmschannels": _rms_channels,
+    "frozen_batch": _frozen_batch,
+    "layer_channels": _layer_channels,
+    "rms_channels": _rms_channels,
     "grn": _grn,
-    "ghostbatch": _ghost_batch,
+    "ghost_batch": _ghost_batch,
+}
+
+# The feature maps each norm has a form for: 2 (images, N C H W) and 3 (volumes, N C D H W).
+# Cross-iteration BN, switchable norm and frozen BN are written for images only.
+NORM_DIMS: dict[str, tuple[int, ...]] = {name: (2, 3) for name in NORMS} | {
+    "crossbatch": (2,),
+    "switchable": (2,),
+    "frozen_batch": (2,),
 }
 
 ALIASES = {
@@ -272,52 +282,84 @@ ALIASES = {
     "layernorm": "layer",
     "brn": "batchrenorm",
     "frntlu": "frn",
-    "wsgn": "wsgroup",
+    "wsgn": "ws_group",
     "cbn": "crossbatch",
     "crossiterationbatch": "crossbatch",
     "sn": "switchable",
-    "frozenbn": "frozenbatch",
-    "layernorm2d": "layerchannels",
-    "convnextlayernorm": "layerchannels",
-    "rmsnorm": "rmschannels",
-    "rmsnorm2d": "rmschannels",
+    "frozenbn": "frozen_batch",
+    "layernorm2d": "layer_channels",
+    "convnextlayernorm": "layer_channels",
+    "rmsnorm": "rms_channels",
+    "rmsnorm2d": "rms_channels",
     "globalresponsenorm": "grn",
-    "ghostbn": "ghostbatch",
-    "gbn": "ghostbatch",
+    "ghostbn": "ghost_batch",
+    "gbn": "ghost_batch",
 }
 
 CONDITIONAL_NORMS = frozenset({"adain", "spade"})
 # Norm-activation layers: where the model would apply ReLU after the norm, they apply their own
 # non-linearity instead (the slot hands them ``apply_act`` and the model an identity).
-ACTIVATING_NORMS = frozenset({"frn", "evonormb0", "evonorms0"})
+ACTIVATING_NORMS = frozenset({"frn", "evonorm_b0", "evonorm_s0"})
 
 # Builder arguments the model derives (the count of conditioning channels, whether a ReLU follows,
 # the conv in front); they come in through ``context`` and are never user options.
 DERIVED_KEYS = frozenset({"cond_channels", "apply_act", "conv", "dims"})
 
 
+def _squashed(name: str) -> str:
+    return str(name).lower().replace("_", "").replace("-", "")
+
+
+def register_norm(name: str, builder: Callable[..., nn.Module], dims: tuple[int, ...] = (2,)) -> None:
+    """Add a norm to the slot, so that ``norm=<name>`` builds it in every segbench model.
+
+    Args:
+        name: what users type (letters, digits and "_"); it may not shadow a built-in name or alias.
+        builder: ``builder(num_channels, **options) -> nn.Module``; its keyword arguments with
+            defaults are the norm's options (``norm.<option>=...`` on the command line). A builder
+            for 3-D takes ``dims`` (2 or 3) and builds the form for it.
+        dims: the feature maps it has a form for: (2,) images, (2, 3) images and volumes.
+
+    Example::
+
+        register_norm("pixel", lambda c, eps=1e-8: PixelNorm(eps))   # then: segbench.models.ResUNet(norm="pixel")
+    """
+    if not isinstance(name, str) or not name.replace("_", "").isalnum():
+        raise SegbenchError(f"register_norm: name {name!r} must be letters, digits and '_'")
+    key = _squashed(name)
+    taken = {_squashed(n): n for n in NORMS} | {a: ALIASES[a] for a in ALIASES}
+    if key in taken:
+        raise SegbenchError(f"register_norm: {name!r} is taken (by norm={taken[key]}); choose another name")
+    if not callable(builder):
+        raise SegbenchError(f"register_norm: the builder of {name!r} is not callable")
+    if not dims or not set(dims) <= {2, 3}:
+        raise SegbenchError(f"register_norm: dims={dims!r}; give (2,), (3,) or (2, 3)")
+    NORMS[name] = builder
+    NORM_DIMS[name] = tuple(dims)
+
+
 def has_3d_form(name: str) -> bool:
-    """Whether norm ``name`` works on volumes: its builder takes ``dims`` (crossbatch, switchable
-    and frozen_batch are written for images only)."""
-    return "dims" in inspect.signature(NORMS[canonical_norm_name(name)]).parameters
+    """Whether norm ``name`` works on volumes (declared in ``NORM_DIMS``)."""
+    return 3 in NORM_DIMS[canonical_norm_name(name)]
 
 
 def check_dims(name: str, dims: int) -> None:
     """Refuse, in one line, a norm without a form for ``dims``-D feature maps."""
-    if dims != 2 and not has_3d_form(name):
-        volumetric = ", ".join(k for k in NORMS if has_3d_form(k))
-        raise SegbenchError(
-            f"norm={canonical_norm_name(name)} has no 3-D form in segbench; for 3-D models use one of: {volumetric}"
-        )
+    key = canonical_norm_name(name)
+    if dims not in NORM_DIMS[key]:
+        fitting = ", ".join(k for k in NORMS if dims in NORM_DIMS[k])
+        raise SegbenchError(f"norm={key} has no {dims}-D form in segbench; for {dims}-D models use one of: {fitting}")
 
 
 def canonical_norm_name(name: str) -> str:
-    """``"Group_Norm"`` -> ``"group"``; unknown names raise with the full list."""
-    key = str(name).lower().replace("_", "").replace("-", "")
-    key = ALIASES.get(key, key)
-    if key not in NORMS:
-        raise invalid_choice("norm", name, NORMS)
-    return key
+    """``"Group_Norm"`` -> ``"group"``, ``"evonormb0"`` -> ``"evonorm_b0"``; unknown names raise with the full list."""
+    key = _squashed(name)
+    if key in ALIASES:
+        return ALIASES[key]
+    for registered in NORMS:
+        if _squashed(registered) == key:
+            return registered
+    raise invalid_choice("norm", name, NORMS)
 
 
 def norm_options(name: str) -> dict[str, object]:

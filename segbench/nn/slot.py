@@ -15,7 +15,7 @@ from segbench.nn.weight_std import StdConv2d, StdConv3d
 
 CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
 # Norms that change the conv in front of them: weight standardization is a property of the conv.
-NORM_CONVS: dict[str, dict[int, type[nn.Module]]] = {"wsgroup": {2: StdConv2d, 3: StdConv3d}}
+NORM_CONVS: dict[str, dict[int, type[nn.Module]]] = {"ws_group": {2: StdConv2d, 3: StdConv3d}}
 
 
 class NormSlot:

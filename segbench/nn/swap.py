@@ -32,7 +32,7 @@ from segbench.nn.norms import ACTIVATING_NORMS, CONDITIONAL_NORMS, build_norm, c
 
 # Norms that need the conv in front of them, or the model's input, and why.
 NOT_SWAPPABLE = {
-    "wsgroup": "it standardizes the weights of the conv in front, and a module tree does not say which conv "
+    "ws_group": "it standardizes the weights of the conv in front, and a module tree does not say which conv "
     "feeds which norm",
     "crossbatch": "it reads the weights of the conv in front, and a module tree does not say which conv feeds "
     "which norm",
