@@ -266,3 +266,24 @@ def test_runs_named_inside_a_study_folder_are_judged_with_its_design(tmp_path):
     assert read_design([str(run)])["looks"] == 2  # two folders up
     assert read_design([str(kept)])["looks"] == 3  # one folder up
     assert read_design([str(tmp_path / "elsewhere")]) is None
+
+
+@pytest.mark.slow
+def test_compare_of_a_kept_study_record_is_unchanged_byte_for_byte(tmp_path):
+    """compare's tables and verdicts on the record of section 4c's first look, as committed when the
+    look was taken (before verdicts became typed): every byte the same."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "docs/results/fcn8s_bn_cosine_6000_4c"
+    runs = sorted(str(p) for p in (root / "finished_runs").glob("*seed=180[0-3]"))
+    done = subprocess.run(
+        [sys.executable, "-m", "segbench", "compare", *runs, "--by", "norm", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("verdicts.txt", "paired.csv", "summary.csv"):
+        assert (tmp_path / name).read_bytes() == (root / "look1" / name).read_bytes(), name

@@ -17,7 +17,7 @@ import numpy as np
 
 from segbench.analysis import stats
 from segbench.analysis.arms import result
-from segbench.analysis.decide import Design, decide_family
+from segbench.analysis.decide import Design, Verdict, decide_family
 from segbench.analysis.diagnose import diagnose, name_cause
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.verdicts import arm_converged, run_convergence
@@ -230,7 +230,7 @@ def write_cause_report(sweep: str | list[str], out: str, eval_causes: bool = Tru
 
 
 def _held(res: dict | None) -> bool:
-    return res is not None and res.get("verdict") == "held"
+    return res is not None and res.get("kind") is Verdict.HELD and not res.get("early")
 
 
 def answer_lines(numbers: dict) -> list[str]:
@@ -258,11 +258,7 @@ def answer_lines(numbers: dict) -> list[str]:
         )
 
     def early(r):  # passed the family's correction, but an arm had not reached its plateau
-        return (
-            not _held(r["worse"])
-            and r["worse"]["verdict"].startswith("early-training")
-            and "held" in r["worse"]["verdict"]
-        )
+        return not _held(r["worse"]) and r["worse"]["early"] and r["worse"]["kind"] is Verdict.HELD
 
     passed_early = [r for r in rows if early(r)]
     neither = [r["what"] for r in rows if not _held(r["worse"]) and not _held(r["slower"]) and r not in passed_early]

@@ -18,7 +18,7 @@ import numpy as np
 
 from segbench.analysis import stats, verdicts
 from segbench.analysis.arms import arm_key, label, result, sort_key, varying_keys
-from segbench.analysis.decide import Design
+from segbench.analysis.decide import Design, Verdict
 from segbench.analysis.figures import plot_curves
 from segbench.analysis.predictions import prediction_grid
 from segbench.analysis.runs import Run, find_runs
@@ -205,7 +205,7 @@ def _verdict(p: dict, scope: str) -> str:
     interval does not support is said to be limited to these subjects."""
     text = p["verdict"]
     crossed = p.get("crossed")
-    if scope == "population" and p["decided"] and not text.startswith("equivalent") and crossed:
+    if scope == "population" and p["decided"] and p.get("kind") is not Verdict.EQUIVALENT and crossed:
         if crossed["low"] <= 0 <= crossed["high"]:
             return f"inconclusive for a new subject (these subjects: {text})"
     return text

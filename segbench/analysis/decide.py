@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
@@ -50,10 +51,44 @@ class Design:
         return self.alpha / self.looks
 
 
-def _word(sign: int, direction: int) -> str:
+class Verdict(str, Enum):
+    """What a comparison decided; code reads this (``res["kind"]``, with ``res["early"]``), never the
+    words of ``res["verdict"]``, which are rendered from it for people to read."""
+
+    HELD = "held"
+    DID_NOT_HOLD = "did not hold"
+    A_GREATER = "a > b"
+    A_LESS = "a < b"
+    EQUIVALENT = "equivalent"
+    INCONCLUSIVE = "inconclusive"
+
+    @property
+    def decided(self) -> bool:
+        return self is not Verdict.INCONCLUSIVE
+
+
+def _difference(sign: int, direction: int) -> Verdict:
     if direction == 0:
-        return "a > b" if sign > 0 else "a < b"
-    return "held" if sign == direction else "did not hold"
+        return Verdict.A_GREATER if sign > 0 else Verdict.A_LESS
+    return Verdict.HELD if sign == direction else Verdict.DID_NOT_HOLD
+
+
+def render(res: dict, converged: bool | None = True) -> str:
+    """The words of a comparison's verdict (``res``: one result of ``decide_family``)."""
+    kind, n = res["kind"], res["n"]
+    if kind is Verdict.EQUIVALENT:
+        text = f"equivalent within ±{res['margin']:g}"
+    elif kind is not Verdict.INCONCLUSIVE:
+        text = kind.value
+    elif n < 2:
+        text = f"inconclusive at {n} seed{'s' if n != 1 else ''} (no interval)"
+    else:
+        need = [m for m in (res["seeds_to_detect_margin"], res["seeds_for_equivalence"]) if m]
+        text = f"inconclusive at {n} seeds" + (f"; needs about {min(need)} paired seeds" if need else "")
+    if res["early"]:
+        what = "not converged" if converged is False else "convergence unknown"
+        text = f"early-training comparison ({what}): {text} at this budget, not a verdict on final performance"
+    return text
 
 
 def decide_family(
@@ -107,23 +142,16 @@ def decide_family(
             res["seeds_to_detect_margin"] = stats.seeds_needed(sd, design.margin, design.level, design.power)
             res["seeds_for_equivalence"] = stats.seeds_for_equivalence(sd, design.margin, design.level, design.power)
         if n < 2:
-            res.update(verdict=f"inconclusive at {n} seed{'s' if n != 1 else ''} (no interval)", decided=False)
+            kind = Verdict.INCONCLUSIVE
         elif adj_diff[i] < design.level:
-            res.update(verdict=_word(int(np.sign(mean)), directions[i]), decided=True)
+            kind = _difference(int(np.sign(mean)), directions[i])
         elif adj_tost[i] < design.level:
-            res.update(verdict=f"equivalent within ±{design.margin:g}", decided=True)
+            kind = Verdict.EQUIVALENT
         else:
-            need = [m for m in (res["seeds_to_detect_margin"], res["seeds_for_equivalence"]) if m]
-            ask = f"; needs about {min(need)} paired seeds" if need else ""
-            res.update(verdict=f"inconclusive at {n} seeds{ask}", decided=False)
-        if not converged[i]:
-            what = "not converged" if converged[i] is False else "convergence unknown"
-            res.update(
-                verdict=f"early-training comparison ({what}): {res['verdict']} at this budget, "
-                "not a verdict on final performance",
-                decided=False,
-                early=True,
-            )
+            kind = Verdict.INCONCLUSIVE
+        early = not converged[i]
+        res.update(kind=kind, early=early, decided=kind.decided and not early)
+        res["verdict"] = render(res, converged[i])
         out.append(res)
     return out
 
@@ -166,7 +194,7 @@ def sequential(
         verdicts = decide_family(diffs, design, directions, flags, plan=False)
         left = max_seeds - len(used)
         # More seeds cannot turn an early-training comparison into a verdict on final performance.
-        if all(v["decided"] or v.get("early") for v in verdicts) or left <= 0 or look >= design.looks:
+        if all(v["decided"] or v["early"] for v in verdicts) or left <= 0 or look >= design.looks:
             verdicts = decide_family(diffs, design, directions, flags)  # the last look, with its seed plan
             if report:
                 report(look, verdicts)
