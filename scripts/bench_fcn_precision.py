@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from segbench.analysis.bench_device import bench_device, describe, timed
+from segbench.bench.device import bench_device, describe, timed
 from segbench.errors import SegbenchError
 from segbench.models import build_model
 from segbench.train.losses import SoftmaxCrossEntropy

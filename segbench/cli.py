@@ -247,7 +247,7 @@ def _torchrun(argv: list[str]) -> None:
 
 
 def _bench(argv: list[str]) -> None:
-    from segbench.analysis.bench import main as bench_main
+    from segbench.bench.command import main as bench_main
 
     bench_main(argv)
 

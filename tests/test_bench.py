@@ -100,7 +100,7 @@ def test_bench_prints_the_run_breakdown_and_seed_runs_per_hour(tiny_brats):
 
 
 def test_packing_ceiling_times_one_member_against_vmapped_packs():
-    from segbench.analysis.bench_pack import lines, packing_ceiling
+    from segbench.bench.pack import lines, packing_ceiling
 
     threads = torch.get_num_threads()
     report = packing_ceiling([2, 3], torch.device("cpu"), width=4, depth=2, batch=1, size=(16, 16), steps=1, rounds=1)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from segbench.analysis.bench_device import gemm_peak, step_flops, timed
+from segbench.bench.device import gemm_peak, step_flops, timed
 from segbench.models import build_model
 from segbench.nn import NORMS
 from segbench.progress import progress

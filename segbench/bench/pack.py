@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from segbench.analysis.bench_device import gemm_peak, step_flops, timed
+from segbench.bench.device import gemm_peak, step_flops, timed
 from segbench.train.losses import MultilabelLoss
 from segbench.train.packed import PackedSteps
 
@@ -33,7 +33,7 @@ def packing_ceiling(
     rounds interleaved (a shared machine slows every way alike). The shipped 2-D study's network and
     batch by default (ResUNet width 8, depth 4, BN, batch 4, 96 x 112, float32)."""
     # The bench's own model and inputs, the same as its other tables.
-    from segbench.analysis.bench_training import bench_inputs, bench_model
+    from segbench.bench.training import bench_inputs, bench_model
 
     threads = torch.get_num_threads()
     if device.type == "cpu":

@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from segbench.analysis.bench_device import bench_device, describe
-from segbench.analysis.bench_training import (
+from segbench.bench.device import bench_device, describe
+from segbench.bench.training import (
     loader_throughput,
     per_norm,
     per_norm_3d,
@@ -25,7 +25,7 @@ from segbench.analysis.bench_training import (
     train_step_vs_bare,
     trainer_vs_bare,
 )
-from segbench.analysis.bench_tta import compare_candidates, line
+from segbench.bench.tta import compare_candidates, line
 from segbench.errors import OneLineArgumentParser, SegbenchError, at_least
 from segbench.nn import NORMS
 
@@ -37,8 +37,8 @@ def say(message: str) -> None:
 
 def summary(report: dict) -> list[str]:
     """The figures a reader wants, one line each."""
-    from segbench.analysis.bench_pack import lines as pack_lines
-    from segbench.analysis.bench_seeds import lines as seed_lines
+    from segbench.bench.pack import lines as pack_lines
+    from segbench.bench.seeds import lines as seed_lines
 
     lines = (
         [f"device: {report['device']}"]
@@ -194,13 +194,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _seeds(report: dict, args, packs: list[int], phase: str) -> dict:
-    from segbench.analysis import bench_seeds
+    from segbench.bench import seeds as bench_seeds
 
     say(
         f"{phase} where a study run's time goes, and seed-runs per hour packed (K={args.packs}) vs one seed per "
         f"process ({args.seeds} seeds of {args.seed_steps} steps each way)"
     )
-    from segbench.analysis.bench_pack import packing_ceiling
+    from segbench.bench.pack import packing_ceiling
 
     report["packing_ceiling"] = packing_ceiling(packs, torch.device(report["device_type"]))
     report["run_breakdown"] = bench_seeds.breakdown(args.data, args.seed_steps, args.seed_val_every)
