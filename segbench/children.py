@@ -93,6 +93,9 @@ def _on_signal(signum: int, frame) -> None:
     raise SystemExit(128 + signum)  # not os._exit: joblib and loky release their shared memory on the way out
 
 
+_on_signal.segbench_children = True  # StopRequest.hand_on does not call it: a run stopping says so itself
+
+
 def stop_children_on_signals() -> None:
     """From now on SIGTERM ends this process only after its descendants (main thread only)."""
     signal.signal(signal.SIGTERM, _on_signal)

@@ -144,7 +144,7 @@ def markdown(rows: list[dict], pairs: list[dict], metric: str, design_note: str 
         lines += [
             "",
             f"Convergence judged again on the whole TensorBoard val curve for {rechecked}: their "
-            "metrics.json check saw only the validations after a resume (segbench before 2026-12-07).",
+            "metrics.json check (format 1) saw only the validations after a resume.",
         ]
     if not pairs:
         return "\n".join(lines)

@@ -74,14 +74,18 @@ def per_seed(runs: list[Run], read) -> dict:
 def run_convergence(run: Run) -> dict:
     """The run's convergence check: stored by the trainer, else computed from its val history.
 
-    A run resumed by segbench before its checkpoints kept the val history (2026-12-07) stored a check
-    of the validations after its resume only; its TensorBoard curve holds them all, so when that
-    curve has more validations than the stored check counted, the check is made again on it.
+    A resumed run of metrics.json format 1 (its checkpoints did not keep the val history) stored a
+    check of the validations after its resume only; its TensorBoard curve holds them all, so when
+    that curve has more validations than the stored check counted, the check is made again on it.
+    From format 2 on, the stored check judges the whole curve.
     """
     stored = run.metrics.get("convergence")
     main = run.metrics.get("main_metric", "dice_tuned")
     steps, values = run.scalar(f"val/{main}")
-    if stored and int(np.isfinite(values).sum()) > (stored.get("validations") or 0):  # the check counts finite values
+    recheck = run.metrics.get("format", 1) < 2 and int(np.isfinite(values).sum()) > (
+        (stored or {}).get("validations") or 0
+    )
+    if stored and recheck:  # the check counts finite values
         full = plateau([{"step": int(s), main: float(v)} for s, v in zip(steps, values)], main)
         return {**full, "stored_check_validations": stored.get("validations")}
     if stored:

@@ -67,6 +67,8 @@ class StopRequest:
         """After the checkpoint: the handler that was there before (submitit's requeue), else raise."""
         previous = self._previous.get(stopped.signum)
         self.__exit__()
-        if callable(previous):  # not SIG_DFL / SIG_IGN
+        # segbench's own stop-the-children handler (segbench.children) is not a cluster's: the run has
+        # saved its checkpoint and says so itself (and any children of it stop with this process).
+        if callable(previous) and not getattr(previous, "segbench_children", False):  # not SIG_DFL / SIG_IGN
             previous(stopped.signum, None)
         raise stopped
