@@ -225,6 +225,66 @@ def _shared_metric(runs: list[Run]) -> str:
     return next(iter(kinds))
 
 
+PAIRED_FIELDS = (
+    "a b differs_in same n budget converged diff low high median hodges_lehmann hl_low hl_high p p_holm p_tost "
+    "p_tost_holm margin equivalence_margin_supported p_sign_flip p_wilcoxon detectable seeds_to_detect_margin "
+    "seeds_for_equivalence verdict"
+).split()
+
+
+def _csv(rows: list[dict], fields: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _runs_to_compare(paths: list[str], metric: str | None, evaluation: str | None) -> tuple[list[Run], str, str]:
+    """The runs, the metric every one of them has (one line when not), and what it was scored on."""
+    runs = find_runs(paths)
+    scored_on = "test-split"
+    if evaluation:
+        from segbench.analysis.external import with_evaluation
+
+        runs, root = with_evaluation(runs, evaluation)
+        scored_on = f"evaluation `{evaluation}` ({root}, subjects no run trained or chose on)"
+    metric = metric or _shared_metric(runs)
+    lacking = [r for r in runs if result(r, metric) is None]
+    if lacking:
+        best = lacking[0].metrics.get("test", {}).get("best") or {}
+        has = sorted(k for k, v in best.items() if isinstance(v, (int, float)))
+        raise SegbenchError(
+            f"{lacking[0].path} has no test {metric!r} ({len(lacking)} of {len(runs)} runs lack it); "
+            f"its test metrics: {', '.join(has) or 'none'}"
+        )
+    return runs, metric, scored_on
+
+
+def _design(runs: list[Run], paths: list[str], margin: float | None) -> tuple[Design, str]:
+    """The design the runs declared; a sequential study's looks read from its study.json."""
+    design, note = verdicts.describe_design(runs, margin)
+    planned = read_design(paths)
+    if planned:  # a sequential study: judged at alpha / looks, as its rounds were
+        design = Design(design.margin, float(planned["alpha"]), int(planned["looks"]), design.power)
+        note += (
+            f"; sequential study: {planned['looks']} looks planned ({planned['first']} seeds, then "
+            f"{planned['per_round']} per round up to {planned['max_seeds']}), each at alpha/{planned['looks']}"
+        )
+    return design, note
+
+
+def _pictures(arms: dict, metric: str, main_metric: str, out_dir: Path, smooth: float) -> str:
+    """curves.png and (when the checkpoints are there) predictions.png; the summary's lines for them."""
+    plot_curves(arms, metric, main_metric, out_dir, smooth)
+    try:
+        prediction_grid(arms, {key: label(key) for key in arms}, out_dir, sort_key)
+        return "![predictions](predictions.png)\n\n"
+    except (SegbenchError, OSError) as err:  # data or checkpoints moved away: the numbers still compare
+        (out_dir / "predictions.png").unlink(missing_ok=True)
+        return f"(no prediction grid: {one_line(err)})\n\n"
+
+
 def compare(
     paths: list[str],
     out: str | None = None,
@@ -249,97 +309,33 @@ def compare(
         raise SegbenchError(f"--smooth={smooth} must be at least 0 and below 1 (TensorBoard's default is 0.6)")
     if margin is not None and not (np.isfinite(margin) and margin > 0):
         raise SegbenchError(f"--margin={margin} must be a positive number in the metric's units, e.g. 0.02")
-    runs = find_runs(paths)
-    scored_on = "test-split"
-    if evaluation:
-        from segbench.analysis.external import with_evaluation
-
-        runs, root = with_evaluation(runs, evaluation)
-        scored_on = f"evaluation `{evaluation}` ({root}, subjects no run trained or chose on)"
-    metric = metric or _shared_metric(runs)
-    lacking = [r for r in runs if result(r, metric) is None]
-    if lacking:
-        has = sorted(
-            {
-                k
-                for k, v in (lacking[0].metrics.get("test", {}).get("best") or {}).items()
-                if isinstance(v, (int, float))
-            }
-        )
-        raise SegbenchError(
-            f"{lacking[0].path} has no test {metric!r} ({len(lacking)} of {len(runs)} runs lack it); "
-            f"its test metrics: {', '.join(has) or 'none'}"
-        )
+    runs, metric, scored_on = _runs_to_compare(paths, metric, evaluation)
     main_metric = runs[0].metrics.get("main_metric", metric)
     varying = list(by) if by else varying_keys(runs)
     arms: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         arms[arm_key(run, varying)].append(run)
-    out_dir = (
-        Path(out)
-        if out
-        else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.json").exists() else Path("compare"))
-    )
+    alone = len(paths) == 1 and not (Path(paths[0]) / "metrics.json").exists()
+    out_dir = Path(out) if out else (Path(paths[0]) if alone else Path("compare"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_curves(arms, metric, main_metric, out_dir, smooth)
-    try:
-        prediction_grid(arms, {key: label(key) for key in arms}, out_dir, sort_key)
-        pictures = "![predictions](predictions.png)\n\n"
-    except (SegbenchError, OSError) as err:  # data or checkpoints moved away: the numbers still compare
-        (out_dir / "predictions.png").unlink(missing_ok=True)
-        pictures = f"(no prediction grid: {one_line(err)})\n\n"
+    pictures = _pictures(arms, metric, main_metric, out_dir, smooth)
     rows = summarize(arms, metric)
-    design, design_note = verdicts.describe_design(runs, margin)
-    planned = read_design(paths)
-    if planned:  # a sequential study: judged at alpha / looks, as its rounds were
-        design = Design(design.margin, float(planned["alpha"]), int(planned["looks"]), design.power)
-        design_note += (
-            f"; sequential study: {planned['looks']} looks planned ({planned['first']} seeds, then "
-            f"{planned['per_round']} per round up to {planned['max_seeds']}), each at alpha/{planned['looks']}"
-        )
+    design, design_note = _design(runs, paths, margin)
     pairs = verdicts.paired_comparisons(arms, metric, result, label, sort_key, design)
     scopes = {(r.config.get("study") or {}).get("scope", "subjects") for r in runs}
     scope = "population" if "population" in scopes else "subjects"
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out_dir / "summary.csv", buffer.getvalue())
+    write_text(out_dir / "summary.csv", _csv(rows, list(rows[0])))
     if pairs:
-        buffer = io.StringIO()
-        fields = [
-            "a",
-            "b",
-            "differs_in",
-            "same",
-            "n",
-            "budget",
-            "converged",
-            "diff",
-            "low",
-            "high",
-            "median",
-            "hodges_lehmann",
-            "hl_low",
-            "hl_high",
-            "p",
-            "p_holm",
-            "p_tost",
-            "p_tost_holm",
-            "margin",
-            "equivalence_margin_supported",
-            "p_sign_flip",
-            "p_wilcoxon",
-            "detectable",
-            "seeds_to_detect_margin",
-            "seeds_for_equivalence",
-            "verdict",
-        ]
-        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(pairs)
-        write_text(out_dir / "paired.csv", buffer.getvalue())
+        write_text(out_dir / "paired.csv", _csv(pairs, PAIRED_FIELDS))
+    verdict_lines = [
+        f"{p['a']} vs {p['b']}: {_verdict(p, scope)} (a - b {_f(p['diff'])} {_ci(p['low'], p['high'])}, "
+        f"n={p['n']}, Holm p={_f(p['p_holm'], '.3f')})"
+        for p in pairs
+    ]
+    write_text(out_dir / "verdicts.txt", "".join(line + "\n" for line in verdict_lines))
     seeds = sorted({r.metrics.get("seed") for r in runs})
+    # The verdicts in sentences first: what a reader opened the report for, before any table.
+    opening = ("## Verdicts\n\n" + "".join(f"- {line}\n" for line in verdict_lines) + "\n") if verdict_lines else ""
     header = (
         f"# segbench comparison\n\n{len(runs)} runs in {len(arms)} arms, varying: {', '.join(varying)}; "
         f"seeds: {', '.join(map(str, seeds))}.\n\n"
@@ -347,23 +343,10 @@ def compare(
         f"{' (sigmoid threshold also chosen on val)' if metric == 'dice' else ''}; "
         "cells are mean [95% t-interval over seeds]. `val_selection` is the val number used to choose and is "
         "not a result. `train_eval_loss`: training images in eval mode, measured alike for every arm.\n\n"
-        "![curves](curves.png)\n\n" + pictures
-    )
-    verdict_lines = [
-        f"{p['a']} vs {p['b']}: {_verdict(p, scope)} (a - b {_f(p['diff'])} {_ci(p['low'], p['high'])}, "
-        f"n={p['n']}, Holm p={_f(p['p_holm'], '.3f')})"
-        for p in pairs
-    ]
-    write_text(out_dir / "verdicts.txt", "".join(line + "\n" for line in verdict_lines))
-    # The verdicts in sentences first: what a reader opened the report for, before any table.
-    opening = ("## Verdicts\n\n" + "".join(f"- {line}\n" for line in verdict_lines) + "\n") if verdict_lines else ""
-    header = header.replace("\n\n![curves]", "\n\n" + opening + "![curves]", 1)
+        + opening + "![curves](curves.png)\n\n" + pictures
+    )  # fmt: skip
+    runs_list = "\n".join(f"- {r.path}" for r in runs)
     write_text(
-        out_dir / "summary.md",
-        header
-        + markdown(rows, pairs, metric, design_note, scope)
-        + "\n\n"
-        + "\n".join(f"- {r.path}" for r in runs)
-        + "\n",
+        out_dir / "summary.md", header + markdown(rows, pairs, metric, design_note, scope) + "\n\n" + runs_list + "\n"
     )
     return out_dir

@@ -125,15 +125,52 @@ def _csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+def _external_dataset(cfg, data_root: str):
+    """The run's reader on every subject of ``data_root``, with the run's preprocessing, no augmentation."""
+    from segbench.data import DATASETS
+
+    split_keys = ("split", "test_sites", "folds", "fold", "val_fraction", "test_fraction", "split_seed")
+    loader_keys = ("name", "batch_size", "val_batch_size", "num_workers", "site_batches")
+    opts = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in split_keys + loader_keys}
+    opts.update(root=str(data_root), augment=False)
+    if cfg.data.name not in DATASETS or cfg.data.name in ("voc", "brats3d"):
+        raise SegbenchError(
+            f"segbench evaluate scores runs on subjects with sigmoid masks (data=lgg, brats, "
+            f"folder, brain_phantom); this run has data={cfg.data.name}"
+        )
+    try:
+        dataset = DATASETS[cfg.data.name]("all", int(cfg.data.get("split_seed", 0)), **opts)
+    except TypeError as err:
+        raise SegbenchError(f"data={cfg.data.name}: {err}") from None
+    if dataset.target_kind != "multilabel":
+        raise SegbenchError(f"{data_root}: its masks are class ids; segbench evaluate scores sigmoid masks")
+    return dataset
+
+
+def _score(cfg, state: dict, path: Path, dataset, threshold: float) -> dict:
+    """The checkpoint's results on ``dataset`` at ``threshold``, in eval mode; nothing is tuned."""
+    from segbench.eval.evaluate import evaluate
+    from segbench.ranks import DistContext
+    from segbench.train.checkpoint import load_model_state
+    from segbench.train.prepare import loss_from_config, model_from_config
+
+    modalities = list(getattr(dataset, "modalities", []))
+    model = model_from_config(cfg, dataset.in_channels, dataset.num_outputs, modalities, init=False)
+    load_model_state(model, state, path)
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    results, _ = evaluate(
+        model.eval(), dataset, loss_from_config(cfg, dataset.target_kind), ctx,
+        int(cfg.data.get("val_batch_size", 16)), threshold=threshold, tune=False,
+        hd95=str(cfg.trainer.get("hd95", "monai")),
+    )  # fmt: skip
+    return results
+
+
 def evaluate_external(
     run_dir: str, data_root: str, checkpoint: str = "best.pt", name: str | None = None, force: bool = False
 ) -> dict:
     """Score ``run_dir``'s checkpoint on every subject of ``data_root``; returns what evaluation.json holds."""
-    from segbench.data import DATASETS
-    from segbench.eval.evaluate import evaluate
-    from segbench.ranks import DistContext
-    from segbench.train.checkpoint import load_checkpoint, load_model_state
-    from segbench.train.prepare import loss_from_config, model_from_config
+    from segbench.train.checkpoint import load_checkpoint
 
     run = Path(run_dir)
     metrics, path = _read_run(run, checkpoint)
@@ -142,59 +179,12 @@ def evaluate_external(
         raise SegbenchError(f"{out} already holds an evaluation; pass --force to write it again or --name another")
     state = load_checkpoint(path, ("model", "config"))
     cfg = OmegaConf.create(state["config"])
-    opts = {
-        k: v
-        for k, v in OmegaConf.to_container(cfg.data).items()
-        if k
-        not in (
-            "name",
-            "batch_size",
-            "val_batch_size",
-            "num_workers",
-            "split_seed",
-            "site_batches",
-            "split",
-            "test_sites",
-            "folds",
-            "fold",
-            "val_fraction",
-            "test_fraction",
-        )
-    }
-    opts["root"] = str(data_root)
-    if cfg.data.name not in DATASETS or cfg.data.name in ("voc", "brats3d"):
-        raise SegbenchError(
-            f"segbench evaluate scores runs on subjects with sigmoid masks (data=lgg, brats, "
-            f"folder, brain_phantom); this run has data={cfg.data.name}"
-        )
-    try:
-        dataset = DATASETS[cfg.data.name]("all", int(cfg.data.get("split_seed", 0)), **{**opts, "augment": False})
-    except TypeError as err:
-        raise SegbenchError(f"data={cfg.data.name}: {err}") from None
-    if dataset.target_kind != "multilabel":
-        raise SegbenchError(f"{data_root}: its masks are class ids; segbench evaluate scores sigmoid masks")
-    model = model_from_config(
-        cfg, dataset.in_channels, dataset.num_outputs, list(getattr(dataset, "modalities", [])), init=False
-    )
-    load_model_state(model, state, path)
+    dataset = _external_dataset(cfg, data_root)
     threshold, source = chosen_threshold(metrics, checkpoint)
-    ctx = DistContext(0, 1, 0, torch.device("cpu"))
-    torch.manual_seed(0)
-    results, _ = evaluate(
-        model.eval(),
-        dataset,
-        loss_from_config(cfg, dataset.target_kind),
-        ctx,
-        int(cfg.data.get("val_batch_size", 16)),
-        threshold=threshold,
-        tune=False,
-        hd95=str(cfg.trainer.get("hd95", "monai")),
-    )
+    results = _score(cfg, state, path, dataset, threshold)
     rows = _rows(results, dataset)
-    dice = np.array([r["dice"] for r in rows])
-    by_site = {}
-    for site in sorted({r["site"] for r in rows if r["site"]}):
-        by_site[site] = summarize_subjects(np.array([r["dice"] for r in rows if r["site"] == site]))
+    sites = sorted({r["site"] for r in rows if r["site"]})
+    unit = getattr(dataset, "distance_unit", "mm")
     report = {
         "run": str(run),
         "checkpoint": checkpoint,
@@ -204,20 +194,19 @@ def evaluate_external(
         "threshold": threshold,
         "threshold_source": source,
         "labels_used_for_choices": "none: no training, no adaptation, threshold and checkpoint chosen on the run's val",
-        "dice": summarize_subjects(dice),
-        "by_site": by_site,
+        "dice": summarize_subjects(np.array([r["dice"] for r in rows])),
+        "by_site": {s: summarize_subjects(np.array([r["dice"] for r in rows if r["site"] == s])) for s in sites},
         "hd95_mean": float(np.nanmean([r["hd95"] for r in rows])),
-        "hd95_unit": getattr(dataset, "distance_unit", "mm"),
+        "hd95_unit": unit,
         "hd95_convention": str(cfg.trainer.get("hd95", "monai")),
-        "volume_unit": "mm^3" if getattr(dataset, "distance_unit", "mm") == "mm" else "pixels x slices",
+        "volume_unit": "mm^3" if unit == "mm" else "pixels x slices",
         "seed": metrics.get("seed"),
         "norm": metrics.get("norm"),
-        "results": {k: v for k, v in results.items()},  # per_case included: compare's population scope reads it
+        "results": results,  # per_case included: compare's population scope reads it
     }
     write_text(out / "per_subject.csv", _csv(rows))
     write_json(out / "evaluation.json", report)
-    report["out"] = str(out)
-    return report
+    return {**report, "out": str(out)}
 
 
 def format_report(report: dict) -> str:
