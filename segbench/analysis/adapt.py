@@ -85,6 +85,24 @@ def tent(model: nn.Module, images, kind: str, device, lr: float = 1e-3) -> list[
     return seen
 
 
+def _summary(scores: dict, metric: str, extra: dict) -> dict:
+    keep = {metric: scores[metric], "dice_at_0.5": scores.get("dice_at_0.5"), "ap": scores.get("ap")}
+    return {**keep, "per_case": scores.get("per_case"), **extra}
+
+
+def _check_methods(methods, cfg, model, test_set) -> list[str] | None:
+    """One line when a method cannot run on this run; each test sample's site for ``site_bn``."""
+    for method in ("adabn", "site_bn"):
+        if method in methods and not bn_layers(model):
+            raise SegbenchError(f"--methods {method}: norm={cfg.norm.name} keeps no running statistics to re-estimate")
+    sites = sample_sites(test_set) if "site_bn" in methods else None
+    if "site_bn" in methods and (not sites or not all(sites)):
+        raise SegbenchError(
+            "--methods site_bn needs every test subject's site: a sites.tsv (subject<TAB>site) in data.root"
+        )
+    return sites
+
+
 def adapt(
     run_dir: str,
     methods=METHODS,
@@ -102,14 +120,7 @@ def adapt(
         raise SegbenchError(f"--methods {','.join(methods)}: choose from {', '.join(METHODS)}")
     run = Path(run_dir)
     cfg, model, train_set, val_set, test_set, loss_fn, _ = load_run(run, checkpoint, "test")
-    for method in ("adabn", "site_bn"):
-        if method in methods and not bn_layers(model):
-            raise SegbenchError(f"--methods {method}: norm={cfg.norm.name} keeps no running statistics to re-estimate")
-    sites = sample_sites(test_set) if "site_bn" in methods else None
-    if "site_bn" in methods and (not sites or not all(sites)):
-        raise SegbenchError(
-            "--methods site_bn needs every test subject's site: a sites.tsv (subject<TAB>site) in data.root"
-        )
+    sites = _check_methods(methods, cfg, model, test_set)
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     vbatch = int(cfg.data.get("val_batch_size", cfg.data.batch_size))
     threshold = float(
@@ -156,16 +167,8 @@ def adapt(
         if method == "site_bn":
             results[method] = per_site(adapted)
             continue
-        scores = evaluate(adapted.eval(), test_set, loss_fn, ctx, vbatch, threshold=threshold, hd95=False, tune=False)[
-            0
-        ]
-        results[method] = {
-            metric: scores[metric],
-            "dice_at_0.5": scores.get("dice_at_0.5"),
-            "ap": scores.get("ap"),
-            "per_case": scores.get("per_case"),
-            **extra,
-        }
+        scores = evaluate(adapted.eval(), test_set, loss_fn, ctx, vbatch, threshold=threshold, hd95=False, tune=False)
+        results[method] = _summary(scores[0], metric, extra)
     out = {
         "metric": metric,
         "threshold_from_val": threshold,

@@ -111,6 +111,28 @@ def _population(p: dict) -> str:
     return f"{_f(c['diff'])} {_ci(c['low'], c['high'])} ({c['subjects']} subjects)"
 
 
+def _seed_plan(pairs: list[dict], level: float) -> list[str]:
+    """Lines planning the seeds each undecided (and converged) comparison needs, from its spread."""
+    lines: list[str] = []
+    plan = [p for p in pairs if not p["decided"] and not p.get("early")]
+    if plan:
+        lines += [
+            "",
+            f"**Seeds planned from these runs as a pilot** (margin ±{pairs[0]['margin']:g}, 80 % power, "
+            f"level {level:g}; the per-seed spread of each comparison):",
+        ]
+        for p in plan:
+            need = p["seeds_to_detect_margin"] or "over 1000"
+            equiv = p["seeds_for_equivalence"] or "over 1000"
+            lines.append(
+                f"- {p['a']} vs {p['b']}: inconclusive at n = {p['n']}; about {need} paired seeds to detect a "
+                f"difference of {p['margin']:g}, about {equiv} to show equivalence within ±{p['margin']:g}; "
+                f"at n = {p['n']} equivalence could be claimed only within "
+                f"±{_f(p['equivalence_margin_supported'], '.3f')}."
+            )
+    return lines
+
+
 def markdown(rows: list[dict], pairs: list[dict], metric: str, design_note: str = "", scope: str = "subjects") -> str:
     cols = [(name.format(m=metric), digits) for name, _, digits in COLUMNS]
     best_value = max((r[f"test_{metric}"] for r in rows if np.isfinite(r[f"test_{metric}"])), default=None)
@@ -175,22 +197,7 @@ def markdown(rows: list[dict], pairs: list[dict], metric: str, design_note: str 
             f"±{_f(p['equivalence_margin_supported'], '.3f')} | "
             f"{_f(p['detectable'], '.3f')} | {_population(p)} | {_verdict(p, scope)} |"
         )
-    plan = [p for p in pairs if not p["decided"] and not p.get("early")]
-    if plan:
-        lines += [
-            "",
-            f"**Seeds planned from these runs as a pilot** (margin ±{pairs[0]['margin']:g}, 80 % power, "
-            f"level {level:g}; the per-seed spread of each comparison):",
-        ]
-        for p in plan:
-            need = p["seeds_to_detect_margin"] or "over 1000"
-            equiv = p["seeds_for_equivalence"] or "over 1000"
-            lines.append(
-                f"- {p['a']} vs {p['b']}: inconclusive at n = {p['n']}; about {need} paired seeds to detect a "
-                f"difference of {p['margin']:g}, about {equiv} to show equivalence within ±{p['margin']:g}; "
-                f"at n = {p['n']} equivalence could be claimed only within "
-                f"±{_f(p['equivalence_margin_supported'], '.3f')}."
-            )
+    lines += _seed_plan(pairs, level)
     if min((p["n"] for p in pairs), default=0) < verdicts.SMALL_N:
         lines += [
             "",

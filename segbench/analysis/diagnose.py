@@ -114,6 +114,30 @@ GAP = 0.05
 CLOSE = 0.02
 
 
+def _side_notes(cause: str, evaluates_with_batch: bool, state: dict, scores: dict, flips: float, batch_size: int):
+    """Evidence beside the cause: untouched statistics that do not hurt, small batches, batch dependence."""
+    running, precise, batch = scores["running"], scores["precise"], scores["batch"]
+    lines = []
+    if not evaluates_with_batch and state["never_updated"] and cause != "never_updated":
+        lines.append("the running statistics were never updated (still (0, 1)), but eval does not suffer from it here")
+    if batch_size <= 2:
+        lines.append(
+            f"trained at batch {batch_size}: BN's batch statistics are noisy there; one run cannot show "
+            "whether that hurt — compare with group norm at this batch (experiment=norm_vs_batch_size)"
+        )
+    if not evaluates_with_batch and batch - max(running, precise) > GAP:
+        lines.append(
+            f"the net relies on batch statistics: {batch:.2f} with them vs {max(running, precise):.2f} "
+            f"with fixed ones; BN at this batch size trains a net that eval mode cannot reproduce"
+        )
+    if flips == flips and flips > 0.01:
+        lines.append(
+            f"predictions depend on batch-mates: {100 * flips:.1f}% of an image's pixels change class when "
+            f"its batch-mates change; a batch-independent norm (group, instance, layer) avoids this"
+        )
+    return lines
+
+
 def name_cause(
     metric: str, scores: dict, state: dict, flips: float, layers: list[dict], batch_size: int
 ) -> tuple[str, list[str]]:
@@ -178,24 +202,34 @@ def name_cause(
             f"{precise:.2f}; the gaps are between {CLOSE} and {GAP} and the statistics' state points at "
             "nothing, where this check cannot tell causes apart"
         )
-    if not evaluates_with_batch and state["never_updated"] and cause != "never_updated":
-        lines.append("the running statistics were never updated (still (0, 1)), but eval does not suffer from it here")
-    if batch_size <= 2:
-        lines.append(
-            f"trained at batch {batch_size}: BN's batch statistics are noisy there; one run cannot show "
-            "whether that hurt — compare with group norm at this batch (experiment=norm_vs_batch_size)"
-        )
-    if not evaluates_with_batch and batch - max(running, precise) > GAP:
-        lines.append(
-            f"the net relies on batch statistics: {batch:.2f} with them vs {max(running, precise):.2f} "
-            f"with fixed ones; BN at this batch size trains a net that eval mode cannot reproduce"
-        )
-    if flips == flips and flips > 0.01:
-        lines.append(
-            f"predictions depend on batch-mates: {100 * flips:.1f}% of an image's pixels change class when "
-            f"its batch-mates change; a batch-independent norm (group, instance, layer) avoids this"
-        )
+    lines += _side_notes(cause, evaluates_with_batch, state, scores, flips, batch_size)
     return cause, lines
+
+
+def _render(run, checkpoint, cfg, step, split, metric, scores, vbatch, used, state, flips, layers, cause, verdict):
+    """diagnose.md: the cause, the four scores, the statistics' state, the furthest layers, the evidence."""
+    worst = sorted(layers, key=lambda r: -r["mean_shift"])[:5]
+    text = "\n".join(
+        [
+            f"# BN diagnosis of {run} ({checkpoint}, norm={cfg.norm.name}, batch {cfg.data.batch_size}, step {step})",
+            "",
+            f"cause: {cause}",
+            "",
+            f"{split} {metric}{' (each at the threshold it chose on val)' if split == 'test' else ''}: "
+            f"running statistics {scores['running']:.4f} | batch statistics {scores['batch']:.4f} (batch {vbatch}), "
+            f"{scores['batch_1']:.4f} (batch 1) | precise BN over {used} batches {scores['precise']:.4f}",
+            f"statistics: never updated {state['never_updated']}; momentum {state['momentum']}; "
+            f"initial (0, 1) left after {step} steps {100 * state['initial_share_left']:.1f}%",
+            f"batch-mate dependence: {100 * flips:.2f}% of pixels change",
+            "",
+            "layers whose running statistics are furthest from recomputed ones "
+            "(mean shift in sigmas, |log var ratio|):",
+            *[f"  {r['layer']}: {r['mean_shift']:.3f}, {r['log_var_ratio']:.3f}" for r in worst],
+            "",
+            *[f"- {line}" for line in verdict],
+        ]
+    )
+    return text
 
 
 def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt", split: str = "val") -> str:
@@ -256,26 +290,8 @@ def diagnose(run_dir: str, batches: int = 20, checkpoint: str = "last.pt", split
         "verdict": verdict,
     }
     write_json(run / "diagnose.json", result)
-    worst = sorted(layers, key=lambda r: -r["mean_shift"])[:5]
-    text = "\n".join(
-        [
-            f"# BN diagnosis of {run} ({checkpoint}, norm={cfg.norm.name}, batch {cfg.data.batch_size}, step {step})",
-            "",
-            f"cause: {cause}",
-            "",
-            f"{split} {metric}{' (each at the threshold it chose on val)' if split == 'test' else ''}: "
-            f"running statistics {scores['running']:.4f} | batch statistics {scores['batch']:.4f} (batch {vbatch}), "
-            f"{scores['batch_1']:.4f} (batch 1) | precise BN over {used} batches {scores['precise']:.4f}",
-            f"statistics: never updated {state['never_updated']}; momentum {state['momentum']}; "
-            f"initial (0, 1) left after {step} steps {100 * state['initial_share_left']:.1f}%",
-            f"batch-mate dependence: {100 * flips:.2f}% of pixels change",
-            "",
-            "layers whose running statistics are furthest from recomputed ones "
-            "(mean shift in sigmas, |log var ratio|):",
-            *[f"  {r['layer']}: {r['mean_shift']:.3f}, {r['log_var_ratio']:.3f}" for r in worst],
-            "",
-            *[f"- {line}" for line in verdict],
-        ]
+    text = _render(
+        run, checkpoint, cfg, step, split, metric, scores, vbatch, used, state, flips, layers, cause, verdict
     )
     write_text(run / "diagnose.md", text + "\n")
     metrics_path = run / "metrics.json"

@@ -42,6 +42,41 @@ def _band(runs: list[Run], tag: str, smooth: float = 0.0):
     return np.array(steps, float), ci[:, 0], ci[:, 1], ci[:, 2]
 
 
+def _draw_arm(
+    ax, key, runs: list[Run], panel: tuple, smooth: float, by_images: bool, style: dict, marked: bool
+) -> bool:
+    """One arm's mean curve with its band (and, on val panels, where each seed's best checkpoint was
+    taken); returns whether the checkpoint marks have their legend entry now."""
+    tag, smoothed, _, log, _, (low, high) = panel
+    band = _band(runs, tag, smooth if smoothed else 0.0)
+    if band is None:
+        return marked
+    x, mean, lo, hi = band
+    first = runs[0].metrics
+    scale = float(first.get("global_batch_size") or 1) if by_images else 1.0  # steps -> images seen
+    x = x * scale
+    if smoothed and smooth:
+        raw = _band(runs, tag)
+        # Faint, and kept out of the axis limits: one raw dip must not squash the smoothed curves.
+        ax.plot(raw[0] * scale, raw[1], alpha=0.25, linewidth=0.6, scalex=False, scaley=False, **style)
+    ax.plot(x, mean, label=f"{label(key)} (n={len(runs)})", marker=None if smoothed else "o", markersize=3, **style)
+    if np.isfinite(lo).any():
+        floor = np.nanmin(mean[mean > 0]) / 10 if log and (mean > 0).any() else low
+        # A t-band can leave the metric's range at few seeds; drawn clipped to it.
+        ax.fill_between(x, np.clip(lo, floor, high), np.clip(hi, floor, high), alpha=0.18, color=style["color"])
+    if not smoothed and tag.startswith("val/") and tag != "val/loss":
+        chosen = [(r.metrics.get("val", {}).get("best") or {}).get("step") for r in runs]
+        at = dict(zip(x / scale, mean))
+        marks = [(c * scale, at[c]) for c in chosen if c in at]
+        if marks:
+            ax.scatter(
+                *zip(*marks), marker="v", s=40, color=style["color"], edgecolor="black", zorder=3,
+                label=None if marked else "best-by-val checkpoint (per seed)",
+            )  # fmt: skip
+            return True
+    return marked
+
+
 def plot_curves(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out: Path, smooth: float = 0.6) -> None:
     import matplotlib
 
@@ -84,43 +119,13 @@ def plot_curves(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out
     by_images = len(batches) > 1  # steps of different batch sizes are not comparable; images seen are
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)))
     marked = False  # the checkpoint marks' legend entry, once
-    for ax, (tag, smoothed, title, log, ylabel, (low, high)) in zip(axes, panels):
+    for ax, panel in zip(axes, panels):
+        _, _, title, log, ylabel, _ = panel
         for key in sorted(arms, key=sort_key):
-            runs = arms[key]
-            band = _band(runs, tag, smooth if smoothed else 0.0)
-            if band is None:
-                continue
-            x, mean, lo, hi = band
-            first = runs[0].metrics
-            scale = float(first.get("global_batch_size") or 1) if by_images else 1.0  # steps -> images seen
-            x = x * scale
-            style = dict(color=colours[colour_group(key)], linestyle=styles[first.get("global_batch_size")])
-            if smoothed and smooth:
-                raw = _band(runs, tag)
-                # Faint, and kept out of the axis limits: one raw dip must not squash the smoothed curves.
-                ax.plot(raw[0] * scale, raw[1], alpha=0.25, linewidth=0.6, scalex=False, scaley=False, **style)
-            ax.plot(
-                x, mean, label=f"{label(key)} (n={len(runs)})", marker=None if smoothed else "o", markersize=3, **style
+            style = dict(
+                color=colours[colour_group(key)], linestyle=styles[arms[key][0].metrics.get("global_batch_size")]
             )
-            if np.isfinite(lo).any():
-                floor = np.nanmin(mean[mean > 0]) / 10 if log and (mean > 0).any() else low
-                # A t-band can leave the metric's range at few seeds; drawn clipped to it.
-                ax.fill_between(x, np.clip(lo, floor, high), np.clip(hi, floor, high), alpha=0.18, color=style["color"])
-            if not smoothed and tag.startswith("val/") and tag != "val/loss":
-                chosen = [(r.metrics.get("val", {}).get("best") or {}).get("step") for r in runs]
-                at = dict(zip(x / scale, mean))
-                marks = [(c * scale, at[c]) for c in chosen if c in at]
-                if marks:
-                    ax.scatter(
-                        *zip(*marks),
-                        marker="v",
-                        s=40,
-                        color=style["color"],
-                        edgecolor="black",
-                        zorder=3,
-                        label=None if marked else "best-by-val checkpoint (per seed)",
-                    )
-                    marked = True
+            marked = _draw_arm(ax, key, arms[key], panel, smooth, by_images, style, marked)
         ax.set_title(title + "; band: 95% CI over seeds", fontsize=9)
         ax.set_xlabel("images seen" if by_images else "step")
         ax.set_ylabel(ylabel)
@@ -134,6 +139,13 @@ def plot_curves(arms: dict[tuple, list[Run]], metric: str, main_metric: str, out
     fig.tight_layout()
     save_figure(out / "curves.png", fig)
     plt.close(fig)
+
+    _plot_by_batch_size(arms, metric, groups, colours, batches, out)
+
+
+def _plot_by_batch_size(arms, metric: str, groups: list, colours: dict, batches: list, out: Path) -> None:
+    """by_batch_size.png: each arm's test metric against its batch size, every seed drawn."""
+    import matplotlib.pyplot as plt
 
     if len(batches) < 2:
         (out / "by_batch_size.png").unlink(missing_ok=True)  # one batch size: nothing to draw

@@ -85,7 +85,7 @@ def summary(report: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="segbench bench")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     parser.add_argument("--batch-size", type=at_least(1), default=8)
@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seed-val-every", type=at_least(1), default=50)
     parser.add_argument("--packs", default="4,8", help="comma-separated K of the packed ways")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         packs = [int(k) for k in args.packs.split(",") if k.strip()]
@@ -149,6 +154,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.only_seeds:
         return _seeds(report, args, packs, "1/1")
+    _timings(report, args, size, device)
+    if not args.skip_seeds:
+        return _seeds(report, args, packs, "8/8")
+    return _finish(report)
+
+
+def _timings(report: dict, args, size: tuple, device) -> None:
+    """Phases 1-7: the step, the trainer, the loader, each norm, precision, 3-D, time to accuracy."""
     phases = 8
     say(f"1/{phases} segbench's train_step vs a bare PyTorch step on {report['device']}")
     report["train_step"] = train_step_vs_bare(
@@ -188,9 +201,6 @@ def main(argv: list[str] | None = None) -> dict:
         report["time_to_accuracy"] = compare_candidates(
             args.data, args.target_dice, args.tta_steps, args.tta_val_every, device.type, say
         )
-    if not args.skip_seeds:
-        return _seeds(report, args, packs, f"8/{phases}")
-    return _finish(report)
 
 
 def _seeds(report: dict, args, packs: list[int], phase: str) -> dict:
