@@ -222,9 +222,10 @@ def preflight(
     if claim_run and target is not None and int(os.environ.get("RANK", 0)) == 0:
         # Before Hydra writes .hydra/: a second run, or a second sweep into the same folder (whose
         # members would share subfolder names with this one's), started now is refused untouched.
+        created = not target.exists()
         lock = claim(target, "hydra.sweep.dir" if multirun else "hydra.run.dir")
         if multirun:  # the sweep's process holds it while its members run; a run holds its own in train()
-            atexit.register(release, lock)
+            atexit.register(release, lock, created)
     return argv, run
 
 

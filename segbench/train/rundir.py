@@ -80,11 +80,14 @@ def claim(run_dir: Path, key: str = "hydra.run.dir") -> Path:
     return path
 
 
-def release(lock: Path) -> None:
-    """Remove ``lock`` if this process holds it (a sweep's folder lock at the sweep's end)."""
+def release(lock: Path, created: bool = False) -> None:
+    """Remove ``lock`` if this process holds it (a sweep's folder lock at the sweep's end), and the
+    folder too when ``created`` (this process made it) and nothing else was written into it."""
     try:
         if lock.read_text().split()[:2] == [socket.gethostname(), str(os.getpid())]:
             lock.unlink()
+        if created and not any(lock.parent.iterdir()):
+            lock.parent.rmdir()  # a sweep refused after its lock (a bad launcher setting) leaves nothing
     except (OSError, ValueError):
         pass
 
