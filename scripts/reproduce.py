@@ -170,7 +170,7 @@ def claim_stale_stats(out, seeds, quick):
         diagnose(str(run.path), split="test")
         diag[run.metrics["seed"]] = json.loads((run.path / "diagnose.json").read_text())
     res = stats.paired({s: d["running"] for s, d in diag.items()}, {s: d["precise"] for s, d in diag.items()})
-    named = sum("running statistics are stale" in " ".join(d["verdict"]) for d in diag.values())
+    named = sum(d["cause"] == "stale" for d in diag.values())
     metric = next(iter(diag.values()))["metric"]
     return [
         "## 2. Never-updated BN statistics (the TF1 UPDATE_OPS pitfall, momentum 0)",

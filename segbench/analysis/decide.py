@@ -73,18 +73,19 @@ def _difference(sign: int, direction: int) -> Verdict:
     return Verdict.HELD if sign == direction else Verdict.DID_NOT_HOLD
 
 
-def render(res: dict, converged: bool | None = True) -> str:
-    """The words of a comparison's verdict (``res``: one result of ``decide_family``)."""
+def render(res: dict, converged: bool | None = True, unit: str = "seed") -> str:
+    """The words of a comparison's verdict (``res``: one result of ``decide_family``); ``unit``: what
+    one paired replicate is (a seed; a (seed, held-out site) unit in the site study)."""
     kind, n = res["kind"], res["n"]
     if kind is Verdict.EQUIVALENT:
         text = f"equivalent within ±{res['margin']:g}"
     elif kind is not Verdict.INCONCLUSIVE:
         text = kind.value
     elif n < 2:
-        text = f"inconclusive at {n} seed{'s' if n != 1 else ''} (no interval)"
+        text = f"inconclusive at {n} {unit}{'s' if n != 1 else ''} (no interval)"
     else:
         need = [m for m in (res["seeds_to_detect_margin"], res["seeds_for_equivalence"]) if m]
-        text = f"inconclusive at {n} seeds" + (f"; needs about {min(need)} paired seeds" if need else "")
+        text = f"inconclusive at {n} {unit}s" + (f"; needs about {min(need)} paired {unit}s" if need else "")
     if res["early"]:
         what = "not converged" if converged is False else "convergence unknown"
         text = f"early-training comparison ({what}): {text} at this budget, not a verdict on final performance"

@@ -26,7 +26,7 @@ import numpy as np
 
 from segbench.analysis import stats
 from segbench.analysis.arms import result
-from segbench.analysis.decide import Design, decide_family
+from segbench.analysis.decide import Design, decide_family, render
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.verdicts import arm_converged, run_convergence
 
@@ -120,9 +120,10 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
             [r["diffs"] for r in rows], design, [r["direction"] for r in rows], [r["converged"] for r in rows]
         ),
     ):
+        converged = row["converged"]
         row.update(verdict)
-        # The decision code counts paired seeds; here a pair is a (seed, held-out site) unit.
-        row["verdict"] = row["verdict"].replace("paired seeds", "paired units").replace(" seeds", " units")
+        # Here a pair is a (seed, held-out site) unit, not a seed.
+        row["verdict"] = render(row, converged, unit="unit")
     sites = sorted({site for by in values.values() for _, site in by})
     per_arm = {}
     for name, by in sorted(values.items()):
