@@ -346,3 +346,16 @@ def test_folder_data_stacks_slices_in_number_order_so_hd95_sees_the_blob_move(tm
     assert got == pytest.approx(hd95(pred, truth, (1, 1, 1))) and got > 5
     text = sorted(range(slices), key=lambda k: str(k + 1))
     assert hd95(pred[text], truth[text], (1, 1, 1)) < 2  # what text order would have reported
+
+
+def test_by_site_split_and_site_batches_read_the_institutions(lgg):
+    from segbench.data import build_datasets
+    from segbench.data.site_batches import check_site_batches
+
+    cfg = {"name": "lgg", "root": str(lgg), "size": [32, 32], "split": "by_site", "test_sites": ["HT"],
+           "batch_size": 4, "site_batches": True, "augment": False}  # fmt: skip
+    splits = build_datasets(cfg)
+    assert {v.site for v in splits.test.volumes} == {"HT"}
+    assert "HT" not in {v.site for v in splits.train.volumes} | {v.site for v in splits.val.volumes}
+    by_site = check_site_batches(splits.train, 4)
+    assert set(by_site) <= {"CS", "DU", "FG"} and sum(len(i) for i in by_site.values()) == len(splits.train)
