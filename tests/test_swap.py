@@ -142,7 +142,7 @@ def test_smp_unet_on_a_timm_encoder_takes_any_norm(norm):
     out = model(torch.randn(2, 4, 32, 32))
     assert out.shape == (2, 1, 32, 32)
     out.mean().backward()
-    assert model.norm_report and all(k.endswith(f"-> {norm.replace('_', '')}") for k in model.norm_report)
+    assert model.norm_report and all(k.endswith(f"-> {norm}") for k in model.norm_report)
 
 
 def test_timms_norm_activation_layers_keep_their_activation():

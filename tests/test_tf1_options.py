@@ -135,10 +135,13 @@ def test_precise_bn_recomputes_a_never_updating_bn_and_leaves_it_never_updating(
 
 def test_a_cause_that_predicts_worse_is_named_even_when_its_slower_learning_is_unresolved():
     from segbench.analysis.causes import answer_lines
+    from segbench.analysis.decide import Verdict
 
     def result(verdict, diff):
         return {
             "verdict": verdict,
+            "kind": Verdict.HELD if verdict == "held" else Verdict.INCONCLUSIVE,
+            "early": False,
             "diff": diff,
             "low": diff - 0.1,
             "high": diff + 0.1,
