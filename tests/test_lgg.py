@@ -244,60 +244,29 @@ def test_evaluate_scores_another_folder_without_choosing_on_its_labels(lgg, tmp_
     assert exit_info.value.code == 2 and snapshot(run) == before
 
 
-def test_compare_reads_evaluations_paired_by_seed(lgg, tmp_path):
+def test_compare_reads_evaluations_paired_by_seed(lgg, tmp_path, capsys):
     other = write_lgg(tmp_path / "other", {"TCGA_EZ_9_20010101": 10, "TCGA_HT_8_20010101": 12}, seed=5)
-    runs = [
-        _train(lgg, tmp_path / f"sweep/{norm}_{seed}", f"norm={norm}", f"seed={seed}")
-        for norm in ("none", "batch")
-        for seed in (0, 1)
-    ]
-    for run in runs:
-        assert (
-            subprocess.run(
-                [sys.executable, "-m", "segbench", "evaluate", str(run), "--data-root", str(other), "--name", "ext"],
-                capture_output=True,
-            ).returncode
-            == 0
-        )
+    sweep = tmp_path / "sweep"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "segbench",
-            "compare",
-            str(tmp_path / "sweep"),
-            "--by",
-            "norm",
-            "--evaluation",
-            "ext",
-            "--out",
-            str(tmp_path / "cmp"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+        [sys.executable, "-m", "segbench", "train", "-m", *TINY_LGG, f"data.root={lgg}", "norm=none,batch",
+         "seed=0,1", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert len(runs) == 4
+    for run in runs:
+        cli.main(["evaluate", str(run), "--data-root", str(other), "--name", "ext"])
+    cli.main(["compare", str(sweep), "--by", "norm", "--evaluation", "ext", "--out", str(tmp_path / "cmp")])
     summary = (tmp_path / "cmp/summary.md").read_text()
     assert "evaluation `ext`" in summary and "n=2" in (tmp_path / "cmp/verdicts.txt").read_text()
     means = {r: json.loads((r / "evaluations/ext/evaluation.json").read_text())["dice"]["mean"] for r in runs}
-    expected = np.mean([means[r] for r in runs if r.name.startswith("none")])
+    expected = np.mean([means[r] for r in runs if "norm=none" in r.name])
     assert f"{expected:.3f}" in summary
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "segbench",
-            "compare",
-            str(tmp_path / "sweep"),
-            "--evaluation",
-            "nope",
-            "--out",
-            str(tmp_path / "cmp2"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert missing.returncode == 2 and "has no evaluation 'nope'" in missing.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compare", str(sweep), "--evaluation", "nope", "--out", str(tmp_path / "cmp2")])
+    assert exit_info.value.code == 2 and "has no evaluation 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "cmp2").exists()
 
 
