@@ -223,11 +223,15 @@ def _check_options(fit, normalize, clip_percentiles, size, tumor_fraction):
             f"data.clip_percentiles={clip_percentiles!r} must be two percentiles, low below high, "
             "within 0-100, e.g. [1, 99]"
         )
-    if tumor_fraction is not None and not 0 <= float(tumor_fraction) <= 1:
-        raise SegbenchError(f"data.tumor_fraction={tumor_fraction} must be between 0 and 1 (or null: every slice)")
-    if len(size) != 2 or any(int(s) < 8 for s in size):
-        raise SegbenchError(f"data.size={list(size)} must be [H, W] of at least 8 pixels each")
+    if tumor_fraction is not None and not (_number(tumor_fraction) and 0 <= float(tumor_fraction) <= 1):
+        raise SegbenchError(f"data.tumor_fraction={tumor_fraction!r} must be between 0 and 1 (or null: every slice)")
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 8 for s in size):
+        raise SegbenchError(f"data.size={list(size)} must be [H, W], whole numbers of at least 8 pixels each")
     return lo, hi
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class LggSlices(SegmentationDataset):
