@@ -27,9 +27,9 @@ from segbench.ranks import DistContext
 from segbench.train import distributed
 from segbench.train.checkpoint import load_checkpoint, save_checkpoint
 from segbench.train.convergence import plateau, plateau_reached
-from segbench.train.precision import emulated_bf16
 from segbench.train.preemption import Preempted, StopRequest
 from segbench.train.prepare import Prepared, RunFinished, prepare
+from segbench.train.run_log import log_end, log_start, progress_bar, write_split
 from segbench.train.run_metrics import RunMetrics, budget, mean_over_layers
 from segbench.train.rundir import remove_orphans, run_lock
 from segbench.train.step import compile_for_training, train_step
@@ -83,7 +83,7 @@ def train(
         if ctx.is_main:
             remove_orphans(run_dir)
         if ctx.is_main:
-            _log_start(cfg, run_dir, ctx, prepared)
+            log_start(cfg, run_dir, ctx, prepared)
         try:
             metrics = _train(cfg, run_dir, ctx, prepared, started, after_step, step_fn, timing, stop)
         except Preempted as stopped:
@@ -91,66 +91,8 @@ def train(
                 log.warning("%s", stopped)
             stop.hand_on(stopped)  # submitit's requeue when it is there; else Preempted goes up
         if ctx.is_main:
-            _log_end(metrics, run_dir)
+            log_end(metrics, run_dir)
         return metrics
-
-
-def _log_start(cfg: DictConfig, run_dir: Path, ctx, prepared: Prepared) -> None:
-    splits = prepared.splits
-    weights = sum(p.numel() for p in prepared.model.parameters())
-    if getattr(splits.train, "summary", None):  # what the reader found (patients, slices, sites) first
-        log.info("data: %s", splits.train.summary)
-    log.info(
-        "run %s: model=%s (%s parameters) norm=%s loss=%s optim=%s lr=%g, batch %d x %d rank(s), %d steps on "
-        "%s, precision %s",
-        run_dir,
-        cfg.model.name,
-        f"{weights:,}",
-        cfg.norm.name,
-        cfg.loss.name,
-        cfg.optim.name,
-        float(cfg.optim.lr),
-        int(cfg.data.batch_size),
-        ctx.world_size,
-        prepared.total_steps,
-        ctx.device,
-        prepared.precision.name,
-    )
-    if emulated_bf16(prepared.precision, ctx.device):
-        log.warning(
-            "precision bf16-mixed on %s, which has no bf16 arithmetic (AVX-512 BF16, AMX or an Ampere+ GPU): "
-            "it is emulated and slower than float32 (10x per FCN-8s step on an AVX2 CPU); "
-            "trainer.precision=auto picks float32 here",
-            ctx.device,
-        )
-    if cfg.data.get("site_batches"):
-        log.info("site batches: every training batch from one site (per-site BN's training half)")
-    log.info(
-        "data %s (%s): %d train / %d val / %d test samples, %s targets, %d input channel(s)",
-        cfg.data.name,
-        cfg.data.get("root"),
-        len(splits.train),
-        len(splits.val),
-        len(splits.test) if splits.test is not None else 0,
-        splits.train.target_kind,
-        splits.train.in_channels,
-    )
-    if prepared.resumed_from is not None:
-        log.info("resumed at step %d of %d from %s", prepared.start, prepared.total_steps, prepared.resumed_from)
-
-
-def _log_end(metrics: dict, run_dir: Path) -> None:
-    main, report = metrics["main_metric"], metrics["report_metric"]
-    best, test = metrics["val"]["best"], metrics["test"].get("best", {})
-    tested = f"test {report} {test[report]:.4g}" if isinstance(test.get(report), (int, float)) else "no test split"
-    log.info(
-        "best val %s %.4g at step %s, %s; run: %s",
-        main,
-        best.get(main, float("nan")),
-        best.get("step"),
-        tested,
-        run_dir,
-    )
 
 
 @dataclass
@@ -208,7 +150,7 @@ def _train(cfg, run_dir, ctx, prepared: Prepared, started, after_step, step_fn, 
         info = RunInfo(run_dir, cfg, prepared.start, ctx.world_size, MAIN_METRIC[kind], REPORT_METRIC[kind])
         trackers = Trackers(info)
         if not prepared.start:
-            _write_split(run_dir, prepared.splits)
+            write_split(run_dir, prepared.splits)
     run = RunContext(
         cfg, run_dir, ctx, prepared, started, timing, stop, net, trackers,
         step_fn=step_fn or train_step,  # looked up at call time, so a test may replace train_step
@@ -225,7 +167,7 @@ def _train(cfg, run_dir, ctx, prepared: Prepared, started, after_step, step_fn, 
 def _loop(run: RunContext) -> dict:
     """Steps until the budget, a plateau, ``trainer.stop_at`` or a stop signal; then the test."""
     start, total = run.prepared.start, run.prepared.total_steps
-    progress = _progress(run.cfg, run.ctx, start, total)
+    progress = progress_bar(run.cfg, run.ctx, start, total)
     tick = fetched = time.perf_counter()
     # Starting to iterate draws a seed from torch's global RNG, which also drives dropout. A fresh
     # run draws it at step 0, before anything is saved; a resumed run's RNG is already where the
@@ -430,34 +372,5 @@ def finish(run: RunContext) -> dict:
     return out
 
 
-def _write_split(run_dir: Path, splits) -> None:
-    """``split.json``: which subjects each split holds (readers of whole subjects), so a reader can check
-    that train and test share no subject, or no site under ``data.test_sites``."""
-
-    def subjects(dataset):
-        volumes = getattr(dataset, "volumes", None)
-        return None if volumes is None else sorted({v.subject for v in volumes})
-
-    found = {
-        name: subjects(getattr(splits, name)) for name in ("train", "val", "test") if getattr(splits, name) is not None
-    }
-    if any(v is not None for v in found.values()):
-        write_json(run_dir / "split.json", found)
-
-
 def _saved_step(path: Path) -> int:
     return int(load_checkpoint(path).get("step", 0))
-
-
-def _progress(cfg, ctx, start: int, total: int):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=start,
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-        disable=not (cfg.trainer.progress and ctx.is_main),
-        leave=False,
-    )
