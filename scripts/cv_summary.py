@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.analysis.external import POOR_DICE, summarize_subjects
-
-SITE = re.compile(r"^TCGA_([A-Za-z0-9]{2})_")  # the Kaggle LGG folder names; other data: no site column
+from segbench.data.lgg import CASE_NAME
 
 
 def fold_runs(folder: Path) -> list[Path]:
@@ -87,9 +86,9 @@ def table(folds: list[dict]) -> str:
     sites = {}
     for f in folds:
         for case, (d, _) in f["cases"].items():
-            match = SITE.match(case)
+            match = CASE_NAME.match(case)  # the Kaggle LGG folder names; other data: no site column
             if match:
-                sites.setdefault(match.group(1), []).append(d)
+                sites.setdefault(match["site"].upper(), []).append(d)
     if sites:
         lines += ["", "| institution | subjects | mean Dice | median | worst |", "|---|---|---|---|---|"]
         for site, values in sorted(sites.items()):

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def summarize_subjects(dice: np.ndarray) -> dict:
 
 def _rows(results: dict, dataset) -> list[dict]:
     sites = dict(zip(dataset.cases, dataset.sample_sites())) if hasattr(dataset, "sample_sites") else {}
-    slices = {c: dataset.cases.count(c) for c in dict.fromkeys(dataset.cases)}
+    slices = Counter(dataset.cases)
     rows = []
     for case, values in results["per_case"].items():
         spacing = dataset.spacing[case] if isinstance(dataset.spacing, dict) else dataset.spacing

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.data.brats import read_sites, select_slices
 from segbench.data.common import FITS, SegmentationDataset, subject_split
 from segbench.errors import SegbenchError, invalid_choice
 
@@ -39,7 +40,6 @@ CASE_NAME = re.compile(r"^TCGA_(?P<site>[A-Za-z0-9]{2})_(?P<patient>[A-Za-z0-9]+
 SLICE_NAME = re.compile(r"^(?P<case>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
 NORMALIZATIONS = ("volume", "slice")
 MASK_VALUES = (0, 255)
-SITES_FILE = "sites.tsv"
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,6 @@ class Patient:
     site: str
     images: tuple[Path, ...]
     masks: tuple[Path, ...]
-
-
-def _read_sites_file(base: Path) -> dict[str, str]:
-    path = base / SITES_FILE
-    if not path.is_file():
-        return {}
-    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
-    return {r[0]: r[1].strip() for r in rows if len(r) >= 2}
 
 
 def _patient(folder: Path, sites: dict[str, str]) -> Patient | None:
@@ -92,7 +84,7 @@ def find_patients(root: str) -> tuple[Path, list[Patient]]:
         )
     if (base / "kaggle_3m").is_dir() and not any(CASE_NAME.match(p.name) for p in base.iterdir()):
         base = base / "kaggle_3m"
-    sites = _read_sites_file(base)
+    sites = read_sites(str(base))  # subject<TAB>site, as BraTS folders and the phantom write it
     patients = [p for p in (_patient(f, sites) for f in sorted(base.iterdir()) if f.is_dir()) if p is not None]
     if not patients:
         raise SegbenchError(
@@ -295,8 +287,6 @@ class LggSlices(SegmentationDataset):
         for i, v in enumerate(self.volumes):
             keep = np.arange(len(v.masks))
             if split == "train" and tumor_fraction is not None:
-                from segbench.data.brats import select_slices
-
                 keep = select_slices(v.tumor_slices, tumor_fraction, rng)
             self.index += [(i, int(z)) for z in keep]
         self.cases = [self.volumes[i].subject for i, _ in self.index]
