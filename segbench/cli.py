@@ -22,6 +22,7 @@ commands:
   study OVERRIDES... --out DIR   paired seeds in rounds until every comparison is decided (or --max-seeds)
   diagnose RUN_DIR         what batch norm did in a run: running vs batch vs recomputed statistics
   evaluate RUN --data-root DIR   score a run's best-by-val checkpoint on every subject of another folder
+  findings RESULTS [--update FILE...] [--check]   the answers table from kept result files
   adapt RUN_DIR            test-time adaptation on its test split: AdaBN statistics, TENT (no test label read)
   bench                    images/s: segbench's training step vs a bare loop, the loader, each norm
   completion bash          Tab completion: eval "$(segbench completion bash)" (in ~/.bashrc to keep it)
@@ -208,6 +209,30 @@ def _evaluate(argv: list[str]) -> None:
     print(format_report(evaluate_external(args.run_dir, args.data_root, args.checkpoint, args.name, args.force)))
 
 
+def _findings(argv: list[str]) -> None:
+    parser = OneLineArgumentParser(
+        prog="segbench findings",
+        description="the answers table, read from the result files that RESULTS/answers.yaml names",
+    )
+    parser.add_argument("results", help="folder of kept results with its answers.yaml (e.g. docs/results)")
+    parser.add_argument("--update", nargs="+", default=[], metavar="FILE", help="fill FILE's answers block")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a block differs")
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from segbench.analysis.findings import answers_table, update
+
+    if not args.update:
+        print(answers_table(Path(args.results)), end="")
+        return
+    diffs = update(Path(args.results), [Path(f) for f in args.update], args.check)
+    if diffs:
+        print("\n".join(diffs))
+        print(f"segbench findings: {len(diffs)} file(s) differ from {args.results}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{'checked' if args.check else 'updated'}: {', '.join(args.update)}", file=sys.stderr)
+
+
 def _adapt(argv: list[str]) -> None:
     parser = OneLineArgumentParser(
         prog="segbench adapt", description="test-time adaptation on the run's test split (its images, never its masks)"
@@ -279,6 +304,7 @@ COMMANDS = {
     "study": _study,
     "diagnose": _diagnose,
     "evaluate": _evaluate,
+    "findings": _findings,
     "adapt": _adapt,
     "bench": _bench,
     "torchrun": _torchrun,
