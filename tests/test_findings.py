@@ -116,7 +116,7 @@ def test_a_file_without_a_block_changes_no_file(results, tmp_path):
     good, bad = tmp_path / "good.md", tmp_path / "bad.md"
     good.write_text(f"{BEGIN}\n{END}\n")
     bad.write_text("no block\n")
-    with pytest.raises(SegbenchError, match="no <!-- answers:begin -->"):
+    with pytest.raises(SegbenchError, match="no <!-- answers:begin -->.*no include block"):
         update(results, [good, bad], check=False)
     assert good.read_text() == f"{BEGIN}\n{END}\n"
 
@@ -146,3 +146,19 @@ def test_the_cross_validation_summary_regenerates_from_its_fold_records(tmp_path
         capture_output=True,
     )
     assert out.read_text() == (RESULTS / "lgg_recipe" / "cv5.md").read_text()
+
+
+def test_include_blocks_hold_the_kept_file_verbatim(results, tmp_path):
+    doc = tmp_path / "REPORT.md"
+    doc.write_text(
+        "## 1\n<!-- include: s/table.md -->\nold\n<!-- end include -->\n## 2\n<!-- include: s/paired.csv -->\n<!-- end include -->\n"
+    )
+    assert update(results, [doc], check=False) == []
+    text = doc.read_text()
+    assert TABLE.rstrip("\n") in text and "old" not in text
+    assert "```\n" + PAIRED.rstrip("\n") + "\n```" in text and text.endswith("<!-- end include -->\n")
+    (results / "s" / "table.md").write_text(TABLE.replace("2 of 6", "3 of 6"))
+    assert "3 of 6" in update(results, [doc], check=True)[0]
+    doc.write_text("<!-- include: s/nowhere.md -->\n<!-- end include -->\n")
+    with pytest.raises(SegbenchError, match="s/nowhere.md, not found"):
+        update(results, [doc], check=False)

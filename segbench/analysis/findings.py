@@ -15,8 +15,10 @@ that file, never typed:
   figures out of a generated summary (``verdict:`` in the row otherwise).
 
 ``segbench findings <results> --update FILE...`` rewrites the block between
-``<!-- answers:begin -->`` and ``<!-- answers:end -->`` in each file; ``--check`` changes nothing
-and fails (exit 1) when a committed block differs from what the files give.
+``<!-- answers:begin -->`` and ``<!-- answers:end -->`` in each file, and each block between
+``<!-- include: <study>/<file> -->`` and ``<!-- end include -->`` with that file as kept (a
+study's verdict lines or its table, verbatim); ``--check`` changes nothing and fails (exit 1) when
+a committed block differs from what the files give.
 """
 
 from __future__ import annotations
@@ -156,6 +158,9 @@ def answers_table(results: Path) -> str:
     return f"{HEADER}\n" + "\n".join(rows) + "\n"
 
 
+INCLUDE = re.compile(r"<!-- include: (?P<path>\S+) -->\n.*?<!-- end include -->", re.S)
+
+
 def with_block(text: str, block: str, name: str) -> str:
     if BEGIN not in text or END not in text:
         raise SegbenchError(f"findings: {name} has no {BEGIN} ... {END} block to fill")
@@ -164,17 +169,41 @@ def with_block(text: str, block: str, name: str) -> str:
     return f"{head}{BEGIN}\n\n{block}\n{END}{tail}"
 
 
+def with_includes(text: str, results: Path, name: str) -> str:
+    """Each ``<!-- include: <file under results> -->`` block holds that file as it is (text files fenced)."""
+
+    def fill(match: re.Match) -> str:
+        path = results / match["path"]
+        if not path.is_file():
+            raise SegbenchError(f"findings: {name} includes {match['path']}, not found under {results}")
+        body = path.read_text().rstrip("\n")
+        if path.suffix != ".md":
+            body = f"```\n{body}\n```"
+        return f"<!-- include: {match['path']} -->\n{body}\n<!-- end include -->"
+
+    return INCLUDE.sub(fill, text)
+
+
+def fill(text: str, results: Path, name: str) -> str:
+    """The answers block (where the file has one) and every include block, from the result files."""
+    has_answers = BEGIN in text
+    if not has_answers and not INCLUDE.search(text):
+        raise SegbenchError(f"findings: {name} has no {BEGIN} ... {END} block and no include block to fill")
+    if has_answers:
+        text = with_block(text, answers_table(results), name)
+    return with_includes(text, results, name)
+
+
 def update(results: Path, files: list[Path], check: bool) -> list[str]:
-    """Fill each file's answers block; with ``check`` write nothing and return the diffs.
+    """Fill each file's blocks; with ``check`` write nothing and return the diffs.
 
     Every file is read and filled in memory first, so a file without a block changes none.
     """
-    block = answers_table(results)
     for path in files:
         if not path.is_file():
             raise SegbenchError(f"findings: {path} not found")
     texts = {path: path.read_text() for path in files}
-    filled = {path: with_block(old, block, str(path)) for path, old in texts.items()}
+    filled = {path: fill(old, results, str(path)) for path, old in texts.items()}
     diffs = []
     for path, new in filled.items():
         if new == texts[path]:
