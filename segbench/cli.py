@@ -22,6 +22,7 @@ commands:
   study OVERRIDES... --out DIR   paired seeds in rounds until every comparison is decided (or --max-seeds)
   diagnose RUN_DIR         what batch norm did in a run: running vs batch vs recomputed statistics
   evaluate RUN --data-root DIR   score a run's best-by-val checkpoint on every subject of another folder
+  report KIND SWEEP... --out DIR  a study's own table: causes, batch-size or site-shift
   findings RESULTS [--update FILE...] [--check]   the answers table from kept result files
   adapt RUN_DIR            test-time adaptation on its test split: AdaBN statistics, TENT (no test label read)
   bench                    images/s: segbench's training step vs a bare loop, the loader, each norm
@@ -209,6 +210,48 @@ def _evaluate(argv: list[str]) -> None:
     print(format_report(evaluate_external(args.run_dir, args.data_root, args.checkpoint, args.name, args.force)))
 
 
+def _report(argv: list[str]) -> None:
+    parser = OneLineArgumentParser(
+        prog="segbench report", description="a study's own table from its sweep folders (beside compare's)"
+    )
+    parser.add_argument(
+        "kind",
+        choices=["causes", "batch-size", "site-shift"],
+        help="causes: why_bn_failed-style cause table (causes.md); batch-size: norm x batch size contrasts "
+        "(batch_size.md); site-shift: held-out site contrasts (site_shift.md)",
+    )
+    parser.add_argument("sweeps", nargs="+", help="sweep folders holding the study's runs (more seeds: more folders)")
+    parser.add_argument("--out", required=True, help="folder to write the table into")
+    parser.add_argument("--metric", default="dice", help="batch-size, site-shift: the test metric (default dice)")
+    parser.add_argument("--challenger", default="group", help="batch-size: the norm set against BN (default group)")
+    parser.add_argument(
+        "--trained-causes-only",
+        action="store_true",
+        help="causes: the family is the trained arms alone (no batch-statistics rows read off the BN runs)",
+    )
+    parser.add_argument("--no-diagnose", action="store_true", help="causes: do not run diagnose on the BN runs")
+    args = parser.parse_args(argv)
+    for sweep in args.sweeps:
+        if not os.path.isdir(sweep):
+            raise SegbenchError(f"report: sweep folder {sweep!r} not found")
+    if args.kind == "causes":
+        from segbench.analysis.causes import write_cause_report
+
+        path = write_cause_report(
+            args.sweeps, args.out, eval_causes=not args.trained_causes_only, diagnoses=not args.no_diagnose
+        )
+    elif args.kind == "batch-size":
+        from segbench.analysis.batch_study import write_table
+
+        path = write_table(args.sweeps, args.out, metric=args.metric, challenger=args.challenger)
+    else:
+        from segbench.analysis.site_study import write_table
+
+        path = write_table(args.sweeps, args.out, metric=args.metric)
+    print(path.read_text(), end="")
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def _findings(argv: list[str]) -> None:
     parser = OneLineArgumentParser(
         prog="segbench findings",
@@ -305,6 +348,7 @@ COMMANDS = {
     "diagnose": _diagnose,
     "evaluate": _evaluate,
     "findings": _findings,
+    "report": _report,
     "adapt": _adapt,
     "bench": _bench,
     "torchrun": _torchrun,

@@ -33,3 +33,53 @@ def test_trained_causes_alone_form_the_family_and_need_no_diagnose(tmp_path, mon
     assert rows["bn_tf1"]["worse"]["p_holm"] == pytest.approx(min(1.0, 2 * p[0]))
     assert "diagnose" not in text and "6-6 paired seeds per arm, 2400 steps" in text
     assert "**Reproduce the symptom (predicts worse)**: BN, TF1's defaults" in causes.answer_lines(numbers)[0]
+
+
+def test_a_trained_batch_statistics_arm_is_a_row_and_diagnose_can_run_without_derived_rows(tmp_path, monkeypatch):
+    _sweep(tmp_path, {"bn_pytorch": 0.0, "bn_batch_stats_at_eval": 0.2})
+    named = {"bn_pytorch": "healthy", "bn_batch_stats_at_eval": "batch_stats_at_eval"}
+    monkeypatch.setattr(
+        causes,
+        "diagnose_all",
+        lambda runs, missing: {
+            str(r.path): {"cause": named[causes._cause(r)]} for r in runs if causes._cause(r).startswith("bn_")
+        },
+    )
+    text, numbers = causes.cause_table(str(tmp_path), eval_causes=False, diagnoses=True)
+    rows = {r["arm"]: r for r in numbers["rows"]}
+    assert set(rows) == {"bn_pytorch", "bn_batch_stats_at_eval"}  # the declared family, no derived rows
+    assert rows["bn_batch_stats_at_eval"]["worse"]["verdict"] == "held"
+    assert numbers["hit_rate"]["bn_batch_stats_at_eval"]["right"] == 6
+    assert "bn_batch_stats_at_eval (expected `batch_stats_at_eval`): named right 6" in text
+
+
+def test_segbench_report_writes_the_cause_table(tmp_path):
+    import subprocess
+    import sys
+
+    _sweep(tmp_path / "sweep", {"bn_tf1": 0.1})
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segbench",
+            "report",
+            "causes",
+            str(tmp_path / "sweep"),
+            "--out",
+            str(out),
+            "--trained-causes-only",
+            "--no-diagnose",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "causes.md").read_text() in done.stdout + "\n" and "| BN, TF1's defaults" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "segbench", "report", "causes", str(tmp_path / "nowhere"), "--out", str(out / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "nowhere" in missing.stderr and not (out / "x").exists()

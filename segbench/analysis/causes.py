@@ -27,6 +27,12 @@ TRAINED = (
     ("bn_pytorch", "none", "BN, PyTorch's defaults (momentum 0.1, eps 1e-5)", "healthy"),
     ("bn_tf1", "none", "BN, TF1's defaults (decay 0.999, eps 1e-3), updates run", "too_slow"),
     ("bn_tf1_never_updated", "none", "BN, TF1's defaults, update ops never run", "never_updated"),
+    (
+        "bn_batch_stats_at_eval",
+        "none",
+        "BN evaluated with batch statistics, trained as its own arm (val chose its checkpoint that way)",
+        "batch_stats_at_eval",
+    ),
     ("bn_pytorch_no_inner_act", "none_no_inner_act", "BN in the posted wiring (conv -> BN -> conv)", "healthy"),
     ("none_no_inner_act", "none", "the posted wiring itself, no BN", None),
 )
@@ -76,18 +82,23 @@ def diagnose_all(runs: list[Run], missing: bool = True) -> dict[str, dict]:
 
 
 def cause_table(
-    sweep: str | list[str], design: Design | None = None, diagnose_missing: bool = True, eval_causes: bool = True
+    sweep: str | list[str],
+    design: Design | None = None,
+    diagnose_missing: bool = True,
+    eval_causes: bool = True,
+    diagnoses: bool | None = None,
 ) -> tuple[str, dict]:
     """The answer table (markdown) and its numbers for ``why_bn_failed`` sweep folders (one, or
     several holding more seeds of the same arms). ``eval_causes=False`` leaves out the causes read off
-    the BN runs by ``diagnose`` (batch statistics at eval) and the diagnoses themselves: the family
-    is then the trained causes alone, for a study that re-runs only those."""
+    the BN runs by ``diagnose`` (batch statistics at eval): the family is then the trained causes
+    alone, for a study that declared only those. ``diagnoses`` (default: ``eval_causes``) runs
+    ``diagnose`` on every BN run and reports how often it named the arm's cause."""
     runs = find_runs([sweep] if isinstance(sweep, str) else list(sweep))
     design = design or Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
     arms: dict[str, dict[int, Run]] = defaultdict(dict)
     for run in runs:
         arms[_cause(run)][run.metrics["seed"]] = run
-    diag = diagnose_all(runs, diagnose_missing) if eval_causes else {}
+    diag = diagnose_all(runs, diagnose_missing) if (eval_causes if diagnoses is None else diagnoses) else {}
     rows = []
     for arm, twin, what, _ in TRAINED:
         if arm in arms and twin in arms:
@@ -221,8 +232,10 @@ def _markdown(rows, arms, diag, design: Design) -> str:
     return "\n".join(lines)
 
 
-def write_cause_report(sweep: str | list[str], out: str, eval_causes: bool = True) -> Path:
-    text, numbers = cause_table(sweep, eval_causes=eval_causes)
+def write_cause_report(
+    sweep: str | list[str], out: str, eval_causes: bool = True, diagnoses: bool | None = None
+) -> Path:
+    text, numbers = cause_table(sweep, eval_causes=eval_causes, diagnoses=diagnoses)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "causes.md").write_text(text + "\n")

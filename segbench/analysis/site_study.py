@@ -176,7 +176,8 @@ def markdown(numbers: dict) -> str:
 
 
 def write_table(sweeps: list[str], out: str, metric: str = "dice") -> Path:
+    text = markdown(contrasts(sweeps, metric))  # a bad sweep fails before the folder exists
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "site_shift.md").write_text(markdown(contrasts(sweeps, metric)) + "\n")
+    (folder / "site_shift.md").write_text(text + "\n")
     return folder / "site_shift.md"
