@@ -151,7 +151,8 @@ def test_the_cross_validation_summary_regenerates_from_its_fold_records(tmp_path
 def test_include_blocks_hold_the_kept_file_verbatim(results, tmp_path):
     doc = tmp_path / "REPORT.md"
     doc.write_text(
-        "## 1\n<!-- include: s/table.md -->\nold\n<!-- end include -->\n## 2\n<!-- include: s/paired.csv -->\n<!-- end include -->\n"
+        "## 1\n<!-- include: s/table.md -->\nold\n<!-- end include -->\n"
+        "## 2\n<!-- include: s/paired.csv -->\n<!-- end include -->\n"
     )
     assert update(results, [doc], check=False) == []
     text = doc.read_text()
