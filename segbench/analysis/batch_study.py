@@ -8,8 +8,8 @@ each batch size and the change between them (does BN hurt more at batch 2?). One
 per-seed differences of the same seed (interactions are
 differences of per-seed differences); each contrast judged only where every arm it reads converged.
 
-    python -c "from segbench.analysis.batch_study import write_table as w; w(['<sweep>'], 'out')"
-    python -c "...; w(['<batch-2 sweep>', '<batch-16 sweep>'], 'out', challenger='frn')"
+    segbench report batch-size <sweep> --out out
+    segbench report batch-size <batch-2 sweep> <batch-16 sweep> --out out --challenger frn
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Scope, said in every table: these held-out sites and their test subjects (seeds 
 and subjects fixed). With three sites a site's own random effect cannot be estimated, so the
 intervals do not cover a new scanner population.
 
-    python -c "from segbench.analysis.site_study import write_table as w; w(['<sweep>', ...], 'out')"
+    segbench report site-shift <sweep> ... --out out
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from segbench.analysis.decide import Design, decide_family, render
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.verdicts import arm_converged, run_convergence
 
-NAMES = {"batch": "BN", "instance": "IN", "group": "GN", "layer": "LN", "frn": "FRN"}
+NAMES = {"batch": "BN", "instance": "IN", "group": "GN", "layer": "LN", "frn": "FRN", "none": "no norm"}
 METHOD_NAMES = {"none": "", "adabn": " + AdaBN", "tent": " + TENT", "site_bn": " + per-site statistics"}
 BASELINE = "BN"
 PER_SITE = "BN, one-site batches + per-site statistics"  # per-site BN, both halves
@@ -40,6 +40,7 @@ CONTRASTS = (
     ("GN", BASELINE, +1, "group norm beats BN on an unseen site"),
     ("LN", BASELINE, +1, "layer norm beats BN on an unseen site"),
     ("FRN", BASELINE, +1, "FRN beats BN on an unseen site"),
+    ("no norm", BASELINE, +1, "no normalization beats BN on an unseen site"),
     ("BN + AdaBN", BASELINE, +1, "AdaBN (test-site statistics) rescues BN"),
     ("BN + TENT", BASELINE, +1, "TENT (entropy minimisation) rescues BN"),
     (PER_SITE, BASELINE, +1, "per-site BN rescues BN"),
