@@ -83,3 +83,22 @@ def test_segbench_report_writes_the_cause_table(tmp_path):
         text=True,
     )
     assert missing.returncode == 2 and "nowhere" in missing.stderr and not (out / "x").exists()
+
+
+def test_a_sequential_studys_round_is_judged_at_alpha_over_its_looks(tmp_path, monkeypatch):
+    import json
+
+    _sweep(tmp_path / "round_1", {"bn_tf1": 0.1})
+    fixed, _ = causes.cause_table(str(tmp_path / "round_1"), eval_causes=False)
+    (tmp_path / "study.json").write_text(json.dumps({"alpha": 0.05, "looks": 3, "first": 4}))
+    seen = {}
+    real = causes.decide_family
+
+    def spy(diffs, design, *rest):
+        seen["level"] = design.level
+        return real(diffs, design, *rest)
+
+    monkeypatch.setattr(causes, "decide_family", spy)
+    text, _ = causes.cause_table(str(tmp_path / "round_1"), eval_causes=False)
+    assert seen["level"] == pytest.approx(0.05 / 3)
+    assert "judged at alpha/3" in text and "alpha/3" not in fixed

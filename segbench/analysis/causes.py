@@ -20,6 +20,7 @@ from segbench.analysis.arms import result
 from segbench.analysis.decide import Design, Verdict, decide_family
 from segbench.analysis.diagnose import diagnose, name_cause
 from segbench.analysis.runs import Run, find_runs
+from segbench.analysis.study import read_design
 from segbench.analysis.verdicts import arm_converged, run_convergence
 
 # (arm, its no-BN twin, what it adds, the cause diagnose should name on it)
@@ -93,8 +94,13 @@ def cause_table(
     the BN runs by ``diagnose`` (batch statistics at eval): the family is then the trained causes
     alone, for a study that declared only those. ``diagnoses`` (default: ``eval_causes``) runs
     ``diagnose`` on every BN run and reports how often it named the arm's cause."""
-    runs = find_runs([sweep] if isinstance(sweep, str) else list(sweep))
-    design = design or Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
+    paths = [sweep] if isinstance(sweep, str) else list(sweep)
+    runs = find_runs(paths)
+    if design is None:
+        design = Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
+        planned = read_design(paths)
+        if planned:  # a sequential study's rounds: judged at alpha / looks, as segbench study judges them
+            design = Design(design.margin, float(planned["alpha"]), int(planned["looks"]), design.power)
     arms: dict[str, dict[int, Run]] = defaultdict(dict)
     for run in runs:
         arms[_cause(run)][run.metrics["seed"]] = run
@@ -198,7 +204,8 @@ def _markdown(rows, arms, diag, design: Design) -> str:
         f"{conv} of {total} runs converged by "
         f"the rule in `segbench/train/convergence.py`. Each cause minus its no-BN twin, mean [95 % t-interval]; "
         f"Holm over the causes, one family per column; margin ±{design.margin:g} Dice declared before the run; "
-        "scope: these test subjects.",
+        + (f"a sequential study's look, judged at alpha/{design.looks}; " if design.looks > 1 else "")
+        + "scope: these test subjects.",
         "",
         "| cause (minus its no-BN twin) | learns slower? (eval-mode training loss, mean over validations) | "
         "predicts worse? (test Dice, val-chosen threshold) | seeds worse | at a fixed 0.5 threshold |",
