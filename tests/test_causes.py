@@ -32,6 +32,9 @@ def test_trained_causes_alone_form_the_family_and_need_no_diagnose(tmp_path, mon
     p = sorted(r["worse"]["p"] for r in rows.values())
     assert rows["bn_tf1"]["worse"]["p_holm"] == pytest.approx(min(1.0, 2 * p[0]))
     assert "diagnose" not in text and "6-6 paired seeds per arm, 2400 steps" in text
+    none = [line for line in text.splitlines() if line.startswith("| none | 6 | ")]  # each arm's own Dice
+    values = [float(v) for v in none[0].split("|")[4].split(",")]
+    assert len(values) == 6 and f"{np.mean(values):.3f} [" in none[0]
     assert "**Reproduce the symptom (predicts worse)**: BN, TF1's defaults" in causes.answer_lines(numbers)[0]
 
 

@@ -216,6 +216,7 @@ def _markdown(rows, arms, diag, design: Design) -> str:
             f"| {r['what']} | {_cell(r['slower'])} | {_cell(r['worse'])} | {_share(r['worse'])} | "
             f"{_cell(r['worse_05']) if r['worse_05'] is not None else '—'} |"
         )
+    lines += ["", *_absolute(arms)]
     rates = hit_rate(arms, diag)
     bn_runs = sum(len(v) for c, v in arms.items() if c.startswith("bn_"))
     if rates:
@@ -237,6 +238,23 @@ def _markdown(rows, arms, diag, design: Design) -> str:
                 f"said nothing clear {h['silent']} of {len(h['named'])} ({', '.join(h['named'])})"
             )
     return "\n".join(lines)
+
+
+def _absolute(arms) -> list[str]:
+    """Each arm's own test Dice (mean over its seeds, t-interval), the number to set beside published ones."""
+    lines = [
+        "| arm | seeds | test Dice, mean over seeds [95 % CI] | per seed | at its plateau |",
+        "|---|---|---|---|---|",
+    ]
+    for arm in sorted(arms, key=lambda a: (a != "none", a)):
+        by_seed = [result(arms[arm][s], "dice") for s in sorted(arms[arm])]
+        mean, low, high = stats.mean_ci([v for v in by_seed if v is not None])
+        conv = sum(run_convergence(r).get("converged") is True for r in arms[arm].values())
+        per_seed = ", ".join("—" if v is None else f"{v:.3f}" for v in by_seed)
+        lines.append(
+            f"| {arm} | {len(by_seed)} | {mean:.3f} [{low:.3f}, {high:.3f}] | {per_seed} | {conv}/{len(by_seed)} |"
+        )
+    return lines
 
 
 def write_cause_report(
