@@ -7,7 +7,7 @@ finished run has to be trained again. Kept per run: ``metrics.json``, ``.hydra/c
 with their steps and wall times, rewritten without the image summaries and checkpoints that make
 up most of a run folder.
 
-    python scripts/keep_run_record.py <study>/round_1 --out docs/results/<name>/finished_runs
+    python scripts/keep_run_record.py <study>/round_1 --out docs/results/<name>/finished_runs [--thin 10]
 """
 
 from __future__ import annotations
@@ -41,7 +41,18 @@ def unfit(run: Path) -> str | None:
     return None
 
 
-def keep(run: Path, out: Path) -> None:
+KEEP_LAST = 10  # compare's final training loss is the mean of a curve's last 10 points
+
+
+def thinned(events: list, every: int) -> list:
+    """Every ``every``-th point of a per-step curve and its last ``KEEP_LAST`` points, for a smaller record."""
+    if every <= 1 or len(events) <= KEEP_LAST:
+        return events
+    head = len(events) - KEEP_LAST
+    return [e for i, e in enumerate(events[:head]) if i % every == 0] + events[head:]
+
+
+def keep(run: Path, out: Path, every: int = 1) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     from segbench.analysis.runs import scalar_events
@@ -51,10 +62,13 @@ def keep(run: Path, out: Path) -> None:
     for name in ("config.yaml", "overrides.yaml"):
         shutil.copy2(run / ".hydra" / name, out / ".hydra" / name)
     events = scalar_events(run / "tb")
+    per_step = max(KEEP_LAST + 1, int(json.loads((run / "metrics.json").read_text()).get("steps") or 0) // 2)
     shutil.rmtree(out / "tb", ignore_errors=True)
     with SummaryWriter(str(out / "tb")) as writer:
         for tag in events.Tags().get("scalars", []):
-            for event in events.Scalars(tag):
+            points = events.Scalars(tag)
+            # Only curves logged every step are thinned; per-validation ones (train/loss_eval_mode) stay whole.
+            for event in thinned(points, every if len(points) >= per_step else 1):
                 writer.add_scalar(tag, event.value, event.step, walltime=event.wall_time)
 
 
@@ -62,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="finished runs, or sweep folders holding them")
     parser.add_argument("--out", type=Path, required=True, help="where each run's record goes (one folder per run)")
+    parser.add_argument(
+        "--thin",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep every N-th point of curves logged every step (and their last 10); per-validation curves stay whole",
+    )
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
@@ -79,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keep_run_record: {problem}; nothing was written", file=sys.stderr)
         return 2
     for run in runs:
-        keep(run, args.out / run.name)
+        keep(run, args.out / run.name, args.thin)
         print(f"kept {run} -> {args.out / run.name}")
     return 0
 

@@ -56,3 +56,25 @@ def test_a_broken_run_among_good_ones_is_refused_before_anything_is_written(fini
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1_broken/metrics.json cannot be read" in err
     assert not (tmp_path / "kept").exists()
+
+
+def test_thinning_keeps_every_nth_training_point_the_last_ten_and_every_validation():
+    script = _script()
+    points = list(range(100))
+    kept = script.thinned(points, 10)
+    assert kept == list(range(0, 90, 10)) + list(range(90, 100))  # compare's final loss: the last 10 points
+    assert script.thinned(points, 1) == points and script.thinned(points[:8], 10) == points[:8]
+
+
+def test_a_thinned_record_keeps_validation_curves_and_the_final_training_loss(finished_run, tmp_path):
+    from segbench.analysis.compare import _final_train_loss
+
+    assert _script().main([str(finished_run.parent), "--out", str(tmp_path / "kept"), "--thin", "3"]) == 0
+    original, copy = load_run(finished_run), load_run(tmp_path / "kept" / finished_run.name)
+    per_step = max(_script().KEEP_LAST + 1, original.metrics["steps"] // 2)
+    for tag, (_steps, values) in original.scalars.items():
+        if len(values) < per_step:  # logged per validation: kept whole
+            np.testing.assert_array_equal(copy.scalars[tag][1], values)
+        else:
+            assert len(copy.scalars[tag][1]) < len(values)
+    assert _final_train_loss(copy) == _final_train_loss(original)
