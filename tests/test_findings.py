@@ -163,3 +163,16 @@ def test_include_blocks_hold_the_kept_file_verbatim(results, tmp_path):
     doc.write_text("<!-- include: s/nowhere.md -->\n<!-- end include -->\n")
     with pytest.raises(SegbenchError, match="s/nowhere.md, not found"):
         update(results, [doc], check=False)
+
+
+def test_a_declared_design_row_shows_no_effect_but_needs_its_file_to_say_so(results):
+    (results / "s" / "design.yaml").write_text("# Declared before any of its runs (2026-12-07)\n")
+    spec = {"question": "q", "data": "d", "section": "0d", "text": "s/design.yaml", "verdict": "declared, not run"}
+    spec["pattern"] = r"Declared before any of its runs \(2026-12-07\)"
+    from segbench.analysis.findings import answer
+
+    row = answer(results, spec)
+    assert (row.verdict, row.effect) == ("declared, not run", "–")
+    (results / "s" / "design.yaml").write_text("# changed\n")
+    with pytest.raises(SegbenchError, match="does not match"):
+        answer(results, spec)

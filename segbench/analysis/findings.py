@@ -121,6 +121,8 @@ def _from_text(path: Path, spec: dict) -> tuple[str, str, str]:
     groups = match.groupdict()
     if groups.get("effect"):
         effect = groups["effect"]
+    elif "mean" not in groups:  # the pattern only shows the file says what the row claims (a declared design)
+        effect = spec.get("effect", "–")
     else:
         effect = f"{_number(groups['mean']):.3f} [{_number(groups['low']):.3f}, {_number(groups['high']):.3f}]"
     return groups.get("verdict") or spec.get("verdict", ""), effect, groups.get("n") or spec.get("n", "")
