@@ -72,13 +72,19 @@ def keep(run: Path, out: Path, every: int = 1) -> None:
                 writer.add_scalar(tag, event.value, event.step, walltime=event.wall_time)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1 (1 keeps every point)")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="finished runs, or sweep folders holding them")
     parser.add_argument("--out", type=Path, required=True, help="where each run's record goes (one folder per run)")
     parser.add_argument(
         "--thin",
-        type=int,
+        type=_positive,
         default=1,
         metavar="N",
         help="keep every N-th point of curves logged every step (and their last 10); per-validation curves stay whole",

@@ -176,3 +176,10 @@ def test_a_declared_design_row_shows_no_effect_but_needs_its_file_to_say_so(resu
     (results / "s" / "design.yaml").write_text("# changed\n")
     with pytest.raises(SegbenchError, match="does not match"):
         answer(results, spec)
+
+
+def test_check_without_files_to_check_is_one_line_exit_2(results):
+    done = subprocess.run(
+        [sys.executable, "-m", "segbench", "findings", str(results), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "--check compares files" in done.stderr and done.stderr.count("\n") == 1

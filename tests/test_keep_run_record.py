@@ -78,3 +78,16 @@ def test_a_thinned_record_keeps_validation_curves_and_the_final_training_loss(fi
         else:
             assert len(copy.scalars[tag][1]) < len(values)
     assert _final_train_loss(copy) == _final_train_loss(original)
+
+
+def test_a_bad_thin_value_is_one_line_exit_2_and_writes_nothing(finished_run, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "kept"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(finished_run.parent), "--out", str(out), "--thin", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "'0' is not a whole number >= 1" in done.stderr and not out.exists()

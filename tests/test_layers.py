@@ -32,6 +32,7 @@ LAYERS = {
     "cli": 6,
     "completion": 6,
     "train_command": 6,
+    "report_commands": 6,
     "__main__": 7,
     "configs": 0,
     "__init__": 0,

@@ -20,7 +20,7 @@ from segbench.analysis.arms import result
 from segbench.analysis.decide import Design, Verdict, decide_family
 from segbench.analysis.diagnose import diagnose, name_cause
 from segbench.analysis.runs import Run, find_runs
-from segbench.analysis.study import read_design
+from segbench.analysis.study import with_planned_looks
 from segbench.analysis.verdicts import arm_converged, run_convergence
 
 # (arm, its no-BN twin, what it adds, the cause diagnose should name on it)
@@ -96,11 +96,9 @@ def cause_table(
     ``diagnose`` on every BN run and reports how often it named the arm's cause."""
     paths = [sweep] if isinstance(sweep, str) else list(sweep)
     runs = find_runs(paths)
-    if design is None:
-        design = Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
-        planned = read_design(paths)
-        if planned:  # a sequential study's rounds: judged at alpha / looks, as segbench study judges them
-            design = Design(design.margin, float(planned["alpha"]), int(planned["looks"]), design.power)
+    if design is None:  # a sequential study's round is judged at alpha / looks, as segbench study judges it
+        declared = Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
+        design, _ = with_planned_looks(declared, paths)
     arms: dict[str, dict[int, Run]] = defaultdict(dict)
     for run in runs:
         arms[_cause(run)][run.metrics["seed"]] = run

@@ -22,7 +22,7 @@ from segbench.analysis.decide import Design, Verdict
 from segbench.analysis.figures import plot_curves
 from segbench.analysis.predictions import prediction_grid
 from segbench.analysis.runs import Run, find_runs
-from segbench.analysis.study import read_design
+from segbench.analysis.study import with_planned_looks
 from segbench.errors import SegbenchError, one_line
 from segbench.io import write_text
 
@@ -270,10 +270,9 @@ def _runs_to_compare(paths: list[str], metric: str | None, evaluation: str | Non
 
 def _design(runs: list[Run], paths: list[str], margin: float | None) -> tuple[Design, str]:
     """The design the runs declared; a sequential study's looks read from its study.json."""
-    design, note = verdicts.describe_design(runs, margin)
-    planned = read_design(paths)
+    declared, note = verdicts.describe_design(runs, margin)
+    design, planned = with_planned_looks(declared, paths)
     if planned:  # a sequential study: judged at alpha / looks, as its rounds were
-        design = Design(design.margin, float(planned["alpha"]), int(planned["looks"]), design.power)
         note += (
             f"; sequential study: {planned['looks']} looks planned ({planned['first']} seeds, then "
             f"{planned['per_round']} per round up to {planned['max_seeds']}), each at alpha/{planned['looks']}"

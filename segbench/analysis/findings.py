@@ -64,11 +64,6 @@ def _number(text: str) -> float:
     return float(text.replace("−", "-"))
 
 
-def _short_verdict(text: str) -> str:
-    """compare's verdict column without the early-training tail; a sentence stays as written."""
-    return text.strip().rstrip(".")
-
-
 def _from_paired(path: Path, spec: dict) -> tuple[str, str, str]:
     with path.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["a"] == spec["a"] and r["b"] == spec["b"]]
@@ -76,7 +71,7 @@ def _from_paired(path: Path, spec: dict) -> tuple[str, str, str]:
         raise SegbenchError(f"findings: {path} has no row a={spec['a']!r}, b={spec['b']!r}")
     r = rows[0]
     effect = f"{_signed(float(r['diff']))} [{_signed(float(r['low']))}, {_signed(float(r['high']))}]"
-    return _short_verdict(r["verdict"]), effect, r["n"]
+    return r["verdict"].strip(), effect, r["n"]
 
 
 def markdown_tables(text: str) -> list[list[dict[str, str]]]:
@@ -110,7 +105,7 @@ def _from_table(path: Path, spec: dict) -> tuple[str, str, str]:
                     raise SegbenchError(f"findings: {path} row {spec['row']!r} lacks an interval, verdict or 'k of n'")
                 lo, hi = _number(effect.group(2)), _number(effect.group(3))
                 text = f"{_signed(_number(effect.group(1)))} [{_signed(lo)}, {_signed(hi)}]"
-                return _short_verdict(verdict.group(1)), text, count.group(1)
+                return verdict.group(1).strip(), text, count.group(1)
     raise SegbenchError(f"findings: {path} has no table row {spec['row']!r} with a column {spec['column']!r}")
 
 
@@ -186,13 +181,13 @@ def with_includes(text: str, results: Path, name: str) -> str:
     return INCLUDE.sub(fill, text)
 
 
-def fill(text: str, results: Path, name: str) -> str:
+def fill(text: str, results: Path, name: str, answers: str) -> str:
     """The answers block (where the file has one) and every include block, from the result files."""
     has_answers = BEGIN in text
     if not has_answers and not INCLUDE.search(text):
         raise SegbenchError(f"findings: {name} has no {BEGIN} ... {END} block and no include block to fill")
     if has_answers:
-        text = with_block(text, answers_table(results), name)
+        text = with_block(text, answers, name)
     return with_includes(text, results, name)
 
 
@@ -205,7 +200,8 @@ def update(results: Path, files: list[Path], check: bool) -> list[str]:
         if not path.is_file():
             raise SegbenchError(f"findings: {path} not found")
     texts = {path: path.read_text() for path in files}
-    filled = {path: fill(old, results, str(path)) for path, old in texts.items()}
+    answers = answers_table(results) if any(BEGIN in text for text in texts.values()) else ""
+    filled = {path: fill(old, results, str(path), answers) for path, old in texts.items()}
     diffs = []
     for path, new in filled.items():
         if new == texts[path]:

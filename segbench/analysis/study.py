@@ -44,6 +44,14 @@ def read_design(paths: list[str]) -> dict | None:
     return None
 
 
+def with_planned_looks(design: Design, paths: list[str]) -> tuple[Design, dict | None]:
+    """``design`` judged at alpha / looks when ``paths`` belong to a sequential study (its study.json)."""
+    planned = read_design(paths)
+    if not planned:
+        return design, None
+    return Design(design.margin, float(planned["alpha"]), int(planned["looks"]), design.power), planned
+
+
 def _comparisons(out: Path, metric: str | None, design: Design) -> list[dict]:
     from segbench.analysis.arms import arm_key, label, result, sort_key, varying_keys
     from segbench.analysis.runs import find_runs

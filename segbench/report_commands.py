@@ -1,0 +1,76 @@
+"""``segbench report`` and ``segbench findings``: the tables written from a study's runs, and the
+answers table of the README and findings read back from those tables."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from segbench.errors import OneLineArgumentParser, SegbenchError
+
+
+def report_command(argv: list[str]) -> None:
+    parser = OneLineArgumentParser(
+        prog="segbench report", description="a study's own table from its sweep folders (beside compare's)"
+    )
+    parser.add_argument(
+        "kind",
+        choices=["causes", "batch-size", "site-shift"],
+        help="causes: why_bn_failed-style cause table (causes.md); batch-size: norm x batch size contrasts "
+        "(batch_size.md); site-shift: held-out site contrasts (site_shift.md)",
+    )
+    parser.add_argument("sweeps", nargs="+", help="sweep folders holding the study's runs (more seeds: more folders)")
+    parser.add_argument("--out", required=True, help="folder to write the table into")
+    parser.add_argument("--metric", default="dice", help="batch-size, site-shift: the test metric (default dice)")
+    parser.add_argument("--challenger", default="group", help="batch-size: the norm set against BN (default group)")
+    parser.add_argument(
+        "--trained-causes-only",
+        action="store_true",
+        help="causes: the family is the trained arms alone (no batch-statistics rows read off the BN runs)",
+    )
+    parser.add_argument("--no-diagnose", action="store_true", help="causes: do not run diagnose on the BN runs")
+    args = parser.parse_args(argv)
+    for sweep in args.sweeps:
+        if not os.path.isdir(sweep):
+            raise SegbenchError(f"report: sweep folder {sweep!r} not found")
+    if args.kind == "causes":
+        from segbench.analysis.causes import write_cause_report
+
+        path = write_cause_report(
+            args.sweeps, args.out, eval_causes=not args.trained_causes_only, diagnoses=not args.no_diagnose
+        )
+    elif args.kind == "batch-size":
+        from segbench.analysis.batch_study import write_table
+
+        path = write_table(args.sweeps, args.out, metric=args.metric, challenger=args.challenger)
+    else:
+        from segbench.analysis.site_study import write_table
+
+        path = write_table(args.sweeps, args.out, metric=args.metric)
+    print(path.read_text(), end="")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def findings_command(argv: list[str]) -> None:
+    parser = OneLineArgumentParser(
+        prog="segbench findings",
+        description="the answers table, read from the result files that RESULTS/answers.yaml names",
+    )
+    parser.add_argument("results", help="folder of kept results with its answers.yaml (e.g. docs/results)")
+    parser.add_argument("--update", nargs="+", default=[], metavar="FILE", help="fill FILE's answers block")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a block differs")
+    args = parser.parse_args(argv)
+    if args.check and not args.update:
+        raise SegbenchError("findings: --check compares files: name them with --update FILE...")
+    from segbench.analysis.findings import answers_table, update
+
+    if not args.update:
+        print(answers_table(Path(args.results)), end="")
+        return
+    diffs = update(Path(args.results), [Path(f) for f in args.update], args.check)
+    if diffs:
+        print("\n".join(diffs))
+        print(f"segbench findings: {len(diffs)} file(s) differ from {args.results}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{'checked' if args.check else 'updated'}: {', '.join(args.update)}", file=sys.stderr)
