@@ -16,7 +16,8 @@ import pytest
 from segbench import cli
 from segbench.config import group_options
 from segbench.errors import SegbenchError
-from tests.bad_input_cases import CASES, EvilPickle, Where, snapshot
+from tests.bad_input_cases import CASES
+from tests.breakage import EvilPickle, Where, snapshot
 from tests.conftest import SMALL
 
 

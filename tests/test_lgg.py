@@ -16,7 +16,7 @@ from PIL import Image
 from segbench import cli
 from segbench.data.lgg import LggSlices, find_patients, load_lgg
 from segbench.eval.metrics import CaseMetrics, hd95
-from tests.bad_input_cases import snapshot
+from tests.breakage import snapshot
 from tests.lgg_fixture import PATIENTS, write_lgg
 
 TINY_LGG = [

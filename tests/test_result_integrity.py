@@ -14,7 +14,7 @@ from PIL import Image
 from segbench import cli
 from segbench.data.folder import ImageMaskFolder
 from segbench.eval.metrics import CaseMetrics
-from tests.bad_input_cases import snapshot
+from tests.breakage import snapshot
 
 
 def _palette_folder(root, values=(0, 1, 2)):
