@@ -30,7 +30,20 @@ def report_command(argv: list[str]) -> None:
         help="causes: the family is the trained arms alone (no batch-statistics rows read off the BN runs)",
     )
     parser.add_argument("--no-diagnose", action="store_true", help="causes: do not run diagnose on the BN runs")
+    parser.add_argument(
+        "--looks",
+        type=int,
+        default=1,
+        help="batch-size, site-shift: the looks the study planned before its runs; each is judged at "
+        "alpha / looks (default 1; a causes study reads its looks from study.json)",
+    )
     args = parser.parse_args(argv)
+    if args.looks < 1:
+        raise SegbenchError(f"report: --looks {args.looks}: give the planned looks, 1 or more")
+    if args.looks != 1 and args.kind == "causes":
+        raise SegbenchError(
+            "report: --looks applies to batch-size and site-shift; a causes study's looks come from its study.json"
+        )
     for sweep in args.sweeps:
         if not os.path.isdir(sweep):
             raise SegbenchError(f"report: sweep folder {sweep!r} not found")
@@ -43,11 +56,11 @@ def report_command(argv: list[str]) -> None:
     elif args.kind == "batch-size":
         from segbench.analysis.batch_study import write_table
 
-        path = write_table(args.sweeps, args.out, metric=args.metric, challenger=args.challenger)
+        path = write_table(args.sweeps, args.out, metric=args.metric, challenger=args.challenger, looks=args.looks)
     else:
         from segbench.analysis.site_study import write_table
 
-        path = write_table(args.sweeps, args.out, metric=args.metric)
+        path = write_table(args.sweeps, args.out, metric=args.metric, looks=args.looks)
     print(path.read_text(), end="")
     print(f"wrote {path}", file=sys.stderr)
 

@@ -297,6 +297,21 @@ CASES = [
         ["train", "--experimental-rerun", "{tmp}/x.pickle"],
         ["--experimental-rerun", "pickle"],
     ),
+    # The tables of a study: refused before a folder is made.
+    ("report-no-sweep", nothing, ["report", "causes", "{tmp}/nowhere", "--out", "{tmp}/o"], ["nowhere", "not found"]),
+    (
+        "report-looks-0",
+        nothing,
+        ["report", "site-shift", "{tmp}", "--out", "{tmp}/o", "--looks", "0"],
+        ["--looks 0", "1 or more"],
+    ),
+    ("report-looks-word", nothing, ["report", "batch-size", "{tmp}", "--out", "{tmp}/o", "--looks", "two"], ["two"]),
+    (
+        "report-looks-causes",
+        nothing,
+        ["report", "causes", "{tmp}", "--out", "{tmp}/o", "--looks", "2"],
+        ["--looks", "study.json"],
+    ),
     (
         "diagnose-garbage",
         lambda w: (w.run / "checkpoints" / "last.pt").write_bytes(b"x"),

@@ -95,3 +95,26 @@ def test_an_unknown_challenger_is_one_line_before_anything_is_written(tmp_path):
     with pytest.raises(SegbenchError, match="challenger='frm' is not valid; choose one of: evonorm_s0, frn"):
         write_table([str(tmp_path)], str(out), challenger="frm")
     assert not out.exists()
+
+
+def test_planned_looks_lower_the_level_and_say_so(tmp_path):
+    rng = np.random.default_rng(3)
+    for (norm, batch), dice in TRUTH.items():
+        for seed in range(3):
+            _run(
+                tmp_path / f"{norm}_{batch}_{seed}",
+                [f"norm={norm}", f"data.batch_size={batch}"],
+                seed,
+                dice + rng.normal(0, 0.02),
+                FLAT,
+                batch=batch,
+            )
+    once, thrice = contrasts([str(tmp_path)]), contrasts([str(tmp_path)], looks=3)
+    assert [r["p_holm"] for r in once["rows"]] == [r["p_holm"] for r in thrice["rows"]]
+    assert {r["level"] for r in thrice["rows"]} == {0.05 / 3}
+    for row in thrice["rows"]:
+        if row["verdict"].startswith(("held", "did not hold")):
+            assert row["p_holm"] < 0.05 / 3
+    assert "alpha 0.05 over 3 planned looks" in markdown(thrice)
+    with pytest.raises(ValueError, match="looks"):
+        contrasts([str(tmp_path)], looks=0)

@@ -80,3 +80,13 @@ def test_an_unconverged_arm_is_never_judged(tmp_path):
     rows = {r["label"]: r for r in numbers["rows"]}
     assert rows["FRN − BN"]["verdict"].startswith("early-training")
     assert rows["IN − BN"]["verdict"].startswith("held")
+
+
+def test_planned_looks_judge_each_contrast_at_alpha_over_looks(tmp_path):
+    once = _study(tmp_path)
+    twice = contrasts([str(tmp_path)], looks=2)
+    for one, two in zip(once["rows"], twice["rows"]):
+        assert one["p_holm"] == two["p_holm"] and one["level"] == 0.05 and two["level"] == 0.025
+        if two["verdict"].startswith(("held", "did not hold")):
+            assert two["p_holm"] < 0.025
+    assert "over 2 planned looks" in markdown(twice) and "planned looks" not in markdown(once)

@@ -21,7 +21,7 @@ import numpy as np
 
 from segbench.analysis import stats
 from segbench.analysis.arms import result
-from segbench.analysis.decide import Design, decide_family
+from segbench.analysis.decide import Design, decide_family, declared_design, family_level
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.verdicts import arm_converged, run_convergence
 from segbench.errors import invalid_choice
@@ -89,17 +89,20 @@ def _arms(runs: list[Run]) -> dict[tuple[str, int], dict[int, Run]]:
     return arms
 
 
-def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = None, challenger: str = "group") -> dict:
+def contrasts(
+    sweeps: list[str], metric: str = "dice", design: Design | None = None, challenger: str = "group", looks: int = 1
+) -> dict:
     """Each planned contrast's per-seed differences, interval, Holm-adjusted verdict and convergence.
 
     ``challenger`` is the norm set against BN (a key of ``CHALLENGERS``); the family is the
     contrasts whose arms the sweeps hold, so a sweep without no-norm arms drops those three.
+    ``looks``: the looks the study planned before its runs; each is judged at alpha / looks.
     """
     if challenger not in CHALLENGERS:
         raise invalid_choice("challenger", challenger, CHALLENGERS)
     name, claim = CHALLENGERS[challenger]
     runs = find_runs(list(sweeps))
-    design = design or Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
+    design = design or declared_design(runs, looks)
     arms = _arms(runs)
     batches = sorted({b for _, b in arms})
     size = {"small": batches[0], "large": batches[-1]}
@@ -147,6 +150,7 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
         "arms": per_arm,
         "metric": metric,
         "margin": design.margin,
+        "level": family_level(design),
         "batches": size,
         "runs": len(runs),
     }
@@ -155,7 +159,8 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
 def markdown(numbers: dict) -> str:
     lines = [
         f"{numbers['runs']} runs; test {numbers['metric']} of the checkpoint chosen on val; margin "
-        f"±{numbers['margin']:g} declared in the experiment file; Holm over the {len(numbers['rows'])} contrasts.",
+        f"±{numbers['margin']:g} declared in the experiment file; Holm over the {len(numbers['rows'])} contrasts"
+        f"{numbers['level']}.",
         "",
         "| arm | seeds | mean | converged | steps |",
         "|---|---|---|---|---|",
@@ -184,8 +189,10 @@ def markdown(numbers: dict) -> str:
     return "\n".join(lines)
 
 
-def write_table(sweeps: list[str], out: str, metric: str = "dice", challenger: str = "group") -> Path:
-    numbers = contrasts(sweeps, metric, challenger=challenger)  # a bad challenger fails before the folder exists
+def write_table(sweeps: list[str], out: str, metric: str = "dice", challenger: str = "group", looks: int = 1) -> Path:
+    numbers = contrasts(
+        sweeps, metric, challenger=challenger, looks=looks
+    )  # a bad challenger fails before the folder exists
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "batch_size.md").write_text(markdown(numbers) + "\n")

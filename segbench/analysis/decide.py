@@ -157,6 +157,21 @@ def decide_family(
     return out
 
 
+def declared_design(runs: list, looks: int = 1) -> Design:
+    """The design the runs' experiment file declared (its ``study.margin``, 0.02 when silent), judged
+    at alpha / ``looks`` for a study that planned ``looks`` looks before its first run."""
+    if looks < 1:
+        raise ValueError(f"looks must be at least 1 (got {looks})")
+    return Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)), looks=looks)
+
+
+def family_level(design: Design) -> str:
+    """A table's words for its level: nothing for a fixed-n study, the per-look level otherwise."""
+    if design.looks == 1:
+        return ""
+    return f" at level {design.level:.3g} (alpha {design.alpha:g} over {design.looks} planned looks)"
+
+
 def planned_looks(first: int, per_round: int, max_seeds: int) -> int:
     """Looks of a sequential study: after ``first`` seeds, then every ``per_round`` up to ``max_seeds``."""
     if first < 2 or per_round < 1 or max_seeds < first:

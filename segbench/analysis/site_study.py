@@ -26,7 +26,7 @@ import numpy as np
 
 from segbench.analysis import stats
 from segbench.analysis.arms import result
-from segbench.analysis.decide import Design, decide_family, render
+from segbench.analysis.decide import Design, decide_family, declared_design, family_level, render
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.verdicts import arm_converged, run_convergence
 
@@ -85,10 +85,11 @@ def arms(runs: list[Run], metric: str) -> tuple[dict[str, dict[tuple, float]], d
     return values, trained
 
 
-def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = None) -> dict:
-    """Each planned contrast's per-unit differences, interval, Holm-adjusted verdict and convergence."""
+def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = None, looks: int = 1) -> dict:
+    """Each planned contrast's per-unit differences, interval, Holm-adjusted verdict and convergence;
+    ``looks``: the looks the study planned before its runs, each judged at alpha / looks."""
     runs = find_runs(list(sweeps))
-    design = design or Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
+    design = design or declared_design(runs, looks)
     values, trained = arms(runs, metric)
     rows = []
     for arm, against, direction, asks in CONTRASTS:
@@ -140,7 +141,15 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
             "converged": sum(run_convergence(r).get("converged") is True for r in trained[name]),
             "runs": len(trained[name]),
         }
-    return {"rows": rows, "arms": per_arm, "sites": sites, "metric": metric, "margin": design.margin, "runs": len(runs)}
+    return {
+        "rows": rows,
+        "arms": per_arm,
+        "sites": sites,
+        "metric": metric,
+        "margin": design.margin,
+        "level": family_level(design),
+        "runs": len(runs),
+    }
 
 
 def markdown(numbers: dict) -> str:
@@ -148,8 +157,8 @@ def markdown(numbers: dict) -> str:
     lines = [
         f"{numbers['runs']} training runs; test {numbers['metric']} on the held-out site, checkpoint and "
         f"threshold chosen on val (training sites); margin ±{numbers['margin']:g} declared in the experiment "
-        f"file; Holm over the {len(numbers['rows'])} contrasts; scope: these held-out sites and their test "
-        "subjects, paired by (seed, held-out site).",
+        f"file; Holm over the {len(numbers['rows'])} contrasts{numbers['level']}; scope: these held-out sites and "
+        "their test subjects, paired by (seed, held-out site).",
         "",
         "| arm | units | mean | " + " | ".join(f"held-out {s}" for s in sites) + " | converged |",
         "|---|---|---|" + "---|" * len(sites) + "---|",
@@ -176,8 +185,8 @@ def markdown(numbers: dict) -> str:
     return "\n".join(lines)
 
 
-def write_table(sweeps: list[str], out: str, metric: str = "dice") -> Path:
-    text = markdown(contrasts(sweeps, metric))  # a bad sweep fails before the folder exists
+def write_table(sweeps: list[str], out: str, metric: str = "dice", looks: int = 1) -> Path:
+    text = markdown(contrasts(sweeps, metric, looks=looks))  # a bad sweep fails before the folder exists
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "site_shift.md").write_text(text + "\n")
