@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from segbench import cli
 from segbench.config import compose
 
 # One torch thread per pytest-xdist worker (and per command a test starts: OMP_NUM_THREADS is
@@ -27,6 +30,38 @@ else:
 # throw-away folder, never to the user's ~/.cache.
 os.environ["SEGBENCH_CACHE"] = tempfile.mkdtemp(prefix="segbench-test-cache-")
 atexit.register(shutil.rmtree, os.environ["SEGBENCH_CACHE"], True)
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """A command run in-process (``cli.main``) sets variables for the processes it starts
+    (SEGBENCH_SWEPT_KEYS, HYDRA_FULL_ERROR, ...): none may leak into the next test's commands."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def segbench_here(tmp_path, monkeypatch):
+    """``segbench ARGS`` by ``cli.main`` in this process, from an empty folder (a command that wrongly
+    got as far as writing a run would write it there, and the test's checks would see it)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEGBENCH_OUTPUT", raising=False)
+
+    def run(*args) -> subprocess.CompletedProcess:
+        out, err, code, environment = io.StringIO(), io.StringIO(), 0, dict(os.environ)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                cli.main(list(args))
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        finally:  # what the command set for its children stays with it
+            os.environ.clear()
+            os.environ.update(environment)
+        return subprocess.CompletedProcess(["segbench", *args], code, out.getvalue(), err.getvalue())
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,13 @@
-"""The command line: one-line errors with exit code 2, and runs from any directory."""
+"""The command line: one-line errors with exit code 2, and runs from any directory.
+
+Commands that stop before training run ``cli.main`` in this process (conftest's ``segbench_here``):
+the same exit code and streams, without the 2-3 s a new interpreter spends importing torch and
+Hydra. Commands that train, or whose working directory matters, run as real commands (``segbench``).
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -26,27 +32,28 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
-def test_unknown_norm_lists_valid_names():
-    assert_one_line_error(segbench("train", "norm=nosuch"), "norm='nosuch'", "batch", "group", "spade")
+def test_unknown_norm_lists_valid_names(segbench_here):
+    assert_one_line_error(segbench_here("train", "norm=nosuch"), "norm='nosuch'", "batch", "group", "spade")
 
 
-def test_unknown_norm_in_a_sweep_is_caught_before_launch():
-    assert_one_line_error(segbench("train", "-m", "norm=batch,nosuch"), "nosuch")
+def test_unknown_norm_in_a_sweep_is_caught_before_launch(segbench_here, tmp_path):
+    assert_one_line_error(segbench_here("train", "-m", "norm=batch,nosuch"), "nosuch")
+    assert os.listdir(tmp_path) == []
 
 
-def test_group_count_that_does_not_divide_the_width(tiny_brats):
-    result = segbench(
+def test_group_count_that_does_not_divide_the_width(tiny_brats, segbench_here):
+    result = segbench_here(
         "train", f"data.root={tiny_brats}", "norm=group", "norm.num_groups=7", "model.width=8", "trainer.device=cpu"
     )
     assert_one_line_error(result, "num_groups=7", "8 channels")
 
 
-def test_option_the_norm_does_not_take():
-    assert_one_line_error(segbench("train", "norm=instance", "norm.num_groups=2"), "num_groups", "eps", "affine")
+def test_option_the_norm_does_not_take(segbench_here):
+    assert_one_line_error(segbench_here("train", "norm=instance", "norm.num_groups=2"), "num_groups", "eps", "affine")
 
 
-def test_missing_data_folder_says_how_to_make_it(tmp_path):
-    result = segbench("train", f"data.root={tmp_path / 'absent'}", "trainer.device=cpu")
+def test_missing_data_folder_says_how_to_make_it(tmp_path, segbench_here):
+    result = segbench_here("train", f"data.root={tmp_path / 'absent'}", "trainer.device=cpu")
     assert_one_line_error(result, "absent", "segbench make-data brain-phantom")
 
 
@@ -59,17 +66,17 @@ def test_missing_data_folder_says_how_to_make_it(tmp_path):
         ("study.lr_grid=[abc]", "abc"),
     ],
 )
-def test_bad_split_or_lr_grid_is_refused_before_any_file(tmp_path, override, fragment):
-    result = segbench("train", override, f"hydra.run.dir={tmp_path / 'run'}")
+def test_bad_split_or_lr_grid_is_refused_before_any_file(tmp_path, override, fragment, segbench_here):
+    result = segbench_here("train", override, f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_device_value():
-    assert_one_line_error(segbench("train", "trainer.device=tpu"), "tpu", "auto", "cpu", "cuda")
+def test_bad_device_value(segbench_here):
+    assert_one_line_error(segbench_here("train", "trainer.device=tpu"), "tpu", "auto", "cpu", "cuda")
 
 
-def test_modality_shape_mismatch_names_subject_and_shapes(tmp_path, tiny_brats):
+def test_modality_shape_mismatch_names_subject_and_shapes(tmp_path, tiny_brats, segbench_here):
     import shutil
 
     import nibabel as nib
@@ -79,12 +86,12 @@ def test_modality_shape_mismatch_names_subject_and_shapes(tmp_path, tiny_brats):
     shutil.copytree(tiny_brats, root)
     subject = sorted(p for p in root.iterdir() if p.is_dir())[0]
     nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.int16), np.eye(4)), subject / f"{subject.name}_t2.nii.gz")
-    result = segbench("train", f"data.root={root}", "trainer.device=cpu")
+    result = segbench_here("train", f"data.root={root}", "trainer.device=cpu")
     assert_one_line_error(result, subject.name, "(10, 10, 10)")
 
 
-def test_unknown_command():
-    result = segbench("nosuch")
+def test_unknown_command(segbench_here):
+    result = segbench_here("nosuch")
     assert result.returncode == 2 and "train" in result.stderr
 
 
@@ -94,25 +101,25 @@ def test_train_runs_from_any_directory(tmp_path, tiny_brats):
     assert (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_make_data_writes_brats_layout(tmp_path):
-    result = segbench("make-data", "brain-phantom", "--out", str(tmp_path / "p"), "--subjects", "1")
+def test_make_data_writes_brats_layout(tmp_path, segbench_here):
+    result = segbench_here("make-data", "brain-phantom", "--out", str(tmp_path / "p"), "--subjects", "1")
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in (tmp_path / "p" / "BraTS2021_00000").iterdir())
     assert names == [f"BraTS2021_00000_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2")]
 
 
 @pytest.mark.parametrize("args", [["make-data", "nosuch", "--out", "x"], ["make-data", "brain-phantom"]])
-def test_make_data_bad_arguments(args):
-    assert segbench(*args).returncode == 2
+def test_make_data_bad_arguments(args, segbench_here, tmp_path):
+    assert segbench_here(*args).returncode == 2 and os.listdir(tmp_path) == []
 
 
-def test_text_where_a_number_belongs():
-    assert_one_line_error(segbench("train", "data.batch_size=abc"), "data.batch_size='abc'", "int")
+def test_text_where_a_number_belongs(segbench_here):
+    assert_one_line_error(segbench_here("train", "data.batch_size=abc"), "data.batch_size='abc'", "int")
 
 
-def test_input_size_the_depth_cannot_halve_fails_before_writing(tmp_path, tiny_brats):
+def test_input_size_the_depth_cannot_halve_fails_before_writing(tmp_path, tiny_brats, segbench_here):
     run = tmp_path / "run"
-    result = segbench(
+    result = segbench_here(
         "train", f"data.root={tiny_brats}", "data.size=[97,131]", "trainer.device=cpu", f"hydra.run.dir={run}"
     )
     assert_one_line_error(result, "97x131", "divisible by 8")
@@ -169,8 +176,8 @@ def test_hydra_flags_and_their_values_are_not_read_as_overrides(argv, overrides)
     assert split_hydra_args(argv)[0] == overrides
 
 
-def test_cfg_job_prints_the_composed_config():
-    result = segbench("train", "--cfg", "job", "norm=group")
+def test_cfg_job_prints_the_composed_config(segbench_here):
+    result = segbench_here("train", "--cfg", "job", "norm=group")
     assert result.returncode == 0, result.stderr
     assert "name: group" in result.stdout and "lr_grid" in result.stdout
 

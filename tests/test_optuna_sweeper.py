@@ -19,8 +19,8 @@ ONE_STEP = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.v
 ]
 
 
-def search(tiny_brats, out, trials, *extra):
-    return segbench(
+def search(tiny_brats, out, trials, *extra, run=segbench):
+    return run(
         "train",
         "-m",
         "hydra/sweeper=optuna",
@@ -75,14 +75,14 @@ def test_three_trials_then_the_same_command_resumes_the_study(tiny_brats, tmp_pa
         ("norm=batch,group", "an Optuna search tunes one arm"),
     ],
 )
-def test_bad_searches_are_one_line_exit_2_and_write_nothing(tiny_brats, tmp_path, override, expected):
+def test_bad_searches_are_one_line_exit_2_and_write_nothing(tiny_brats, tmp_path, override, expected, segbench_here):
     out = tmp_path / "search"
-    result = search(tiny_brats, out, 2, override)
+    result = search(tiny_brats, out, 2, override, run=segbench_here)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("segbench: error:") and expected in lines[-1], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    assert not out.exists()
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_params_from_a_config_file_join_the_command_line_search():
