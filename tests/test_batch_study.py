@@ -40,6 +40,7 @@ def test_small_batch_bn_deficit_is_found_and_the_rest_judged_in_one_family(tmp_p
     assert rows["BN small batch − BN large batch"]["verdict"].startswith("held")
     assert abs(rows["interaction: (BN − GN) large − (BN − GN) small"]["diff"] - ((0.90 - 0.89) - (0.78 - 0.88))) < 0.01
     assert rows["BN − GN at the large batch"]["verdict"].startswith("held")  # +0.01 with seed sd 0.006
+    assert rows["BN − no norm at the large batch"]["verdict"] == "BN higher than no norm"  # no claimed direction
     text = markdown(numbers)
     assert "batch bs=2" in text and "8/8" in text
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from segbench.analysis import stats
 from segbench.analysis.arms import result
-from segbench.analysis.decide import Design, decide_family, declared_design, family_level
+from segbench.analysis.decide import Design, decide_family, declared_design, family_level, render
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.verdicts import arm_converged, run_convergence
 from segbench.errors import invalid_choice
@@ -72,6 +72,8 @@ CONTRASTS = (
         "BN hurts more (or helps less) at the small batch",
     ),
 )
+# How a verdict names the arms of a two-arm contrast (the challenger by its CHALLENGERS name).
+ARM_NAMES = {"batch": "BN", "none": "no norm"}
 # How the contrasts name a challenger, and whose claim "beats BN at small batches" is.
 CHALLENGERS = {
     "group": ("GN", "Wu & He 2018"),
@@ -125,6 +127,8 @@ def contrasts(
                 "asks": asks,
                 "direction": direction,
                 "arms": sorted(set(keys)),
+                # a and b by name, for the words of a difference found without a claimed direction
+                "names": tuple(ARM_NAMES.get(norm, name) for _, norm, _ in terms) if len(terms) == 2 else None,
                 "converged": converged,
                 **stats.paired(diffs, {s: 0.0 for s in seeds}),
             }
@@ -136,6 +140,8 @@ def contrasts(
         ),
     ):
         row.update(verdict)
+        if row["direction"] == 0 and row["names"]:
+            row["verdict"] = render(row, row["converged"], names=row["names"])
     per_arm = {
         f"{n} bs={b}": {
             "seeds": len(by),

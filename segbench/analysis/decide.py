@@ -73,12 +73,16 @@ def _difference(sign: int, direction: int) -> Verdict:
     return Verdict.HELD if sign == direction else Verdict.DID_NOT_HOLD
 
 
-def render(res: dict, converged: bool | None = True, unit: str = "seed") -> str:
+def render(res: dict, converged: bool | None = True, unit: str = "seed", names: tuple[str, str] | None = None) -> str:
     """The words of a comparison's verdict (``res``: one result of ``decide_family``); ``unit``: what
-    one paired replicate is (a seed; a (seed, held-out site) unit in the site study)."""
+    one paired replicate is (a seed; a (seed, held-out site) unit in the site study); ``names``: what
+    a and b are, for a difference found without a claimed direction ("BN higher than no norm")."""
     kind, n = res["kind"], res["n"]
     if kind is Verdict.EQUIVALENT:
         text = f"equivalent within ±{res['margin']:g}"
+    elif kind in (Verdict.A_GREATER, Verdict.A_LESS) and names:
+        high, low = names if kind is Verdict.A_GREATER else names[::-1]
+        text = f"{high} higher than {low}"
     elif kind is not Verdict.INCONCLUSIVE:
         text = kind.value
     elif n < 2:
