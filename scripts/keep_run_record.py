@@ -5,7 +5,8 @@ the runs kept this way still count (``compare`` reads them with the runs trained
 finished run has to be trained again. Kept per run: ``metrics.json``, ``.hydra/config.yaml`` and
 ``overrides.yaml``, and the TensorBoard scalars (the curves ``compare`` judges convergence from)
 with their steps and wall times, rewritten without the image summaries and checkpoints that make
-up most of a run folder.
+up most of a run folder; and, where the run has them, what was derived from it and its log
+(``adapt.json``, which the site table reads; ``diagnose.json``; ``app.log``).
 
     python scripts/keep_run_record.py <study>/round_1 --out docs/results/<name>/finished_runs [--thin 10]
 """
@@ -52,6 +53,10 @@ def thinned(events: list, every: int) -> list:
     return [e for i, e in enumerate(events[:head]) if i % every == 0] + events[head:]
 
 
+# Small files written beside a run by later commands (segbench adapt, diagnose) and its log.
+DERIVED = ("adapt.json", "diagnose.json", "app.log")
+
+
 def keep(run: Path, out: Path, every: int = 1) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -61,6 +66,9 @@ def keep(run: Path, out: Path, every: int = 1) -> None:
     shutil.copy2(run / "metrics.json", out / "metrics.json")
     for name in ("config.yaml", "overrides.yaml"):
         shutil.copy2(run / ".hydra" / name, out / ".hydra" / name)
+    for name in DERIVED:
+        if (run / name).is_file():
+            shutil.copy2(run / name, out / name)
     events = scalar_events(run / "tb")
     per_step = max(KEEP_LAST + 1, int(json.loads((run / "metrics.json").read_text()).get("steps") or 0) // 2)
     shutil.rmtree(out / "tb", ignore_errors=True)

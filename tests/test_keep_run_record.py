@@ -20,9 +20,17 @@ def _script():
 
 
 def test_the_kept_record_reads_back_as_the_run(finished_run, tmp_path):
-    assert _script().main([str(finished_run.parent), "--out", str(tmp_path / "kept")]) == 0
+    import shutil
+
+    run = tmp_path / "sweep" / finished_run.name
+    shutil.copytree(finished_run, run)
+    (run / "adapt.json").write_text('{"metric": "dice", "methods": {"none": {"dice": 0.5}}}')
+    assert _script().main([str(run.parent), "--out", str(tmp_path / "kept")]) == 0
     kept = tmp_path / "kept" / finished_run.name
     assert not list(kept.rglob("*.pt"))  # checkpoints are not part of the record
+    assert (kept / "adapt.json").read_text() == (run / "adapt.json").read_text()  # the site table reads it
+    assert (kept / "app.log").read_text() == (run / "app.log").read_text()
+    finished_run = run
     original, copy = load_run(finished_run), load_run(kept)
     assert copy.metrics == original.metrics and copy.overrides == original.overrides
     assert copy.scalars.keys() == original.scalars.keys() and copy.scalars
