@@ -19,19 +19,23 @@ TRUTH = {
 }
 
 
-def test_small_batch_bn_deficit_is_found_and_the_rest_judged_in_one_family(tmp_path):
-    rng = np.random.default_rng(0)
+def _sweep(folder, seeds: int, dice_of, history_of=lambda batch: FLAT) -> None:
+    """One run per TRUTH arm and seed; ``dice_of(true dice, seed)`` is the run's test Dice."""
     for (norm, batch), dice in TRUTH.items():
-        for seed in range(8):
-            noise = rng.normal(0, 0.004)
+        for seed in range(seeds):
             _run(
-                tmp_path / f"{norm}_{batch}_{seed}",
+                folder / f"{norm}_{batch}_{seed}",
                 [f"norm={norm}", f"data.batch_size={batch}"],
                 seed,
-                dice + noise,
-                FLAT,
+                dice_of(dice, seed),
+                history_of(batch),
                 batch=batch,
             )
+
+
+def test_small_batch_bn_deficit_is_found_and_the_rest_judged_in_one_family(tmp_path):
+    rng = np.random.default_rng(0)
+    _sweep(tmp_path, 8, lambda dice, seed: dice + rng.normal(0, 0.004))
     numbers = contrasts([str(tmp_path)])
     rows = {r["label"]: r for r in numbers["rows"]}
     assert len(rows) == 7 and all(r["family"] == 7 for r in rows.values())
@@ -47,16 +51,7 @@ def test_small_batch_bn_deficit_is_found_and_the_rest_judged_in_one_family(tmp_p
 
 def test_unconverged_arms_are_never_judged(tmp_path):
     rising = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-    for (norm, batch), dice in TRUTH.items():
-        for seed in range(6):
-            _run(
-                tmp_path / f"{norm}_{batch}_{seed}",
-                [f"norm={norm}", f"data.batch_size={batch}"],
-                seed,
-                dice + 0.001 * seed,
-                rising if batch == 16 else FLAT,
-                batch=batch,
-            )
+    _sweep(tmp_path, 6, lambda dice, seed: dice + 0.001 * seed, lambda batch: rising if batch == 16 else FLAT)
     rows = {r["label"]: r for r in contrasts([str(tmp_path)])["rows"]}
     assert rows["BN − GN at the large batch"]["verdict"].startswith("early-training")
 
@@ -100,16 +95,7 @@ def test_an_unknown_challenger_is_one_line_before_anything_is_written(tmp_path):
 
 def test_planned_looks_lower_the_level_and_say_so(tmp_path):
     rng = np.random.default_rng(3)
-    for (norm, batch), dice in TRUTH.items():
-        for seed in range(3):
-            _run(
-                tmp_path / f"{norm}_{batch}_{seed}",
-                [f"norm={norm}", f"data.batch_size={batch}"],
-                seed,
-                dice + rng.normal(0, 0.02),
-                FLAT,
-                batch=batch,
-            )
+    _sweep(tmp_path, 3, lambda dice, seed: dice + rng.normal(0, 0.02))
     once, thrice = contrasts([str(tmp_path)]), contrasts([str(tmp_path)], looks=3)
     assert [r["p_holm"] for r in once["rows"]] == [r["p_holm"] for r in thrice["rows"]]
     assert {r["level"] for r in thrice["rows"]} == {0.05 / 3}

@@ -280,7 +280,9 @@ def test_real_lgg_trains_a_few_steps(tmp_path):
     root = tmp_path / "kaggle_3m"
     root.mkdir()
     patients = sorted(p for p in REAL_LGG.iterdir() if p.is_dir())
-    firsts = {p.name.split("_")[1]: p for p in reversed(patients)}
+    firsts: dict[str, Path] = {}
+    for patient in patients:  # TCGA_<institution>_<patient>_<date>
+        firsts.setdefault(patient.name.split("_")[1], patient)
     for patient in firsts.values():
         (root / patient.name).symlink_to(patient)
     run = _train(root, tmp_path / "run", "data.size=[64,64]")

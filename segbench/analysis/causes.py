@@ -17,7 +17,7 @@ import numpy as np
 
 from segbench.analysis import stats
 from segbench.analysis.arms import result
-from segbench.analysis.decide import Design, Verdict, decide_family
+from segbench.analysis.decide import Design, Verdict, decide_family, declared_design
 from segbench.analysis.diagnose import diagnose, name_cause
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.study import with_planned_looks
@@ -97,8 +97,7 @@ def cause_table(
     paths = [sweep] if isinstance(sweep, str) else list(sweep)
     runs = find_runs(paths)
     if design is None:  # a sequential study's round is judged at alpha / looks, as segbench study judges it
-        declared = Design(margin=float((runs[0].config.get("study") or {}).get("margin", 0.02)))
-        design, _ = with_planned_looks(declared, paths)
+        design, _ = with_planned_looks(declared_design(runs), paths)
     arms: dict[str, dict[int, Run]] = defaultdict(dict)
     for run in runs:
         arms[_cause(run)][run.metrics["seed"]] = run
