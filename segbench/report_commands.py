@@ -16,13 +16,17 @@ def report_command(argv: list[str]) -> None:
     )
     parser.add_argument(
         "kind",
-        choices=["causes", "batch-size", "site-shift"],
+        choices=["causes", "batch-size", "site-shift", "cv"],
         help="causes: why_bn_failed-style cause table (causes.md); batch-size: norm x batch size contrasts "
-        "(batch_size.md); site-shift: held-out site contrasts (site_shift.md)",
+        "(batch_size.md); site-shift: held-out site contrasts (site_shift.md); cv: each arm against "
+        "--reference by k-fold cross-validation (cv.md)",
     )
     parser.add_argument("sweeps", nargs="+", help="sweep folders holding the study's runs (more seeds: more folders)")
     parser.add_argument("--out", required=True, help="folder to write the table into")
-    parser.add_argument("--metric", default="dice", help="batch-size, site-shift: the test metric (default dice)")
+    parser.add_argument("--metric", default="dice", help="batch-size, site-shift, cv: the test metric (default dice)")
+    parser.add_argument(
+        "--reference", default=None, help="cv: the arm every other arm is set against, e.g. cause=none or norm=batch"
+    )
     parser.add_argument("--challenger", default="group", help="batch-size: the norm set against BN (default group)")
     parser.add_argument(
         "--trained-causes-only",
@@ -40,9 +44,15 @@ def report_command(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.looks < 1:
         raise SegbenchError(f"report: --looks {args.looks}: give the planned looks, 1 or more")
-    if args.looks != 1 and args.kind == "causes":
+    if args.looks != 1 and args.kind in ("causes", "cv"):
         raise SegbenchError(
-            "report: --looks applies to batch-size and site-shift; a causes study's looks come from its study.json"
+            "report: --looks applies to batch-size and site-shift; a causes study's looks come from its "
+            "study.json, and a cross-validation is read once"
+        )
+    if (args.reference is None) != (args.kind != "cv"):
+        raise SegbenchError(
+            "report: --reference names cv's reference arm (e.g. --reference cause=none); "
+            + ("give it" if args.kind == "cv" else f"{args.kind} has its own contrasts")
         )
     for sweep in args.sweeps:
         if not os.path.isdir(sweep):
@@ -57,10 +67,14 @@ def report_command(argv: list[str]) -> None:
         from segbench.analysis.batch_study import write_table
 
         path = write_table(args.sweeps, args.out, metric=args.metric, challenger=args.challenger, looks=args.looks)
-    else:
+    elif args.kind == "site-shift":
         from segbench.analysis.site_study import write_table
 
         path = write_table(args.sweeps, args.out, metric=args.metric, looks=args.looks)
+    else:
+        from segbench.analysis.cv_study import write_table
+
+        path = write_table(args.sweeps, args.out, reference=args.reference, metric=args.metric)
     print(path.read_text(), end="")
     print(f"wrote {path}", file=sys.stderr)
 

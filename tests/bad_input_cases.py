@@ -312,6 +312,19 @@ CASES = [
         ["report", "causes", "{tmp}", "--out", "{tmp}/o", "--looks", "2"],
         ["--looks", "study.json"],
     ),
+    ("report-cv-no-reference", nothing, ["report", "cv", "{tmp}", "--out", "{tmp}/o"], ["--reference", "give it"]),
+    (
+        "report-reference-not-cv",
+        nothing,
+        ["report", "batch-size", "{tmp}", "--out", "{tmp}/o", "--reference", "norm=none"],
+        ["--reference", "batch-size"],
+    ),
+    (
+        "report-cv-not-folds",
+        nothing,
+        ["report", "cv", "{run}", "--out", "{tmp}/o", "--reference", "norm=none"],
+        ["data.folds", "not a cross-validation run"],
+    ),
     (
         "diagnose-garbage",
         lambda w: (w.run / "checkpoints" / "last.pt").write_bytes(b"x"),
