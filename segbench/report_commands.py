@@ -35,6 +35,11 @@ def report_command(argv: list[str]) -> None:
     )
     parser.add_argument("--no-diagnose", action="store_true", help="causes: do not run diagnose on the BN runs")
     parser.add_argument(
+        "--diagnosed-only",
+        action="store_true",
+        help="causes: count the diagnoses already written beside the runs (diagnose.json); run none",
+    )
+    parser.add_argument(
         "--looks",
         type=int,
         default=1,
@@ -49,6 +54,8 @@ def report_command(argv: list[str]) -> None:
             "report: --looks applies to batch-size and site-shift; a causes study's looks come from its "
             "study.json, and a cross-validation is read once"
         )
+    if args.diagnosed_only and (args.kind != "causes" or args.no_diagnose):
+        raise SegbenchError("report: --diagnosed-only applies to causes, without --no-diagnose")
     if (args.reference is None) != (args.kind != "cv"):
         raise SegbenchError(
             "report: --reference names cv's reference arm (e.g. --reference cause=none); "
@@ -61,7 +68,11 @@ def report_command(argv: list[str]) -> None:
         from segbench.analysis.causes import write_cause_report
 
         path = write_cause_report(
-            args.sweeps, args.out, eval_causes=not args.trained_causes_only, diagnoses=not args.no_diagnose
+            args.sweeps,
+            args.out,
+            eval_causes=not args.trained_causes_only,
+            diagnoses=not args.no_diagnose,
+            diagnose_missing=not args.diagnosed_only,
         )
     elif args.kind == "batch-size":
         from segbench.analysis.batch_study import write_table

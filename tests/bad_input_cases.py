@@ -312,6 +312,12 @@ CASES = [
         ["report", "causes", "{tmp}", "--out", "{tmp}/o", "--looks", "2"],
         ["--looks", "study.json"],
     ),
+    (
+        "report-diagnosed-only-not-causes",
+        nothing,
+        ["report", "batch-size", "{tmp}", "--out", "{tmp}/o", "--diagnosed-only"],
+        ["--diagnosed-only", "causes"],
+    ),
     ("report-cv-no-reference", nothing, ["report", "cv", "{tmp}", "--out", "{tmp}/o"], ["--reference", "give it"]),
     (
         "report-reference-not-cv",

@@ -105,3 +105,25 @@ def test_a_sequential_studys_round_is_judged_at_alpha_over_its_looks(tmp_path, m
     text, _ = causes.cause_table(str(tmp_path / "round_1"), eval_causes=False)
     assert seen["level"] == pytest.approx(0.05 / 3)
     assert "judged at alpha/3" in text and "alpha/3" not in fixed
+
+
+def test_diagnosed_only_counts_the_diagnoses_written_and_runs_none(tmp_path, monkeypatch, segbench_here):
+    _sweep(tmp_path / "sweep", {"bn_pytorch": 0.0})
+    asked = []
+
+    def already_written(runs, missing):
+        asked.append(missing)
+        first = next(r for r in runs if causes._cause(r) == "bn_pytorch")  # the one run diagnosed before
+        return {str(first.path): {"cause": "healthy"}}
+
+    monkeypatch.setattr(causes, "diagnose_all", already_written)
+    done = segbench_here(
+        "report", "causes", str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--trained-causes-only",
+        "--diagnosed-only",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert asked == [False] and "named right 1, named wrong 0, said nothing clear 0 of 1" in done.stdout
+    refused = segbench_here(
+        "report", "causes", str(tmp_path / "sweep"), "--out", "x", "--diagnosed-only", "--no-diagnose"
+    )
+    assert refused.returncode == 2 and "--diagnosed-only" in refused.stderr and not (tmp_path / "x").exists()

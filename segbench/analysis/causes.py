@@ -255,9 +255,13 @@ def _absolute(arms) -> list[str]:
 
 
 def write_cause_report(
-    sweep: str | list[str], out: str, eval_causes: bool = True, diagnoses: bool | None = None
+    sweep: str | list[str],
+    out: str,
+    eval_causes: bool = True,
+    diagnoses: bool | None = None,
+    diagnose_missing: bool = True,
 ) -> Path:
-    text, numbers = cause_table(sweep, eval_causes=eval_causes, diagnoses=diagnoses)
+    text, numbers = cause_table(sweep, eval_causes=eval_causes, diagnoses=diagnoses, diagnose_missing=diagnose_missing)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "causes.md").write_text(text + "\n")
