@@ -89,6 +89,9 @@ def test_an_unknown_reference_names_the_arms_and_writes_nothing(tmp_path):
     with pytest.raises(SegbenchError, match="the arms are: cause=bn_pytorch, cause=none"):
         write_table([str(tmp_path / "runs")], str(tmp_path / "out"), "cause=nothing")
     assert not (tmp_path / "out").exists()
+    _cv(tmp_path / "one", {"none": 0.0})
+    with pytest.raises(SegbenchError, match="the runs hold one arm: nothing to set against --reference cause=none"):
+        contrasts([str(tmp_path / "one")], "cause=none")
 
 
 def test_unconverged_arms_make_an_early_training_contrast(tmp_path):

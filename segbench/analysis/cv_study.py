@@ -79,6 +79,11 @@ def arms(runs: list[Run], metric: str) -> dict[tuple, dict[tuple[int, int], Run]
 
 
 def _reference(by_arm: dict, reference: str) -> tuple:
+    if len(by_arm) < 2:
+        raise SegbenchError(
+            f"report cv: the runs hold one arm: nothing to set against --reference {reference} "
+            "(scripts/cv_summary.py summarises a single arm)"
+        )
     matches = [a for a in by_arm if reference in {f"{k}={v}" for k, v in a} or reference == label(a)]
     if len(matches) != 1:
         valid = ", ".join(sorted(label(a) for a in by_arm))
