@@ -215,13 +215,14 @@ def _markdown(rows, arms, diag, design: Design) -> str:
         )
     lines += ["", *_absolute(arms)]
     rates = hit_rate(arms, diag)
+    derived = any(r["slower"] is None for r in rows)  # rows read off the BN runs by diagnose
     bn_runs = sum(len(v) for c, v in arms.items() if c.startswith("bn_"))
     if rates:
         scope = (
             "every BN run"
             if len(diag) == bn_runs
-            else f"{len(diag)} of the {bn_runs} BN runs (the others not diagnosed yet; the batch-statistics rows "
-            "above read only the diagnosed ones)"
+            else f"{len(diag)} of the {bn_runs} BN runs (the others not diagnosed yet"
+            + ("; the batch-statistics rows above read only the diagnosed ones)" if derived else ")")
         )
         lines += [
             "",
