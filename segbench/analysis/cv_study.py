@@ -150,7 +150,8 @@ def markdown(numbers: dict) -> str:
         f"Cross-validated test {numbers['metric']} per subject (best-by-val checkpoint, val-chosen threshold), "
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; each subject tested once per arm and "
         f"seed by the fold that held it out. Unit judged: a (seed, fold), its test subjects' mean; margin "
-        f"±{numbers['margin']:g} declared in the experiment file; Holm over the {len(numbers['rows'])} contrasts"
+        f"±{numbers['margin']:g} declared in the experiment file; Holm over the {len(numbers['rows'])} "
+        f"contrast{'s' if len(numbers['rows']) != 1 else ''}"
         f"{numbers['level']}. Scope: these subjects at these training seeds.",
         "",
         "| arm | runs | subjects | mean per-subject Dice [95 % CI, bootstrap over subjects] | runs at their plateau |",
