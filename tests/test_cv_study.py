@@ -107,3 +107,9 @@ def test_seeds_average_a_subject_before_the_bootstrap_and_add_fold_units(tmp_pat
     assert row["n"] == 10  # (seed, fold) units
     assert numbers["arms"]["cause=none"]["subjects"] == len(SUBJECTS)  # not 40: one value a subject
     assert "seeds 0, 1" in markdown(numbers)
+
+
+def test_a_metric_the_runs_do_not_score_per_subject_names_what_they_do(tmp_path):
+    _cv(tmp_path, {"none": 0.0, "bn_pytorch": 0.0})
+    with pytest.raises(SegbenchError, match="--metric auroc: .* has no per-subject auroc on test; it has: dice"):
+        contrasts([str(tmp_path)], "cause=none", metric="auroc")

@@ -23,7 +23,7 @@ from segbench.analysis import stats
 from segbench.analysis.arms import result
 from segbench.analysis.decide import Design, decide_family, declared_design, family_level, render
 from segbench.analysis.runs import Run, find_runs
-from segbench.analysis.verdicts import arm_converged, run_convergence
+from segbench.analysis.verdicts import contrast_converged, run_convergence
 from segbench.errors import invalid_choice
 
 # (label, terms: (+1/-1, norm, batch) summed per seed, claimed direction, what it asks). ``X`` is the
@@ -119,8 +119,7 @@ def contrasts(
         diffs = {
             s: sum(sign * (result(arms[k][s], metric) or np.nan) for (sign, _, _), k in zip(terms, keys)) for s in seeds
         }
-        flags = [arm_converged(list(arms[k].values())) for k in set(keys)]
-        converged = False if False in flags else (None if None in flags else True)
+        converged = contrast_converged(*(list(arms[k].values()) for k in set(keys)))
         rows.append(
             {
                 "label": label,

@@ -21,7 +21,7 @@ from segbench.analysis.decide import Design, Verdict, decide_family, declared_de
 from segbench.analysis.diagnose import diagnose, name_cause
 from segbench.analysis.runs import Run, find_runs
 from segbench.analysis.study import with_planned_looks
-from segbench.analysis.verdicts import arm_converged, run_convergence
+from segbench.analysis.verdicts import contrast_converged, run_convergence
 
 # (arm, its no-BN twin, what it adds, the cause diagnose should name on it)
 TRAINED = (
@@ -156,8 +156,7 @@ def cause_table(
 
 
 def _converged(arms, arm: str, twin: str) -> bool | None:
-    flags = [arm_converged(list(arms.get(name, {}).values())) for name in (arm, twin)]
-    return False if False in flags else (None if None in flags else True)
+    return contrast_converged(*(list(arms.get(name, {}).values()) for name in (arm, twin)))
 
 
 def hit_rate(arms, diag) -> dict:

@@ -25,7 +25,7 @@ from segbench.analysis.arms import arm_key, label, sort_key, varying_keys
 from segbench.analysis.decide import decide_family, declared_design, family_level, render
 from segbench.analysis.external import bootstrap_ci
 from segbench.analysis.runs import Run, find_runs
-from segbench.analysis.verdicts import arm_converged
+from segbench.analysis.verdicts import contrast_converged, run_convergence
 from segbench.errors import SegbenchError
 
 FOLD_KEYS = ("data.fold", "data.folds")
@@ -53,6 +53,13 @@ def arms(runs: list[Run], metric: str) -> dict[tuple, dict[tuple[int, int], Run]
     folds = set()
     for run in runs:
         fold, k = _fold(run)
+        if not per_subject(run, metric):
+            cases = run.metrics.get("test", {}).get("best", {}).get("per_case") or {}
+            scored = sorted({m for v in cases.values() for m in v}) or ["none"]
+            raise SegbenchError(
+                f"report cv: --metric {metric}: {run.path} has no per-subject {metric} on test; "
+                f"it has: {', '.join(scored)}"
+            )
         folds.add(k)
         by_arm[arm_key(run, varying)][(int(run.metrics["seed"]), fold)] = run
     if len(folds) > 1:
@@ -107,7 +114,6 @@ def contrasts(sweeps: list[str], reference: str, metric: str = "dice") -> dict:
             shared = sorted(set(a) & set(b))
             fold_diffs.append(float(np.mean([a[c] for c in shared]) - np.mean([b[c] for c in shared])))
             subject_diffs += [a[c] - b[c] for c in shared]
-        flags = [arm_converged(list(by_arm[x].values())) for x in (arm, ref)]
         _, low, high = stats.mean_ci(fold_diffs)
         rows.append(
             {
@@ -118,7 +124,7 @@ def contrasts(sweeps: list[str], reference: str, metric: str = "dice") -> dict:
                 "low": low,
                 "high": high,
                 "subject_diffs": subject_diffs,
-                "converged": False if False in flags else (None if None in flags else True),
+                "converged": contrast_converged(list(by_arm[arm].values()), list(by_arm[ref].values())),
             }
         )
     judged = decide_family([r["diffs"] for r in rows], design, None, [r["converged"] for r in rows])
@@ -132,14 +138,13 @@ def contrasts(sweeps: list[str], reference: str, metric: str = "dice") -> dict:
             for case, value in per_subject(run, metric).items():
                 by_subject[case].append(value)
         values = np.array([np.mean(v) for v in by_subject.values()])
-        flags = [arm_converged([run]) for run in by_arm[arm].values()]
         per_arm[label(arm)] = {
             "runs": len(by_arm[arm]),
             "seeds": sorted({s for s, _ in by_arm[arm]}),
             "subjects": len(values),
             "mean": float(values.mean()),
             "ci": bootstrap_ci(values, np.mean),
-            "converged": sum(f is True for f in flags),
+            "converged": sum(run_convergence(r).get("converged") is True for r in by_arm[arm].values()),
         }
     return {"rows": rows, "arms": per_arm, "metric": metric, "margin": design.margin, "level": family_level(design)}
 
@@ -154,7 +159,8 @@ def markdown(numbers: dict) -> str:
         f"contrast{'s' if len(numbers['rows']) != 1 else ''}"
         f"{numbers['level']}. Scope: these subjects at these training seeds.",
         "",
-        "| arm | runs | subjects | mean per-subject Dice [95 % CI, bootstrap over subjects] | runs at their plateau |",
+        f"| arm | runs | subjects | mean per-subject {numbers['metric']} [95 % CI, bootstrap over subjects] | "
+        "runs at their plateau |",
         "|---|---|---|---|---|",
     ]
     for name, a in numbers["arms"].items():

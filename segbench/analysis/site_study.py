@@ -28,7 +28,7 @@ from segbench.analysis import stats
 from segbench.analysis.arms import result
 from segbench.analysis.decide import Design, decide_family, declared_design, family_level, render
 from segbench.analysis.runs import Run, find_runs
-from segbench.analysis.verdicts import arm_converged, run_convergence
+from segbench.analysis.verdicts import contrast_converged, run_convergence
 
 NAMES = {"batch": "BN", "instance": "IN", "group": "GN", "layer": "LN", "frn": "FRN", "none": "no norm"}
 METHOD_NAMES = {"none": "", "adabn": " + AdaBN", "tent": " + TENT", "site_bn": " + per-site statistics"}
@@ -100,8 +100,7 @@ def contrasts(sweeps: list[str], metric: str = "dice", design: Design | None = N
             for u in set(values[arm]) & set(values[against])
             if values[arm][u] is not None and values[against][u] is not None
         )
-        flags = [arm_converged(trained[a]) for a in (arm, against)]
-        converged = False if False in flags else (None if None in flags else True)
+        converged = contrast_converged(trained[arm], trained[against])
         diffs = [values[arm][u] - values[against][u] for u in units]
         _, low, high = stats.mean_ci(diffs)
         rows.append(

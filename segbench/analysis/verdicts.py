@@ -106,6 +106,13 @@ def arm_converged(runs: list[Run]) -> bool | None:
     return sum(f is True for f in flags) >= CONVERGED_SHARE * len(flags)
 
 
+def contrast_converged(*arms: list[Run]) -> bool | None:
+    """Whether every arm a contrast reads reached its plateau (``arm_converged``): False when one did
+    not, None when one could not be checked."""
+    flags = [arm_converged(runs) for runs in arms]
+    return False if False in flags else (None if None in flags else True)
+
+
 def failed_seeds(runs: list[Run]) -> list[str]:
     """Runs whose val selection metric sits far below their arm's others: a failed seed is a finding.
 
